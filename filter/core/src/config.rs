@@ -1,0 +1,507 @@
+//! The filter's plugin configuration: parsing and validation.
+//!
+//! One JSON document per filter instance. The `role` field picks what the instance does:
+//! `"route"` (the default) splits and labels traffic and counts outcomes; `"snapshot"` serves the
+//! counters to gate-agent on a dedicated loopback listener. Unknown fields, wrong types and
+//! out-of-range values are errors that name the field, so a typo never silently becomes a default.
+//! gate-agent builds the same [`RouteConfig`] and serialises it, so the two sides cannot disagree.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::weight::Weight;
+
+/// The configuration format this build understands.
+pub const CONFIG_VERSION: u32 = 1;
+pub const DEFAULT_LABEL_HEADER: &str = "x-canary-subset";
+pub const DEFAULT_DARK_LAUNCH_HEADER: &str = "x-canary";
+pub const DEFAULT_DARK_LAUNCH_VALUE: &str = "true";
+pub const DEFAULT_SNAPSHOT_PATH: &str = "/canary-gate/v1/snapshot";
+
+/// A configuration that was rejected: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// JSON path of the offending field (`sticky.cookie`), or `.` for the document itself.
+    pub field: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(field: &str, problem: impl Into<String>) -> Self {
+        ConfigError { field: field.to_owned(), problem: problem.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "canary-gate config field `{}`: {}", self.field, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A parsed, validated plugin configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PluginConfig {
+    Route(RouteConfig),
+    SnapshotEndpoint(SnapshotEndpointConfig),
+}
+
+/// How the traffic filter splits, labels and counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Always [`CONFIG_VERSION`].
+    pub version: u32,
+    /// Names the rollout: keys its counters and salts the sticky hash.
+    pub rollout: SubsetName,
+    /// Subset that serves when nothing else applies (the route table's default route).
+    pub stable: SubsetName,
+    pub canary: SubsetName,
+    /// Percent of requests for the canary; the stable subset gets the rest.
+    pub canary_weight: Weight,
+    /// Header the filter writes with the chosen subset name; the route table matches on it.
+    #[serde(default = "default_label_header")]
+    pub label_header: HeaderName,
+    /// Requests with this header and value always go to the canary. `null` disables it.
+    #[serde(default = "default_dark_launch")]
+    pub dark_launch: Option<DarkLaunch>,
+    /// Where a user's identity is read for sticky routing; without one, requests split at random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<StickyKey>,
+    /// Salt for the sticky hash; defaults to the rollout name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_salt: Option<String>,
+    /// Which responses count as failures.
+    #[serde(default)]
+    pub failure: FailurePolicy,
+    /// Set by whoever writes the config (gate-agent increments it) and echoed in snapshots, so a
+    /// writer can see when a proxy applies its change.
+    #[serde(default)]
+    pub revision: u64,
+}
+
+/// The dark-launch match: an exact header value that forces the canary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DarkLaunch {
+    pub header: HeaderName,
+    pub value: HeaderValue,
+}
+
+/// Where the sticky user key comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum StickyKey {
+    Header(HeaderName),
+    Cookie(CookieName),
+}
+
+/// Which completed requests count as failures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailurePolicy {
+    /// Status classes (`"5xx"`) or exact codes (`429`) that are failures.
+    #[serde(default = "default_failure_statuses")]
+    pub statuses: Vec<StatusMatch>,
+    /// A request that ended with no response status (upstream reset, connect failure before any
+    /// status, stream timeout) is a failure.
+    #[serde(default = "default_true")]
+    pub resets: bool,
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        FailurePolicy { statuses: default_failure_statuses(), resets: true }
+    }
+}
+
+/// One failure status rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Value", into = "Value")]
+pub enum StatusMatch {
+    /// `"5xx"`: every code from 500 to 599.
+    Class(u8),
+    Code(u16),
+}
+
+impl StatusMatch {
+    pub fn matches(self, code: u16) -> bool {
+        match self {
+            StatusMatch::Class(c) => code / 100 == u16::from(c),
+            StatusMatch::Code(c) => code == c,
+        }
+    }
+}
+
+impl TryFrom<Value> for StatusMatch {
+    type Error = String;
+    fn try_from(v: Value) -> Result<Self, String> {
+        match &v {
+            Value::Number(n) => match n.as_u64() {
+                Some(c @ 100..=599) => Ok(StatusMatch::Code(c as u16)),
+                _ => Err(format!("status code {n} is outside 100..=599")),
+            },
+            Value::String(s) => {
+                let b = s.as_bytes();
+                match b {
+                    [d @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => Ok(StatusMatch::Class(d - b'0')),
+                    _ => Err(format!("status class {s:?} is not one of \"1xx\"..\"5xx\"")),
+                }
+            }
+            other => Err(format!("expected a status code (429) or class (\"5xx\"), got {other}")),
+        }
+    }
+}
+
+impl From<StatusMatch> for Value {
+    fn from(m: StatusMatch) -> Value {
+        match m {
+            StatusMatch::Class(c) => Value::String(format!("{c}xx")),
+            StatusMatch::Code(c) => Value::from(c),
+        }
+    }
+}
+
+/// The snapshot endpoint's configuration (the `"snapshot"` role).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotEndpointConfig {
+    pub version: u32,
+    /// Request path that returns the snapshot; every other path gets 404.
+    #[serde(default = "default_snapshot_path")]
+    pub path: String,
+}
+
+fn default_label_header() -> HeaderName {
+    HeaderName(DEFAULT_LABEL_HEADER.to_owned())
+}
+fn default_dark_launch() -> Option<DarkLaunch> {
+    Some(DarkLaunch {
+        header: HeaderName(DEFAULT_DARK_LAUNCH_HEADER.to_owned()),
+        value: HeaderValue(DEFAULT_DARK_LAUNCH_VALUE.to_owned()),
+    })
+}
+fn default_failure_statuses() -> Vec<StatusMatch> {
+    vec![StatusMatch::Class(5)]
+}
+fn default_true() -> bool {
+    true
+}
+fn default_snapshot_path() -> String {
+    DEFAULT_SNAPSHOT_PATH.to_owned()
+}
+
+macro_rules! validated_string {
+    ($(#[$m:meta])* $name:ident, $check:path) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                $check(s).map($name)
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = String;
+            fn try_from(s: &str) -> Result<Self, String> {
+                $check(s.to_owned()).map($name)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+validated_string!(
+    /// A subset or rollout name: a DNS-1123 label, as Istio requires of DestinationRule subsets.
+    /// It appears in header values, shared-data keys and metric tags, so nothing else is allowed.
+    SubsetName,
+    check_dns_label
+);
+validated_string!(
+    /// An HTTP header name, lower-cased (header names are case-insensitive; HTTP/2 sends lower case).
+    HeaderName,
+    check_header_name
+);
+validated_string!(
+    /// A header value to match exactly: visible ASCII, no surrounding white space.
+    HeaderValue,
+    check_header_value
+);
+validated_string!(
+    /// A cookie name (an RFC 6265 token).
+    CookieName,
+    check_cookie_name
+);
+
+fn check_dns_label(s: String) -> Result<String, String> {
+    let b = s.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let ok = !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| alnum(c) || *c == b'-')
+        && b.first().is_some_and(alnum)
+        && b.last().is_some_and(alnum);
+    if ok {
+        Ok(s)
+    } else {
+        Err(format!(
+            "{s:?} is not a DNS-1123 label (1-63 of a-z, 0-9 and '-', starting and ending with a letter or digit)"
+        ))
+    }
+}
+
+fn is_token_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+}
+
+fn check_header_name(s: String) -> Result<String, String> {
+    if s.is_empty() || s.len() > 128 || !s.bytes().all(is_token_char) {
+        return Err(format!("{s:?} is not an HTTP header name (1-128 token characters; no ':' pseudo-headers)"));
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
+fn check_header_value(s: String) -> Result<String, String> {
+    let visible = |c: u8| (0x21..=0x7e).contains(&c);
+    let ok = !s.is_empty()
+        && s.len() <= 256
+        && s.bytes().all(|c| visible(c) || c == b' ')
+        && !s.starts_with(' ')
+        && !s.ends_with(' ');
+    if ok { Ok(s) } else { Err(format!("{s:?} is not a header value to match (1-256 visible ASCII characters)")) }
+}
+
+fn check_cookie_name(s: String) -> Result<String, String> {
+    if s.is_empty() || s.len() > 128 || !s.bytes().all(is_token_char) {
+        return Err(format!("{s:?} is not a cookie name (1-128 token characters)"));
+    }
+    Ok(s)
+}
+
+impl RouteConfig {
+    /// The salt for sticky hashing: explicit, or the rollout name.
+    pub fn salt(&self) -> &str {
+        self.sticky_salt.as_deref().unwrap_or(self.rollout.as_str())
+    }
+
+    /// Cross-field rules that serde cannot express.
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_version(self.version)?;
+        if self.stable == self.canary {
+            return Err(ConfigError::new("canary", format!("is the same subset as `stable` ({})", self.stable)));
+        }
+        if let Some(dl) = &self.dark_launch {
+            if dl.header == self.label_header {
+                return Err(ConfigError::new(
+                    "dark_launch.header",
+                    format!("must differ from `label_header` ({})", self.label_header),
+                ));
+            }
+        }
+        if let Some(StickyKey::Header(h)) = &self.sticky {
+            if *h == self.label_header {
+                return Err(ConfigError::new(
+                    "sticky.header",
+                    format!("must differ from `label_header` ({}): clients could pick their subset", self.label_header),
+                ));
+            }
+        }
+        if let Some(salt) = &self.sticky_salt {
+            if salt.is_empty() || salt.len() > 256 {
+                return Err(ConfigError::new("sticky_salt", "must be 1-256 bytes"));
+            }
+        }
+        if self.failure.statuses.is_empty() && !self.failure.resets {
+            return Err(ConfigError::new("failure", "counts nothing as a failure; the gate could never see a bad canary"));
+        }
+        Ok(())
+    }
+
+    /// The JSON gate-agent writes (and `parse` reads back to the same value).
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
+    }
+}
+
+fn check_version(v: u32) -> Result<(), ConfigError> {
+    if v == CONFIG_VERSION {
+        Ok(())
+    } else {
+        Err(ConfigError::new("version", format!("{v} is not supported (this filter reads version {CONFIG_VERSION})")))
+    }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError { field: path, problem: e.into_inner().to_string() }
+    })
+}
+
+/// Parses and validates a plugin configuration. Never panics, whatever the bytes.
+pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
+    let mut value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ConfigError::new(".", format!("not valid JSON ({e})")))?;
+    let Some(object) = value.as_object_mut() else {
+        return Err(ConfigError::new(".", "must be a JSON object"));
+    };
+    let role = match object.remove("role") {
+        None => "route".to_owned(),
+        Some(Value::String(s)) => s,
+        Some(other) => return Err(ConfigError::new("role", format!("expected \"route\" or \"snapshot\", got {other}"))),
+    };
+    if !object.contains_key("version") {
+        return Err(ConfigError::new("version", format!("is missing (write \"version\": {CONFIG_VERSION})")));
+    }
+    match role.as_str() {
+        "route" => {
+            let cfg: RouteConfig = typed(value)?;
+            cfg.validate()?;
+            Ok(PluginConfig::Route(cfg))
+        }
+        "snapshot" => {
+            let cfg: SnapshotEndpointConfig = typed(value)?;
+            check_version(cfg.version)?;
+            if !cfg.path.starts_with('/') || cfg.path.len() > 256 {
+                return Err(ConfigError::new("path", format!("{:?} must be an absolute path of at most 256 bytes", cfg.path)));
+            }
+            Ok(PluginConfig::SnapshotEndpoint(cfg))
+        }
+        other => Err(ConfigError::new("role", format!("{other:?} is not \"route\" or \"snapshot\""))),
+    }
+}
+
+/// Parses a configuration that must have the `route` role (what gate-agent reads and writes).
+pub fn parse_route(bytes: &[u8]) -> Result<RouteConfig, ConfigError> {
+    match parse(bytes)? {
+        PluginConfig::Route(r) => Ok(r),
+        PluginConfig::SnapshotEndpoint(_) => Err(ConfigError::new("role", "a route configuration was expected, not \"snapshot\"")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(json: &str) -> ConfigError {
+        parse(json.as_bytes()).unwrap_err()
+    }
+
+    const MINIMAL: &str = r#"{"version":1,"rollout":"payment-svc","stable":"v1","canary":"v2","canary_weight":10}"#;
+
+    #[test]
+    fn minimal_route_gets_documented_defaults() {
+        let PluginConfig::Route(r) = parse(MINIMAL.as_bytes()).unwrap() else { panic!("not a route") };
+        assert_eq!(r.canary_weight.basis_points(), 1000);
+        assert_eq!(r.label_header.as_str(), DEFAULT_LABEL_HEADER);
+        let dl = r.dark_launch.clone().unwrap();
+        assert_eq!((dl.header.as_str(), dl.value.as_str()), ("x-canary", "true"));
+        assert_eq!(r.failure, FailurePolicy { statuses: vec![StatusMatch::Class(5)], resets: true });
+        assert_eq!(r.salt(), "payment-svc");
+        assert!(r.sticky.is_none());
+    }
+
+    #[test]
+    fn route_round_trips_through_json() {
+        let json = r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":12.5,
+            "sticky":{"cookie":"session"},"dark_launch":null,"failure":{"statuses":["5xx",429],"resets":false},"revision":7}"#;
+        let r = parse_route(json.as_bytes()).unwrap();
+        let again = parse_route(r.to_json().unwrap().as_bytes()).unwrap();
+        assert_eq!(r, again);
+        assert!(again.dark_launch.is_none());
+        assert_eq!(again.revision, 7);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = err(r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10,"canary_wieght":5}"#);
+        assert!(e.problem.contains("unknown field `canary_wieght`"), "{e}");
+    }
+
+    #[test]
+    fn nested_errors_carry_their_path() {
+        let e = err(r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10,"sticky":{"cookie":"a b"}}"#);
+        assert_eq!(e.field, "sticky.cookie");
+        let e = err(r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10,"failure":{"statuses":["6xx"]}}"#);
+        assert_eq!(e.field, "failure.statuses[0]");
+    }
+
+    #[test]
+    fn weight_out_of_range_or_too_precise_is_rejected() {
+        let e = err(r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":101}"#);
+        assert_eq!(e.field, "canary_weight");
+        assert!(e.problem.contains("outside 0..=100"), "{e}");
+        let e = err(r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":1.005}"#);
+        assert!(e.problem.contains("two decimals"), "{e}");
+        let e = err(r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":"10"}"#);
+        assert_eq!(e.field, "canary_weight");
+    }
+
+    #[test]
+    fn cross_field_mistakes_are_rejected() {
+        assert_eq!(err(r#"{"version":1,"rollout":"r","stable":"v1","canary":"v1","canary_weight":1}"#).field, "canary");
+        let e = err(r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":1,"sticky":{"header":"X-Canary-Subset"}}"#);
+        assert_eq!(e.field, "sticky.header");
+        let e = err(r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":1,"failure":{"statuses":[],"resets":false}}"#);
+        assert_eq!(e.field, "failure");
+    }
+
+    #[test]
+    fn version_and_role_are_checked() {
+        assert_eq!(err(r#"{"rollout":"r"}"#).field, "version");
+        assert_eq!(err(r#"{"version":2,"rollout":"r","stable":"v1","canary":"v2","canary_weight":1}"#).field, "version");
+        assert_eq!(err(r#"{"version":1,"role":"admin"}"#).field, "role");
+        assert_eq!(err("[1]").field, ".");
+        assert!(err("{").problem.contains("not valid JSON"));
+        assert!(err("").problem.contains("not valid JSON"));
+    }
+
+    #[test]
+    fn bad_names_are_rejected() {
+        let e = err(r#"{"version":1,"rollout":"r","stable":"V1","canary":"v2","canary_weight":1}"#);
+        assert_eq!(e.field, "stable");
+        assert!(e.problem.contains("DNS-1123"), "{e}");
+        let e = err(r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":1,"label_header":":path"}"#);
+        assert_eq!(e.field, "label_header");
+    }
+
+    #[test]
+    fn header_names_are_lower_cased() {
+        let r = parse_route(br#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":1,"sticky":{"header":"X-User-Id"}}"#).unwrap();
+        assert_eq!(r.sticky, Some(StickyKey::Header(HeaderName::try_from("x-user-id").unwrap())));
+    }
+
+    #[test]
+    fn snapshot_role_parses() {
+        let c = parse(br#"{"version":1,"role":"snapshot"}"#).unwrap();
+        assert_eq!(c, PluginConfig::SnapshotEndpoint(SnapshotEndpointConfig { version: 1, path: DEFAULT_SNAPSHOT_PATH.into() }));
+        assert_eq!(err(r#"{"version":1,"role":"snapshot","path":"x"}"#).field, "path");
+        let e = err(r#"{"version":1,"role":"snapshot","canary_weight":3}"#);
+        assert_eq!(e.field, "canary_weight");
+        assert!(e.problem.contains("unknown field"), "{e}");
+    }
+}

@@ -1,0 +1,226 @@
+//! Per-subset counters as stored in the proxy's VM-wide shared data.
+//!
+//! Every worker thread updates the same record with compare-and-swap, so the binary form is
+//! decoded and re-encoded on each request: it is compact (LEB128 varints, bucket indexes
+//! delta-coded) and versioned, and decoding rejects anything malformed instead of guessing.
+
+use serde::{Deserialize, Serialize};
+
+use crate::histogram::{HistogramError, LatencyHistogram};
+use crate::outcome::Outcome;
+
+/// First byte of an encoded record.
+const FORMAT: u8 = 1;
+
+/// Monotonic counters for one subset since the proxy started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawCounters")]
+pub struct SubsetCounters {
+    /// Completed requests (`successes + failures`).
+    pub requests: u64,
+    pub successes: u64,
+    pub failures: u64,
+    /// Latency from request headers to the end of the response, in µs.
+    pub latency: LatencyHistogram,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCounters {
+    requests: u64,
+    successes: u64,
+    failures: u64,
+    latency: LatencyHistogram,
+}
+
+impl TryFrom<RawCounters> for SubsetCounters {
+    type Error = DecodeError;
+    fn try_from(r: RawCounters) -> Result<Self, DecodeError> {
+        let c = SubsetCounters { requests: r.requests, successes: r.successes, failures: r.failures, latency: r.latency };
+        c.check()?;
+        Ok(c)
+    }
+}
+
+/// Why stored bytes are not a counter record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    UnknownFormat(u8),
+    Truncated,
+    Overlong,
+    TrailingBytes,
+    Inconsistent(&'static str),
+    Histogram(HistogramError),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::UnknownFormat(b) => write!(f, "unknown counter format {b}"),
+            Self::Truncated => write!(f, "counter record is truncated"),
+            Self::Overlong => write!(f, "counter record has an over-long number"),
+            Self::TrailingBytes => write!(f, "counter record has trailing bytes"),
+            Self::Inconsistent(what) => write!(f, "counter record is inconsistent: {what}"),
+            Self::Histogram(e) => write!(f, "counter record histogram: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl SubsetCounters {
+    /// Counts one completed request.
+    pub fn record(&mut self, outcome: Outcome, latency_us: u64) {
+        self.requests = self.requests.saturating_add(1);
+        match outcome {
+            Outcome::Success => self.successes = self.successes.saturating_add(1),
+            Outcome::Failure => self.failures = self.failures.saturating_add(1),
+        }
+        self.latency.record(latency_us);
+    }
+
+    /// Adds another record (from another proxy) to this one.
+    pub fn merge(&mut self, other: &SubsetCounters) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.successes = self.successes.saturating_add(other.successes);
+        self.failures = self.failures.saturating_add(other.failures);
+        self.latency.merge(&other.latency);
+    }
+
+    /// What happened between `earlier` and `self`; `None` if any counter went backwards (a reset).
+    pub fn since(&self, earlier: &SubsetCounters) -> Option<SubsetCounters> {
+        Some(SubsetCounters {
+            requests: self.requests.checked_sub(earlier.requests)?,
+            successes: self.successes.checked_sub(earlier.successes)?,
+            failures: self.failures.checked_sub(earlier.failures)?,
+            latency: self.latency.since(&earlier.latency)?,
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.latency.buckets.len() * 3);
+        out.push(FORMAT);
+        put_varint(&mut out, self.requests);
+        put_varint(&mut out, self.successes);
+        put_varint(&mut out, self.failures);
+        put_varint(&mut out, self.latency.sum_us);
+        put_varint(&mut out, self.latency.buckets.len() as u64);
+        let mut prev = 0u16;
+        for &(i, c) in &self.latency.buckets {
+            put_varint(&mut out, u64::from(i - prev));
+            put_varint(&mut out, c);
+            prev = i;
+        }
+        out
+    }
+
+    /// Decodes a stored record; empty input is the zero record (a key created but never counted).
+    pub fn decode(bytes: &[u8]) -> Result<SubsetCounters, DecodeError> {
+        let Some((&format, mut rest)) = bytes.split_first() else {
+            return Ok(SubsetCounters::default());
+        };
+        if format != FORMAT {
+            return Err(DecodeError::UnknownFormat(format));
+        }
+        let requests = take_varint(&mut rest)?;
+        let successes = take_varint(&mut rest)?;
+        let failures = take_varint(&mut rest)?;
+        let sum_us = take_varint(&mut rest)?;
+        let n = take_varint(&mut rest)?;
+        // Each pair takes at least two bytes: refuse counts the input cannot hold before allocating.
+        if n > (rest.len() / 2) as u64 {
+            return Err(DecodeError::Truncated);
+        }
+        let mut buckets = Vec::with_capacity(n as usize);
+        let mut index = 0u64;
+        for k in 0..n {
+            let delta = take_varint(&mut rest)?;
+            if k > 0 && delta == 0 {
+                return Err(DecodeError::Histogram(HistogramError::NotSorted));
+            }
+            index = index.checked_add(delta).ok_or(DecodeError::Overlong)?;
+            let idx = u16::try_from(index).map_err(|_| DecodeError::Histogram(HistogramError::IndexOutOfRange(u16::MAX)))?;
+            buckets.push((idx, take_varint(&mut rest)?));
+        }
+        if !rest.is_empty() {
+            return Err(DecodeError::TrailingBytes);
+        }
+        let latency = LatencyHistogram::from_parts(sum_us, buckets).map_err(DecodeError::Histogram)?;
+        let c = SubsetCounters { requests, successes, failures, latency };
+        c.check()?;
+        Ok(c)
+    }
+
+    /// The invariants every record keeps: outcomes add up, one latency per request.
+    fn check(&self) -> Result<(), DecodeError> {
+        if self.successes.checked_add(self.failures) != Some(self.requests) {
+            return Err(DecodeError::Inconsistent("requests != successes + failures"));
+        }
+        if self.latency.count() != self.requests {
+            return Err(DecodeError::Inconsistent("latency count != requests"));
+        }
+        Ok(())
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn take_varint(input: &mut &[u8]) -> Result<u64, DecodeError> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let Some((&b, rest)) = input.split_first() else {
+            return Err(DecodeError::Truncated);
+        };
+        *input = rest;
+        let bits = u64::from(b & 0x7f);
+        if shift == 63 && bits > 1 {
+            return Err(DecodeError::Overlong);
+        }
+        v |= bits << shift;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(DecodeError::Overlong)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_bytes_are_zero_counters() {
+        assert_eq!(SubsetCounters::decode(&[]).unwrap(), SubsetCounters::default());
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let mut c = SubsetCounters::default();
+        for (i, us) in [3u64, 3, 120, 4_000, 1 << 40, 55_555].iter().enumerate() {
+            let o = if i % 3 == 0 { Outcome::Failure } else { Outcome::Success };
+            c.record(o, *us);
+        }
+        assert_eq!(SubsetCounters::decode(&c.encode()).unwrap(), c);
+    }
+
+    #[test]
+    fn malformed_records_are_rejected() {
+        let mut c = SubsetCounters::default();
+        c.record(Outcome::Success, 10);
+        let good = c.encode();
+        assert_eq!(SubsetCounters::decode(&good[..good.len() - 1]), Err(DecodeError::Truncated));
+        let mut long = good.clone();
+        long.push(0);
+        assert_eq!(SubsetCounters::decode(&long), Err(DecodeError::TrailingBytes));
+        assert_eq!(SubsetCounters::decode(&[9]), Err(DecodeError::UnknownFormat(9)));
+        assert_eq!(SubsetCounters::decode(&[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]), Err(DecodeError::Overlong));
+        // requests=1, successes=0, failures=0: does not add up.
+        assert!(matches!(SubsetCounters::decode(&[1, 1, 0, 0, 0, 0]), Err(DecodeError::Inconsistent(_))));
+    }
+}

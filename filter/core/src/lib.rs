@@ -1,0 +1,27 @@
+//! canary-gate's decision logic, free of any proxy-wasm dependency.
+//!
+//! The filter (a thin proxy-wasm adapter) and gate-agent share these definitions, so the
+//! configuration the agent writes and the snapshot it reads have exactly one meaning. Everything
+//! here takes its inputs (time, randomness, headers, stored bytes) as arguments, so it is tested
+//! natively, on 32-bit wasm, and by property tests.
+
+pub mod config;
+pub mod counters;
+pub mod hash;
+pub mod histogram;
+pub mod metrics;
+pub mod outcome;
+pub mod rng;
+pub mod snapshot;
+pub mod split;
+pub mod store;
+pub mod weight;
+
+pub use config::{ConfigError, DarkLaunch, FailurePolicy, PluginConfig, RouteConfig, SnapshotEndpointConfig, StickyKey, SubsetName};
+pub use counters::SubsetCounters;
+pub use hash::{sticky_bucket, Bucket};
+pub use histogram::LatencyHistogram;
+pub use outcome::{Outcome, ResponseSummary};
+pub use snapshot::{InstanceInfo, Snapshot, SubsetSnapshot};
+pub use split::{choose_subset, Choice, Reason, Role};
+pub use weight::Weight;

@@ -1,0 +1,142 @@
+//! Routing, hashing and counter logic, run natively and compiled to 32-bit wasm
+//! (`make test-wasm` runs this file under wasm-bindgen-test in Node), so the filter's
+//! arithmetic in Envoy agrees with what native tests and gate-agent compute.
+
+use canary_core::config::{self, parse_route, PluginConfig};
+use canary_core::counters::SubsetCounters;
+use canary_core::hash::{sticky_bucket, sticky_hash, Bucket};
+use canary_core::histogram::{bucket_of, LatencyHistogram, BUCKETS};
+use canary_core::rng::SplitMix64;
+use canary_core::split::{choose_subset, Reason, Role};
+use canary_core::{Outcome, Weight};
+
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+fn route(weight: f64, extra: &str) -> config::RouteConfig {
+    let json = format!(r#"{{"version":1,"rollout":"payment-svc","stable":"v1","canary":"v2","canary_weight":{weight}{extra}}}"#);
+    parse_route(json.as_bytes()).unwrap()
+}
+
+#[test]
+fn sticky_hash_is_pinned_across_builds_and_targets() {
+    // Changing these values moves users between subsets mid-rollout: never do it silently.
+    let golden: [(&str, &str, u64, u16); 5] = [
+        ("payment-svc", "alice", 0xad75_1aa9_1161_cf71, 6775),
+        ("payment-svc", "bob", 0x4a19_84a1_6479_5c2a, 2894),
+        ("checkout", "alice", 0x99b3_eb55_ea79_1ff9, 6004),
+        ("", "", 0x7bd3_144f_29c0_cc9e, 4836),
+        ("r", "\u{1F600}-user-0123456789", 0x3286_0d6d_62ad_73da, 1973),
+    ];
+    for (salt, key, hash, bucket) in golden {
+        assert_eq!(sticky_hash(salt, key.as_bytes()), hash, "{salt}/{key}");
+        assert_eq!(sticky_bucket(salt, key.as_bytes()).get(), bucket, "{salt}/{key}");
+    }
+}
+
+#[test]
+fn ten_percent_over_100k_sticky_keys_lands_within_half_a_percent() {
+    let cfg = route(10.0, r#","sticky":{"header":"x-user-id"}"#);
+    let mut canary = 0u32;
+    for i in 0..100_000u32 {
+        let key = format!("user-{i}");
+        let choice = choose_subset(&cfg, |h| (h == "x-user-id").then(|| key.clone()), 0);
+        assert_eq!(choice.reason, Reason::Sticky);
+        if choice.role == Role::Canary {
+            canary += 1;
+        }
+    }
+    let share = f64::from(canary) / 100_000.0;
+    assert!((share - 0.10).abs() <= 0.005, "canary share {share}");
+}
+
+#[test]
+fn ten_percent_over_100k_random_draws_lands_within_half_a_percent() {
+    let cfg = route(10.0, "");
+    let mut rng = SplitMix64::new(42);
+    let canary = (0..100_000).filter(|_| choose_subset(&cfg, |_| None, rng.next_u64()).role == Role::Canary).count();
+    let share = canary as f64 / 100_000.0;
+    assert!((share - 0.10).abs() <= 0.005, "canary share {share}");
+}
+
+#[test]
+fn a_canary_user_stays_on_the_canary_as_the_weight_grows() {
+    for i in 0..2_000u32 {
+        let key = format!("session-{i}");
+        let mut was_canary = false;
+        for bp in (0..=10_000u16).step_by(250) {
+            let cfg = config::RouteConfig { canary_weight: Weight::from_basis_points(bp).unwrap(), ..route(0.0, r#","sticky":{"cookie":"sid"}"#) };
+            let cookie = format!("theme=dark; sid={key}");
+            let is_canary = choose_subset(&cfg, |h| (h == "cookie").then(|| cookie.clone()), 0).role == Role::Canary;
+            assert!(is_canary || !was_canary, "{key} left the canary at {bp} bp");
+            was_canary = is_canary;
+        }
+        assert!(was_canary, "{key} not on the canary at 100%");
+    }
+}
+
+#[test]
+fn random_buckets_cover_the_whole_range_without_overflow() {
+    assert_eq!(Bucket::from_random(0).get(), 0);
+    assert_eq!(Bucket::from_random(u64::MAX).get(), 9_999);
+    assert_eq!(Bucket::from_random(1 << 63).get(), 5_000);
+    assert!(!Bucket::from_random(u64::MAX).is_canary_at(Weight::from_basis_points(9_999).unwrap()));
+    assert!(Bucket::from_random(u64::MAX).is_canary_at(Weight::FULL));
+    assert!(!Bucket::from_random(0).is_canary_at(Weight::ZERO));
+}
+
+#[test]
+fn histogram_quantiles_are_within_two_percent() {
+    let mut h = LatencyHistogram::new();
+    let mut values: Vec<u64> = Vec::new();
+    let mut rng = SplitMix64::new(7);
+    for _ in 0..20_000 {
+        // Log-uniform from 100 µs to ~1.7 s, to exercise many octaves.
+        let v = 100u64 << (rng.next_u64() % 14) | (rng.next_u64() % 1000);
+        values.push(v);
+        h.record(v);
+    }
+    values.sort_unstable();
+    for q in [0.5, 0.9, 0.99, 0.999] {
+        let rank = ((q * values.len() as f64).ceil() as usize).max(1);
+        let truth = values[rank - 1] as f64;
+        let got = h.quantile(q).unwrap() as f64;
+        assert!((got - truth).abs() / truth <= 0.02, "q{q}: got {got}, true {truth}");
+    }
+}
+
+#[test]
+fn counters_saturate_and_large_values_round_trip() {
+    let mut c = SubsetCounters::default();
+    c.record(Outcome::Success, u64::MAX);
+    c.record(Outcome::Failure, 1 << 35);
+    assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
+    assert_eq!(c.latency.sum_us, u64::MAX, "sum saturates instead of wrapping");
+    let decoded = SubsetCounters::decode(&c.encode()).unwrap();
+    assert_eq!(decoded, c);
+    let mut big = c.clone();
+    big.requests = u64::MAX - 1;
+    big.successes = u64::MAX - 2;
+    big.failures = 1;
+    let mut same = big.clone();
+    same.record(Outcome::Success, 5);
+    assert_eq!(same.requests, u64::MAX);
+}
+
+#[test]
+fn bad_configs_name_the_field() {
+    let cases: [(&str, &str, &str); 6] = [
+        (r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":150}"#, "canary_weight", "outside 0..=100"),
+        (r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10,"lable_header":"x"}"#, "lable_header", "unknown field"),
+        (r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10,"sticky":{"query":"u"}}"#, "sticky", "unknown variant"),
+        (r#"{"version":1,"rollout":"r","stable":"v1","canary":"v1","canary_weight":10}"#, "canary", "same subset"),
+        (r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10,"dark_launch":{"header":"x-canary-subset","value":"1"}}"#, "dark_launch.header", "must differ"),
+        (r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":-0.5}"#, "canary_weight", "outside 0..=100"),
+    ];
+    for (json, field, problem) in cases {
+        let e = config::parse(json.as_bytes()).unwrap_err();
+        assert_eq!(e.field, field, "{json}: {e}");
+        assert!(e.problem.contains(problem), "{json}: {e}");
+    }
+    assert!(matches!(config::parse(br#"{"version":1,"role":"snapshot"}"#), Ok(PluginConfig::SnapshotEndpoint(_))));
+}

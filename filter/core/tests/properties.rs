@@ -1,0 +1,79 @@
+//! Property tests of the logic (native only: proptest does not run under wasm-bindgen-test).
+#![cfg(not(target_arch = "wasm32"))]
+
+use canary_core::config::{self, parse_route};
+use canary_core::counters::SubsetCounters;
+use canary_core::hash::sticky_bucket;
+use canary_core::histogram::{bucket_bounds, bucket_of, LatencyHistogram};
+use canary_core::split::{choose_subset, Role};
+use canary_core::{Outcome, Weight};
+use proptest::prelude::*;
+
+proptest! {
+    #[test]
+    fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = config::parse(&bytes);
+        let _ = SubsetCounters::decode(&bytes);
+    }
+
+    #[test]
+    fn parse_never_panics_on_json_shaped_input(s in r#"\{("[a-z_]{1,14}":(-?[0-9.e]{1,8}|"[ -~]{0,12}"|null|true|\{\}|\[\]),?){0,8}\}"#) {
+        let _ = config::parse(s.as_bytes());
+    }
+
+    #[test]
+    fn weights_with_two_decimals_round_trip(bp in 0u16..=10_000) {
+        let w = Weight::from_basis_points(bp).unwrap();
+        prop_assert_eq!(Weight::from_percent(w.percent()).unwrap(), w);
+        prop_assert_eq!(w.basis_points() + w.complement().basis_points(), 10_000);
+    }
+
+    #[test]
+    fn stickiness_is_monotone_in_the_weight(key in "[ -~]{1,40}", salt in "[a-z]{1,12}", a in 0u16..=10_000, b in 0u16..=10_000) {
+        let (lo, hi) = (a.min(b), a.max(b));
+        let bucket = sticky_bucket(&salt, key.as_bytes());
+        let at = |bp| bucket.is_canary_at(Weight::from_basis_points(bp).unwrap());
+        prop_assert!(!at(lo) || at(hi));
+    }
+
+    #[test]
+    fn zero_weight_never_and_full_weight_always_picks_canary_without_dark_launch(random in any::<u64>(), user in proptest::option::of("[a-z0-9]{1,20}")) {
+        let base = parse_route(br#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":0,"sticky":{"header":"x-user"}}"#).unwrap();
+        let header = |h: &str| if h == "x-user" { user.clone() } else { None };
+        prop_assert_eq!(choose_subset(&base, header, random).role, Role::Stable);
+        let full = config::RouteConfig { canary_weight: Weight::FULL, ..base };
+        prop_assert_eq!(choose_subset(&full, header, random).role, Role::Canary);
+    }
+
+    #[test]
+    fn every_value_lands_in_its_bucket(v in any::<u64>()) {
+        let (lo, hi) = bucket_bounds(bucket_of(v)).unwrap();
+        let clamped = v.min(canary_core::histogram::MAX_VALUE_US);
+        prop_assert!(lo <= clamped && clamped <= hi);
+        if lo >= 128 {
+            prop_assert!((hi - lo + 1) * 64 <= lo);
+        }
+    }
+
+    #[test]
+    fn counters_round_trip_and_merge_then_since_is_identity(
+        a in proptest::collection::vec((any::<bool>(), 0u64..10_000_000), 0..60),
+        b in proptest::collection::vec((any::<bool>(), 0u64..10_000_000), 0..60),
+    ) {
+        let fill = |v: &[(bool, u64)]| {
+            let mut c = SubsetCounters::default();
+            for &(ok, us) in v {
+                c.record(if ok { Outcome::Success } else { Outcome::Failure }, us);
+            }
+            c
+        };
+        let (ca, cb) = (fill(&a), fill(&b));
+        prop_assert_eq!(SubsetCounters::decode(&ca.encode()).unwrap(), ca.clone());
+        let mut sum = ca.clone();
+        sum.merge(&cb);
+        prop_assert_eq!(sum.since(&ca).unwrap(), cb);
+        let mut h = LatencyHistogram::new();
+        h.merge(&ca.latency);
+        prop_assert_eq!(h.count(), ca.requests);
+    }
+}

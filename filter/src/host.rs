@@ -1,0 +1,106 @@
+//! The only module that calls the proxy-wasm host. Every call returns its status instead of
+//! panicking (the SDK's `Context` helpers unwrap), and the rest of the filter sees plain Rust.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use canary_core::store::{SetError, SharedStore};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
+
+pub fn log(level: LogLevel, message: &str) {
+    // Nothing useful to do if logging itself fails.
+    let _ = hostcalls::log(level, message);
+}
+
+pub fn info(message: &str) {
+    log(LogLevel::Info, message);
+}
+
+pub fn warn(message: &str) {
+    log(LogLevel::Warn, message);
+}
+
+pub fn error(message: &str) {
+    log(LogLevel::Error, message);
+}
+
+pub fn plugin_configuration() -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten()
+}
+
+/// Host wall-clock time since the Unix epoch (Envoy's time source).
+pub fn now() -> Duration {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .unwrap_or_default()
+}
+
+pub fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+}
+
+pub fn set_request_header(name: &str, value: &str) -> Result<(), Status> {
+    hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+}
+
+/// Makes the router re-match the route after a header change. proxy-wasm 0.2.5 has no method
+/// for it; Envoy answers the foreign function `clear_route_cache`.
+pub fn clear_route_cache() -> Result<(), Status> {
+    hostcalls::call_foreign_function("clear_route_cache", None).map(|_| ())
+}
+
+/// A numeric stream property (Envoy encodes integers as 8 little-endian bytes).
+pub fn property_u64(path: &[&str]) -> Option<u64> {
+    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+    let arr: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(arr))
+}
+
+pub fn send_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> Result<(), Status> {
+    hostcalls::send_http_response(status, headers.to_vec(), Some(body))
+}
+
+pub fn define_metric(kind: MetricType, name: &str) -> Option<u32> {
+    match hostcalls::define_metric(kind, name) {
+        Ok(id) => Some(id),
+        Err(s) => {
+            warn(&format!("canary-gate: cannot define metric {name}: {s:?}"));
+            None
+        }
+    }
+}
+
+pub fn increment_metric(id: Option<u32>, by: i64) {
+    if let Some(id) = id {
+        let _ = hostcalls::increment_metric(id, by);
+    }
+}
+
+pub fn record_metric(id: Option<u32>, value: u64) {
+    if let Some(id) = id {
+        let _ = hostcalls::record_metric(id, value);
+    }
+}
+
+/// The VM-wide shared data of this filter's `vm_id`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SharedData;
+
+impl SharedStore for SharedData {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), u32> {
+        match hostcalls::get_shared_data(key) {
+            Ok(v) => Ok(v),
+            Err(Status::NotFound) => Ok((None, None)),
+            Err(s) => Err(s as u32),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SetError::CasMismatch),
+            Err(s) => Err(SetError::Host(s as u32)),
+        }
+    }
+}

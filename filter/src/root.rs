@@ -1,0 +1,173 @@
+//! The root context: validates the plugin configuration and hands each HTTP stream a shared,
+//! already-validated view of it.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use canary_core::config::{self, PluginConfig, RouteConfig, SnapshotEndpointConfig};
+use canary_core::metrics;
+use canary_core::rng::SplitMix64;
+use canary_core::snapshot::InstanceInfo;
+use canary_core::split::Role;
+use canary_core::store;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, MetricType};
+
+use crate::host::{self, SharedData};
+use crate::stream::{RouteStream, SnapshotStream};
+
+/// Envoy stat ids of one subset's metrics (`None` where the host refused to define one).
+#[derive(Debug, Clone, Copy)]
+pub struct SubsetMetrics {
+    pub requests: Option<u32>,
+    pub failures: Option<u32>,
+    pub duration: Option<u32>,
+}
+
+impl SubsetMetrics {
+    fn define(subset: &str) -> Self {
+        let name = |base| metrics::per_subset(base, subset);
+        SubsetMetrics {
+            requests: host::define_metric(MetricType::Counter, &name(metrics::REQUESTS_TOTAL)),
+            failures: host::define_metric(MetricType::Counter, &name(metrics::FAILURES_TOTAL)),
+            duration: host::define_metric(MetricType::Histogram, &name(metrics::DURATION_US)),
+        }
+    }
+}
+
+/// Everything a routing stream needs, computed once per configuration.
+#[derive(Debug)]
+pub struct RouteState {
+    pub config: RouteConfig,
+    pub stable_key: String,
+    pub canary_key: String,
+    pub stable_metrics: SubsetMetrics,
+    pub canary_metrics: SubsetMetrics,
+    pub updates_dropped: Option<u32>,
+}
+
+impl RouteState {
+    pub fn key(&self, role: Role) -> &str {
+        match role {
+            Role::Stable => &self.stable_key,
+            Role::Canary => &self.canary_key,
+        }
+    }
+
+    pub fn metrics(&self, role: Role) -> SubsetMetrics {
+        match role {
+            Role::Stable => self.stable_metrics,
+            Role::Canary => self.canary_metrics,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Active {
+    Route(Rc<RouteState>),
+    Snapshot(Rc<SnapshotEndpointConfig>),
+}
+
+/// One per worker thread (and one on the main thread) for each plugin configuration.
+#[derive(Debug, Default)]
+pub struct Root {
+    active: Option<Active>,
+    rng: Cell<u64>,
+    instance: Option<InstanceInfo>,
+}
+
+impl Root {
+    fn next_random(&self) -> u64 {
+        let mut r = SplitMix64::new(self.rng.get());
+        let v = r.next_u64();
+        self.rng.set(v);
+        v
+    }
+
+    /// This process's instance record, created by whichever root asks first.
+    fn ensure_instance(&mut self) {
+        let now = host::now();
+        let candidate = InstanceInfo {
+            id: format!("{:016x}", SplitMix64::new(self.rng.get() ^ now.as_nanos() as u64).next_u64()),
+            started_at_unix_ms: now.as_millis() as u64,
+        };
+        match store::instance(&SharedData, &candidate) {
+            Ok(info) => self.instance = Some(info),
+            Err(e) => host::warn(&format!("canary-gate: cannot record the proxy instance: {e}")),
+        }
+    }
+
+    fn configure_route(&mut self, config: RouteConfig) -> bool {
+        let stable_key = store::counters_key(&config.rollout, &config.stable);
+        let canary_key = store::counters_key(&config.rollout, &config.canary);
+        for key in [&stable_key, &canary_key] {
+            if let Err(status) = store::ensure_key(&SharedData, key, &[]) {
+                host::error(&format!("canary-gate: rejected configuration: cannot create counters {key} (status {status})"));
+                return false;
+            }
+        }
+        if let Err(status) = store::publish_route(&SharedData, &config) {
+            host::warn(&format!("canary-gate: cannot publish the route for snapshots (status {status})"));
+        }
+        host::info(&format!(
+            "canary-gate: rollout {} revision {}: {} {} / {} {}",
+            config.rollout,
+            config.revision,
+            config.stable,
+            config.canary_weight.complement(),
+            config.canary,
+            config.canary_weight,
+        ));
+        let state = RouteState {
+            stable_metrics: SubsetMetrics::define(config.stable.as_str()),
+            canary_metrics: SubsetMetrics::define(config.canary.as_str()),
+            updates_dropped: host::define_metric(MetricType::Counter, metrics::UPDATES_DROPPED_TOTAL),
+            stable_key,
+            canary_key,
+            config,
+        };
+        self.active = Some(Active::Route(Rc::new(state)));
+        true
+    }
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        if self.rng.get() == 0 {
+            self.rng.set(host::now().as_nanos() as u64 | 1);
+        }
+        let bytes = host::plugin_configuration().unwrap_or_default();
+        let parsed = match config::parse(&bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                // One line naming the field; returning false makes Envoy keep the last good config.
+                host::error(&format!("canary-gate: rejected configuration: {e}"));
+                return false;
+            }
+        };
+        self.ensure_instance();
+        match parsed {
+            PluginConfig::Route(route) => self.configure_route(route),
+            PluginConfig::SnapshotEndpoint(cfg) => {
+                host::info(&format!("canary-gate: serving snapshots at {}", cfg.path));
+                self.active = Some(Active::Snapshot(Rc::new(cfg)));
+                true
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        match &self.active {
+            Some(Active::Route(state)) => Some(Box::new(RouteStream::new(Rc::clone(state), self.next_random()))),
+            Some(Active::Snapshot(cfg)) => Some(Box::new(SnapshotStream::new(Rc::clone(cfg), self.instance.clone()))),
+            // Not configured: no filtering, so the route table's default (stable) applies.
+            None => None,
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
