@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod counters;
+pub mod ecds;
 pub mod hash;
 pub mod histogram;
 pub mod metrics;

@@ -1,0 +1,297 @@
+//! Real Envoy, started from the shipped `deploy/local/envoy.yaml` with loopback ports.
+//!
+//! The shipped file is written for containers (`/etc/canary-gate/...`, DNS names `stable` and
+//! `canary`, fixed ports). [`LocalSetup`] rewrites exactly those things and nothing else: every
+//! path under `/etc/canary-gate` moves to a temporary directory, listener and admin ports become
+//! 0 (Envoy picks free ones; the harness reads them back), and the two clusters point at
+//! loopback backends. Each Envoy gets its own `--base-id` and is stopped by its PID on drop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use canary_core::config::RouteConfig;
+use canary_core::ecds;
+use canary_core::snapshot::Snapshot;
+use serde_json::Value;
+
+use crate::paths;
+
+const CONTAINER_ROOT: &str = "/etc/canary-gate";
+
+/// Options for one Envoy.
+#[derive(Debug, Clone)]
+pub struct LocalSetup {
+    pub stable: SocketAddr,
+    pub canary: SocketAddr,
+    /// Worker threads (`--concurrency`).
+    pub concurrency: u32,
+    /// Written to the watched file before start.
+    pub route: RouteConfig,
+}
+
+/// A running Envoy.
+#[derive(Debug)]
+pub struct Envoy {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub admin: SocketAddr,
+    pub public: SocketAddr,
+    pub snapshot: SocketAddr,
+    pub base_id: u32,
+    wasm: PathBuf,
+    http: reqwest::Client,
+}
+
+static NEXT_BASE_ID: AtomicU32 = AtomicU32::new(0);
+
+/// A base id no other Envoy of this machine's test runs uses: the process id spreads runs apart,
+/// the counter spreads Envoys within a run.
+fn unique_base_id() -> u32 {
+    let n = NEXT_BASE_ID.fetch_add(1, Ordering::SeqCst);
+    10_000 + (std::process::id() % 50_000) * 16 + (n % 16)
+}
+
+fn rewrite_paths(v: &mut Value, root: &str) {
+    match v {
+        Value::String(s) if s.starts_with(CONTAINER_ROOT) => {
+            *s = format!("{root}{}", &s[CONTAINER_ROOT.len()..]);
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| rewrite_paths(i, root)),
+        Value::Object(map) => map.values_mut().for_each(|i| rewrite_paths(i, root)),
+        _ => {}
+    }
+}
+
+fn named<'a>(list: &'a mut Value, name: &str) -> Result<&'a mut Value, String> {
+    list.as_array_mut()
+        .and_then(|items| items.iter_mut().find(|i| i["name"] == name))
+        .ok_or_else(|| format!("deploy/local/envoy.yaml has no entry named {name:?}"))
+}
+
+fn point_cluster(clusters: &mut Value, name: &str, addr: SocketAddr) -> Result<(), String> {
+    let c = named(clusters, name)?;
+    c["type"] = "STATIC".into();
+    c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] =
+        serde_json::json!({ "address": addr.ip().to_string(), "port_value": addr.port() });
+    Ok(())
+}
+
+/// The shipped bootstrap, rewritten for loopback and `root`.
+pub fn local_bootstrap(setup: &LocalSetup, root: &Path) -> Result<Value, String> {
+    let path = paths::deploy_local().join("envoy.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut v: Value = serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    rewrite_paths(&mut v, &root.to_string_lossy());
+    v["admin"]["address"]["socket_address"] = serde_json::json!({ "address": "127.0.0.1", "port_value": 0 });
+    let listeners = &mut v["static_resources"]["listeners"];
+    for name in ["public", "canary-gate-snapshot"] {
+        named(listeners, name)?["address"]["socket_address"] = serde_json::json!({ "address": "127.0.0.1", "port_value": 0 });
+    }
+    let clusters = &mut v["static_resources"]["clusters"];
+    point_cluster(clusters, "stable", setup.stable)?;
+    point_cluster(clusters, "canary", setup.canary)?;
+    Ok(v)
+}
+
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, dir.join(name))
+}
+
+impl Envoy {
+    /// Starts Envoy and waits until its listeners accept traffic.
+    pub async fn start(setup: &LocalSetup) -> Result<Envoy, String> {
+        let bin = paths::envoy_bin()?;
+        let wasm_src = paths::filter_wasm()?;
+        let dir = tempfile::Builder::new().prefix("canary-gate-e2e").tempdir().map_err(|e| e.to_string())?;
+        let root = dir.path();
+        let wasm = root.join("canary_filter.wasm");
+        std::fs::copy(&wasm_src, &wasm).map_err(|e| format!("copy {}: {e}", wasm_src.display()))?;
+        std::fs::create_dir_all(root.join("ecds")).map_err(|e| e.to_string())?;
+        let bootstrap = local_bootstrap(setup, root)?;
+        let config_path = root.join("envoy.json");
+        std::fs::write(&config_path, bootstrap.to_string()).map_err(|e| e.to_string())?;
+        let admin_path = root.join("admin-address");
+        let log = std::fs::File::create(root.join("envoy.log")).map_err(|e| e.to_string())?;
+        let base_id = unique_base_id();
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
+        let mut envoy = Envoy {
+            child: Command::new(&bin)
+                .arg("-c")
+                .arg(&config_path)
+                .args(["--base-id", &base_id.to_string()])
+                .args(["--concurrency", &setup.concurrency.to_string()])
+                .arg("--admin-address-path")
+                .arg(&admin_path)
+                .args(["--log-level", "info", "--component-log-level", "upstream:warn,connection:warn"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("cannot start {}: {e}", bin.display()))?,
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public: SocketAddr::from(([127, 0, 0, 1], 0)),
+            snapshot: SocketAddr::from(([127, 0, 0, 1], 0)),
+            base_id,
+            wasm,
+            dir,
+            http,
+        };
+        envoy.write_route(&setup.route).map_err(|e| format!("write route: {e}"))?;
+        envoy.wait_ready(&admin_path).await?;
+        Ok(envoy)
+    }
+
+    async fn wait_ready(&mut self, admin_path: &Path) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("Envoy exited with {status} during start-up:\n{}", self.log_tail(40)));
+            }
+            if let Ok(text) = std::fs::read_to_string(admin_path) {
+                if let Ok(addr) = text.trim().parse() {
+                    self.admin = addr;
+                    if self.read_listeners().await.is_ok() && self.admin_get("/ready").await.is_ok_and(|b| b.trim() == "LIVE") {
+                        return Ok(());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!("Envoy was not ready within 30 s:\n{}", self.log_tail(40)))
+    }
+
+    async fn read_listeners(&mut self) -> Result<(), String> {
+        let body = self.admin_get("/listeners?format=json").await?;
+        let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        let find = |name: &str| -> Option<SocketAddr> {
+            let l = v["listener_statuses"].as_array()?.iter().find(|l| l["name"] == name)?;
+            let sa = &l["local_address"]["socket_address"];
+            let port = u16::try_from(sa["port_value"].as_u64()?).ok().filter(|p| *p != 0)?;
+            Some(SocketAddr::new(sa["address"].as_str()?.parse().ok()?, port))
+        };
+        self.public = find("public").ok_or("public listener not bound yet")?;
+        self.snapshot = find("canary-gate-snapshot").ok_or("snapshot listener not bound yet")?;
+        Ok(())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The directory Envoy watches for the filter's configuration.
+    pub fn ecds_dir(&self) -> PathBuf {
+        self.dir.path().join("ecds")
+    }
+
+    /// Replaces the filter's configuration the way gate-agent does: new file, rename into place.
+    pub fn write_route(&self, route: &RouteConfig) -> std::io::Result<()> {
+        let file = ecds::discovery_file(&self.wasm.to_string_lossy(), route).map_err(std::io::Error::other)?;
+        write_atomically(&self.ecds_dir(), "canary-gate.json", file.to_string().as_bytes())
+    }
+
+    /// Writes an arbitrary plugin configuration text (tests use it for bad configs).
+    pub fn write_raw_plugin_config(&self, plugin_config: &str) -> std::io::Result<()> {
+        let file = ecds::discovery_file_raw(&self.wasm.to_string_lossy(), plugin_config);
+        write_atomically(&self.ecds_dir(), "canary-gate.json", file.to_string().as_bytes())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.public)
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Result<String, String> {
+        let r = self.http.get(format!("http://{}{path}", self.admin)).send().await.map_err(|e| e.to_string())?;
+        let status = r.status();
+        let body = r.text().await.map_err(|e| e.to_string())?;
+        if status.is_success() { Ok(body) } else { Err(format!("{path}: {status}: {body}")) }
+    }
+
+    /// A counter or gauge from `/stats`, by its full name; `None` if Envoy does not have it.
+    pub async fn stat(&self, name: &str) -> Option<u64> {
+        let body = self.admin_get(&format!("/stats?format=json&filter=^{}$", name.replace('.', "\\."))).await.ok()?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["stats"].as_array()?.iter().find(|s| s["name"] == name)?["value"].as_u64()
+    }
+
+    pub async fn prometheus(&self) -> Result<String, String> {
+        self.admin_get("/stats/prometheus").await
+    }
+
+    /// The filter's snapshot, from the loopback snapshot listener.
+    pub async fn snapshot(&self) -> Result<Snapshot, String> {
+        let url = format!("http://{}{}", self.snapshot, canary_core::config::DEFAULT_SNAPSHOT_PATH);
+        let r = self.http.get(url).send().await.map_err(|e| e.to_string())?;
+        let status = r.status();
+        let body = r.bytes().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("snapshot: {status}: {}", String::from_utf8_lossy(&body)));
+        }
+        Snapshot::from_json(&body).map_err(|e| e.to_string())
+    }
+
+    /// Waits until the snapshot reports `revision` (the proxy applied that config).
+    pub async fn wait_for_revision(&self, revision: u64, within: Duration) -> Result<Snapshot, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let snap = self.snapshot().await;
+            if let Ok(s) = &snap {
+                if s.route.as_ref().is_some_and(|r| r.revision == revision) {
+                    return snap;
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("revision {revision} not applied within {within:?} (last: {snap:?})\n{}", self.log_tail(20)));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until a counter reaches at least `at_least`.
+    pub async fn wait_for_stat(&self, name: &str, at_least: u64, within: Duration) -> Result<u64, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self.stat(name).await.unwrap_or(0);
+            if v >= at_least {
+                return Ok(v);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("{name} = {v}, wanted >= {at_least} within {within:?}\n{}", self.log_tail(20)));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The last lines of Envoy's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Log lines containing `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default();
+        text.lines().filter(|l| l.contains(needle)).map(str::to_owned).collect()
+    }
+
+    /// Stops Envoy by its PID and waits for it.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,154 @@
+//! canary-filter in real Envoy 1.40 (V8), started from deploy/local/envoy.yaml on loopback.
+//! Needs `make wasm` and `make tools` (or ENVOY_BIN); each test runs its own Envoy.
+
+use std::time::Duration;
+
+use canary_core::split::Role;
+use canary_core::sticky_bucket;
+use canary_e2e::{route, Fixture};
+
+const RELOAD: Duration = Duration::from_secs(10);
+
+fn none() -> Vec<(&'static str, String)> {
+    Vec::new()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_split_follows_the_weight() {
+    let f = Fixture::start(route(20.0, 1, "").unwrap(), 2).await.unwrap();
+    let t = f.send(4000, &none()).await;
+    assert_eq!(t.errors, 0, "{t:?}");
+    let share = t.served("v2") as f64 / 4000.0;
+    // Binomial sd at 20% over 4,000 is 0.63%; 3% is almost five of them.
+    assert!((share - 0.20).abs() < 0.03, "canary share {share}: {t:?}");
+    assert_eq!(t.served("v1") + t.served("v2"), 4000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dark_launch_header_forces_the_canary_at_zero_weight() {
+    let f = Fixture::start(route(0.0, 1, "").unwrap(), 1).await.unwrap();
+    let t = f.send(100, &[("x-canary", "true".to_owned())]).await;
+    assert_eq!(t.served("v2"), 100, "{t:?}");
+    let t = f.send(100, &[("x-canary", "yes".to_owned())]).await;
+    assert_eq!(t.served("v1"), 100, "only the exact value opts in: {t:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_user_keeps_its_subset_and_wasm_hashes_like_native_code() {
+    let f = Fixture::start(route(50.0, 1, r#","sticky":{"header":"x-user-id"}"#).unwrap(), 2).await.unwrap();
+    let mut seen = [0u32; 2];
+    for i in 0..40 {
+        let user = format!("user-{i}");
+        let t = f.send(10, &[("x-user-id", user.clone())]).await;
+        // The bucket the native build computes must be the one the filter used in Envoy.
+        let expect = if sticky_bucket("demo", user.as_bytes()).get() < 5000 { "v2" } else { "v1" };
+        assert_eq!(t.served(expect), 10, "{user} expected {expect}: {t:?}");
+        seen[usize::from(expect == "v2")] += 1;
+    }
+    assert!(seen[0] > 0 && seen[1] > 0, "both subsets should have users: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sent_label_does_not_reach_the_canary() {
+    let f = Fixture::start(route(0.0, 1, "").unwrap(), 1).await.unwrap();
+    let t = f.send(50, &[("x-canary-subset", "v2".to_owned())]).await;
+    assert_eq!(t.served("v1"), 50, "{t:?}");
+    assert_eq!(f.canary.received(), 0);
+    let labels = f.stable.labels_seen();
+    assert_eq!(labels.len(), 50);
+    assert!(labels.iter().all(|l| l == "v1"), "the filter's label replaces the client's: {labels:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_are_exact_across_two_worker_threads() {
+    let f = Fixture::start(route(30.0, 1, "").unwrap(), 2).await.unwrap();
+    f.canary.fail_per_mille(100);
+    let t = f.send(3000, &none()).await;
+    assert_eq!(t.errors, 0);
+    let snap = f.envoy.snapshot().await.unwrap();
+    let stable = &snap.subset(Role::Stable).unwrap().counters;
+    let canary = &snap.subset(Role::Canary).unwrap().counters;
+    assert_eq!(stable.requests, f.stable.received(), "stable requests");
+    assert_eq!(canary.requests, f.canary.received(), "canary requests");
+    assert_eq!(stable.requests + canary.requests, 3000);
+    // 5xx from the canary are failures; the backend fails exactly 100 per 1,000 it serves.
+    assert_eq!(canary.failures, t.statuses.get(&500).copied().unwrap_or(0));
+    assert_eq!(canary.failures, f.canary.received() / 10);
+    assert_eq!(stable.failures, 0);
+    assert_eq!(canary.latency.count(), canary.requests);
+    // The same numbers as Envoy stats.
+    assert_eq!(f.envoy.stat("wasmcustom.canary_gate_requests_total.subset.v2").await, Some(canary.requests));
+    assert_eq!(f.envoy.stat("wasmcustom.canary_gate_failures_total.subset.v2").await, Some(canary.failures));
+    assert_eq!(f.envoy.stat("wasmcustom.canary_gate_counter_updates_dropped_total").await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50ms_upstream_shows_p50_within_10_percent() {
+    let f = Fixture::start(route(100.0, 1, "").unwrap(), 1).await.unwrap();
+    f.canary.delay(Duration::from_millis(50));
+    // Warm up connections and the VM, then judge only what came after.
+    let _ = f.send(20, &none()).await;
+    let warm = f.envoy.snapshot().await.unwrap().subset(Role::Canary).unwrap().counters.clone();
+    let _ = f.send(80, &none()).await;
+    let now = f.envoy.snapshot().await.unwrap().subset(Role::Canary).unwrap().counters.clone();
+    let window = now.since(&warm).unwrap();
+    assert_eq!(window.requests, 80);
+    let p50 = window.latency.quantile(0.5).unwrap() as f64;
+    assert!((p50 - 50_000.0).abs() <= 5_000.0, "p50 {p50} µs over {:?}", window.latency);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weight_change_through_the_watched_directory_applies_without_restart_or_lost_counts() {
+    let f = Fixture::start(route(0.0, 1, "").unwrap(), 2).await.unwrap();
+    let pid = f.envoy.pid();
+    let before = f.send(200, &none()).await;
+    assert_eq!(before.served("v1"), 200);
+    let first = f.envoy.snapshot().await.unwrap();
+
+    f.envoy.write_route(&route(100.0, 2, "").unwrap()).unwrap();
+    let snap = f.envoy.wait_for_revision(2, RELOAD).await.unwrap();
+    assert_eq!(snap.instance, first.instance, "same proxy instance: no restart");
+    assert_eq!(f.envoy.pid(), pid);
+    assert_eq!(snap.subset(Role::Stable).unwrap().counters.requests, 200, "counters survive the reload");
+
+    let after = f.send(200, &none()).await;
+    assert_eq!(after.served("v2"), 200, "{after:?}");
+    let snap = f.envoy.snapshot().await.unwrap();
+    assert_eq!(snap.subset(Role::Stable).unwrap().counters.requests, 200);
+    assert_eq!(snap.subset(Role::Canary).unwrap().counters.requests, 200);
+    assert!(f.envoy.stat("extension_config_discovery.http_filter.canary-gate.update_success").await.unwrap_or(0) >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_config_is_rejected_and_the_last_good_weights_keep_serving() {
+    let f = Fixture::start(route(100.0, 1, "").unwrap(), 2).await.unwrap();
+    let rejected = "extension_config_discovery.http_filter.canary-gate.update_rejected";
+    let base = f.envoy.stat(rejected).await.unwrap_or(0);
+
+    for (n, bad) in [
+        r#"{"version":1,"rollout":"demo","stable":"v1","canary":"v2","canary_weight":150,"revision":2}"#,
+        r#"{"version":1,"rollout":"demo","stable":"v1","canary":"v2","canary_weight":0,"revison":3}"#,
+        "not json at all",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        f.envoy.write_raw_plugin_config(bad).unwrap();
+        f.envoy.wait_for_stat(rejected, base + n as u64 + 1, RELOAD).await.unwrap();
+        let t = f.send(50, &none()).await;
+        assert_eq!(t.served("v2"), 50, "still on the last good weights after {bad}: {t:?}");
+        let snap = f.envoy.snapshot().await.unwrap();
+        assert_eq!(snap.route.unwrap().revision, 1);
+    }
+    let lines = f.envoy.log_lines("canary-gate: rejected configuration");
+    assert!(lines.iter().any(|l| l.contains("`canary_weight`") && l.contains("outside 0..=100")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("`revison`") && l.contains("unknown field")), "{lines:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshot_is_not_served_on_the_public_listener() {
+    let f = Fixture::start(route(0.0, 1, "").unwrap(), 1).await.unwrap();
+    let r = f.envoy.http().get(f.envoy.url(canary_core::config::DEFAULT_SNAPSHOT_PATH)).send().await.unwrap();
+    assert_eq!(r.headers().get("x-served-by").unwrap(), "v1", "the public listener proxies it like any path");
+    assert!(f.envoy.snapshot.ip().is_loopback());
+}
