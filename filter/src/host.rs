@@ -30,10 +30,7 @@ pub fn plugin_configuration() -> Option<Vec<u8>> {
 
 /// Host wall-clock time since the Unix epoch (Envoy's time source).
 pub fn now() -> Duration {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .unwrap_or_default()
+    hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default()
 }
 
 pub fn request_header(name: &str) -> Option<String> {

@@ -102,7 +102,9 @@ impl Root {
         let canary_key = store::counters_key(&config.rollout, &config.canary);
         for key in [&stable_key, &canary_key] {
             if let Err(status) = store::ensure_key(&SharedData, key, &[]) {
-                host::error(&format!("canary-gate: rejected configuration: cannot create counters {key} (status {status})"));
+                host::error(&format!(
+                    "canary-gate: rejected configuration: cannot create counters {key} (status {status})"
+                ));
                 return false;
             }
         }
@@ -149,7 +151,7 @@ impl RootContext for Root {
         };
         self.ensure_instance();
         match parsed {
-            PluginConfig::Route(route) => self.configure_route(route),
+            PluginConfig::Route(route) => self.configure_route(*route),
             PluginConfig::SnapshotEndpoint(cfg) => {
                 host::info(&format!("canary-gate: serving snapshots at {}", cfg.path));
                 self.active = Some(Active::Snapshot(Rc::new(cfg)));

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use canary_core::config::SnapshotEndpointConfig;
 use canary_core::outcome::ResponseSummary;
-use canary_core::snapshot::{InstanceInfo, Snapshot, SubsetSnapshot, SNAPSHOT_FORMAT};
-use canary_core::split::{choose_subset, Role};
+use canary_core::snapshot::{InstanceInfo, SNAPSHOT_FORMAT, Snapshot, SubsetSnapshot};
+use canary_core::split::{Role, choose_subset};
 use canary_core::store::{self, UpdateError};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -51,7 +51,9 @@ impl HttpContext for RouteStream {
     }
 
     fn on_log(&mut self) {
-        let Some((role, started)) = self.chosen else { return };
+        let Some((role, started)) = self.chosen else {
+            return;
+        };
         let status = host::property_u64(&["response", "code"]).and_then(|c| u16::try_from(c).ok());
         let outcome = self.state.config.failure.classify(ResponseSummary { status: status.filter(|c| *c != 0) });
         let latency_us = u64::try_from(host::now().saturating_sub(started).as_micros()).unwrap_or(u64::MAX);
@@ -59,7 +61,9 @@ impl HttpContext for RouteStream {
         match store::update_counters(&SharedData, key, MAX_CAS_ATTEMPTS, |c| c.record(outcome, latency_us)) {
             Ok(report) => {
                 if let Some(e) = report.replaced_corrupt {
-                    host::error(&format!("canary-gate: counters at {key} were unreadable ({e}); started again from zero"));
+                    host::error(&format!(
+                        "canary-gate: counters at {key} were unreadable ({e}); started again from zero"
+                    ));
                 }
             }
             Err(UpdateError::Contended { attempts }) => {
@@ -112,7 +116,9 @@ impl SnapshotStream {
     }
 
     fn reply(status: u32, body: &[u8]) -> Action {
-        if let Err(s) = host::send_response(status, &[("content-type", "application/json"), ("cache-control", "no-store")], body) {
+        if let Err(s) =
+            host::send_response(status, &[("content-type", "application/json"), ("cache-control", "no-store")], body)
+        {
             host::error(&format!("canary-gate: cannot send the snapshot response: {s:?}"));
             return Action::Continue;
         }

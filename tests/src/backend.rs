@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::Router;
 
 #[derive(Debug, Default)]
 struct Behaviour {
@@ -37,10 +37,10 @@ async fn handle(State((name, b)): State<(String, Arc<Behaviour>)>, headers: Head
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let label_header = b.label_header.lock().map(|h| h.clone()).unwrap_or_default();
-    if let Some(v) = headers.get(label_header.as_str()).and_then(|v| v.to_str().ok()) {
-        if let Ok(mut labels) = b.labels.lock() {
-            labels.push(v.to_owned());
-        }
+    if let Some(v) = headers.get(label_header.as_str()).and_then(|v| v.to_str().ok())
+        && let Ok(mut labels) = b.labels.lock()
+    {
+        labels.push(v.to_owned());
     }
     let n = b.received.fetch_add(1, Ordering::SeqCst) + 1;
     let per_mille = u64::from(b.fail_per_mille.load(Ordering::Relaxed));

@@ -65,18 +65,33 @@ fn rewrite_paths(v: &mut Value, root: &str) {
     }
 }
 
-fn named<'a>(list: &'a mut Value, name: &str) -> Result<&'a mut Value, String> {
-    list.as_array_mut()
-        .and_then(|items| items.iter_mut().find(|i| i["name"] == name))
-        .ok_or_else(|| format!("deploy/local/envoy.yaml has no entry named {name:?}"))
+/// The entry of list `list` (a JSON pointer) whose `name` is `name`.
+fn named<'a>(v: &'a mut Value, list: &str, name: &str) -> Result<&'a mut Value, String> {
+    v.pointer_mut(list)
+        .and_then(Value::as_array_mut)
+        .and_then(|items| items.iter_mut().find(|i| i.get("name").and_then(Value::as_str) == Some(name)))
+        .ok_or_else(|| format!("deploy/local/envoy.yaml: no entry named {name:?} in {list}"))
 }
 
-fn point_cluster(clusters: &mut Value, name: &str, addr: SocketAddr) -> Result<(), String> {
-    let c = named(clusters, name)?;
-    c["type"] = "STATIC".into();
-    c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] =
-        serde_json::json!({ "address": addr.ip().to_string(), "port_value": addr.port() });
+/// Replaces the value at `pointer`, which must exist.
+fn set_at(v: &mut Value, pointer: &str, new: Value) -> Result<(), String> {
+    let slot = v.pointer_mut(pointer).ok_or_else(|| format!("deploy/local/envoy.yaml: nothing at {pointer}"))?;
+    *slot = new;
     Ok(())
+}
+
+fn loopback(port: u16) -> Value {
+    serde_json::json!({ "address": "127.0.0.1", "port_value": port })
+}
+
+fn point_cluster(v: &mut Value, name: &str, addr: SocketAddr) -> Result<(), String> {
+    let c = named(v, "/static_resources/clusters", name)?;
+    set_at(c, "/type", "STATIC".into())?;
+    set_at(
+        c,
+        "/load_assignment/endpoints/0/lb_endpoints/0/endpoint/address/socket_address",
+        serde_json::json!({ "address": addr.ip().to_string(), "port_value": addr.port() }),
+    )
 }
 
 /// The shipped bootstrap, rewritten for loopback and `root`.
@@ -85,14 +100,12 @@ pub fn local_bootstrap(setup: &LocalSetup, root: &Path) -> Result<Value, String>
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut v: Value = serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     rewrite_paths(&mut v, &root.to_string_lossy());
-    v["admin"]["address"]["socket_address"] = serde_json::json!({ "address": "127.0.0.1", "port_value": 0 });
-    let listeners = &mut v["static_resources"]["listeners"];
+    set_at(&mut v, "/admin/address/socket_address", loopback(0))?;
     for name in ["public", "canary-gate-snapshot"] {
-        named(listeners, name)?["address"]["socket_address"] = serde_json::json!({ "address": "127.0.0.1", "port_value": 0 });
+        set_at(named(&mut v, "/static_resources/listeners", name)?, "/address/socket_address", loopback(0))?;
     }
-    let clusters = &mut v["static_resources"]["clusters"];
-    point_cluster(clusters, "stable", setup.stable)?;
-    point_cluster(clusters, "canary", setup.canary)?;
+    point_cluster(&mut v, "stable", setup.stable)?;
+    point_cluster(&mut v, "canary", setup.canary)?;
     Ok(v)
 }
 
@@ -152,12 +165,14 @@ impl Envoy {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("Envoy exited with {status} during start-up:\n{}", self.log_tail(40)));
             }
-            if let Ok(text) = std::fs::read_to_string(admin_path) {
-                if let Ok(addr) = text.trim().parse() {
-                    self.admin = addr;
-                    if self.read_listeners().await.is_ok() && self.admin_get("/ready").await.is_ok_and(|b| b.trim() == "LIVE") {
-                        return Ok(());
-                    }
+            if let Ok(text) = std::fs::read_to_string(admin_path)
+                && let Ok(addr) = text.trim().parse()
+            {
+                self.admin = addr;
+                if self.read_listeners().await.is_ok()
+                    && self.admin_get("/ready").await.is_ok_and(|b| b.trim() == "LIVE")
+                {
+                    return Ok(());
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -169,10 +184,10 @@ impl Envoy {
         let body = self.admin_get("/listeners?format=json").await?;
         let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
         let find = |name: &str| -> Option<SocketAddr> {
-            let l = v["listener_statuses"].as_array()?.iter().find(|l| l["name"] == name)?;
-            let sa = &l["local_address"]["socket_address"];
-            let port = u16::try_from(sa["port_value"].as_u64()?).ok().filter(|p| *p != 0)?;
-            Some(SocketAddr::new(sa["address"].as_str()?.parse().ok()?, port))
+            let l = v.get("listener_statuses")?.as_array()?.iter().find(|l| l.get("name") == Some(&name.into()))?;
+            let sa = l.pointer("/local_address/socket_address")?;
+            let port = u16::try_from(sa.get("port_value")?.as_u64()?).ok().filter(|p| *p != 0)?;
+            Some(SocketAddr::new(sa.get("address")?.as_str()?.parse().ok()?, port))
         };
         self.public = find("public").ok_or("public listener not bound yet")?;
         self.snapshot = find("canary-gate-snapshot").ok_or("snapshot listener not bound yet")?;
@@ -219,7 +234,7 @@ impl Envoy {
     pub async fn stat(&self, name: &str) -> Option<u64> {
         let body = self.admin_get(&format!("/stats?format=json&filter=^{}$", name.replace('.', "\\."))).await.ok()?;
         let v: Value = serde_json::from_str(&body).ok()?;
-        v["stats"].as_array()?.iter().find(|s| s["name"] == name)?["value"].as_u64()
+        v.get("stats")?.as_array()?.iter().find(|s| s.get("name") == Some(&name.into()))?.get("value")?.as_u64()
     }
 
     pub async fn prometheus(&self) -> Result<String, String> {
@@ -243,13 +258,16 @@ impl Envoy {
         let deadline = Instant::now() + within;
         loop {
             let snap = self.snapshot().await;
-            if let Ok(s) = &snap {
-                if s.route.as_ref().is_some_and(|r| r.revision == revision) {
-                    return snap;
-                }
+            if let Ok(s) = &snap
+                && s.route.as_ref().is_some_and(|r| r.revision == revision)
+            {
+                return snap;
             }
             if Instant::now() >= deadline {
-                return Err(format!("revision {revision} not applied within {within:?} (last: {snap:?})\n{}", self.log_tail(20)));
+                return Err(format!(
+                    "revision {revision} not applied within {within:?} (last: {snap:?})\n{}",
+                    self.log_tail(20)
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -274,7 +292,7 @@ impl Envoy {
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        all.iter().skip(all.len().saturating_sub(lines)).copied().collect::<Vec<_>>().join("\n")
     }
 
     /// Log lines containing `needle`.

@@ -24,11 +24,7 @@ pub fn envoy_bin() -> Result<PathBuf, String> {
 /// The release build of the filter.
 pub fn filter_wasm() -> Result<PathBuf, String> {
     let p = workspace_root().join("target/wasm32-wasip1/release/canary_filter.wasm");
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(format!("{} is missing: run `make wasm` first", p.display()))
-    }
+    if p.is_file() { Ok(p) } else { Err(format!("{} is missing: run `make wasm` first", p.display())) }
 }
 
 pub fn deploy_local() -> PathBuf {

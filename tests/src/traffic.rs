@@ -24,7 +24,13 @@ impl Tally {
 }
 
 /// Sends `n` GET requests to `url` with `headers`, `concurrency` at a time.
-pub async fn send(client: &reqwest::Client, url: &str, headers: &[(&str, String)], n: u64, concurrency: usize) -> Tally {
+pub async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, String)],
+    n: u64,
+    concurrency: usize,
+) -> Tally {
     let mut tally = Tally::default();
     let mut sent = 0u64;
     while sent < n {
@@ -40,7 +46,8 @@ pub async fn send(client: &reqwest::Client, url: &str, headers: &[(&str, String)
         while let Some(done) = tasks.join_next().await {
             match done {
                 Ok(Ok(resp)) => {
-                    let by = resp.headers().get("x-served-by").and_then(|v| v.to_str().ok()).unwrap_or("none").to_owned();
+                    let by =
+                        resp.headers().get("x-served-by").and_then(|v| v.to_str().ok()).unwrap_or("none").to_owned();
                     *tally.served_by.entry(by).or_default() += 1;
                     *tally.statuses.entry(resp.status().as_u16()).or_default() += 1;
                     let _ = resp.bytes().await;

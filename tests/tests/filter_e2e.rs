@@ -1,11 +1,12 @@
 //! canary-filter in real Envoy 1.40 (V8), started from deploy/local/envoy.yaml on loopback.
 //! Needs `make wasm` and `make tools` (or ENVOY_BIN); each test runs its own Envoy.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test code
 
 use std::time::Duration;
 
 use canary_core::split::Role;
 use canary_core::sticky_bucket;
-use canary_e2e::{route, Fixture};
+use canary_e2e::{Fixture, route};
 
 const RELOAD: Duration = Duration::from_secs(10);
 

@@ -45,7 +45,7 @@ impl std::error::Error for ConfigError {}
 /// A parsed, validated plugin configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PluginConfig {
-    Route(RouteConfig),
+    Route(Box<RouteConfig>),
     SnapshotEndpoint(SnapshotEndpointConfig),
 }
 
@@ -314,29 +314,32 @@ impl RouteConfig {
         if self.stable == self.canary {
             return Err(ConfigError::new("canary", format!("is the same subset as `stable` ({})", self.stable)));
         }
-        if let Some(dl) = &self.dark_launch {
-            if dl.header == self.label_header {
-                return Err(ConfigError::new(
-                    "dark_launch.header",
-                    format!("must differ from `label_header` ({})", self.label_header),
-                ));
-            }
+        if let Some(dl) = &self.dark_launch
+            && dl.header == self.label_header
+        {
+            return Err(ConfigError::new(
+                "dark_launch.header",
+                format!("must differ from `label_header` ({})", self.label_header),
+            ));
         }
-        if let Some(StickyKey::Header(h)) = &self.sticky {
-            if *h == self.label_header {
-                return Err(ConfigError::new(
-                    "sticky.header",
-                    format!("must differ from `label_header` ({}): clients could pick their subset", self.label_header),
-                ));
-            }
+        if let Some(StickyKey::Header(h)) = &self.sticky
+            && *h == self.label_header
+        {
+            return Err(ConfigError::new(
+                "sticky.header",
+                format!("must differ from `label_header` ({}): clients could pick their subset", self.label_header),
+            ));
         }
-        if let Some(salt) = &self.sticky_salt {
-            if salt.is_empty() || salt.len() > 256 {
-                return Err(ConfigError::new("sticky_salt", "must be 1-256 bytes"));
-            }
+        if let Some(salt) = &self.sticky_salt
+            && (salt.is_empty() || salt.len() > 256)
+        {
+            return Err(ConfigError::new("sticky_salt", "must be 1-256 bytes"));
         }
         if self.failure.statuses.is_empty() && !self.failure.resets {
-            return Err(ConfigError::new("failure", "counts nothing as a failure; the gate could never see a bad canary"));
+            return Err(ConfigError::new(
+                "failure",
+                "counts nothing as a failure; the gate could never see a bad canary",
+            ));
         }
         Ok(())
     }
@@ -364,15 +367,17 @@ fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ConfigError>
 
 /// Parses and validates a plugin configuration. Never panics, whatever the bytes.
 pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
-    let mut value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ConfigError::new(".", format!("not valid JSON ({e})")))?;
+    let mut value: Value =
+        serde_json::from_slice(bytes).map_err(|e| ConfigError::new(".", format!("not valid JSON ({e})")))?;
     let Some(object) = value.as_object_mut() else {
         return Err(ConfigError::new(".", "must be a JSON object"));
     };
     let role = match object.remove("role") {
         None => "route".to_owned(),
         Some(Value::String(s)) => s,
-        Some(other) => return Err(ConfigError::new("role", format!("expected \"route\" or \"snapshot\", got {other}"))),
+        Some(other) => {
+            return Err(ConfigError::new("role", format!("expected \"route\" or \"snapshot\", got {other}")));
+        }
     };
     if !object.contains_key("version") {
         return Err(ConfigError::new("version", format!("is missing (write \"version\": {CONFIG_VERSION})")));
@@ -381,13 +386,16 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
         "route" => {
             let cfg: RouteConfig = typed(value)?;
             cfg.validate()?;
-            Ok(PluginConfig::Route(cfg))
+            Ok(PluginConfig::Route(Box::new(cfg)))
         }
         "snapshot" => {
             let cfg: SnapshotEndpointConfig = typed(value)?;
             check_version(cfg.version)?;
             if !cfg.path.starts_with('/') || cfg.path.len() > 256 {
-                return Err(ConfigError::new("path", format!("{:?} must be an absolute path of at most 256 bytes", cfg.path)));
+                return Err(ConfigError::new(
+                    "path",
+                    format!("{:?} must be an absolute path of at most 256 bytes", cfg.path),
+                ));
             }
             Ok(PluginConfig::SnapshotEndpoint(cfg))
         }
@@ -398,8 +406,10 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
 /// Parses a configuration that must have the `route` role (what gate-agent reads and writes).
 pub fn parse_route(bytes: &[u8]) -> Result<RouteConfig, ConfigError> {
     match parse(bytes)? {
-        PluginConfig::Route(r) => Ok(r),
-        PluginConfig::SnapshotEndpoint(_) => Err(ConfigError::new("role", "a route configuration was expected, not \"snapshot\"")),
+        PluginConfig::Route(r) => Ok(*r),
+        PluginConfig::SnapshotEndpoint(_) => {
+            Err(ConfigError::new("role", "a route configuration was expected, not \"snapshot\""))
+        }
     }
 }
 
@@ -444,9 +454,13 @@ mod tests {
 
     #[test]
     fn nested_errors_carry_their_path() {
-        let e = err(r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10,"sticky":{"cookie":"a b"}}"#);
+        let e = err(
+            r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10,"sticky":{"cookie":"a b"}}"#,
+        );
         assert_eq!(e.field, "sticky.cookie");
-        let e = err(r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10,"failure":{"statuses":["6xx"]}}"#);
+        let e = err(
+            r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10,"failure":{"statuses":["6xx"]}}"#,
+        );
         assert_eq!(e.field, "failure.statuses[0]");
     }
 
@@ -464,16 +478,23 @@ mod tests {
     #[test]
     fn cross_field_mistakes_are_rejected() {
         assert_eq!(err(r#"{"version":1,"rollout":"r","stable":"v1","canary":"v1","canary_weight":1}"#).field, "canary");
-        let e = err(r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":1,"sticky":{"header":"X-Canary-Subset"}}"#);
+        let e = err(
+            r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":1,"sticky":{"header":"X-Canary-Subset"}}"#,
+        );
         assert_eq!(e.field, "sticky.header");
-        let e = err(r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":1,"failure":{"statuses":[],"resets":false}}"#);
+        let e = err(
+            r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":1,"failure":{"statuses":[],"resets":false}}"#,
+        );
         assert_eq!(e.field, "failure");
     }
 
     #[test]
     fn version_and_role_are_checked() {
         assert_eq!(err(r#"{"rollout":"r"}"#).field, "version");
-        assert_eq!(err(r#"{"version":2,"rollout":"r","stable":"v1","canary":"v2","canary_weight":1}"#).field, "version");
+        assert_eq!(
+            err(r#"{"version":2,"rollout":"r","stable":"v1","canary":"v2","canary_weight":1}"#).field,
+            "version"
+        );
         assert_eq!(err(r#"{"version":1,"role":"admin"}"#).field, "role");
         assert_eq!(err("[1]").field, ".");
         assert!(err("{").problem.contains("not valid JSON"));
@@ -485,7 +506,8 @@ mod tests {
         let e = err(r#"{"version":1,"rollout":"r","stable":"V1","canary":"v2","canary_weight":1}"#);
         assert_eq!(e.field, "stable");
         assert!(e.problem.contains("DNS-1123"), "{e}");
-        let e = err(r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":1,"label_header":":path"}"#);
+        let e =
+            err(r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":1,"label_header":":path"}"#);
         assert_eq!(e.field, "label_header");
     }
 
@@ -498,7 +520,10 @@ mod tests {
     #[test]
     fn snapshot_role_parses() {
         let c = parse(br#"{"version":1,"role":"snapshot"}"#).unwrap();
-        assert_eq!(c, PluginConfig::SnapshotEndpoint(SnapshotEndpointConfig { version: 1, path: DEFAULT_SNAPSHOT_PATH.into() }));
+        assert_eq!(
+            c,
+            PluginConfig::SnapshotEndpoint(SnapshotEndpointConfig { version: 1, path: DEFAULT_SNAPSHOT_PATH.into() })
+        );
         assert_eq!(err(r#"{"version":1,"role":"snapshot","path":"x"}"#).field, "path");
         let e = err(r#"{"version":1,"role":"snapshot","canary_weight":3}"#);
         assert_eq!(e.field, "canary_weight");

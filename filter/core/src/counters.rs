@@ -36,7 +36,8 @@ struct RawCounters {
 impl TryFrom<RawCounters> for SubsetCounters {
     type Error = DecodeError;
     fn try_from(r: RawCounters) -> Result<Self, DecodeError> {
-        let c = SubsetCounters { requests: r.requests, successes: r.successes, failures: r.failures, latency: r.latency };
+        let c =
+            SubsetCounters { requests: r.requests, successes: r.successes, failures: r.failures, latency: r.latency };
         c.check()?;
         Ok(c)
     }
@@ -139,7 +140,8 @@ impl SubsetCounters {
                 return Err(DecodeError::Histogram(HistogramError::NotSorted));
             }
             index = index.checked_add(delta).ok_or(DecodeError::Overlong)?;
-            let idx = u16::try_from(index).map_err(|_| DecodeError::Histogram(HistogramError::IndexOutOfRange(u16::MAX)))?;
+            let idx =
+                u16::try_from(index).map_err(|_| DecodeError::Histogram(HistogramError::IndexOutOfRange(u16::MAX)))?;
             buckets.push((idx, take_varint(&mut rest)?));
         }
         if !rest.is_empty() {
@@ -219,7 +221,10 @@ mod tests {
         long.push(0);
         assert_eq!(SubsetCounters::decode(&long), Err(DecodeError::TrailingBytes));
         assert_eq!(SubsetCounters::decode(&[9]), Err(DecodeError::UnknownFormat(9)));
-        assert_eq!(SubsetCounters::decode(&[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]), Err(DecodeError::Overlong));
+        assert_eq!(
+            SubsetCounters::decode(&[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]),
+            Err(DecodeError::Overlong)
+        );
         // requests=1, successes=0, failures=0: does not add up.
         assert!(matches!(SubsetCounters::decode(&[1, 1, 0, 0, 0, 0]), Err(DecodeError::Inconsistent(_))));
     }

@@ -5,7 +5,7 @@
 //! `TypedExtensionConfig` whose name equals the HTTP filter's name in the listener. Writers
 //! (gate-agent, the test harness) render it here, so there is one definition of the shape.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::config::RouteConfig;
 

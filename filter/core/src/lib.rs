@@ -18,11 +18,13 @@ pub mod split;
 pub mod store;
 pub mod weight;
 
-pub use config::{ConfigError, DarkLaunch, FailurePolicy, PluginConfig, RouteConfig, SnapshotEndpointConfig, StickyKey, SubsetName};
+pub use config::{
+    ConfigError, DarkLaunch, FailurePolicy, PluginConfig, RouteConfig, SnapshotEndpointConfig, StickyKey, SubsetName,
+};
 pub use counters::SubsetCounters;
-pub use hash::{sticky_bucket, Bucket};
+pub use hash::{Bucket, sticky_bucket};
 pub use histogram::LatencyHistogram;
 pub use outcome::{Outcome, ResponseSummary};
 pub use snapshot::{InstanceInfo, Snapshot, SubsetSnapshot};
-pub use split::{choose_subset, Choice, Reason, Role};
+pub use split::{Choice, Reason, Role, choose_subset};
 pub use weight::Weight;

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{RouteConfig, StickyKey, SubsetName};
-use crate::hash::{sticky_bucket, Bucket};
+use crate::hash::{Bucket, sticky_bucket};
 
 /// Which side of the split a subset is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -44,10 +44,10 @@ impl Choice {
 /// Picks the subset for a request. `header` returns a request header's value by lower-case
 /// name; `random` is 64 fresh random bits, used only when no sticky key decides.
 pub fn choose_subset(cfg: &RouteConfig, header: impl Fn(&str) -> Option<String>, random: u64) -> Choice {
-    if let Some(dl) = &cfg.dark_launch {
-        if header(dl.header.as_str()).is_some_and(|v| v == dl.value.as_str()) {
-            return Choice { role: Role::Canary, reason: Reason::DarkLaunch };
-        }
+    if let Some(dl) = &cfg.dark_launch
+        && header(dl.header.as_str()).is_some_and(|v| v == dl.value.as_str())
+    {
+        return Choice { role: Role::Canary, reason: Reason::DarkLaunch };
     }
     let sticky = cfg.sticky.as_ref().and_then(|key| match key {
         StickyKey::Header(name) => header(name.as_str()).filter(|v| !v.is_empty()),
@@ -81,7 +81,11 @@ mod tests {
     use crate::config::parse_route;
 
     fn cfg(extra: &str) -> RouteConfig {
-        parse_route(format!(r#"{{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10{extra}}}"#).as_bytes()).unwrap()
+        parse_route(
+            format!(r#"{{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10{extra}}}"#)
+                .as_bytes(),
+        )
+        .unwrap()
     }
 
     fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {

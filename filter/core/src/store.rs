@@ -45,7 +45,9 @@ pub trait SharedStore {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpdateError {
     /// Every attempt lost a race; the update was dropped.
-    Contended { attempts: u32 },
+    Contended {
+        attempts: u32,
+    },
     Host(u32),
 }
 
@@ -110,10 +112,10 @@ pub fn read_counters(store: &dyn SharedStore, key: &str) -> Result<SubsetCounter
 /// writes last wins a start-up race, and every reader goes through the store, so all workers
 /// agree on the id from then on.
 pub fn instance(store: &dyn SharedStore, candidate: &InstanceInfo) -> Result<InstanceInfo, ReadError> {
-    if let (Some(bytes), _) = store.get(INSTANCE_KEY).map_err(ReadError::Host)? {
-        if let Ok(info) = serde_json::from_slice::<InstanceInfo>(&bytes) {
-            return Ok(info);
-        }
+    if let (Some(bytes), _) = store.get(INSTANCE_KEY).map_err(ReadError::Host)?
+        && let Ok(info) = serde_json::from_slice::<InstanceInfo>(&bytes)
+    {
+        return Ok(info);
     }
     let bytes = serde_json::to_vec(candidate).map_err(|_| ReadError::Host(0))?;
     match store.set(INSTANCE_KEY, &bytes, None) {

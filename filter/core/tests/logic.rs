@@ -1,20 +1,23 @@
 //! Routing, hashing and counter logic, run natively and compiled to 32-bit wasm
 //! (`make test-wasm` runs this file under wasm-bindgen-test in Node), so the filter's
 //! arithmetic in Envoy agrees with what native tests and gate-agent compute.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test code
 
-use canary_core::config::{self, parse_route, PluginConfig};
+use canary_core::config::{self, PluginConfig, parse_route};
 use canary_core::counters::SubsetCounters;
-use canary_core::hash::{sticky_bucket, sticky_hash, Bucket};
-use canary_core::histogram::{bucket_of, LatencyHistogram, BUCKETS};
+use canary_core::hash::{Bucket, sticky_bucket, sticky_hash};
+use canary_core::histogram::{BUCKETS, LatencyHistogram, bucket_of};
 use canary_core::rng::SplitMix64;
-use canary_core::split::{choose_subset, Reason, Role};
+use canary_core::split::{Reason, Role, choose_subset};
 use canary_core::{Outcome, Weight};
 
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
 fn route(weight: f64, extra: &str) -> config::RouteConfig {
-    let json = format!(r#"{{"version":1,"rollout":"payment-svc","stable":"v1","canary":"v2","canary_weight":{weight}{extra}}}"#);
+    let json = format!(
+        r#"{{"version":1,"rollout":"payment-svc","stable":"v1","canary":"v2","canary_weight":{weight}{extra}}}"#
+    );
     parse_route(json.as_bytes()).unwrap()
 }
 
@@ -65,7 +68,10 @@ fn a_canary_user_stays_on_the_canary_as_the_weight_grows() {
         let key = format!("session-{i}");
         let mut was_canary = false;
         for bp in (0..=10_000u16).step_by(250) {
-            let cfg = config::RouteConfig { canary_weight: Weight::from_basis_points(bp).unwrap(), ..route(0.0, r#","sticky":{"cookie":"sid"}"#) };
+            let cfg = config::RouteConfig {
+                canary_weight: Weight::from_basis_points(bp).unwrap(),
+                ..route(0.0, r#","sticky":{"cookie":"sid"}"#)
+            };
             let cookie = format!("theme=dark; sid={key}");
             let is_canary = choose_subset(&cfg, |h| (h == "cookie").then(|| cookie.clone()), 0).role == Role::Canary;
             assert!(is_canary || !was_canary, "{key} left the canary at {bp} bp");
@@ -126,12 +132,32 @@ fn counters_saturate_and_large_values_round_trip() {
 #[test]
 fn bad_configs_name_the_field() {
     let cases: [(&str, &str, &str); 6] = [
-        (r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":150}"#, "canary_weight", "outside 0..=100"),
-        (r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10,"lable_header":"x"}"#, "lable_header", "unknown field"),
-        (r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10,"sticky":{"query":"u"}}"#, "sticky", "unknown variant"),
+        (
+            r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":150}"#,
+            "canary_weight",
+            "outside 0..=100",
+        ),
+        (
+            r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10,"lable_header":"x"}"#,
+            "lable_header",
+            "unknown field",
+        ),
+        (
+            r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10,"sticky":{"query":"u"}}"#,
+            "sticky",
+            "unknown variant",
+        ),
         (r#"{"version":1,"rollout":"r","stable":"v1","canary":"v1","canary_weight":10}"#, "canary", "same subset"),
-        (r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10,"dark_launch":{"header":"x-canary-subset","value":"1"}}"#, "dark_launch.header", "must differ"),
-        (r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":-0.5}"#, "canary_weight", "outside 0..=100"),
+        (
+            r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10,"dark_launch":{"header":"x-canary-subset","value":"1"}}"#,
+            "dark_launch.header",
+            "must differ",
+        ),
+        (
+            r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":-0.5}"#,
+            "canary_weight",
+            "outside 0..=100",
+        ),
     ];
     for (json, field, problem) in cases {
         let e = config::parse(json.as_bytes()).unwrap_err();

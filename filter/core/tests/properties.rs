@@ -1,11 +1,12 @@
 //! Property tests of the logic (native only: proptest does not run under wasm-bindgen-test).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test code
 #![cfg(not(target_arch = "wasm32"))]
 
 use canary_core::config::{self, parse_route};
 use canary_core::counters::SubsetCounters;
 use canary_core::hash::sticky_bucket;
-use canary_core::histogram::{bucket_bounds, bucket_of, LatencyHistogram};
-use canary_core::split::{choose_subset, Role};
+use canary_core::histogram::{LatencyHistogram, bucket_bounds, bucket_of};
+use canary_core::split::{Role, choose_subset};
 use canary_core::{Outcome, Weight};
 use proptest::prelude::*;
 

