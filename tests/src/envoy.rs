@@ -30,6 +30,8 @@ pub struct LocalSetup {
     pub concurrency: u32,
     /// Written to the watched file before start.
     pub route: RouteConfig,
+    /// Written instead of `route` when set: a plugin configuration as raw text, possibly invalid.
+    pub raw_plugin_config: Option<String>,
 }
 
 /// A running Envoy.
@@ -154,7 +156,11 @@ impl Envoy {
             dir,
             http,
         };
-        envoy.write_route(&setup.route).map_err(|e| format!("write route: {e}"))?;
+        match &setup.raw_plugin_config {
+            Some(raw) => envoy.write_raw_plugin_config(raw),
+            None => envoy.write_route(&setup.route),
+        }
+        .map_err(|e| format!("write the filter config: {e}"))?;
         envoy.wait_ready(&admin_path).await?;
         Ok(envoy)
     }

@@ -31,7 +31,14 @@ impl Fixture {
     pub async fn start(route: canary_core::RouteConfig, concurrency: u32) -> Result<Fixture, String> {
         let stable = Backend::start("v1").await.map_err(|e| e.to_string())?;
         let canary = Backend::start("v2").await.map_err(|e| e.to_string())?;
-        let envoy = Envoy::start(&LocalSetup { stable: stable.addr, canary: canary.addr, concurrency, route }).await?;
+        let envoy = Envoy::start(&LocalSetup {
+            stable: stable.addr,
+            canary: canary.addr,
+            concurrency,
+            route,
+            raw_plugin_config: None,
+        })
+        .await?;
         Ok(Fixture { stable, canary, envoy })
     }
 

@@ -80,7 +80,7 @@ async fn counts_are_exact_across_two_worker_threads() {
     // The same numbers as Envoy stats.
     assert_eq!(f.envoy.stat("wasmcustom.canary_gate_requests_total.subset.v2").await, Some(canary.requests));
     assert_eq!(f.envoy.stat("wasmcustom.canary_gate_failures_total.subset.v2").await, Some(canary.failures));
-    assert_eq!(f.envoy.stat("wasmcustom.canary_gate_counter_updates_dropped_total").await, Some(0));
+    assert_eq!(f.envoy.stat("wasmcustom.canary_gate_dropped_updates_total").await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ pub const FAILURES_TOTAL: &str = "canary_gate_failures_total";
 /// Latency from request headers to end of response, per subset (a histogram, µs).
 pub const DURATION_US: &str = "canary_gate_request_duration_microseconds";
 /// Counter updates dropped after losing every compare-and-swap retry (should stay 0).
-pub const UPDATES_DROPPED_TOTAL: &str = "canary_gate_counter_updates_dropped_total";
+pub const UPDATES_DROPPED_TOTAL: &str = "canary_gate_dropped_updates_total";
 
 /// The `stats_tags` regex (Envoy RE2) that moves `.subset.<name>` into a `subset` tag.
 pub const SUBSET_TAG_REGEX: &str = r"^wasmcustom\.canary_gate_\w+(\.subset\.([a-z0-9-]+))$";
