@@ -64,7 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tick.tick().await;
                 n += 1;
                 let mut req = f.envoy.http().get(f.envoy.url("/"));
-                if n % 4 == 0 {
+                if n.is_multiple_of(4) {
                     req = req.header("x-user-id", format!("user-{}", n % 97));
                 }
                 tokio::spawn(async move {
