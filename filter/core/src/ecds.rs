@@ -56,3 +56,41 @@ pub fn discovery_file_raw(wasm_path: &str, plugin_config: &str) -> Value {
 pub fn discovery_file(wasm_path: &str, route: &RouteConfig) -> Result<Value, serde_json::Error> {
     Ok(discovery_file_raw(wasm_path, &route.to_json()?))
 }
+
+/// The plugin configuration text inside a watched file, if the file has the expected shape.
+pub fn plugin_config_of(file: &Value) -> Option<&str> {
+    file.get("resources")?
+        .as_array()?
+        .iter()
+        .find(|r| r.get("name").and_then(Value::as_str) == Some(RESOURCE_NAME))?
+        .pointer("/typed_config/config/configuration/value")?
+        .as_str()
+}
+
+/// The wasm module path inside a watched file.
+pub fn wasm_path_of(file: &Value) -> Option<&str> {
+    file.get("resources")?
+        .as_array()?
+        .iter()
+        .find(|r| r.get("name").and_then(Value::as_str) == Some(RESOURCE_NAME))?
+        .pointer("/typed_config/config/vm_config/code/local/filename")?
+        .as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_file_reads_back() {
+        let route = crate::config::parse_route(
+            br#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":12.5,"revision":3}"#,
+        )
+        .unwrap();
+        let file = discovery_file("/x/canary_filter.wasm", &route).unwrap();
+        let back = crate::config::parse_route(plugin_config_of(&file).unwrap().as_bytes()).unwrap();
+        assert_eq!(back, route);
+        assert_eq!(wasm_path_of(&file), Some("/x/canary_filter.wasm"));
+        assert_eq!(plugin_config_of(&serde_json::json!({"resources": []})), None);
+    }
+}
