@@ -69,11 +69,18 @@ build: wasm
 demo: tools wasm
 	cargo run --release -p canary-e2e --bin demo
 
-test: tools lint test-unit test-wasm wasm test-deploy test-e2e
-	@echo "make test: all checks passed"
+# Every cargo test run appends its output here; `make test` ends with the summed counts.
+RESULTS := target/test-results.log
+
+test: tools lint
+	@mkdir -p target && rm -f $(RESULTS)
+	$(MAKE) --no-print-directory test-unit test-wasm wasm test-deploy test-e2e
+	@awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i } } \
+	  END { printf "make test: all checks passed\nsummary: %d passed, %d failed\n", p, f }' $(RESULTS)
 
 test-unit:
-	cargo test -p canary-core -p gate-agent
+	@mkdir -p target
+	cargo test -p canary-core -p gate-agent 2>&1 | tee -a $(RESULTS)
 
 # The logic tests compiled to 32-bit wasm, run in Node by wasm-bindgen-test. The runner exits 0
 # when it finds no tests, so the count is checked.
@@ -81,9 +88,11 @@ test-wasm:
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(TOOLS)/bin/wasm-bindgen-test-runner \
 	  cargo test -p canary-core --target wasm32-unknown-unknown --test logic 2>&1 | tee target/test-wasm.log
 	@grep -Eq 'test result: ok\. [1-9][0-9]* passed' target/test-wasm.log || { echo "wasm32: no tests ran"; exit 1; }
+	@cat target/test-wasm.log >> $(RESULTS)
 
 test-e2e: wasm
-	cargo test -p canary-e2e -- --test-threads 2
+	@mkdir -p target
+	cargo test -p canary-e2e -- --test-threads 2 2>&1 | tee -a $(RESULTS)
 
 test-deploy:
 	yamllint -c .yamllint.yaml deploy/
