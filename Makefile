@@ -67,7 +67,7 @@ build: wasm
 	cargo build --workspace
 
 demo: tools wasm
-	cargo run --release -p canary-e2e --bin demo
+	cargo run -p canary-e2e --bin demo
 
 # Every cargo test run appends its output here; `make test` ends with the summed counts.
 RESULTS := target/test-results.log

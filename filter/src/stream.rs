@@ -96,7 +96,10 @@ impl SnapshotStream {
     }
 
     fn snapshot(&self) -> Result<Snapshot, String> {
-        let instance = self.instance.clone().ok_or("the proxy instance record is missing")?;
+        // Read through the store on every request, so every worker reports the same instance even
+        // if two of them raced to create it.
+        let candidate = self.instance.as_ref().ok_or("the proxy instance record is missing")?;
+        let instance = store::instance(&SharedData, candidate).map_err(|e| e.to_string())?;
         let route = store::published_route(&SharedData).map_err(|e| e.to_string())?;
         let mut subsets = Vec::new();
         if let Some(r) = &route {
