@@ -1,0 +1,639 @@
+//! Judging: one [`Verdict`] per tick from the fleet's [`Window`] and what came before it.
+//!
+//! Two kinds of checks run side by side:
+//! * **Sequential tests** ([`crate::stats`]), fed every window since the judge was created and
+//!   valid however often they are read: errors canary-vs-stable, errors against the
+//!   success-rate SLO, latency against the duration SLO (a request is *slow* above the bound, and
+//!   the SLO allows 1% of them, since the bound is a p99), and latency canary-vs-stable (slow means
+//!   above the stable's p99 plus a tolerance, fixed from the first [`LATENCY_REFERENCE_SAMPLES`]
+//!   stable requests).
+//!   α is split evenly among the active tests. A rejection is a *decisive* failure.
+//! * **Window checks** in Flagger's style, over each metric's trailing `interval`: success rate
+//!   (%) at or above `min`, p99 (ms) at or below `max`. A miss is an ordinary failed check (the
+//!   rollout counts those toward `threshold`), unless the failure rate is so far above the SLO's
+//!   budget ([`FAR_ABOVE_BUDGET`]×, with at least [`FAR_ABOVE_MIN_FAILURES`] failures) that
+//!   waiting would only hurt users: then it is decisive too.
+//!
+//! No canary requests in a check's window, or no proxy reporting at all, is *not enough data*:
+//! never a pass.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::Duration;
+
+use canary_core::LatencyHistogram;
+use serde::Serialize;
+
+use crate::collect::{ByRole, Window};
+use crate::spec::{DURATION_QUANTILE, Metric, MetricKind, Spec};
+use crate::stats::{ComparisonTest, Count, Evidence, SloTest, bonferroni};
+
+/// Stable requests whose p99 becomes the reference for the latency comparison.
+pub const LATENCY_REFERENCE_SAMPLES: u64 = 500;
+/// For the latency comparison a request is slow above the stable's p99 plus a tolerance of
+/// this many µs or a fifth of that p99, whichever is more: a canary a few ms slower in the
+/// tail is not worth a rollback, one that adds 200 ms is.
+pub const LATENCY_TOLERANCE_US: u64 = 10_000;
+/// A window failure rate this many times the SLO's budget is a decisive breach...
+pub const FAR_ABOVE_BUDGET: f64 = 10.0;
+/// ...once it rests on at least this many failures (one failure in two requests proves little).
+pub const FAR_ABOVE_MIN_FAILURES: u64 = 10;
+
+/// Names of the sequential tests, as shown in `/status` and `/metrics`.
+pub const TEST_ERRORS_VS_STABLE: &str = "errors: canary vs stable";
+pub const TEST_ERRORS_VS_SLO: &str = "errors: canary vs SLO";
+pub const TEST_LATENCY_VS_SLO: &str = "latency: canary vs SLO";
+pub const TEST_LATENCY_VS_STABLE: &str = "latency: canary vs stable";
+
+/// The overall result of one tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum VerdictKind {
+    /// Every check had data and passed.
+    Pass,
+    /// A check failed; `decisive` when waiting for more checks is not warranted.
+    Fail { decisive: bool },
+    /// Too little traffic to judge. Never promotes.
+    NotEnoughData,
+}
+
+impl fmt::Display for VerdictKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VerdictKind::Pass => "pass",
+            VerdictKind::Fail { decisive: false } => "fail",
+            VerdictKind::Fail { decisive: true } => "fail (decisive)",
+            VerdictKind::NotEnoughData => "not enough data",
+        })
+    }
+}
+
+/// What one check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finding {
+    Pass,
+    Fail,
+    Decisive,
+    NoData,
+}
+
+/// One check's result, in numbers and in words.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reason {
+    /// The metric or test (`request-success-rate`, `errors: canary vs stable`).
+    pub check: String,
+    pub finding: Finding,
+    /// The measured value (percent, ms, or ln evidence), when there was one.
+    pub observed: Option<f64>,
+    /// The bound it was held to, in the same unit.
+    pub threshold: Option<f64>,
+    /// Canary requests behind the figure.
+    pub samples: u64,
+    /// The sentence for people.
+    pub text: String,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// The judgement of one tick.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    pub kind: VerdictKind,
+    /// End of the judged window (ms, the caller's clock).
+    pub at_ms: u64,
+    /// Every check's finding; failures first.
+    pub reasons: Vec<Reason>,
+    /// Every sequential test's current evidence.
+    pub evidence: Vec<Evidence>,
+}
+
+impl Verdict {
+    pub fn is_decisive(&self) -> bool {
+        self.kind == VerdictKind::Fail { decisive: true }
+    }
+
+    /// `fail: request-success-rate 97.00% < 99% ...; ...` — the reasons that made the verdict.
+    pub fn summary(&self) -> String {
+        let wanted = |r: &&Reason| match self.kind {
+            VerdictKind::Pass => true,
+            VerdictKind::Fail { .. } => matches!(r.finding, Finding::Fail | Finding::Decisive),
+            VerdictKind::NotEnoughData => r.finding == Finding::NoData,
+        };
+        let texts: Vec<&str> = self.reasons.iter().filter(wanted).map(|r| r.text.as_str()).collect();
+        format!("{}: {}", self.kind, texts.join("; "))
+    }
+}
+
+/// Cumulative counts per role since the judge started, for reason texts.
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    requests: u64,
+    failures: u64,
+}
+
+/// The judge of one rollout: sequential tests and a short history of windows.
+#[derive(Debug)]
+pub struct Judge {
+    metrics: Vec<Metric>,
+    /// Look-back of the traffic check used when the spec has no metrics.
+    interval_ms: u64,
+    /// (window end, counts), oldest first; kept as long as the longest metric interval.
+    history: VecDeque<(u64, ByRole)>,
+    keep_ms: u64,
+    errors_vs_stable: ComparisonTest,
+    errors_vs_slo: Option<SloTest>,
+    /// The SLO test on slow requests, with the bound in µs.
+    latency_vs_slo: Option<(SloTest, u64)>,
+    latency_vs_stable: ComparisonTest,
+    /// Requests above this many µs are slow for the comparison; fixed once known.
+    latency_reference_us: Option<u64>,
+    reference_sample: LatencyHistogram,
+    canary: Totals,
+    stable: Totals,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `1m`, `30s`, `1m30s`, `500ms`.
+pub fn human_duration(d: Duration) -> String {
+    let ms = millis(d);
+    if !ms.is_multiple_of(1000) {
+        return format!("{ms}ms");
+    }
+    let s = ms / 1000;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, 0) => format!("{h}h"),
+        (h, m, s) => format!("{h}h{m}m{s}s"),
+    }
+}
+
+// Percentages and ratios for people and tests; counts up to 2^53 convert exactly.
+#[allow(clippy::cast_precision_loss)]
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 { 0.0 } else { part as f64 / whole as f64 }
+}
+
+// The bound is validated positive and at most an hour, so it fits in u64 µs.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn ms_to_us(ms: f64) -> u64 {
+    (ms * 1000.0).round() as u64
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn us_to_ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+impl Judge {
+    pub fn new(spec: &Spec) -> Judge {
+        let metrics = spec.metrics().to_vec();
+        let error_p0 = metrics.iter().find_map(|m| match m.kind {
+            MetricKind::SuccessRate { min_percent } => Some(1.0 - min_percent / 100.0),
+            MetricKind::Duration { .. } => None,
+        });
+        let latency_bound_us = metrics.iter().find_map(|m| match m.kind {
+            MetricKind::Duration { max_ms } => Some(ms_to_us(max_ms)),
+            MetricKind::SuccessRate { .. } => None,
+        });
+        let latency_p0 = 1.0 - DURATION_QUANTILE;
+        // Which SLO tests can exist decides how many ways α is split.
+        let has_error_slo = error_p0.is_some_and(|p0| SloTest::new("", p0, 0.5).is_some());
+        let has_latency_slo = latency_bound_us.is_some() && SloTest::new("", latency_p0, 0.5).is_some();
+        let active = 2 + usize::from(has_error_slo) + usize::from(has_latency_slo);
+        let alpha = bonferroni(spec.alpha(), active);
+        let interval_ms = millis(spec.interval());
+        let keep_ms = metrics.iter().map(|m| millis(m.interval)).fold(interval_ms, u64::max);
+        Judge {
+            metrics,
+            interval_ms,
+            history: VecDeque::new(),
+            keep_ms,
+            errors_vs_stable: ComparisonTest::new(TEST_ERRORS_VS_STABLE, alpha),
+            errors_vs_slo: error_p0.and_then(|p0| SloTest::new(TEST_ERRORS_VS_SLO, p0, alpha)),
+            latency_vs_slo: latency_bound_us
+                .and_then(|b| SloTest::new(TEST_LATENCY_VS_SLO, latency_p0, alpha).map(|t| (t, b))),
+            latency_vs_stable: ComparisonTest::new(TEST_LATENCY_VS_STABLE, alpha),
+            latency_reference_us: None,
+            reference_sample: LatencyHistogram::new(),
+            canary: Totals::default(),
+            stable: Totals::default(),
+        }
+    }
+
+    /// Every sequential test's current evidence.
+    pub fn evidence(&self) -> Vec<Evidence> {
+        let mut out = vec![self.errors_vs_stable.evidence()];
+        out.extend(self.errors_vs_slo.as_ref().map(SloTest::evidence));
+        out.extend(self.latency_vs_slo.as_ref().map(|(t, _)| t.evidence()));
+        out.push(self.latency_vs_stable.evidence());
+        out
+    }
+
+    /// The latency comparison's reference (µs), once fixed.
+    pub fn latency_reference_us(&self) -> Option<u64> {
+        self.latency_reference_us
+    }
+
+    /// Takes in one window and judges the canary.
+    pub fn assess(&mut self, window: &Window) -> Verdict {
+        let now = window.to_ms;
+        self.feed_tests(window);
+        self.history.push_back((now, window.counts.clone()));
+        while self.history.front().is_some_and(|(t, _)| now.saturating_sub(*t) >= self.keep_ms) {
+            self.history.pop_front();
+        }
+
+        let mut reasons = self.sequential_reasons();
+        if window.proxies_reporting == 0 {
+            reasons.push(Reason {
+                check: "proxies".into(),
+                finding: Finding::NoData,
+                observed: None,
+                threshold: None,
+                samples: 0,
+                text: format!("no proxy reported in this tick ({} failing)", window.failing.len()),
+            });
+        }
+        if self.metrics.is_empty() {
+            let counts = self.trailing(self.interval_ms);
+            let n = counts.canary.requests;
+            let (finding, text) = if n == 0 {
+                (Finding::NoData, format!("no canary requests in the last {}", human_duration(self.interval())))
+            } else {
+                (Finding::Pass, format!("{n} canary requests in the last {}", human_duration(self.interval())))
+            };
+            reasons.push(Reason {
+                check: "canary-traffic".into(),
+                finding,
+                observed: None,
+                threshold: None,
+                samples: n,
+                text,
+            });
+        }
+        for m in self.metrics.clone() {
+            let counts = self.trailing(millis(m.interval));
+            reasons.push(window_check(&m, &counts.canary));
+        }
+        // Failures first, so the first reason is the one that matters.
+        reasons.sort_by_key(|r| match r.finding {
+            Finding::Decisive => 0,
+            Finding::Fail => 1,
+            Finding::NoData => 2,
+            Finding::Pass => 3,
+        });
+        let has = |f: Finding| reasons.iter().any(|r| r.finding == f);
+        let kind = if has(Finding::Decisive) {
+            VerdictKind::Fail { decisive: true }
+        } else if has(Finding::Fail) {
+            VerdictKind::Fail { decisive: false }
+        } else if has(Finding::NoData) {
+            VerdictKind::NotEnoughData
+        } else {
+            VerdictKind::Pass
+        };
+        Verdict { kind, at_ms: now, reasons, evidence: self.evidence() }
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+
+    fn feed_tests(&mut self, window: &Window) {
+        let (c, s) = (window.canary(), window.stable());
+        self.canary.requests = self.canary.requests.saturating_add(c.requests);
+        self.canary.failures = self.canary.failures.saturating_add(c.failures);
+        self.stable.requests = self.stable.requests.saturating_add(s.requests);
+        self.stable.failures = self.stable.failures.saturating_add(s.failures);
+
+        let (ce, se) = (Count::new(c.requests, c.failures), Count::new(s.requests, s.failures));
+        self.errors_vs_stable.observe(ce, se);
+        if let Some(t) = &mut self.errors_vs_slo {
+            t.observe(ce);
+        }
+        if let Some((t, bound)) = &mut self.latency_vs_slo {
+            t.observe(Count::new(c.latency.count(), c.latency.count_above(*bound)));
+        }
+        match self.latency_reference_us {
+            Some(reference) => self.latency_vs_stable.observe(
+                Count::new(c.latency.count(), c.latency.count_above(reference)),
+                Count::new(s.latency.count(), s.latency.count_above(reference)),
+            ),
+            // The reference comes from stable requests only and is fixed before the test uses
+            // it, so under "same latency" slow requests stay equally likely on both sides.
+            None => {
+                self.reference_sample.merge(&s.latency);
+                if self.reference_sample.count() >= LATENCY_REFERENCE_SAMPLES {
+                    let p99 = self.reference_sample.quantile(DURATION_QUANTILE).unwrap_or(0);
+                    self.latency_reference_us = Some(p99.saturating_add((p99 / 5).max(LATENCY_TOLERANCE_US)));
+                    self.reference_sample = LatencyHistogram::new();
+                }
+            }
+        }
+    }
+
+    /// A reason for each sequential test that rejected.
+    fn sequential_reasons(&self) -> Vec<Reason> {
+        let mut out = Vec::new();
+        let (c, s) = (self.canary, self.stable);
+        let decisive = |e: &Evidence, detail: String| Reason {
+            check: e.test.clone(),
+            finding: Finding::Decisive,
+            observed: Some(e.log_evidence),
+            threshold: Some(e.log_threshold),
+            samples: e.canary_trials,
+            text: format!(
+                "{}: evidence ln {:.2} reached the threshold ln {:.2} ({detail})",
+                e.test, e.log_evidence, e.log_threshold
+            ),
+        };
+        let e = self.errors_vs_stable.evidence();
+        if e.rejected() {
+            out.push(decisive(
+                &e,
+                format!(
+                    "canary {} failed of {} requests, stable {} of {}",
+                    c.failures, c.requests, s.failures, s.requests
+                ),
+            ));
+        }
+        if let Some(t) = &self.errors_vs_slo {
+            let e = t.evidence();
+            if e.rejected() {
+                out.push(decisive(
+                    &e,
+                    format!(
+                        "canary {} failed of {} requests, {:.3}% against an error budget of {:.3}%",
+                        c.failures,
+                        c.requests,
+                        100.0 * ratio(c.failures, c.requests),
+                        100.0 * t.p0()
+                    ),
+                ));
+            }
+        }
+        if let Some((t, bound)) = &self.latency_vs_slo {
+            let e = t.evidence();
+            if e.rejected() {
+                out.push(decisive(
+                    &e,
+                    format!("too many canary requests slower than {} ms, 1% allowed", us_to_ms(*bound)),
+                ));
+            }
+        }
+        let e = self.latency_vs_stable.evidence();
+        if e.rejected() {
+            let reference = self.latency_reference_us.map_or(0.0, us_to_ms);
+            out.push(decisive(
+                &e,
+                format!("canary requests slower than {reference} ms (the stable's p99 and a tolerance) more often"),
+            ));
+        }
+        out
+    }
+
+    /// Counts over the windows that ended within the last `span_ms`.
+    fn trailing(&self, span_ms: u64) -> ByRole {
+        let now = self.history.back().map_or(0, |(t, _)| *t);
+        let mut out = ByRole::default();
+        for (_, counts) in self.history.iter().filter(|(t, _)| now.saturating_sub(*t) < span_ms) {
+            out.merge(counts);
+        }
+        out
+    }
+}
+
+/// A Flagger-style check of one metric over its window of canary counts.
+fn window_check(m: &Metric, canary: &canary_core::SubsetCounters) -> Reason {
+    let n = canary.requests;
+    let over = human_duration(m.interval);
+    let check = m.name().to_owned();
+    if n == 0 {
+        return Reason {
+            check: check.clone(),
+            finding: Finding::NoData,
+            observed: None,
+            threshold: None,
+            samples: 0,
+            text: format!("{check}: no canary requests in the last {over}"),
+        };
+    }
+    match m.kind {
+        MetricKind::SuccessRate { min_percent } => {
+            let rate = 100.0 * ratio(canary.successes, n);
+            let budget = 1.0 - min_percent / 100.0;
+            let failure_rate = ratio(canary.failures, n);
+            let far_above = canary.failures >= FAR_ABOVE_MIN_FAILURES && failure_rate >= FAR_ABOVE_BUDGET * budget;
+            let (finding, cmp) = if far_above {
+                (Finding::Decisive, "<")
+            } else if rate < min_percent {
+                (Finding::Fail, "<")
+            } else {
+                (Finding::Pass, "≥")
+            };
+            let mut text = format!(
+                "{check} {rate:.2}% {cmp} {min_percent}% over {over} ({} failed of {n} canary requests)",
+                canary.failures
+            );
+            if far_above {
+                text.push_str(&format!("; errors at {:.1}× the error budget", failure_rate / budget));
+            }
+            Reason { check, finding, observed: Some(rate), threshold: Some(min_percent), samples: n, text }
+        }
+        MetricKind::Duration { max_ms } => {
+            let p99 = canary.latency.quantile(DURATION_QUANTILE).map_or(0.0, us_to_ms);
+            let (finding, cmp) = if p99 > max_ms { (Finding::Fail, ">") } else { (Finding::Pass, "≤") };
+            Reason {
+                check: check.clone(),
+                finding,
+                observed: Some(p99),
+                threshold: Some(max_ms),
+                samples: n,
+                text: format!("{check} p99 {p99:.1} ms {cmp} {max_ms} ms over {over} ({n} canary requests)"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use canary_core::{Outcome, SubsetCounters};
+
+    pub(crate) const SPEC: &str = "
+name: demo
+stable: v1
+canary: v2
+interval: 10s
+threshold: 3
+stepWeights: [10, 25, 50]
+maxWeight: 50
+minRequests: 100
+alpha: 0.01
+metrics:
+  - name: request-success-rate
+    thresholdRange: { min: 99 }
+    interval: 10s
+  - name: request-duration
+    thresholdRange: { max: 500 }
+    interval: 10s
+";
+
+    /// Counters for `n` requests, `failed` of them failures, all taking `ms`.
+    pub(crate) fn counters(n: u64, failed: u64, ms: u64) -> SubsetCounters {
+        let mut c = SubsetCounters::default();
+        for i in 0..n {
+            c.record(if i < failed { Outcome::Failure } else { Outcome::Success }, ms * 1000);
+        }
+        c
+    }
+
+    /// A one-second window ending at `to_ms` from one reporting proxy.
+    pub(crate) fn window(to_ms: u64, stable: (u64, u64, u64), canary: (u64, u64, u64)) -> Window {
+        Window {
+            from_ms: to_ms.saturating_sub(1000),
+            to_ms,
+            counts: ByRole {
+                stable: counters(stable.0, stable.1, stable.2),
+                canary: counters(canary.0, canary.1, canary.2),
+            },
+            proxies_reporting: 1,
+            ..Window::default()
+        }
+    }
+
+    fn judge() -> Judge {
+        Judge::new(&Spec::from_yaml_or_json(SPEC).unwrap())
+    }
+
+    #[test]
+    fn a_healthy_canary_passes_with_numbers_in_the_reasons() {
+        let mut j = judge();
+        let v = j.assess(&window(1000, (900, 1, 20), (100, 0, 25)));
+        assert_eq!(v.kind, VerdictKind::Pass, "{}", v.summary());
+        let rate = v.reasons.iter().find(|r| r.check == "request-success-rate").unwrap();
+        assert_eq!((rate.observed, rate.threshold, rate.samples), (Some(100.0), Some(99.0), 100));
+        assert!(rate.text.contains("100.00% ≥ 99% over 10s (0 failed of 100 canary requests)"), "{}", rate.text);
+        let p99 = v.reasons.iter().find(|r| r.check == "request-duration").unwrap();
+        assert!(p99.observed.unwrap() > 24.0 && p99.observed.unwrap() < 26.0, "{p99:?}");
+        assert_eq!(v.evidence.len(), 4);
+        assert!(v.evidence.iter().all(|e| (e.log_threshold - 400f64.ln()).abs() < 1e-9), "α split four ways");
+    }
+
+    #[test]
+    fn no_canary_traffic_is_not_enough_data() {
+        let mut j = judge();
+        let v = j.assess(&window(1000, (1000, 0, 20), (0, 0, 0)));
+        assert_eq!(v.kind, VerdictKind::NotEnoughData);
+        assert!(v.summary().contains("no canary requests in the last 10s"), "{}", v.summary());
+    }
+
+    #[test]
+    fn no_proxy_reporting_is_not_enough_data_even_with_recent_history() {
+        let mut j = judge();
+        j.assess(&window(1000, (900, 0, 20), (100, 0, 20)));
+        let v = j.assess(&Window { from_ms: 1000, to_ms: 2000, ..Window::default() });
+        assert_eq!(v.kind, VerdictKind::NotEnoughData, "{}", v.summary());
+        assert!(v.summary().contains("no proxy reported"));
+    }
+
+    #[test]
+    fn a_slow_canary_fails_the_p99_check() {
+        let mut j = judge();
+        let v = j.assess(&window(1000, (90, 0, 20), (10, 0, 700)));
+        assert!(matches!(v.kind, VerdictKind::Fail { .. }), "{}", v.summary());
+        assert!(v.summary().contains("request-duration p99"), "{}", v.summary());
+    }
+
+    #[test]
+    fn a_slightly_low_success_rate_is_an_ordinary_failed_check() {
+        let mut j = judge();
+        // 2 failures in 100: 98% < 99%, but far from decisive and too few for the tests.
+        let v = j.assess(&window(1000, (900, 9, 20), (100, 2, 20)));
+        assert_eq!(v.kind, VerdictKind::Fail { decisive: false }, "{}", v.summary());
+        assert_eq!(v.reasons[0].finding, Finding::Fail);
+        assert!(v.reasons[0].text.starts_with("request-success-rate 98.00% < 99%"), "{}", v.reasons[0].text);
+    }
+
+    #[test]
+    fn a_failure_rate_far_above_the_budget_is_decisive() {
+        let mut j = judge();
+        let v = j.assess(&window(1000, (900, 0, 20), (100, 40, 20)));
+        assert!(v.is_decisive(), "{}", v.summary());
+        assert!(v.reasons.iter().any(|r| r.check == "request-success-rate" && r.finding == Finding::Decisive));
+        assert!(v.reasons.iter().any(|r| r.check == TEST_ERRORS_VS_SLO && r.finding == Finding::Decisive));
+    }
+
+    #[test]
+    fn window_checks_forget_old_windows() {
+        let mut j = judge();
+        // One failure in ten: 90% < 99%, an ordinary failed check (too little to be decisive).
+        let v = j.assess(&window(1000, (90, 0, 20), (10, 1, 20)));
+        assert_eq!(v.kind, VerdictKind::Fail { decisive: false }, "{}", v.summary());
+        let mut v = j.assess(&window(2000, (90, 0, 20), (10, 0, 20)));
+        assert_eq!(v.kind, VerdictKind::Fail { decisive: false }, "the failing window is still inside 10s");
+        for t in 3..=11 {
+            v = j.assess(&window(t * 1000, (90, 0, 20), (10, 0, 20)));
+        }
+        assert_eq!(v.kind, VerdictKind::Pass, "{}", v.summary());
+    }
+
+    #[test]
+    fn a_latency_regression_against_stable_is_caught_by_the_comparison() {
+        // No latency SLO is breached (+200 ms on 20 ms stays under 500 ms), but the canary is
+        // slower than the stable's p99 on nearly every request.
+        let mut j = judge();
+        for t in 1..=5 {
+            j.assess(&window(t * 1000, (180, 0, 20), (20, 0, 20)));
+        }
+        assert_eq!(j.latency_reference_us().map(|us| us / 1000), Some(30), "p99 20 ms + 10 ms tolerance");
+        let mut decisive_at = None;
+        for t in 6..=30 {
+            let v = j.assess(&window(t * 1000, (180, 0, 20), (20, 0, 220)));
+            if v.is_decisive() {
+                decisive_at = Some(t);
+                assert!(v.reasons[0].check == TEST_LATENCY_VS_STABLE, "{}", v.summary());
+                break;
+            }
+        }
+        assert!(decisive_at.is_some_and(|t| t <= 8), "{decisive_at:?}");
+    }
+
+    #[test]
+    fn without_metrics_traffic_alone_decides_data() {
+        let spec =
+            Spec::from_yaml_or_json("name: r\nstable: v1\ncanary: v2\ninterval: 5s\nstepWeights: [50]\n").unwrap();
+        let mut j = Judge::new(&spec);
+        assert_eq!(j.assess(&window(1000, (10, 0, 1), (0, 0, 1))).kind, VerdictKind::NotEnoughData);
+        assert_eq!(j.assess(&window(2000, (10, 0, 1), (10, 0, 1))).kind, VerdictKind::Pass);
+        assert_eq!(j.evidence().len(), 2);
+    }
+
+    #[test]
+    fn durations_read_like_the_spec() {
+        assert_eq!(human_duration(Duration::from_secs(60)), "1m");
+        assert_eq!(human_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(human_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(human_duration(Duration::from_secs(7200)), "2h");
+    }
+
+    #[test]
+    fn verdicts_serialise_for_status() {
+        let mut j = judge();
+        let v = j.assess(&window(1000, (900, 0, 20), (100, 40, 20)));
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["kind"]["verdict"], "fail");
+        assert_eq!(json["kind"]["decisive"], true);
+        assert_eq!(json["reasons"][0]["finding"], "decisive");
+    }
+}

@@ -1,0 +1,785 @@
+//! The rollout state machine: from verdicts and operator commands to weight decisions.
+//!
+//! Deciding is separate from acting: [`Rollout::tick`] and the operator commands return a
+//! [`Decision`]; the I/O layer applies `set_weight` through its router and records the reason.
+//! The rollout assumes a decided weight is applied; if the router fails, keep applying
+//! [`Rollout::weight`] until it succeeds.
+//!
+//! Phases:
+//! * [`Phase::Initializing`]: canary at 0% (dark launch only). The first tick on which a proxy
+//!   reports moves the canary to the first step.
+//! * [`Phase::Progressing`]: on a step. A check runs every `interval`: a failed check counts
+//!   toward `threshold` (cumulative over the rollout, as in Flagger); a passing check advances
+//!   one step once the step has lasted `interval` and seen `minRequests` canary requests; not
+//!   enough data holds (or, with `noData: {fail: D}`, rolls back after D without data).
+//! * [`Phase::Paused`]: the operator paused; the weight holds and checks are not counted.
+//! * [`Phase::Promoting`]: the weight was set to 100% (after the last step, or by the operator).
+//!   The next tick completes the promotion.
+//! * [`Phase::Succeeded`]: the canary serves all traffic. Making it the new stable (relabelling
+//!   subsets, redeploying) is the operator's next move; this rollout decides nothing more.
+//! * [`Phase::RolledBack`]: the canary is at 0% after a decisive breach, `threshold` failed
+//!   checks, no data for too long, or the operator's command. Final.
+//!
+//! In every phase but the final two, a decisive breach (a sequential test rejects, or errors far
+//! above the SLO) rolls back at once, in the same tick — pausing never disables the kill path.
+//!
+//! Guard rules (the weight-typo guard): no decision ever raises the canary above `maxWeight` or
+//! by more than one step, except a promotion to 100%, which is labelled as such
+//! ([`ChangeKind::Promotion`], [`ChangeKind::OperatorPromotion`]). Decreases are always allowed.
+
+use std::fmt;
+
+use canary_core::Weight;
+use serde::Serialize;
+
+use crate::collect::Window;
+use crate::judge::{Judge, Verdict, VerdictKind, human_duration};
+use crate::spec::{NoDataPolicy, Spec};
+
+/// Where a rollout is. Serialised in snake case (`rolled_back`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Initializing,
+    Progressing,
+    Paused,
+    Promoting,
+    Succeeded,
+    RolledBack,
+}
+
+impl Phase {
+    /// Nothing more will be decided.
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::RolledBack)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Initializing => "initializing",
+            Phase::Progressing => "progressing",
+            Phase::Paused => "paused",
+            Phase::Promoting => "promoting",
+            Phase::Succeeded => "succeeded",
+            Phase::RolledBack => "rolled_back",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a weight changes; the guard treats each kind differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// Up to the next step (at most one step, at most `maxWeight`).
+    Step,
+    /// To 100% after the last step passed.
+    Promotion,
+    /// To 100% because the operator said so.
+    OperatorPromotion,
+    /// To 0%.
+    Rollback,
+}
+
+/// A weight the router must apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WeightChange {
+    pub from: Weight,
+    pub to: Weight,
+    pub kind: ChangeKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PhaseChange {
+    pub from: Phase,
+    pub to: Phase,
+}
+
+/// What the rollout decided on a tick or command.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// Apply this weight (always set for a rollback, even at 0%, so the durable config agrees).
+    pub set_weight: Option<WeightChange>,
+    pub phase_change: Option<PhaseChange>,
+    /// Why, in words and numbers.
+    pub reason: String,
+    /// The tick's verdict (none for operator commands).
+    pub verdict: Option<Verdict>,
+}
+
+impl Decision {
+    fn hold(reason: String) -> Decision {
+        Decision { set_weight: None, phase_change: None, reason, verdict: None }
+    }
+}
+
+/// An operator command that does not apply in the current phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRefused(pub String);
+
+impl fmt::Display for CommandRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CommandRefused {}
+
+/// The rollout's figures for `/status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutStatus {
+    pub phase: Phase,
+    /// Serialised as percent.
+    pub canary_weight: Weight,
+    /// Index into the steps; `None` before the first step.
+    pub step: Option<usize>,
+    pub steps: usize,
+    pub failed_checks: u32,
+    pub threshold: u32,
+    pub step_canary_requests: u64,
+    pub min_requests: u64,
+}
+
+/// Whether `change` is allowed by the guard rules (see the module doc). The I/O layer may call it
+/// again before writing, as a last line of defence.
+pub fn guard(spec: &Spec, change: &WeightChange) -> Result<(), String> {
+    let (from, to) = (change.from, change.to);
+    if to <= from {
+        return Ok(());
+    }
+    match change.kind {
+        ChangeKind::Promotion | ChangeKind::OperatorPromotion if to == Weight::FULL => Ok(()),
+        ChangeKind::Promotion | ChangeKind::OperatorPromotion => Err(format!("a promotion goes to 100%, not {to}")),
+        ChangeKind::Rollback => Err(format!("a rollback never raises the weight ({from} to {to})")),
+        ChangeKind::Step => {
+            if to > spec.max_weight() {
+                return Err(format!("{to} is above maxWeight ({})", spec.max_weight()));
+            }
+            match spec.next_step_above(from) {
+                Some(cap) if to <= cap => Ok(()),
+                Some(cap) => Err(format!("{from} to {to} is more than one step (the next step is {cap})")),
+                None => Err(format!("no step above {from}; only a promotion may raise it")),
+            }
+        }
+    }
+}
+
+// Durations in the spec are at most hours; saturate rather than wrap on absurd values.
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One rollout of a canary, from 0% to promotion or rollback.
+#[derive(Debug)]
+pub struct Rollout {
+    spec: Spec,
+    judge: Judge,
+    phase: Phase,
+    /// The phase a resume returns to.
+    paused_from: Phase,
+    /// The weight last decided (what the router should have applied).
+    weight: Weight,
+    step: Option<usize>,
+    step_canary_requests: u64,
+    next_check_ms: u64,
+    failed_checks: u32,
+    no_data_since_ms: Option<u64>,
+}
+
+impl Rollout {
+    /// A new rollout with the canary at 0%, in [`Phase::Initializing`].
+    pub fn new(spec: Spec, now_ms: u64) -> Rollout {
+        let judge = Judge::new(&spec);
+        let next_check_ms = now_ms.saturating_add(millis(spec.interval()));
+        Rollout {
+            spec,
+            judge,
+            phase: Phase::Initializing,
+            paused_from: Phase::Initializing,
+            weight: Weight::ZERO,
+            step: None,
+            step_canary_requests: 0,
+            next_check_ms,
+            failed_checks: 0,
+            no_data_since_ms: None,
+        }
+    }
+
+    /// Picks a rollout up after an agent restart from the weight the filter is applying (the
+    /// durable state). It never restarts from zero and never promotes blindly: at a weight on or
+    /// between steps it is [`Phase::Progressing`] on the highest step at or below the weight and
+    /// must gather `interval` and `minRequests` again before advancing; at 100% it is
+    /// [`Phase::Succeeded`]. The weight itself is left alone, even above `maxWeight` (where the
+    /// only way up is promotion).
+    ///
+    /// At 0% it is [`Phase::Initializing`]: the durable config cannot tell "not started" from
+    /// "rolled back", so an I/O layer that knows the rollout was rolled back must not resume it.
+    pub fn resume_from(spec: Spec, current: Weight, now_ms: u64) -> Rollout {
+        let mut r = Rollout::new(spec, now_ms);
+        if current == Weight::ZERO {
+            return r;
+        }
+        r.weight = current;
+        if current == Weight::FULL {
+            r.phase = Phase::Succeeded;
+            return r;
+        }
+        r.phase = Phase::Progressing;
+        r.step = r.spec.steps().iter().rposition(|s| *s <= current);
+        r
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The weight the rollout wants applied.
+    pub fn weight(&self) -> Weight {
+        self.weight
+    }
+
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    /// The judge, for its evidence and latency reference.
+    pub fn judge(&self) -> &Judge {
+        &self.judge
+    }
+
+    pub fn status(&self) -> RolloutStatus {
+        RolloutStatus {
+            phase: self.phase,
+            canary_weight: self.weight,
+            step: self.step,
+            steps: self.spec.steps().len(),
+            failed_checks: self.failed_checks,
+            threshold: self.spec.threshold(),
+            step_canary_requests: self.step_canary_requests,
+            min_requests: self.spec.min_requests(),
+        }
+    }
+
+    /// Judges one window and decides. Call once per tick with the fleet's window.
+    pub fn tick(&mut self, window: &Window, now_ms: u64) -> Decision {
+        let verdict = self.judge.assess(window);
+        self.step_canary_requests = self.step_canary_requests.saturating_add(window.canary().requests);
+        let mut decision = self.decide(&verdict, window, now_ms);
+        decision.verdict = Some(verdict);
+        decision
+    }
+
+    fn decide(&mut self, verdict: &Verdict, window: &Window, now_ms: u64) -> Decision {
+        match self.phase {
+            Phase::Succeeded | Phase::RolledBack => Decision::hold(format!("rollout {}", self.phase)),
+            _ if verdict.is_decisive() => self.roll_back(format!("decisive breach: {}", verdict.summary())),
+            Phase::Paused => {
+                Decision::hold(format!("paused by the operator at {}; decisive breaches still roll back", self.weight))
+            }
+            Phase::Promoting => {
+                let change = self.enter(Phase::Succeeded);
+                Decision {
+                    set_weight: None,
+                    phase_change: change,
+                    reason: "promotion complete: the canary serves all traffic".into(),
+                    verdict: None,
+                }
+            }
+            Phase::Initializing if window.proxies_reporting == 0 => {
+                Decision::hold("waiting for a proxy to report before sending canary traffic".into())
+            }
+            Phase::Initializing => self.advance(now_ms, "rollout started".into()),
+            Phase::Progressing => self.progress(verdict, now_ms),
+        }
+    }
+
+    fn progress(&mut self, verdict: &Verdict, now_ms: u64) -> Decision {
+        if verdict.kind == VerdictKind::NotEnoughData {
+            let since = *self.no_data_since_ms.get_or_insert(now_ms);
+            if let NoDataPolicy::FailAfter(limit) = self.spec.no_data()
+                && now_ms.saturating_sub(since) >= millis(limit)
+            {
+                return self.roll_back(format!(
+                    "no judgeable data for {} (noData: fail after {}): {}",
+                    human_duration(std::time::Duration::from_millis(now_ms.saturating_sub(since))),
+                    human_duration(limit),
+                    verdict.summary()
+                ));
+            }
+        } else {
+            self.no_data_since_ms = None;
+        }
+        if now_ms < self.next_check_ms {
+            return Decision::hold(format!(
+                "at {}: next check in {}",
+                self.weight,
+                human_duration(std::time::Duration::from_millis(self.next_check_ms - now_ms))
+            ));
+        }
+        self.next_check_ms = now_ms.saturating_add(millis(self.spec.interval()));
+        match verdict.kind {
+            VerdictKind::Fail { .. } => {
+                self.failed_checks = self.failed_checks.saturating_add(1);
+                let (n, max) = (self.failed_checks, self.spec.threshold());
+                if n >= max {
+                    self.roll_back(format!("{n} failed checks reached the threshold of {max}: {}", verdict.summary()))
+                } else {
+                    Decision::hold(format!("failed check {n} of {max} at {}: {}", self.weight, verdict.summary()))
+                }
+            }
+            VerdictKind::NotEnoughData => Decision::hold(format!("holding at {}: {}", self.weight, verdict.summary())),
+            VerdictKind::Pass if self.step_canary_requests < self.spec.min_requests() => Decision::hold(format!(
+                "check passed at {}, but only {} of {} canary requests on this step",
+                self.weight,
+                self.step_canary_requests,
+                self.spec.min_requests()
+            )),
+            VerdictKind::Pass => self.advance(now_ms, verdict.summary()),
+        }
+    }
+
+    /// One step up, or promotion after the last step.
+    fn advance(&mut self, now_ms: u64, why: String) -> Decision {
+        let next = self.step.map_or(0, |i| i.saturating_add(1));
+        match self.spec.steps().get(next).copied() {
+            Some(to) => {
+                let change = WeightChange { from: self.weight, to, kind: ChangeKind::Step };
+                if let Err(refused) = guard(&self.spec, &change) {
+                    return Decision::hold(format!("refused to move the canary to {to}: {refused}"));
+                }
+                self.weight = to;
+                self.step = Some(next);
+                self.step_canary_requests = 0;
+                self.next_check_ms = now_ms.saturating_add(millis(self.spec.interval()));
+                let phase_change = self.enter(Phase::Progressing);
+                let steps = self.spec.steps().len();
+                Decision {
+                    set_weight: Some(change),
+                    phase_change,
+                    reason: format!("step {} of {steps}: canary to {to} ({why})", next.saturating_add(1)),
+                    verdict: None,
+                }
+            }
+            None => self.promote_to_full(ChangeKind::Promotion, format!("every step passed ({why})")),
+        }
+    }
+
+    fn promote_to_full(&mut self, kind: ChangeKind, why: String) -> Decision {
+        let change = WeightChange { from: self.weight, to: Weight::FULL, kind };
+        if let Err(refused) = guard(&self.spec, &change) {
+            return Decision::hold(format!("refused to promote: {refused}"));
+        }
+        self.weight = Weight::FULL;
+        let phase_change = self.enter(Phase::Promoting);
+        Decision { set_weight: Some(change), phase_change, reason: format!("promotion: {why}"), verdict: None }
+    }
+
+    fn roll_back(&mut self, why: String) -> Decision {
+        let change = WeightChange { from: self.weight, to: Weight::ZERO, kind: ChangeKind::Rollback };
+        self.weight = Weight::ZERO;
+        let phase_change = self.enter(Phase::RolledBack);
+        Decision { set_weight: Some(change), phase_change, reason: format!("rollback: {why}"), verdict: None }
+    }
+
+    fn enter(&mut self, to: Phase) -> Option<PhaseChange> {
+        let from = std::mem::replace(&mut self.phase, to);
+        (from != to).then_some(PhaseChange { from, to })
+    }
+
+    /// Operator: canary to 0% now. Refused only when already rolled back.
+    pub fn rollback(&mut self, _now_ms: u64) -> Result<Decision, CommandRefused> {
+        if self.phase == Phase::RolledBack {
+            return Err(CommandRefused("the rollout is already rolled back".into()));
+        }
+        Ok(self.roll_back("requested by the operator".into()))
+    }
+
+    /// Operator: canary to 100% now, skipping the remaining steps (labelled as an operator
+    /// promotion). Refused once the rollout is promoting or final.
+    pub fn promote(&mut self, _now_ms: u64) -> Result<Decision, CommandRefused> {
+        match self.phase {
+            Phase::Initializing | Phase::Progressing | Phase::Paused => {
+                Ok(self.promote_to_full(ChangeKind::OperatorPromotion, "requested by the operator".into()))
+            }
+            p => Err(CommandRefused(format!("cannot promote a rollout that is {p}"))),
+        }
+    }
+
+    /// Operator: hold the weight; checks stop counting until resumed.
+    pub fn pause(&mut self, _now_ms: u64) -> Result<Decision, CommandRefused> {
+        match self.phase {
+            Phase::Initializing | Phase::Progressing => {
+                self.paused_from = self.phase;
+                let phase_change = self.enter(Phase::Paused);
+                Ok(Decision {
+                    set_weight: None,
+                    phase_change,
+                    reason: format!("paused by the operator at {}", self.weight),
+                    verdict: None,
+                })
+            }
+            p => Err(CommandRefused(format!("cannot pause a rollout that is {p}"))),
+        }
+    }
+
+    /// Operator: continue after a pause. The step must again last a full `interval`.
+    pub fn resume(&mut self, now_ms: u64) -> Result<Decision, CommandRefused> {
+        if self.phase != Phase::Paused {
+            return Err(CommandRefused(format!("cannot resume a rollout that is {}", self.phase)));
+        }
+        self.next_check_ms = now_ms.saturating_add(millis(self.spec.interval()));
+        self.no_data_since_ms = None;
+        let phase_change = self.enter(self.paused_from);
+        Ok(Decision {
+            set_weight: None,
+            phase_change,
+            reason: format!("resumed by the operator at {}", self.weight),
+            verdict: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::tests::window as fabricated;
+
+    /// Checks every 5 s, steps 10/25/50, 200 canary requests per step, 3 failed checks allowed.
+    const SPEC: &str = "
+name: demo
+stable: v1
+canary: v2
+interval: 5s
+threshold: 3
+stepWeights: [10, 25, 50]
+maxWeight: 50
+minRequests: 200
+metrics:
+  - name: request-success-rate
+    thresholdRange: { min: 99 }
+    interval: 5s
+  - name: request-duration
+    thresholdRange: { max: 500 }
+    interval: 5s
+";
+
+    fn spec_with(extra: &str) -> Spec {
+        Spec::from_yaml_or_json(&format!("{SPEC}{extra}")).unwrap()
+    }
+
+    fn w(percent: f64) -> Weight {
+        Weight::from_percent(percent).unwrap()
+    }
+
+    const S: u64 = 1000;
+
+    /// One second of traffic: 1,000 requests at `weight`, failures as given, latencies in ms.
+    fn traffic(t: u64, weight: Weight, canary_fail_per_mille: u64, canary_ms: u64) -> Window {
+        let canary = u64::from(weight.basis_points()) / 10;
+        let stable = 1000 - canary;
+        fabricated(t * S, (stable, 0, 20), (canary, canary * canary_fail_per_mille / 1000, canary_ms))
+    }
+
+    fn healthy(t: u64, weight: Weight) -> Window {
+        traffic(t, weight, 0, 25)
+    }
+
+    fn silent(t: u64) -> Window {
+        fabricated(t * S, (1000, 0, 20), (0, 0, 0))
+    }
+
+    /// Ticks once a second from `from` to `to` seconds with `window(t, current weight)`,
+    /// returning the decisions that changed something, with their second.
+    fn run(r: &mut Rollout, from: u64, to: u64, window: impl Fn(u64, Weight) -> Window) -> Vec<(u64, Decision)> {
+        let mut changes = Vec::new();
+        for t in from..=to {
+            let d = r.tick(&window(t, r.weight()), t * S);
+            if let Some(c) = &d.set_weight {
+                assert_eq!(guard(r.spec(), c), Ok(()), "guard holds at {t}s: {c:?}");
+            }
+            if d.set_weight.is_some() || d.phase_change.is_some() {
+                changes.push((t, d));
+            }
+        }
+        changes
+    }
+
+    fn weights(changes: &[(u64, Decision)]) -> Vec<(u64, f64, ChangeKind)> {
+        changes.iter().filter_map(|(t, d)| d.set_weight.map(|c| (*t, c.to.percent(), c.kind))).collect()
+    }
+
+    #[test]
+    fn a_healthy_canary_is_promoted_through_every_step() {
+        let mut r = Rollout::new(spec_with(""), 0);
+        assert_eq!(r.phase(), Phase::Initializing);
+        let changes = run(&mut r, 1, 40, healthy);
+        // Each step lasts one interval (5 s) and sees 5 × 100+ canary requests ≥ 200.
+        assert_eq!(
+            weights(&changes),
+            vec![
+                (1, 10.0, ChangeKind::Step),
+                (6, 25.0, ChangeKind::Step),
+                (11, 50.0, ChangeKind::Step),
+                (16, 100.0, ChangeKind::Promotion)
+            ]
+        );
+        let phases: Vec<(u64, Phase, Phase)> =
+            changes.iter().filter_map(|(t, d)| d.phase_change.map(|p| (*t, p.from, p.to))).collect();
+        assert_eq!(
+            phases,
+            vec![
+                (1, Phase::Initializing, Phase::Progressing),
+                (16, Phase::Progressing, Phase::Promoting),
+                (17, Phase::Promoting, Phase::Succeeded)
+            ]
+        );
+        assert_eq!((r.phase(), r.weight()), (Phase::Succeeded, Weight::FULL));
+        let (_, last_step) = &changes[2];
+        assert!(last_step.reason.starts_with("step 3 of 3: canary to 50%"), "{}", last_step.reason);
+    }
+
+    #[test]
+    fn nothing_moves_before_a_proxy_reports() {
+        let mut r = Rollout::new(spec_with(""), 0);
+        let d = r.tick(&Window { to_ms: S, ..Window::default() }, S);
+        assert_eq!((d.set_weight, r.phase()), (None, Phase::Initializing));
+        assert!(d.reason.contains("waiting for a proxy"), "{}", d.reason);
+    }
+
+    #[test]
+    fn failed_checks_count_toward_the_threshold() {
+        // 2% canary failures (SLO 99%) with the stable failing as often: each check fails, but
+        // not decisively; the third failed check rolls back.
+        let mut r = Rollout::new(spec_with(""), 0);
+        let window = |t: u64, wt: Weight| {
+            let c = u64::from(wt.basis_points()) / 10;
+            fabricated(t * S, (1000 - c, (1000 - c) / 50, 20), (c, c / 50, 25))
+        };
+        let mut failed = Vec::new();
+        for t in 1..=30 {
+            let d = r.tick(&window(t, r.weight()), t * S);
+            if d.reason.starts_with("failed check") {
+                failed.push(t);
+                assert!(d.reason.contains("request-success-rate 98.00% < 99%"), "{}", d.reason);
+            }
+            if r.phase() == Phase::RolledBack {
+                assert_eq!(failed, vec![6, 11], "two failed checks held the weight");
+                assert_eq!(t, 16, "the third check rolled back");
+                assert_eq!(d.set_weight.map(|c| (c.to, c.kind)), Some((Weight::ZERO, ChangeKind::Rollback)));
+                assert!(d.reason.contains("3 failed checks reached the threshold of 3"), "{}", d.reason);
+                return;
+            }
+            assert_eq!(r.weight(), w(10.0), "a failing canary never advances");
+        }
+        panic!("never rolled back; failed checks at {failed:?}");
+    }
+
+    #[test]
+    fn a_decisive_breach_goes_to_zero_within_one_tick() {
+        let mut r = Rollout::new(spec_with(""), 0);
+        run(&mut r, 1, 7, healthy);
+        assert_eq!(r.weight(), w(25.0));
+        // The canary starts failing 30% of its requests mid-interval, between checks.
+        let d = r.tick(&traffic(8, r.weight(), 300, 25), 8 * S);
+        assert_eq!(d.set_weight.map(|c| (c.from, c.to, c.kind)), Some((w(25.0), Weight::ZERO, ChangeKind::Rollback)));
+        assert_eq!(d.phase_change, Some(PhaseChange { from: Phase::Progressing, to: Phase::RolledBack }));
+        assert!(d.reason.starts_with("rollback: decisive breach: fail (decisive):"), "{}", d.reason);
+        assert!(d.verdict.is_some_and(|v| v.is_decisive()));
+        // Final: healthy traffic afterwards changes nothing.
+        assert!(run(&mut r, 9, 30, healthy).is_empty());
+        assert_eq!((r.phase(), r.weight()), (Phase::RolledBack, Weight::ZERO));
+    }
+
+    #[test]
+    fn the_weight_typo_case_is_rolled_back_in_one_tick() {
+        // Restarted at 99% (the incident's swapped weights) with a canary failing 10% of requests.
+        let mut r = Rollout::resume_from(spec_with(""), w(99.0), 0);
+        let d = r.tick(&traffic(1, r.weight(), 100, 25), S);
+        assert_eq!(d.set_weight.map(|c| c.to), Some(Weight::ZERO), "{}", d.reason);
+    }
+
+    #[test]
+    fn no_data_holds_the_step_and_never_promotes() {
+        let mut r = Rollout::new(spec_with(""), 0);
+        run(&mut r, 1, 1, healthy);
+        assert_eq!(r.weight(), w(10.0));
+        let changes = run(&mut r, 2, 600, |t, _| silent(t));
+        assert!(changes.is_empty(), "ten minutes without canary traffic change nothing: {changes:?}");
+        assert_eq!((r.phase(), r.weight()), (Phase::Progressing, w(10.0)));
+        let d = r.tick(&silent(601), 601 * S);
+        assert!(d.reason.contains("not enough data") || d.reason.contains("next check"), "{}", d.reason);
+    }
+
+    #[test]
+    fn no_data_fails_after_the_configured_time() {
+        let mut r = Rollout::new(spec_with("noData: { fail: 20s }\n"), 0);
+        run(&mut r, 1, 1, healthy);
+        let changes = run(&mut r, 2, 60, |t, _| silent(t));
+        // No data from the tick at 2 s; 20 s later it rolls back.
+        assert_eq!(weights(&changes), vec![(22, 0.0, ChangeKind::Rollback)]);
+        assert!(
+            changes[0].1.reason.contains("no judgeable data for 20s (noData: fail after 20s)"),
+            "{}",
+            changes[0].1.reason
+        );
+    }
+
+    #[test]
+    fn too_few_requests_hold_a_passing_step() {
+        // 10 canary requests a second at 10%: 200 take 20 s, so the first step lasts four checks.
+        let mut r = Rollout::new(spec_with(""), 0);
+        let thin = |t: u64, _| fabricated(t * S, (90, 0, 20), (10, 0, 25));
+        let changes = run(&mut r, 1, 30, thin);
+        assert_eq!(weights(&changes), vec![(1, 10.0, ChangeKind::Step), (21, 25.0, ChangeKind::Step)]);
+        let mut r = Rollout::new(spec_with(""), 0);
+        run(&mut r, 1, 5, thin);
+        let d = r.tick(&thin(6, r.weight()), 6 * S);
+        assert!(d.reason.contains("only 50 of 200 canary requests on this step"), "{}", d.reason);
+    }
+
+    #[test]
+    fn pause_holds_and_resume_continues() {
+        let mut r = Rollout::new(spec_with(""), 0);
+        run(&mut r, 1, 2, healthy);
+        let d = r.pause(2 * S).unwrap();
+        assert_eq!(d.phase_change, Some(PhaseChange { from: Phase::Progressing, to: Phase::Paused }));
+        assert!(run(&mut r, 3, 60, healthy).is_empty(), "a paused rollout holds its weight");
+        assert_eq!(r.weight(), w(10.0));
+        assert!(r.pause(60 * S).is_err());
+        let d = r.resume(60 * S).unwrap();
+        assert_eq!(d.phase_change, Some(PhaseChange { from: Phase::Paused, to: Phase::Progressing }));
+        // After resuming, the step waits a full interval again.
+        let changes = run(&mut r, 61, 65, healthy);
+        assert_eq!(weights(&changes), vec![(65, 25.0, ChangeKind::Step)]);
+        assert!(r.resume(65 * S).is_err());
+    }
+
+    #[test]
+    fn a_decisive_breach_rolls_back_even_when_paused() {
+        let mut r = Rollout::new(spec_with(""), 0);
+        run(&mut r, 1, 2, healthy);
+        r.pause(2 * S).unwrap();
+        let d = r.tick(&traffic(3, r.weight(), 500, 25), 3 * S);
+        assert_eq!(d.phase_change, Some(PhaseChange { from: Phase::Paused, to: Phase::RolledBack }));
+        assert_eq!(r.weight(), Weight::ZERO);
+    }
+
+    #[test]
+    fn the_operator_rolls_back_at_any_time() {
+        let mut r = Rollout::new(spec_with(""), 0);
+        run(&mut r, 1, 7, healthy);
+        let d = r.rollback(8 * S).unwrap();
+        assert_eq!(d.set_weight.map(|c| (c.from, c.to, c.kind)), Some((w(25.0), Weight::ZERO, ChangeKind::Rollback)));
+        assert_eq!(d.reason, "rollback: requested by the operator");
+        assert_eq!(r.rollback(9 * S), Err(CommandRefused("the rollout is already rolled back".into())));
+        assert!(r.promote(9 * S).is_err(), "a rolled-back rollout is final");
+        assert!(run(&mut r, 9, 20, healthy).is_empty());
+    }
+
+    #[test]
+    fn the_operator_may_promote_early_and_it_is_labelled() {
+        let mut r = Rollout::new(spec_with(""), 0);
+        run(&mut r, 1, 2, healthy);
+        let d = r.promote(2 * S).unwrap();
+        assert_eq!(
+            d.set_weight.map(|c| (c.from, c.to, c.kind)),
+            Some((w(10.0), Weight::FULL, ChangeKind::OperatorPromotion))
+        );
+        assert_eq!(r.phase(), Phase::Promoting);
+        let changes = run(&mut r, 3, 3, healthy);
+        assert_eq!(changes[0].1.phase_change, Some(PhaseChange { from: Phase::Promoting, to: Phase::Succeeded }));
+        assert!(r.promote(4 * S).is_err() && r.pause(4 * S).is_err());
+    }
+
+    #[test]
+    fn a_restarted_agent_resumes_the_step_and_gathers_data_again() {
+        // The durable config says 25%: the agent restarted on step 2.
+        let mut r = Rollout::resume_from(spec_with(""), w(25.0), 100 * S);
+        assert_eq!((r.phase(), r.weight(), r.status().step), (Phase::Progressing, w(25.0), Some(1)));
+        // Thin traffic: 25 canary requests a second, so 200 take 8 s; the first check at 105 s
+        // passes but has only 125.
+        let thin = |t: u64, _| fabricated(t * S, (75, 0, 20), (25, 0, 25));
+        let changes = run(&mut r, 101, 115, thin);
+        assert_eq!(weights(&changes), vec![(110, 50.0, ChangeKind::Step)], "never from zero, never blindly");
+    }
+
+    #[test]
+    fn resuming_reads_every_weight_sensibly() {
+        let spec = spec_with("");
+        let r = Rollout::resume_from(spec.clone(), Weight::ZERO, 0);
+        assert_eq!((r.phase(), r.status().step), (Phase::Initializing, None));
+        let r = Rollout::resume_from(spec.clone(), Weight::FULL, 0);
+        assert_eq!(r.phase(), Phase::Succeeded);
+        // Below the first step: the next move is to the first step.
+        let mut r = Rollout::resume_from(spec.clone(), w(5.0), 0);
+        assert_eq!(r.status().step, None);
+        assert_eq!(weights(&run(&mut r, 1, 5, healthy)), vec![(5, 10.0, ChangeKind::Step)]);
+        // Between steps: the next step is at most one step away.
+        let mut r = Rollout::resume_from(spec.clone(), w(30.0), 0);
+        assert_eq!(r.status().step, Some(1));
+        assert_eq!(weights(&run(&mut r, 1, 5, healthy)), vec![(5, 50.0, ChangeKind::Step)]);
+        // Above maxWeight: only promotion goes up, after a full passing step.
+        let mut r = Rollout::resume_from(spec, w(80.0), 0);
+        assert_eq!(weights(&run(&mut r, 1, 5, healthy)), vec![(5, 100.0, ChangeKind::Promotion)]);
+    }
+
+    #[test]
+    fn the_guard_refuses_jumps_and_the_cap() {
+        let spec = spec_with("");
+        let ch = |from: f64, to: f64, kind| WeightChange { from: w(from), to: w(to), kind };
+        assert_eq!(guard(&spec, &ch(10.0, 25.0, ChangeKind::Step)), Ok(()));
+        assert_eq!(guard(&spec, &ch(0.0, 10.0, ChangeKind::Step)), Ok(()));
+        assert_eq!(guard(&spec, &ch(50.0, 0.0, ChangeKind::Step)), Ok(()), "decreases are always allowed");
+        assert_eq!(
+            guard(&spec, &ch(10.0, 50.0, ChangeKind::Step)),
+            Err("10% to 50% is more than one step (the next step is 25%)".into())
+        );
+        assert_eq!(guard(&spec, &ch(0.0, 99.0, ChangeKind::Step)), Err("99% is above maxWeight (50%)".into()));
+        assert!(guard(&spec, &ch(50.0, 60.0, ChangeKind::Step)).is_err());
+        assert_eq!(guard(&spec, &ch(10.0, 100.0, ChangeKind::OperatorPromotion)), Ok(()));
+        assert!(guard(&spec, &ch(10.0, 99.0, ChangeKind::Promotion)).is_err(), "a promotion is to 100% only");
+        assert!(guard(&spec, &ch(0.0, 10.0, ChangeKind::Rollback)).is_err());
+    }
+
+    #[test]
+    fn statuses_and_phases_serialise_for_the_api() {
+        let r = Rollout::resume_from(spec_with(""), w(25.0), 0);
+        let json = serde_json::to_value(r.status()).unwrap();
+        assert_eq!(json["phase"], "progressing");
+        assert_eq!(json["canary_weight"], 25.0);
+        assert_eq!(serde_json::to_value(Phase::RolledBack).unwrap(), "rolled_back");
+        assert_eq!(Phase::RolledBack.to_string(), "rolled_back");
+    }
+
+    proptest::proptest! {
+        /// Whatever the traffic and the operator do, every weight the rollout emits obeys the
+        /// guard, and only a promotion reaches above maxWeight.
+        #[test]
+        fn every_emitted_weight_obeys_the_guard(
+            ticks in proptest::collection::vec((0u64..300, 0u64..40, 0u64..3, 0u8..40), 1..120)
+        ) {
+            let mut r = Rollout::new(spec_with(""), 0);
+            for (i, (canary, failed, slow, command)) in ticks.into_iter().enumerate() {
+                let t = i as u64 + 1;
+                let before = r.weight();
+                let d = match command {
+                    0 => r.pause(t * S).ok(),
+                    1 => r.resume(t * S).ok(),
+                    2 => r.promote(t * S).ok(),
+                    _ => Some(r.tick(&fabricated(t * S, (1000, 0, 20), (canary, failed.min(canary), if slow == 2 { 900 } else { 25 })), t * S)),
+                };
+                if let Some(c) = d.and_then(|d| d.set_weight) {
+                    proptest::prop_assert_eq!(c.from, before);
+                    proptest::prop_assert_eq!(guard(r.spec(), &c), Ok(()));
+                    let promotion = matches!(c.kind, ChangeKind::Promotion | ChangeKind::OperatorPromotion);
+                    proptest::prop_assert!(c.to <= r.spec().max_weight() || (promotion && c.to == Weight::FULL));
+                }
+            }
+        }
+    }
+}
