@@ -1,0 +1,340 @@
+//! The agent's HTTP API: health, Prometheus metrics, status, and operator actions.
+//!
+//! Handlers only read the latest [`StatusView`] the control loop publishes and forward actions
+//! to it over a channel; they never decide anything themselves.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// An operator action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    Rollback,
+    Promote,
+    Pause,
+    Resume,
+}
+
+/// An action and where to send its outcome (a sentence for the operator, or why it was refused).
+pub type CommandRequest = (Command, oneshot::Sender<Result<String, String>>);
+
+/// Figures for one subset over the judging window.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct SubsetView {
+    pub subset: String,
+    pub role: String,
+    pub requests_total: u64,
+    pub failures_total: u64,
+    pub success_rate_percent: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// One verdict with its reasons, for people.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct VerdictView {
+    pub at_unix_ms: u64,
+    pub verdict: String,
+    pub reasons: Vec<String>,
+}
+
+/// A sequential test's evidence against its threshold (both in natural log units).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct EvidenceView {
+    pub test: String,
+    pub log_evidence: f64,
+    pub log_threshold: f64,
+}
+
+/// What the control loop last published.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct StatusView {
+    pub rollout: String,
+    pub phase: String,
+    pub canary_weight_percent: f64,
+    pub revision: u64,
+    pub step: Option<usize>,
+    pub subsets: Vec<SubsetView>,
+    pub evidence: Vec<EvidenceView>,
+    pub recent_verdicts: Vec<VerdictView>,
+    pub proxies_reporting: usize,
+    pub proxies_failing: Vec<String>,
+    /// Set when the agent cannot do its job (no proxy reachable, config unwritable).
+    pub not_ready: Option<String>,
+    pub router_errors_total: u64,
+    pub phase_changes_total: u64,
+}
+
+/// Shared by all handlers.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    pub status: watch::Receiver<StatusView>,
+    pub commands: mpsc::Sender<CommandRequest>,
+    /// Required as `Authorization: Bearer <token>` on actions when set.
+    pub token: Option<Arc<str>>,
+}
+
+/// The router; tests call it with `oneshot` and no socket.
+pub fn app(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/rollback", post(|s, h| action(s, h, Command::Rollback)))
+        .route("/promote", post(|s, h| action(s, h, Command::Promote)))
+        .route("/pause", post(|s, h| action(s, h, Command::Pause)))
+        .route("/resume", post(|s, h| action(s, h, Command::Resume)))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<ApiState>) -> Response {
+    match &s.status.borrow().not_ready {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+    }
+}
+
+async fn status(State(s): State<ApiState>) -> Json<StatusView> {
+    Json(s.status.borrow().clone())
+}
+
+fn authorised(token: Option<&str>, headers: &HeaderMap) -> bool {
+    let Some(token) = token else { return true };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Constant-time comparison: the token's length is not secret, its bytes are.
+    presented.len() == token.len() && presented.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+async fn action(State(s): State<ApiState>, headers: HeaderMap, command: Command) -> Response {
+    if !authorised(s.token.as_deref(), &headers) {
+        return (StatusCode::UNAUTHORIZED, Json(serde_json::json!({ "error": "missing or wrong bearer token" })))
+            .into_response();
+    }
+    let (tx, rx) = oneshot::channel();
+    if s.commands.send((command, tx)).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": "the control loop has stopped" })))
+            .into_response();
+    }
+    match tokio::time::timeout(Duration::from_secs(5), rx).await {
+        Ok(Ok(Ok(done))) => (StatusCode::OK, Json(serde_json::json!({ "ok": done }))).into_response(),
+        Ok(Ok(Err(refused))) => (StatusCode::CONFLICT, Json(serde_json::json!({ "error": refused }))).into_response(),
+        _ => (StatusCode::GATEWAY_TIMEOUT, Json(serde_json::json!({ "error": "no answer from the control loop" })))
+            .into_response(),
+    }
+}
+
+/// Prometheus text format, base units, one family per metric.
+pub fn render_metrics(v: &StatusView) -> String {
+    let mut out = String::new();
+    let rollout = escape(&v.rollout);
+    family(&mut out, "canary_gate_agent_canary_weight_ratio", "gauge", "Canary weight applied, 0 to 1.");
+    let _ = writeln!(
+        out,
+        "canary_gate_agent_canary_weight_ratio{{rollout=\"{rollout}\"}} {}",
+        v.canary_weight_percent / 100.0
+    );
+    family(&mut out, "canary_gate_agent_phase", "gauge", "1 for the rollout's current phase.");
+    for phase in ["initializing", "progressing", "paused", "promoting", "succeeded", "rolled_back", "failed"] {
+        let on =
+            u8::from(v.phase.eq_ignore_ascii_case(phase) || v.phase.to_ascii_lowercase().replace(' ', "_") == phase);
+        let _ = writeln!(out, "canary_gate_agent_phase{{rollout=\"{rollout}\",phase=\"{phase}\"}} {on}");
+    }
+    let per_subset: [(&str, &str, SubsetFigure); 2] = [
+        ("canary_gate_agent_requests_total", "Requests seen per subset across the fleet.", |s| s.requests_total),
+        ("canary_gate_agent_failures_total", "Failed requests per subset across the fleet.", |s| s.failures_total),
+    ];
+    for (name, help, value) in per_subset {
+        family(&mut out, name, "counter", help);
+        for s in &v.subsets {
+            let _ = writeln!(
+                out,
+                "{name}{{rollout=\"{rollout}\",subset=\"{}\",role=\"{}\"}} {}",
+                escape(&s.subset),
+                escape(&s.role),
+                value(s)
+            );
+        }
+    }
+    for (name, help, pick) in [
+        ("canary_gate_agent_latency_p50_seconds", "Median latency over the judging window.", 0),
+        ("canary_gate_agent_latency_p99_seconds", "99th percentile latency over the judging window.", 1),
+    ] {
+        family(&mut out, name, "gauge", help);
+        for s in &v.subsets {
+            if let Some(ms) = [s.p50_ms, s.p99_ms].get(pick).copied().flatten() {
+                let _ =
+                    writeln!(out, "{name}{{rollout=\"{rollout}\",subset=\"{}\"}} {}", escape(&s.subset), ms / 1000.0);
+            }
+        }
+    }
+    family(
+        &mut out,
+        "canary_gate_agent_evidence_log",
+        "gauge",
+        "Sequential test evidence (natural log); rollback at the threshold.",
+    );
+    for e in &v.evidence {
+        let _ = writeln!(
+            out,
+            "canary_gate_agent_evidence_log{{rollout=\"{rollout}\",test=\"{}\"}} {}",
+            escape(&e.test),
+            e.log_evidence
+        );
+    }
+    family(
+        &mut out,
+        "canary_gate_agent_evidence_log_threshold",
+        "gauge",
+        "Threshold of each sequential test (natural log).",
+    );
+    for e in &v.evidence {
+        let _ = writeln!(
+            out,
+            "canary_gate_agent_evidence_log_threshold{{rollout=\"{rollout}\",test=\"{}\"}} {}",
+            escape(&e.test),
+            e.log_threshold
+        );
+    }
+    family(
+        &mut out,
+        "canary_gate_agent_proxies_reporting",
+        "gauge",
+        "Proxies whose snapshot was read on the last tick.",
+    );
+    let _ = writeln!(out, "canary_gate_agent_proxies_reporting{{rollout=\"{rollout}\"}} {}", v.proxies_reporting);
+    family(&mut out, "canary_gate_agent_ready", "gauge", "1 when the agent can read proxies and write weights.");
+    let _ = writeln!(out, "canary_gate_agent_ready{{rollout=\"{rollout}\"}} {}", u8::from(v.not_ready.is_none()));
+    family(&mut out, "canary_gate_agent_router_errors_total", "counter", "Failed attempts to apply a weight.");
+    let _ = writeln!(out, "canary_gate_agent_router_errors_total{{rollout=\"{rollout}\"}} {}", v.router_errors_total);
+    family(&mut out, "canary_gate_agent_phase_changes_total", "counter", "Phase transitions.");
+    let _ = writeln!(out, "canary_gate_agent_phase_changes_total{{rollout=\"{rollout}\"}} {}", v.phase_changes_total);
+    out
+}
+
+/// Reads one figure of a subset.
+type SubsetFigure = fn(&SubsetView) -> u64;
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    let body = render_metrics(&s.status.borrow());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    fn state(token: Option<&str>) -> (ApiState, mpsc::Receiver<CommandRequest>, watch::Sender<StatusView>) {
+        let (status_tx, status) = watch::channel(StatusView {
+            rollout: "demo".into(),
+            phase: "progressing".into(),
+            canary_weight_percent: 10.0,
+            subsets: vec![SubsetView {
+                subset: "v2".into(),
+                role: "canary".into(),
+                requests_total: 10,
+                failures_total: 1,
+                p50_ms: Some(1.5),
+                p99_ms: Some(9.0),
+                ..SubsetView::default()
+            }],
+            ..StatusView::default()
+        });
+        let (commands, rx) = mpsc::channel(4);
+        (ApiState { status, commands, token: token.map(Arc::from) }, rx, status_tx)
+    }
+
+    fn answer_commands(mut rx: mpsc::Receiver<CommandRequest>) {
+        tokio::spawn(async move {
+            while let Some((c, reply)) = rx.recv().await {
+                let _ = reply.send(Ok(format!("{c:?} done")));
+            }
+        });
+    }
+
+    async fn post(app: Router, path: &str, auth: Option<&str>) -> StatusCode {
+        let mut req = Request::post(path);
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn actions_need_the_bearer_token_when_one_is_set() {
+        let (s, rx, _keep) = state(Some("s3cret"));
+        answer_commands(rx);
+        assert_eq!(post(app(s.clone()), "/rollback", None).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(post(app(s.clone()), "/rollback", Some("Bearer wrong!")).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(post(app(s), "/rollback", Some("Bearer s3cret")).await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn actions_without_a_token_reach_the_control_loop() {
+        let (s, rx, _keep) = state(None);
+        answer_commands(rx);
+        assert_eq!(post(app(s), "/pause", None).await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn readyz_reflects_the_published_status() {
+        let (s, _rx, tx) = state(None);
+        let get = |s: ApiState| async move {
+            app(s).oneshot(Request::get("/readyz").body(Body::empty()).unwrap()).await.unwrap().status()
+        };
+        assert_eq!(get(s.clone()).await, StatusCode::OK);
+        tx.send_modify(|v| v.not_ready = Some("config directory unwritable".into()));
+        assert_eq!(get(s).await, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn metrics_pass_promtool_when_it_is_installed() {
+        let (s, _rx, _keep) = state(None);
+        let text = render_metrics(&s.status.borrow());
+        assert!(text.contains("canary_gate_agent_failures_total{rollout=\"demo\",subset=\"v2\",role=\"canary\"} 1"));
+        let Ok(mut child) = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+        else {
+            // `make test` installs promtool; the e2e suite requires it there.
+            return;
+        };
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
