@@ -51,6 +51,10 @@ pub struct Evidence {
 }
 
 impl Evidence {
+    fn of(test: &str, log_evidence: f64, log_threshold: f64, canary_trials: u64) -> Evidence {
+        Evidence { test: test.to_owned(), log_evidence, log_threshold, canary_trials }
+    }
+
     pub fn rejected(&self) -> bool {
         self.log_evidence >= self.log_threshold
     }
@@ -151,12 +155,7 @@ impl ComparisonTest {
     }
 
     pub fn evidence(&self) -> Evidence {
-        Evidence {
-            test: self.name.clone(),
-            log_evidence: self.log_evidence(),
-            log_threshold: self.log_threshold,
-            canary_trials: self.canary_trials,
-        }
+        Evidence::of(&self.name, self.log_evidence(), self.log_threshold, self.canary_trials)
     }
 }
 
@@ -223,12 +222,7 @@ impl SloTest {
     }
 
     pub fn evidence(&self) -> Evidence {
-        Evidence {
-            test: self.name.clone(),
-            log_evidence: self.log_evidence(),
-            log_threshold: self.log_threshold,
-            canary_trials: self.canary_trials,
-        }
+        Evidence::of(&self.name, self.log_evidence(), self.log_threshold, self.canary_trials)
     }
 }
 
