@@ -182,33 +182,19 @@ pub fn render_metrics(v: &StatusView) -> String {
             }
         }
     }
-    family(
-        &mut out,
-        "canary_gate_agent_evidence_log",
-        "gauge",
-        "Sequential test evidence (natural log); rollback at the threshold.",
-    );
-    for e in &v.evidence {
-        let _ = writeln!(
-            out,
-            "canary_gate_agent_evidence_log{{rollout=\"{rollout}\",test=\"{}\"}} {}",
-            escape(&e.test),
+    let per_test: [(&str, &str, EvidenceFigure); 2] = [
+        ("canary_gate_agent_evidence_log", "Sequential test evidence (natural log); rollback at the threshold.", |e| {
             e.log_evidence
-        );
-    }
-    family(
-        &mut out,
-        "canary_gate_agent_evidence_log_threshold",
-        "gauge",
-        "Threshold of each sequential test (natural log).",
-    );
-    for e in &v.evidence {
-        let _ = writeln!(
-            out,
-            "canary_gate_agent_evidence_log_threshold{{rollout=\"{rollout}\",test=\"{}\"}} {}",
-            escape(&e.test),
+        }),
+        ("canary_gate_agent_evidence_log_threshold", "Threshold of each sequential test (natural log).", |e| {
             e.log_threshold
-        );
+        }),
+    ];
+    for (name, help, value) in per_test {
+        family(&mut out, name, "gauge", help);
+        for e in &v.evidence {
+            let _ = writeln!(out, "{name}{{rollout=\"{rollout}\",test=\"{}\"}} {}", escape(&e.test), value(e));
+        }
     }
     family(
         &mut out,
@@ -228,6 +214,8 @@ pub fn render_metrics(v: &StatusView) -> String {
 
 /// Reads one figure of a subset.
 type SubsetFigure = fn(&SubsetView) -> u64;
+/// Reads one figure of a sequential test.
+type EvidenceFigure = fn(&EvidenceView) -> f64;
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
