@@ -4,9 +4,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use canary_core::config::SnapshotEndpointConfig;
+use canary_core::kill::KillOrder;
 use canary_core::outcome::ResponseSummary;
 use canary_core::snapshot::{InstanceInfo, SNAPSHOT_FORMAT, Snapshot, SubsetSnapshot};
-use canary_core::split::{Role, choose_subset};
+use canary_core::split::{Reason, Role, choose_subset};
 use canary_core::store::{self, UpdateError};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -36,7 +37,14 @@ impl Context for RouteStream {}
 impl HttpContext for RouteStream {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         let cfg = &self.state.config;
-        let choice = choose_subset(cfg, host::request_header, self.random);
+        let mut choice = choose_subset(cfg, host::request_header, self.random);
+        // Only a canary choice consults the kill record: stable requests pay no extra host call.
+        if choice.role == Role::Canary
+            && choice.reason != Reason::DarkLaunch
+            && store::kill_holds(&SharedData, &cfg.rollout, cfg.revision)
+        {
+            choice = choice.under_kill();
+        }
         let subset = choice.subset(cfg);
         // Overwrites any value the client sent: a client cannot pick its subset with the label.
         if let Err(s) = host::set_request_header(cfg.label_header.as_str(), subset.as_str()) {
@@ -109,13 +117,45 @@ impl SnapshotStream {
                 subsets.push(SubsetSnapshot { subset: subset.clone(), role, counters });
             }
         }
+        let kill = match &route {
+            Some(r) => store::kill_record(&SharedData, &r.rollout).map_err(|e| format!("kill record: {e}"))?,
+            None => None,
+        };
         Ok(Snapshot {
+            kill,
             format: SNAPSHOT_FORMAT.to_owned(),
             instance,
             taken_at_unix_ms: u64::try_from(host::now().as_millis()).unwrap_or(u64::MAX),
             route,
             subsets,
         })
+    }
+
+    /// Records a kill order (see `canary_core::kill`) and answers with the kill now in force.
+    fn kill(query: &str) -> Action {
+        let order = match KillOrder::from_query(query) {
+            Ok(o) => o,
+            Err(e) => {
+                let body = serde_json::json!({ "error": format!("bad kill order: {e}") }).to_string();
+                return Self::reply(400, body.as_bytes());
+            }
+        };
+        let now = u64::try_from(host::now().as_millis()).unwrap_or(u64::MAX);
+        match store::record_kill(&SharedData, &order, now) {
+            Ok(record) => {
+                host::warn(&format!(
+                    "canary-gate: kill order for rollout {}: no weighted canary traffic up to revision {}",
+                    order.rollout, record.up_to_revision
+                ));
+                let body = serde_json::json!({ "rollout": order.rollout, "kill": record }).to_string();
+                Self::reply(200, body.as_bytes())
+            }
+            Err(e) => {
+                host::error(&format!("canary-gate: cannot record the kill order for {}: {e:?}", order.rollout));
+                let body = serde_json::json!({ "error": format!("cannot record the kill: {e:?}") }).to_string();
+                Self::reply(500, body.as_bytes())
+            }
+        }
     }
 
     fn reply(status: u32, body: &[u8]) -> Action {
@@ -133,9 +173,15 @@ impl Context for SnapshotStream {}
 
 impl HttpContext for SnapshotStream {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let path = host::request_header(":path").unwrap_or_default();
-        let path = path.split('?').next().unwrap_or_default();
+        let full = host::request_header(":path").unwrap_or_default();
+        let (path, query) = full.split_once('?').unwrap_or((full.as_str(), ""));
         let method = host::request_header(":method").unwrap_or_default();
+        if path == self.cfg.kill_path {
+            if method != "POST" {
+                return Self::reply(405, br#"{"error":"only POST"}"#);
+            }
+            return Self::kill(query);
+        }
         if path != self.cfg.path {
             return Self::reply(404, br#"{"error":"not found"}"#);
         }

@@ -292,6 +292,7 @@ mod tests {
             instance: InstanceInfo { id: id.to_owned(), started_at_unix_ms: started },
             taken_at_unix_ms: taken,
             route: None,
+            kill: None,
             subsets: vec![
                 SubsetSnapshot { subset: name("v1"), role: Role::Stable, counters: counters(stable.0, stable.1) },
                 SubsetSnapshot { subset: name("v2"), role: Role::Canary, counters: counters(canary.0, canary.1) },

@@ -29,48 +29,16 @@
 
 use std::fmt;
 
-use canary_core::Weight;
+use canary_core::{RolloutRecord, Weight};
 use serde::Serialize;
 
 use crate::collect::Window;
 use crate::judge::{Judge, Verdict, VerdictKind, human_duration};
 use crate::spec::{NoDataPolicy, Spec};
 
-/// Where a rollout is. Serialised in snake case (`rolled_back`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Initializing,
-    Progressing,
-    Paused,
-    Promoting,
-    Succeeded,
-    RolledBack,
-}
-
-impl Phase {
-    /// Nothing more will be decided.
-    pub fn is_final(self) -> bool {
-        matches!(self, Phase::Succeeded | Phase::RolledBack)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Initializing => "initializing",
-            Phase::Progressing => "progressing",
-            Phase::Paused => "paused",
-            Phase::Promoting => "promoting",
-            Phase::Succeeded => "succeeded",
-            Phase::RolledBack => "rolled_back",
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Where a rollout is. Shared with canary-core, because the phase is also recorded durably in the
+/// filter's configuration (`rollout_state`), next to the weight.
+pub use canary_core::RolloutPhase as Phase;
 
 /// Why a weight changes; the guard treats each kind differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -210,28 +178,58 @@ impl Rollout {
         }
     }
 
-    /// Picks a rollout up after an agent restart from the weight the filter is applying (the
-    /// durable state). It never restarts from zero and never promotes blindly: at a weight on or
-    /// between steps it is [`Phase::Progressing`] on the highest step at or below the weight and
-    /// must gather `interval` and `minRequests` again before advancing; at 100% it is
-    /// [`Phase::Succeeded`]. The weight itself is left alone, even above `maxWeight` (where the
-    /// only way up is promotion).
-    ///
-    /// At 0% it is [`Phase::Initializing`]: the durable config cannot tell "not started" from
-    /// "rolled back", so an I/O layer that knows the rollout was rolled back must not resume it.
-    pub fn resume_from(spec: Spec, current: Weight, now_ms: u64) -> Rollout {
+    /// Picks a rollout up after an agent restart from the weight the filter is applying and the
+    /// record the last agent wrote beside it (the durable state). It never restarts from zero and
+    /// never promotes blindly:
+    /// * recorded [`Phase::RolledBack`]: stays rolled back (and at 0%, see [`Rollout::pending`]);
+    /// * at 100%: [`Phase::Promoting`] if so recorded (the next tick completes it), else
+    ///   [`Phase::Succeeded`];
+    /// * recorded [`Phase::Paused`]: paused at the weight;
+    /// * otherwise, at a weight on or between steps: [`Phase::Progressing`] on the highest step at
+    ///   or below the weight, with the recorded failed checks; it must gather `interval` and
+    ///   `minRequests` again before advancing. The weight itself is left alone, even above
+    ///   `maxWeight` (where the only way up is promotion).
+    /// * with no record at 0%: [`Phase::Initializing`] (the rollout has not started).
+    pub fn restore(spec: Spec, current: Weight, record: Option<&RolloutRecord>, now_ms: u64) -> Rollout {
         let mut r = Rollout::new(spec, now_ms);
-        if current == Weight::ZERO {
-            return r;
-        }
         r.weight = current;
-        if current == Weight::FULL {
-            r.phase = Phase::Succeeded;
-            return r;
-        }
-        r.phase = Phase::Progressing;
-        r.step = r.spec.steps().iter().rposition(|s| *s <= current);
+        r.failed_checks = record.map_or(0, |rec| rec.failed_checks);
+        r.step = r.spec.steps().iter().rposition(|s| *s <= current).filter(|_| current > Weight::ZERO);
+        let recorded = record.map(|rec| rec.phase);
+        r.phase = match recorded {
+            Some(Phase::RolledBack) => Phase::RolledBack,
+            Some(Phase::Promoting) if current == Weight::FULL => Phase::Promoting,
+            _ if current == Weight::FULL => Phase::Succeeded,
+            Some(Phase::Paused) => {
+                r.paused_from = if current == Weight::ZERO { Phase::Initializing } else { Phase::Progressing };
+                Phase::Paused
+            }
+            _ if current == Weight::ZERO => Phase::Initializing,
+            _ => Phase::Progressing,
+        };
         r
+    }
+
+    /// A weight change still owed to the router after [`Rollout::restore`]: a rollout recorded as
+    /// rolled back whose configuration was raised by hand is put back to 0%.
+    pub fn pending(&self) -> Option<WeightChange> {
+        (self.phase == Phase::RolledBack && self.weight > Weight::ZERO).then(|| WeightChange {
+            from: self.weight,
+            to: Weight::ZERO,
+            kind: ChangeKind::Rollback,
+        })
+    }
+
+    /// Called once a pending change was applied.
+    pub fn settle(&mut self) {
+        if let Some(change) = self.pending() {
+            self.weight = change.to;
+        }
+    }
+
+    /// The durable record of this rollout, to be written beside the weight.
+    pub fn record(&self, reason: &str, now_unix_ms: u64) -> RolloutRecord {
+        RolloutRecord::new(self.phase, self.failed_checks, reason, now_unix_ms)
     }
 
     pub fn phase(&self) -> Phase {
@@ -598,7 +596,7 @@ metrics:
     #[test]
     fn the_weight_typo_case_is_rolled_back_in_one_tick() {
         // Restarted at 99% (the incident's swapped weights) with a canary failing 10% of requests.
-        let mut r = Rollout::resume_from(spec_with(""), w(99.0), 0);
+        let mut r = Rollout::restore(spec_with(""), w(99.0), None, 0);
         let d = r.tick(&traffic(1, r.weight(), 100, 25), S);
         assert_eq!(d.set_weight.map(|c| c.to), Some(Weight::ZERO), "{}", d.reason);
     }
@@ -699,7 +697,7 @@ metrics:
     #[test]
     fn a_restarted_agent_resumes_the_step_and_gathers_data_again() {
         // The durable config says 25%: the agent restarted on step 2.
-        let mut r = Rollout::resume_from(spec_with(""), w(25.0), 100 * S);
+        let mut r = Rollout::restore(spec_with(""), w(25.0), None, 100 * S);
         assert_eq!((r.phase(), r.weight(), r.status().step), (Phase::Progressing, w(25.0), Some(1)));
         // Thin traffic: 25 canary requests a second, so 200 take 8 s; the first check at 105 s
         // passes but has only 125.
@@ -711,21 +709,56 @@ metrics:
     #[test]
     fn resuming_reads_every_weight_sensibly() {
         let spec = spec_with("");
-        let r = Rollout::resume_from(spec.clone(), Weight::ZERO, 0);
+        let r = Rollout::restore(spec.clone(), Weight::ZERO, None, 0);
         assert_eq!((r.phase(), r.status().step), (Phase::Initializing, None));
-        let r = Rollout::resume_from(spec.clone(), Weight::FULL, 0);
+        let r = Rollout::restore(spec.clone(), Weight::FULL, None, 0);
         assert_eq!(r.phase(), Phase::Succeeded);
         // Below the first step: the next move is to the first step.
-        let mut r = Rollout::resume_from(spec.clone(), w(5.0), 0);
+        let mut r = Rollout::restore(spec.clone(), w(5.0), None, 0);
         assert_eq!(r.status().step, None);
         assert_eq!(weights(&run(&mut r, 1, 5, healthy)), vec![(5, 10.0, ChangeKind::Step)]);
         // Between steps: the next step is at most one step away.
-        let mut r = Rollout::resume_from(spec.clone(), w(30.0), 0);
+        let mut r = Rollout::restore(spec.clone(), w(30.0), None, 0);
         assert_eq!(r.status().step, Some(1));
         assert_eq!(weights(&run(&mut r, 1, 5, healthy)), vec![(5, 50.0, ChangeKind::Step)]);
         // Above maxWeight: only promotion goes up, after a full passing step.
-        let mut r = Rollout::resume_from(spec, w(80.0), 0);
+        let mut r = Rollout::restore(spec, w(80.0), None, 0);
         assert_eq!(weights(&run(&mut r, 1, 5, healthy)), vec![(5, 100.0, ChangeKind::Promotion)]);
+    }
+
+    #[test]
+    fn the_durable_record_is_what_a_restarted_agent_resumes() {
+        let spec = spec_with("");
+        let rec = |phase, failed| RolloutRecord::new(phase, failed, "test", 0);
+        // Rolled back stays rolled back: the restarted agent never sends traffic to the canary again.
+        let mut r = Rollout::restore(spec.clone(), Weight::ZERO, Some(&rec(Phase::RolledBack, 1)), 0);
+        assert_eq!((r.phase(), r.pending()), (Phase::RolledBack, None));
+        assert!(run(&mut r, 1, 60, healthy).is_empty());
+        // Someone raised the weight of a rolled-back rollout by hand: it is owed a rollback.
+        let mut r = Rollout::restore(spec.clone(), w(25.0), Some(&rec(Phase::RolledBack, 0)), 0);
+        assert_eq!(r.pending().map(|c| (c.to, c.kind)), Some((Weight::ZERO, ChangeKind::Rollback)));
+        r.settle();
+        assert_eq!((r.weight(), r.pending()), (Weight::ZERO, None));
+        // Failed checks carry over: two recorded, threshold three, so the next failed check rolls back.
+        let mut r = Rollout::restore(spec.clone(), w(10.0), Some(&rec(Phase::Progressing, 2)), 0);
+        assert_eq!(r.status().failed_checks, 2);
+        // 2% failures on both sides: a failed check, never a decisive one.
+        let shaky = |t: u64, _| fabricated(t * S, (900, 18, 20), (100, 2, 25));
+        let changes = run(&mut r, 1, 5, shaky);
+        assert_eq!(weights(&changes), vec![(5, 0.0, ChangeKind::Rollback)]);
+        assert!(changes.iter().any(|(_, d)| d.reason.contains("3 failed checks")), "{changes:?}");
+        // Paused stays paused, and resumes to progressing.
+        let mut r = Rollout::restore(spec.clone(), w(10.0), Some(&rec(Phase::Paused, 0)), 0);
+        assert_eq!(r.phase(), Phase::Paused);
+        assert!(run(&mut r, 1, 30, healthy).is_empty());
+        assert_eq!(r.resume(31 * S).unwrap().phase_change.map(|c| c.to), Some(Phase::Progressing));
+        // A promotion in flight completes; the record names the phase and the failed checks.
+        let mut r = Rollout::restore(spec, Weight::FULL, Some(&rec(Phase::Promoting, 1)), 0);
+        assert_eq!(r.phase(), Phase::Promoting);
+        run(&mut r, 1, 1, healthy);
+        assert_eq!(r.phase(), Phase::Succeeded);
+        let record = r.record("done", 42);
+        assert_eq!((record.phase, record.failed_checks, record.at_unix_ms), (Phase::Succeeded, 1, 42));
     }
 
     #[test]
@@ -748,7 +781,7 @@ metrics:
 
     #[test]
     fn statuses_and_phases_serialise_for_the_api() {
-        let r = Rollout::resume_from(spec_with(""), w(25.0), 0);
+        let r = Rollout::restore(spec_with(""), w(25.0), None, 0);
         let json = serde_json::to_value(r.status()).unwrap();
         assert_eq!(json["phase"], "progressing");
         assert_eq!(json["canary_weight"], 25.0);

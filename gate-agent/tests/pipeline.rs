@@ -68,6 +68,7 @@ impl Proxy {
             instance: InstanceInfo { id: self.id.clone(), started_at_unix_ms: self.started_ms },
             taken_at_unix_ms: now_ms,
             route: None,
+            kill: None,
             subsets: vec![
                 SubsetSnapshot { subset: name("v1"), role: Role::Stable, counters: self.stable.clone() },
                 SubsetSnapshot { subset: name("v2"), role: Role::Canary, counters: self.canary.clone() },
@@ -183,7 +184,7 @@ fn a_restarted_agent_resumes_the_same_step() {
     // The agent dies; the proxies keep the weight (the durable config) and keep serving.
     let applied = agent.applied;
     proxies[0].serve(4_000, applied, 0);
-    let mut agent = Agent::new(Rollout::resume_from(spec(), applied, 20_000), applied);
+    let mut agent = Agent::new(Rollout::restore(spec(), applied, None, 20_000), applied);
     assert_eq!(agent.rollout.phase(), Phase::Progressing);
     agent.tick(&proxies, 21_000); // first sighting: a baseline, no data yet
     assert!(agent.log.is_empty(), "nothing changes on the first tick after a restart");

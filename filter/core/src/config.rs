@@ -11,6 +11,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::kill::DEFAULT_KILL_PATH;
+use crate::record::{MAX_REASON_BYTES, RolloutRecord};
 use crate::weight::Weight;
 
 /// The configuration format this build understands.
@@ -81,6 +83,10 @@ pub struct RouteConfig {
     /// writer can see when a proxy applies its change.
     #[serde(default)]
     pub revision: u64,
+    /// gate-agent's durable record of the rollout (phase, failed checks). The filter validates it
+    /// and routes the same with or without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_state: Option<RolloutRecord>,
 }
 
 /// The dark-launch match: an exact header value that forces the canary.
@@ -173,8 +179,14 @@ pub struct SnapshotEndpointConfig {
     /// Request path that returns the snapshot; every other path gets 404.
     #[serde(default = "default_snapshot_path")]
     pub path: String,
+    /// Request path that takes a kill order (`POST`, see [`crate::kill`]).
+    #[serde(default = "default_kill_path")]
+    pub kill_path: String,
 }
 
+fn default_kill_path() -> String {
+    DEFAULT_KILL_PATH.to_owned()
+}
 fn default_label_header() -> HeaderName {
     HeaderName(DEFAULT_LABEL_HEADER.to_owned())
 }
@@ -335,6 +347,11 @@ impl RouteConfig {
         {
             return Err(ConfigError::new("sticky_salt", "must be 1-256 bytes"));
         }
+        if let Some(state) = &self.rollout_state
+            && state.reason.len() > MAX_REASON_BYTES
+        {
+            return Err(ConfigError::new("rollout_state.reason", format!("is longer than {MAX_REASON_BYTES} bytes")));
+        }
         if self.failure.statuses.is_empty() && !self.failure.resets {
             return Err(ConfigError::new(
                 "failure",
@@ -391,11 +408,16 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
         "snapshot" => {
             let cfg: SnapshotEndpointConfig = typed(value)?;
             check_version(cfg.version)?;
-            if !cfg.path.starts_with('/') || cfg.path.len() > 256 {
-                return Err(ConfigError::new(
-                    "path",
-                    format!("{:?} must be an absolute path of at most 256 bytes", cfg.path),
-                ));
+            for (field, path) in [("path", &cfg.path), ("kill_path", &cfg.kill_path)] {
+                if !path.starts_with('/') || path.len() > 256 || path.contains('?') {
+                    return Err(ConfigError::new(
+                        field,
+                        format!("{path:?} must be an absolute path of at most 256 bytes, without a query"),
+                    ));
+                }
+            }
+            if cfg.path == cfg.kill_path {
+                return Err(ConfigError::new("kill_path", "must differ from `path`"));
             }
             Ok(PluginConfig::SnapshotEndpoint(cfg))
         }
@@ -433,6 +455,31 @@ mod tests {
         assert_eq!(r.failure, FailurePolicy { statuses: vec![StatusMatch::Class(5)], resets: true });
         assert_eq!(r.salt(), "payment-svc");
         assert!(r.sticky.is_none());
+    }
+
+    #[test]
+    fn the_agents_rollout_record_round_trips_and_is_checked() {
+        let json = MINIMAL.replace(
+            "}",
+            r#","rollout_state":{"phase":"rolled_back","failed_checks":2,"reason":"errors","at_unix_ms":5}}"#,
+        );
+        let r = parse_route(json.as_bytes()).unwrap();
+        let state = r.rollout_state.clone().unwrap();
+        assert_eq!((state.phase, state.failed_checks), (crate::RolloutPhase::RolledBack, 2));
+        assert_eq!(parse_route(r.to_json().unwrap().as_bytes()).unwrap(), r);
+        let e = err(&MINIMAL.replace("}", r#","rollout_state":{"phase":"rolledback"}}"#));
+        assert_eq!(e.field, "rollout_state.phase");
+        let long = "x".repeat(MAX_REASON_BYTES + 1);
+        let e = err(&MINIMAL.replace("}", &format!(r#","rollout_state":{{"phase":"paused","reason":"{long}"}}}}"#)));
+        assert_eq!(e.field, "rollout_state.reason");
+    }
+
+    #[test]
+    fn snapshot_paths_are_checked() {
+        let e = err(r#"{"role":"snapshot","version":1,"kill_path":"/canary-gate/v1/snapshot"}"#);
+        assert_eq!(e.field, "kill_path");
+        let e = err(r#"{"role":"snapshot","version":1,"path":"/snap?x=1"}"#);
+        assert_eq!(e.field, "path");
     }
 
     #[test]
@@ -522,7 +569,11 @@ mod tests {
         let c = parse(br#"{"version":1,"role":"snapshot"}"#).unwrap();
         assert_eq!(
             c,
-            PluginConfig::SnapshotEndpoint(SnapshotEndpointConfig { version: 1, path: DEFAULT_SNAPSHOT_PATH.into() })
+            PluginConfig::SnapshotEndpoint(SnapshotEndpointConfig {
+                version: 1,
+                path: DEFAULT_SNAPSHOT_PATH.into(),
+                kill_path: DEFAULT_KILL_PATH.into()
+            })
         );
         assert_eq!(err(r#"{"version":1,"role":"snapshot","path":"x"}"#).field, "path");
         let e = err(r#"{"version":1,"role":"snapshot","canary_weight":3}"#);

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{RouteConfig, SubsetName};
 use crate::counters::SubsetCounters;
+use crate::kill::KillRecord;
 use crate::split::Role;
 
 /// Format tag of [`Snapshot`]; bumped on any incompatible change.
@@ -43,6 +44,9 @@ pub struct Snapshot {
     pub route: Option<RouteConfig>,
     /// Stable first, then canary, for the route's rollout.
     pub subsets: Vec<SubsetSnapshot>,
+    /// The kill order in force for the route's rollout, if any (see [`crate::kill`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill: Option<KillRecord>,
 }
 
 /// Why bytes are not a snapshot this build can read.

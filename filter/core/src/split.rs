@@ -23,6 +23,8 @@ pub enum Reason {
     Sticky,
     /// No sticky key on the request: a random bucket decided.
     Weighted,
+    /// The weighted or sticky split chose the canary, but a kill order holds it at 0%.
+    Killed,
 }
 
 /// The decision for one request.
@@ -37,6 +39,17 @@ impl Choice {
         match self.role {
             Role::Stable => &cfg.stable,
             Role::Canary => &cfg.canary,
+        }
+    }
+}
+
+impl Choice {
+    /// This choice under a kill order: a weighted or sticky canary choice goes to stable; a
+    /// dark-launch request still reaches the canary, as it does at 0% (see [`crate::kill`]).
+    pub fn under_kill(self) -> Choice {
+        match (self.role, self.reason) {
+            (Role::Canary, Reason::Sticky | Reason::Weighted) => Choice { role: Role::Stable, reason: Reason::Killed },
+            _ => self,
         }
     }
 }

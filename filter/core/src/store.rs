@@ -8,6 +8,7 @@
 
 use crate::config::{RouteConfig, SubsetName};
 use crate::counters::{DecodeError, SubsetCounters};
+use crate::kill::{KillOrder, KillRecord};
 use crate::snapshot::InstanceInfo;
 
 /// Prefix of every key this project stores; the `v1` changes with the stored formats, so a new
@@ -17,6 +18,54 @@ pub const KEY_PREFIX: &str = "canary-gate/v1/";
 pub const INSTANCE_KEY: &str = "canary-gate/v1/instance";
 /// The route configuration most recently applied, for the snapshot endpoint.
 pub const ROUTE_KEY: &str = "canary-gate/v1/route";
+
+/// Key of one rollout's kill record.
+pub fn kill_key(rollout: &SubsetName) -> String {
+    format!("{KEY_PREFIX}kill/{rollout}")
+}
+
+/// Reads a rollout's kill record. An unreadable record holds everything: a kill must not be lost
+/// to a parse error.
+pub fn kill_record(store: &dyn SharedStore, rollout: &SubsetName) -> Result<Option<KillRecord>, ReadError> {
+    match store.get(&kill_key(rollout)).map_err(ReadError::Host)? {
+        (Some(bytes), _) if bytes.is_empty() => Ok(None),
+        (Some(bytes), _) => {
+            Ok(Some(serde_json::from_slice(&bytes).unwrap_or(KillRecord { up_to_revision: u64::MAX, at_unix_ms: 0 })))
+        }
+        (None, _) => Ok(None),
+    }
+}
+
+/// Whether a kill holds the rollout's configuration at `revision`. A failed read holds it too.
+pub fn kill_holds(store: &dyn SharedStore, rollout: &SubsetName, revision: u64) -> bool {
+    match kill_record(store, rollout) {
+        Ok(Some(k)) => k.holds(revision),
+        Ok(None) => false,
+        Err(_) => true,
+    }
+}
+
+/// Records a kill order, widening any kill already in force; returns the record now in force.
+pub fn record_kill(store: &dyn SharedStore, order: &KillOrder, now_unix_ms: u64) -> Result<KillRecord, UpdateError> {
+    let key = kill_key(&order.rollout);
+    let mut attempts = 0u32;
+    loop {
+        attempts = attempts.saturating_add(1);
+        let (bytes, cas) = store.get(&key).map_err(UpdateError::Host)?;
+        let existing = bytes.filter(|b| !b.is_empty()).and_then(|b| serde_json::from_slice::<KillRecord>(&b).ok());
+        let next = KillRecord::widened(existing.as_ref(), order, now_unix_ms);
+        if existing.as_ref() == Some(&next) {
+            return Ok(next);
+        }
+        let encoded = serde_json::to_vec(&next).map_err(|_| UpdateError::Host(0))?;
+        match store.set(&key, &encoded, cas) {
+            Ok(()) => return Ok(next),
+            Err(SetError::CasMismatch) if attempts < 16 => continue,
+            Err(SetError::CasMismatch) => return Err(UpdateError::Contended { attempts }),
+            Err(SetError::Host(s)) => return Err(UpdateError::Host(s)),
+        }
+    }
+}
 
 /// Key of one subset's counters in one rollout.
 pub fn counters_key(rollout: &SubsetName, subset: &SubsetName) -> String {
@@ -161,3 +210,63 @@ impl std::fmt::Display for ReadError {
 }
 
 impl std::error::Error for ReadError {}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// An in-memory store with Envoy's semantics: a token per write; a set with a stale token fails.
+    #[derive(Default)]
+    struct Map(RefCell<HashMap<String, (Vec<u8>, u32)>>);
+
+    impl SharedStore for Map {
+        fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), u32> {
+            Ok(self.0.borrow().get(key).map_or((None, None), |(v, cas)| (Some(v.clone()), Some(*cas))))
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+            let mut map = self.0.borrow_mut();
+            let current = map.get(key).map(|(_, c)| *c);
+            if let (Some(want), Some(have)) = (cas, current)
+                && want != have
+            {
+                return Err(SetError::CasMismatch);
+            }
+            map.insert(key.to_owned(), (value.to_vec(), current.unwrap_or(0) + 1));
+            Ok(())
+        }
+    }
+
+    fn order(rollout: &str, revision: u64) -> KillOrder {
+        KillOrder { rollout: SubsetName::try_from(rollout).unwrap(), revision }
+    }
+
+    #[test]
+    fn a_kill_holds_its_rollout_up_to_its_revision_only() {
+        let store = Map::default();
+        let pay = SubsetName::try_from("payment").unwrap();
+        let other = SubsetName::try_from("search").unwrap();
+        assert!(!kill_holds(&store, &pay, 3));
+        let k = record_kill(&store, &order("payment", 3), 1_000).unwrap();
+        assert_eq!(k, KillRecord { up_to_revision: 3, at_unix_ms: 1_000 });
+        assert!(kill_holds(&store, &pay, 3) && kill_holds(&store, &pay, 0));
+        assert!(!kill_holds(&store, &pay, 4), "a later configuration supersedes the kill");
+        assert!(!kill_holds(&store, &other, 3));
+        // An older order does not narrow the kill; a newer one widens it.
+        assert_eq!(record_kill(&store, &order("payment", 1), 2_000).unwrap().up_to_revision, 3);
+        assert_eq!(record_kill(&store, &order("payment", 7), 3_000).unwrap().up_to_revision, 7);
+        assert_eq!(kill_record(&store, &pay).unwrap().unwrap().at_unix_ms, 3_000);
+    }
+
+    #[test]
+    fn an_unreadable_kill_record_still_holds() {
+        let store = Map::default();
+        let pay = SubsetName::try_from("payment").unwrap();
+        store.set(&kill_key(&pay), b"{garbage", None).unwrap();
+        assert!(kill_holds(&store, &pay, u64::MAX));
+        // A new order replaces the unreadable record with a readable one.
+        assert_eq!(record_kill(&store, &order("payment", 4), 5).unwrap().up_to_revision, 4);
+    }
+}
