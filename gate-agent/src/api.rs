@@ -62,8 +62,15 @@ pub struct StatusView {
     pub rollout: String,
     pub phase: String,
     pub canary_weight_percent: f64,
+    /// The durable configuration's revision.
     pub revision: u64,
+    /// Index into the steps; `None` before the first step.
     pub step: Option<usize>,
+    pub steps: usize,
+    pub failed_checks: u32,
+    pub threshold: u32,
+    /// Why the rollout is where it is: the last decision that changed something.
+    pub reason: String,
     pub subsets: Vec<SubsetView>,
     pub evidence: Vec<EvidenceView>,
     pub recent_verdicts: Vec<VerdictView>,

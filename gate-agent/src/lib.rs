@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod collect;
+pub mod control;
 pub mod judge;
 pub mod notify;
 pub mod rollout;

@@ -213,7 +213,7 @@ impl Rollout {
     /// A weight change still owed to the router after [`Rollout::restore`]: a rollout recorded as
     /// rolled back whose configuration was raised by hand is put back to 0%.
     pub fn pending(&self) -> Option<WeightChange> {
-        (self.phase == Phase::RolledBack && self.weight > Weight::ZERO).then(|| WeightChange {
+        (self.phase == Phase::RolledBack && self.weight > Weight::ZERO).then_some(WeightChange {
             from: self.weight,
             to: Weight::ZERO,
             kind: ChangeKind::Rollback,

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use canary_core::config::{RouteConfig, parse_route};
-use canary_core::{Weight, ecds};
+use canary_core::{RolloutRecord, Weight, ecds};
 
 /// Why a weight could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -32,13 +32,19 @@ impl RouterError {
     }
 }
 
-/// Where the canary weight is applied. Implementations change only the weight and the revision
-/// and leave every other field of the filter's configuration as the operator wrote it.
+/// Where the canary weight is applied. Implementations change only the weight, the rollout
+/// record and the revision, and leave every other field of the filter's configuration as the
+/// operator wrote it.
 pub trait WeightRouter: Send + Sync {
     /// The route configuration currently in force (the durable state).
     fn current(&self) -> impl Future<Output = Result<RouteConfig, RouterError>> + Send;
-    /// Applies `weight`, bumping the revision; returns the configuration written.
-    fn set_weight(&self, weight: Weight) -> impl Future<Output = Result<RouteConfig, RouterError>> + Send;
+    /// Applies `weight` with the rollout's `record` in one write, bumping the revision; returns the
+    /// configuration written.
+    fn apply(
+        &self,
+        weight: Weight,
+        record: RolloutRecord,
+    ) -> impl Future<Output = Result<RouteConfig, RouterError>> + Send;
 }
 
 /// The local router: rewrites the file Envoy watches, atomically (new file, fsync, rename).
@@ -107,11 +113,16 @@ impl WeightRouter for FileRouter {
             .map_err(|e| self.io(std::io::Error::other(e)))?
     }
 
-    async fn set_weight(&self, weight: Weight) -> Result<RouteConfig, RouterError> {
+    async fn apply(&self, weight: Weight, record: RolloutRecord) -> Result<RouteConfig, RouterError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let (current, wasm) = this.read()?;
-            let next = RouteConfig { canary_weight: weight, revision: current.revision.saturating_add(1), ..current };
+            let next = RouteConfig {
+                canary_weight: weight,
+                revision: current.revision.saturating_add(1),
+                rollout_state: Some(record),
+                ..current
+            };
             this.write(&next, &wasm)?;
             Ok(next)
         })
@@ -135,14 +146,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn set_weight_changes_only_weight_and_revision() {
+    async fn apply_changes_only_weight_record_and_revision() {
         let dir = tempfile::tempdir().unwrap();
         let router = seed(dir.path());
         let before = router.current().await.unwrap();
-        let after = router.set_weight(Weight::from_percent(25.0).unwrap()).await.unwrap();
+        let record = RolloutRecord::new(canary_core::RolloutPhase::Progressing, 1, "step 2 of 3", 9);
+        let after = router.apply(Weight::from_percent(25.0).unwrap(), record.clone()).await.unwrap();
         assert_eq!(after.canary_weight.basis_points(), 2500);
         assert_eq!(after.revision, 5);
-        assert_eq!(RouteConfig { canary_weight: before.canary_weight, revision: 4, ..after.clone() }, before);
+        assert_eq!(after.rollout_state, Some(record));
+        assert_eq!(
+            RouteConfig { canary_weight: before.canary_weight, revision: 4, rollout_state: None, ..after.clone() },
+            before
+        );
         assert_eq!(router.current().await.unwrap(), after, "durable: read back from the file");
         assert_eq!(router.read().unwrap().1, "/w/canary_filter.wasm");
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();

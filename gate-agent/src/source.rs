@@ -1,8 +1,10 @@
-//! Collecting counters: the filter's snapshot from each proxy's loopback snapshot listener.
+//! Talking to proxies: the filter's snapshot from each proxy's loopback snapshot listener, and
+//! the fast kill order sent to the same listener.
 
 use std::time::Duration;
 
 use canary_core::snapshot::Snapshot;
+use canary_core::{KillOrder, KillRecord};
 
 /// Why one proxy gave no snapshot this tick. The agent counts it as no data from that proxy and
 /// keeps judging the others.
@@ -35,34 +37,64 @@ pub trait CounterSource: Send + Sync {
     fn fetch(&self, target: &str) -> impl Future<Output = Result<Snapshot, FetchError>> + Send;
 }
 
-/// Reads `http://<target><path>` with a per-request timeout.
+/// The fast kill path: tells one proxy directly to hold the rollout's weighted canary traffic at
+/// 0% (see `canary_core::kill`), without waiting for the durable configuration to travel.
+pub trait KillSwitch: Send + Sync {
+    fn kill(&self, target: &str, order: &KillOrder) -> impl Future<Output = Result<KillRecord, FetchError>> + Send;
+}
+
+/// Reads `http://<target><path>` with a per-request timeout, and posts kill orders to
+/// `http://<target><kill_path>`.
 #[derive(Debug, Clone)]
 pub struct HttpSource {
     client: reqwest::Client,
     path: String,
+    kill_path: String,
     timeout: Duration,
+}
+
+/// The filter's answer to a kill order.
+#[derive(Debug, serde::Deserialize)]
+struct KillAnswer {
+    kill: KillRecord,
 }
 
 /// Snapshots are small (a few KB); anything far larger is not one.
 const MAX_SNAPSHOT_BYTES: usize = 1 << 20;
 
 impl HttpSource {
-    pub fn new(path: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
+    pub fn new(path: &str, kill_path: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).build()?;
-        Ok(HttpSource { client, path: path.to_owned(), timeout })
+        Ok(HttpSource { client, path: path.to_owned(), kill_path: kill_path.to_owned(), timeout })
+    }
+
+    fn failure(&self, target: &str, e: &reqwest::Error) -> FetchError {
+        if e.is_timeout() {
+            FetchError::Timeout { target: target.to_owned(), timeout: self.timeout }
+        } else {
+            FetchError::Unreachable { target: target.to_owned(), message: e.to_string() }
+        }
+    }
+}
+
+impl KillSwitch for HttpSource {
+    async fn kill(&self, target: &str, order: &KillOrder) -> Result<KillRecord, FetchError> {
+        let url = format!("http://{target}{}?{}", self.kill_path, order.to_query());
+        let resp = self.client.post(&url).send().await.map_err(|e| self.failure(target, &e))?;
+        if !resp.status().is_success() {
+            return Err(FetchError::Status { target: target.to_owned(), status: resp.status().as_u16() });
+        }
+        let body = resp.bytes().await.map_err(|e| self.failure(target, &e))?;
+        serde_json::from_slice::<KillAnswer>(&body)
+            .map(|a| a.kill)
+            .map_err(|e| FetchError::Invalid { target: target.to_owned(), message: format!("kill answer: {e}") })
     }
 }
 
 impl CounterSource for HttpSource {
     async fn fetch(&self, target: &str) -> Result<Snapshot, FetchError> {
         let url = format!("http://{target}{}", self.path);
-        let fail = |e: reqwest::Error| {
-            if e.is_timeout() {
-                FetchError::Timeout { target: target.to_owned(), timeout: self.timeout }
-            } else {
-                FetchError::Unreachable { target: target.to_owned(), message: e.to_string() }
-            }
-        };
+        let fail = |e: reqwest::Error| self.failure(target, &e);
         let resp = self.client.get(&url).send().await.map_err(fail)?;
         if !resp.status().is_success() {
             return Err(FetchError::Status { target: target.to_owned(), status: resp.status().as_u16() });

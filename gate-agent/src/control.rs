@@ -1,0 +1,503 @@
+//! The control loop: read every proxy, judge, decide, act — once per tick.
+//!
+//! [`Controller`] owns the decision state ([`Fleet`], [`Rollout`]) and the three effects behind
+//! their traits: a [`CounterSource`] + [`KillSwitch`] (the proxies), a [`WeightRouter`] (the
+//! durable configuration) and a [`Notifier`]. Each tick it
+//! 1. reads every target's snapshot concurrently (a target that fails is reported, the rest are
+//!    judged);
+//! 2. turns them into one fleet-wide window and lets the rollout decide;
+//! 3. on a rollback, sends every proxy a kill order *and* writes weight 0 with the rolled-back
+//!    record, concurrently: the kill reaches each proxy in one loopback round trip, and the
+//!    durable configuration agrees with it afterwards (its higher revision supersedes the kill);
+//! 4. writes the weight and the rollout record whenever they differ from what is durable — a
+//!    failed write is retried on every tick until it lands;
+//! 5. publishes a [`StatusView`] for the API and posts phase changes to the notifier.
+//!
+//! Time comes from `tokio::time`, so tests run the loop with the clock paused.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use canary_core::{KillOrder, RouteConfig, Weight};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::api::{Command, CommandRequest, EvidenceView, StatusView, SubsetView, VerdictView};
+use crate::collect::{ByRole, Fleet, Window};
+use crate::judge::Verdict;
+use crate::notify::{Notice, Notifier};
+use crate::rollout::{ChangeKind, Decision, Phase, Rollout, guard};
+use crate::router::{RouterError, WeightRouter};
+use crate::source::{CounterSource, KillSwitch};
+use crate::spec::Spec;
+use canary_core::Role;
+
+/// How the loop runs; the defaults suit a sidecar next to one proxy.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Snapshot listeners to read (`host:port`).
+    pub targets: Vec<String>,
+    /// A target silent for this long has its last data aged out.
+    pub staleness: Duration,
+    /// Trailing span of the per-subset figures in `/status` and `/metrics`.
+    pub status_window: Duration,
+    /// How many distinct recent verdicts `/status` keeps.
+    pub recent_verdicts: usize,
+    /// Bound on each kill order.
+    pub kill_timeout: Duration,
+    /// Bound on each durable write; a write that takes longer is retried on the next tick.
+    pub write_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            targets: Vec::new(),
+            staleness: Duration::from_secs(10),
+            status_window: Duration::from_secs(10),
+            recent_verdicts: 20,
+            kill_timeout: Duration::from_millis(500),
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the agent cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot read the filter configuration: {0}")]
+    Router(#[from] RouterError),
+    #[error(
+        "rollout spec field `{field}` is {spec:?}, but the filter configuration has {config:?}; \
+         the spec must describe the rollout the filter runs"
+    )]
+    Mismatch { field: &'static str, spec: String, config: String },
+    #[error("no targets: give at least one proxy snapshot listener (host:port)")]
+    NoTargets,
+}
+
+/// What the durable configuration holds, as far as this agent knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Durable {
+    weight: Weight,
+    phase: Option<Phase>,
+    failed_checks: u32,
+    revision: u64,
+}
+
+impl Durable {
+    fn of(route: &RouteConfig) -> Durable {
+        let state = route.rollout_state.as_ref();
+        Durable {
+            weight: route.canary_weight,
+            phase: state.map(|s| s.phase),
+            failed_checks: state.map_or(0, |s| s.failed_checks),
+            revision: route.revision,
+        }
+    }
+}
+
+/// The running agent for one rollout.
+#[derive(Debug)]
+pub struct Controller<S, R, N> {
+    source: Arc<S>,
+    router: R,
+    notifier: Arc<N>,
+    settings: Settings,
+    fleet: Fleet,
+    rollout: Rollout,
+    status: watch::Sender<StatusView>,
+    epoch: tokio::time::Instant,
+    durable: Durable,
+    /// Why the rollout is where it is (the last decision that changed something).
+    reason: String,
+    highest_revision_seen: u64,
+    recent: VecDeque<VerdictView>,
+    trailing: VecDeque<(u64, ByRole)>,
+    proxies_reporting: usize,
+    proxies_failing: Vec<String>,
+    router_error: Option<String>,
+    router_errors_total: u64,
+    phase_changes_total: u64,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl<S, R, N> Controller<S, R, N>
+where
+    S: CounterSource + KillSwitch + 'static,
+    R: WeightRouter,
+    N: Notifier + 'static,
+{
+    /// Reads the durable state, checks that `spec` describes the rollout the filter runs, and
+    /// resumes the rollout from it (see [`Rollout::restore`]). A rollout recorded as rolled back
+    /// whose weight was raised by hand is put back to 0% at once.
+    pub async fn start(
+        spec: Spec,
+        source: Arc<S>,
+        router: R,
+        notifier: Arc<N>,
+        settings: Settings,
+        status: watch::Sender<StatusView>,
+    ) -> Result<Self, StartError> {
+        if settings.targets.is_empty() {
+            return Err(StartError::NoTargets);
+        }
+        let route = router.current().await?;
+        for (field, want, have) in [
+            ("name", spec.name(), &route.rollout),
+            ("stable", spec.stable(), &route.stable),
+            ("canary", spec.canary(), &route.canary),
+        ] {
+            if want != have {
+                return Err(StartError::Mismatch { field, spec: want.to_string(), config: have.to_string() });
+            }
+        }
+        let epoch = tokio::time::Instant::now();
+        let fleet = Fleet::new(spec.name().clone(), settings.staleness);
+        let rollout = Rollout::restore(spec, route.canary_weight, route.rollout_state.as_ref(), 0);
+        let reason = route.rollout_state.as_ref().map_or_else(
+            || format!("started with the canary at {}", route.canary_weight),
+            |s| format!("resumed {} at {}: {}", s.phase, route.canary_weight, s.reason),
+        );
+        let mut c = Controller {
+            source,
+            router,
+            notifier,
+            settings,
+            fleet,
+            rollout,
+            status,
+            epoch,
+            durable: Durable::of(&route),
+            reason,
+            highest_revision_seen: route.revision,
+            recent: VecDeque::new(),
+            trailing: VecDeque::new(),
+            proxies_reporting: 0,
+            proxies_failing: Vec::new(),
+            router_error: None,
+            router_errors_total: 0,
+            phase_changes_total: 0,
+        };
+        tracing::info!(
+            rollout = %c.rollout.spec().name(),
+            phase = %c.rollout.phase(),
+            weight = %c.rollout.weight(),
+            revision = route.revision,
+            "{}", c.reason
+        );
+        if let Some(change) = c.rollout.pending() {
+            c.rollout.settle();
+            let d = Decision {
+                set_weight: Some(change),
+                phase_change: None,
+                reason: "rollback: the rollout is recorded as rolled back, but its weight was raised".into(),
+                verdict: None,
+            };
+            c.act(d).await;
+        }
+        c.publish();
+        Ok(c)
+    }
+
+    fn now_ms(&self) -> u64 {
+        millis(self.epoch.elapsed())
+    }
+
+    pub fn rollout(&self) -> &Rollout {
+        &self.rollout
+    }
+
+    /// One cycle: read, judge, decide, act, publish.
+    pub async fn tick(&mut self) {
+        let mut reads = JoinSet::new();
+        for target in &self.settings.targets {
+            let (source, target) = (Arc::clone(&self.source), target.clone());
+            reads.spawn(async move {
+                let result = source.fetch(&target).await;
+                (target, result)
+            });
+        }
+        let mut results = Vec::with_capacity(self.settings.targets.len());
+        while let Some(joined) = reads.join_next().await {
+            if let Ok(r) = joined {
+                results.push(r);
+            }
+        }
+        let now = self.now_ms();
+        results.sort_by(|a, b| a.0.cmp(&b.0));
+        for (target, result) in results {
+            match result {
+                Ok(snapshot) => {
+                    if let Some(route) = &snapshot.route {
+                        self.highest_revision_seen = self.highest_revision_seen.max(route.revision);
+                    }
+                    self.fleet.observe(&target, &snapshot, now);
+                }
+                Err(e) => self.fleet.observe_failure(&target, &e.to_string(), now),
+            }
+        }
+        let window = self.fleet.take_window(now);
+        let decision = self.rollout.tick(&window, now);
+        self.remember(&window, decision.verdict.as_ref(), now);
+        self.act(decision).await;
+        self.publish();
+    }
+
+    /// Carries out an operator command; the answer is a sentence for the operator.
+    pub async fn command(&mut self, command: Command) -> Result<String, String> {
+        let now = self.now_ms();
+        let decided = match command {
+            Command::Rollback => self.rollout.rollback(now),
+            Command::Promote => self.rollout.promote(now),
+            Command::Pause => self.rollout.pause(now),
+            Command::Resume => self.rollout.resume(now),
+        };
+        let decision = decided.map_err(|refused| refused.to_string())?;
+        tracing::info!(rollout = %self.rollout.spec().name(), ?command, "operator command");
+        let reason = decision.reason.clone();
+        self.act(decision).await;
+        self.publish();
+        match &self.router_error {
+            None => Ok(reason),
+            Some(e) => Ok(format!("{reason} (not yet durable, retrying every tick: {e})")),
+        }
+    }
+
+    /// Applies a decision: kill orders on rollback, the durable write, the notification.
+    async fn act(&mut self, decision: Decision) {
+        let rollout_name = self.rollout.spec().name().clone();
+        if decision.set_weight.is_some() || decision.phase_change.is_some() {
+            self.reason.clone_from(&decision.reason);
+        }
+        let mut kill = None;
+        if let Some(change) = decision.set_weight {
+            tracing::warn!(
+                rollout = %rollout_name,
+                from = %change.from,
+                to = %change.to,
+                kind = ?change.kind,
+                "canary weight: {}", decision.reason
+            );
+            if change.kind == ChangeKind::Rollback {
+                let order = KillOrder {
+                    rollout: rollout_name.clone(),
+                    revision: self.highest_revision_seen.max(self.durable.revision),
+                };
+                kill = Some(tokio::spawn(kill_everywhere(
+                    Arc::clone(&self.source),
+                    self.settings.targets.clone(),
+                    order,
+                    self.settings.kill_timeout,
+                )));
+            } else if let Err(refused) = guard(self.rollout.spec(), &change) {
+                // The rollout guards every change it makes; this is the last line of defence.
+                tracing::error!(rollout = %rollout_name, "refusing to write {}: {refused}", change.to);
+                return;
+            }
+        }
+        if let Some(pc) = decision.phase_change {
+            self.phase_changes_total = self.phase_changes_total.saturating_add(1);
+            tracing::info!(rollout = %rollout_name, from = %pc.from, to = %pc.to, "phase: {}", decision.reason);
+            let notice = Notice {
+                rollout: rollout_name.to_string(),
+                from: pc.from.to_string(),
+                to: pc.to.to_string(),
+                weight_percent: self.rollout.weight().percent(),
+                reason: decision.reason.clone(),
+            };
+            let notifier = Arc::clone(&self.notifier);
+            tokio::spawn(async move {
+                if let Err(e) = notifier.post(&notice).await {
+                    tracing::warn!(rollout = %notice.rollout, "webhook: {e}");
+                }
+            });
+        }
+        self.persist().await;
+        if let Some(kill) = kill
+            && let Ok((reached, total)) = kill.await
+        {
+            tracing::info!(rollout = %rollout_name, "kill order reached {reached} of {total} proxies");
+        }
+    }
+
+    /// Writes the rollout's weight and record if they differ from what is durable.
+    async fn persist(&mut self) {
+        let status = self.rollout.status();
+        let want = (status.canary_weight, Some(status.phase), status.failed_checks);
+        let have = (self.durable.weight, self.durable.phase, self.durable.failed_checks);
+        if want == have && self.router_error.is_none() {
+            return;
+        }
+        let record = self.rollout.record(&self.reason, unix_ms());
+        let write = self.router.apply(status.canary_weight, record);
+        match tokio::time::timeout(self.settings.write_timeout, write).await {
+            Ok(Ok(route)) => {
+                self.durable = Durable::of(&route);
+                self.highest_revision_seen = self.highest_revision_seen.max(route.revision);
+                self.router_error = None;
+            }
+            Ok(Err(e)) => self.router_failed(e.to_string()),
+            Err(_) => self.router_failed(format!("timed out after {:?}", self.settings.write_timeout)),
+        }
+    }
+
+    fn router_failed(&mut self, error: String) {
+        self.router_errors_total = self.router_errors_total.saturating_add(1);
+        tracing::error!(rollout = %self.rollout.spec().name(), "cannot write the weight (retrying every tick): {error}");
+        self.router_error = Some(error);
+    }
+
+    fn remember(&mut self, window: &Window, verdict: Option<&Verdict>, now: u64) {
+        self.proxies_reporting = window.proxies_reporting;
+        self.proxies_failing = window.failing.iter().map(|p| format!("{}: {}", p.target, p.error)).collect();
+        self.proxies_failing.extend(window.stale.iter().map(|t| format!("{t}: no snapshot for too long")));
+        self.trailing.push_back((now, window.counts.clone()));
+        let oldest = now.saturating_sub(millis(self.settings.status_window));
+        while self.trailing.front().is_some_and(|(t, _)| *t < oldest) {
+            self.trailing.pop_front();
+        }
+        if let Some(v) = verdict {
+            let view = VerdictView {
+                at_unix_ms: unix_ms(),
+                verdict: v.kind.to_string(),
+                reasons: v.reasons.iter().map(|r| r.text.clone()).collect(),
+            };
+            let same =
+                self.recent.back().is_some_and(|last| last.verdict == view.verdict && last.reasons == view.reasons);
+            if !same {
+                self.recent.push_back(view);
+                while self.recent.len() > self.settings.recent_verdicts {
+                    self.recent.pop_front();
+                }
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let mut recent = ByRole::default();
+        for (_, counts) in &self.trailing {
+            recent.merge(counts);
+        }
+        let spec = self.rollout.spec();
+        let subsets = [(Role::Stable, spec.stable()), (Role::Canary, spec.canary())]
+            .into_iter()
+            .map(|(role, name)| {
+                let total = self.fleet.totals().get(role);
+                let window = recent.get(role);
+                let ms = |q: f64| window.latency.quantile(q).map(|us| us as f64 / 1000.0);
+                SubsetView {
+                    subset: name.to_string(),
+                    role: match role {
+                        Role::Stable => "stable".into(),
+                        Role::Canary => "canary".into(),
+                    },
+                    requests_total: total.requests,
+                    failures_total: total.failures,
+                    success_rate_percent: (window.requests > 0)
+                        .then(|| 100.0 * window.successes as f64 / window.requests as f64),
+                    p50_ms: ms(0.5),
+                    p99_ms: ms(0.99),
+                }
+            })
+            .collect();
+        let not_ready = match (&self.router_error, self.proxies_reporting) {
+            (Some(e), _) => Some(format!("cannot write the weight: {e}")),
+            (None, 0) if !self.proxies_failing.is_empty() => {
+                Some(format!("no proxy answered: {}", self.proxies_failing.join("; ")))
+            }
+            _ => None,
+        };
+        let status = self.rollout.status();
+        let view = StatusView {
+            rollout: spec.name().to_string(),
+            phase: status.phase.to_string(),
+            canary_weight_percent: status.canary_weight.percent(),
+            revision: self.durable.revision,
+            step: status.step,
+            steps: status.steps,
+            failed_checks: status.failed_checks,
+            threshold: status.threshold,
+            reason: self.reason.clone(),
+            subsets,
+            evidence: self
+                .rollout
+                .judge()
+                .evidence()
+                .into_iter()
+                .map(|e| EvidenceView { test: e.test, log_evidence: e.log_evidence, log_threshold: e.log_threshold })
+                .collect(),
+            recent_verdicts: self.recent.iter().cloned().collect(),
+            proxies_reporting: self.proxies_reporting,
+            proxies_failing: self.proxies_failing.clone(),
+            not_ready,
+            router_errors_total: self.router_errors_total,
+            phase_changes_total: self.phase_changes_total,
+        };
+        self.status.send_replace(view);
+    }
+
+    /// Runs until `shutdown` completes: a tick every `every`, commands as they come.
+    pub async fn run(
+        mut self,
+        every: Duration,
+        mut commands: mpsc::Receiver<CommandRequest>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = ticks.tick() => self.tick().await,
+                Some((command, reply)) = commands.recv() => {
+                    let answer = self.command(command).await;
+                    let _ = reply.send(answer);
+                }
+            }
+        }
+        tracing::info!(
+            rollout = %self.rollout.spec().name(),
+            phase = %self.rollout.phase(),
+            weight = %self.rollout.weight(),
+            "stopping; the rollout resumes from the durable configuration on the next start"
+        );
+    }
+}
+
+/// Sends the kill order to every target at once; returns (reached, total).
+async fn kill_everywhere<S: KillSwitch + 'static>(
+    source: Arc<S>,
+    targets: Vec<String>,
+    order: KillOrder,
+    timeout: Duration,
+) -> (usize, usize) {
+    let total = targets.len();
+    let mut sends = JoinSet::new();
+    for target in targets {
+        let (source, order) = (Arc::clone(&source), order.clone());
+        sends.spawn(async move {
+            let result = tokio::time::timeout(timeout, source.kill(&target, &order)).await;
+            (target, result)
+        });
+    }
+    let mut reached = 0;
+    while let Some(joined) = sends.join_next().await {
+        match joined {
+            Ok((_, Ok(Ok(_)))) => reached += 1,
+            Ok((target, Ok(Err(e)))) => tracing::warn!(%target, "kill order failed: {e}"),
+            Ok((target, Err(_))) => tracing::warn!(%target, "kill order timed out after {timeout:?}"),
+            Err(e) => tracing::warn!("kill order task failed: {e}"),
+        }
+    }
+    (reached, total)
+}
