@@ -67,6 +67,7 @@ build: wasm
 	cargo build --workspace
 
 demo: tools wasm
+	cargo build -p gate-agent
 	cargo run -p canary-e2e --bin demo
 
 # Every cargo test run appends its output here; `make test` ends with the summed counts.
@@ -92,6 +93,7 @@ test-wasm:
 
 test-e2e: wasm
 	@mkdir -p target
+	cargo build -p gate-agent
 	cargo test -p canary-e2e -- --test-threads 2 2>&1 | tee -a $(RESULTS)
 
 test-deploy:

@@ -59,6 +59,9 @@ struct RunArgs {
     /// Where the API listens. Actions need --token unless this is a loopback address.
     #[arg(long, env = "GATE_AGENT_LISTEN", default_value = "127.0.0.1:9903")]
     listen: SocketAddr,
+    /// Write the API's bound address here once listening (useful with port 0).
+    #[arg(long, env = "GATE_AGENT_LISTEN_ADDRESS_FILE")]
+    listen_address_file: Option<PathBuf>,
     /// Bearer token required on POST actions.
     #[arg(long, env = "GATE_AGENT_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -200,7 +203,12 @@ async fn serve<N: Notifier + 'static>(args: RunArgs, spec: Spec, notifier: N) ->
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Failure::Runtime(format!("--listen {}: {e}", args.listen)))?;
-    tracing::info!(listen = %args.listen, targets = ?args.targets, config = %args.config_file.display(), "serving");
+    let bound = listener.local_addr().map_err(|e| Failure::Runtime(format!("--listen {}: {e}", args.listen)))?;
+    if let Some(path) = &args.listen_address_file {
+        std::fs::write(path, bound.to_string())
+            .map_err(|e| Failure::Runtime(format!("--listen-address-file {}: {e}", path.display())))?;
+    }
+    tracing::info!(listen = %bound, targets = ?args.targets, config = %args.config_file.display(), "serving");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

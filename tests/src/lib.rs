@@ -2,11 +2,13 @@
 //! (deploy/local), small HTTP backends standing in for the stable and canary versions, and sends
 //! traffic. Used by the e2e tests and by `make demo`.
 
+pub mod agent;
 pub mod backend;
 pub mod envoy;
 pub mod paths;
 pub mod traffic;
 
+pub use agent::Agent;
 pub use backend::Backend;
 pub use envoy::{Envoy, LocalSetup};
 

@@ -27,6 +27,17 @@ pub fn filter_wasm() -> Result<PathBuf, String> {
     if p.is_file() { Ok(p) } else { Err(format!("{} is missing: run `make wasm` first", p.display())) }
 }
 
+/// The gate-agent binary: `$GATE_AGENT_BIN`, else the debug build (`cargo build -p gate-agent`).
+pub fn gate_agent_bin() -> Result<PathBuf, String> {
+    let p = std::env::var_os("GATE_AGENT_BIN")
+        .map_or_else(|| workspace_root().join("target/debug/gate-agent"), PathBuf::from);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!("gate-agent not found at {}: run `cargo build -p gate-agent` (or set GATE_AGENT_BIN)", p.display()))
+    }
+}
+
 pub fn deploy_local() -> PathBuf {
     workspace_root().join("deploy/local")
 }

@@ -138,3 +138,38 @@ async fn the_snapshot_is_not_served_on_the_public_listener() {
     assert_eq!(r.headers().get("x-served-by").unwrap(), "v1", "the public listener proxies it like any path");
     assert!(f.envoy.snapshot.ip().is_loopback());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_order_holds_weighted_traffic_on_stable_until_a_newer_config_arrives() {
+    let f = Fixture::start(route(50.0, 3, "").unwrap(), 2).await.unwrap();
+    let kill = |q: &str| {
+        let url = format!("http://{}{}?{q}", f.envoy.snapshot, canary_core::kill::DEFAULT_KILL_PATH);
+        let http = f.envoy.http().clone();
+        async move {
+            let r = http.post(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (code, body) = kill("rollout=demo").await;
+    assert_eq!((code, body.contains("revision")), (400, true), "a bad order says what is wrong: {body}");
+    let (code, body) = kill("rollout=demo&revision=3").await;
+    assert_eq!(code, 200, "{body}");
+    // Every worker honours it at once: nothing weighted reaches the canary.
+    let t = f.send(1000, &none()).await;
+    assert_eq!(t.served("v1"), 1000, "{t:?}");
+    // Dark launch still reaches the canary, as it would at 0%.
+    let t = f.send(20, &[("x-canary", "true".to_owned())]).await;
+    assert_eq!(t.served("v2"), 20, "{t:?}");
+    let snap = f.envoy.snapshot().await.unwrap();
+    assert_eq!(snap.kill.as_ref().map(|k| k.up_to_revision), Some(3));
+    // The counters saw the held requests as stable.
+    assert_eq!(snap.subsets[0].counters.requests, 1000);
+    // A newer configuration (a deliberate decision) is not held by the old kill.
+    f.envoy.write_route(&route(50.0, 4, "").unwrap()).unwrap();
+    f.envoy.wait_for_revision(4, RELOAD).await.unwrap();
+    let t = f.send(1000, &none()).await;
+    assert!(t.served("v2") > 350, "{t:?}");
+    // A GET on the kill path is refused.
+    let url = format!("http://{}{}", f.envoy.snapshot, canary_core::kill::DEFAULT_KILL_PATH);
+    assert_eq!(f.envoy.http().get(url).send().await.unwrap().status().as_u16(), 405);
+}

@@ -1,0 +1,205 @@
+//! gate-agent end to end: the real agent binary against real Envoy running the filter, with
+//! steady open-loop traffic at 200 requests per second.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test code
+
+use std::time::Duration;
+
+use canary_e2e::traffic::{Steady, time_to_zero};
+use canary_e2e::{Agent, Fixture, route};
+use serde_json::Value;
+
+const RPS: u32 = 200;
+
+/// Checks every second, three steps, 50 canary requests per step.
+fn spec(extra: &str) -> String {
+    format!(
+        "
+name: demo
+stable: v1
+canary: v2
+interval: 1s
+threshold: 3
+stepWeights: [10, 30, 60]
+maxWeight: 60
+minRequests: 50
+metrics:
+  - name: request-success-rate
+    thresholdRange: {{ min: 99 }}
+    interval: 2s
+  - name: request-duration
+    thresholdRange: {{ max: 1000 }}
+    interval: 2s
+{extra}"
+    )
+}
+
+fn weight(s: &Value) -> f64 {
+    s["canary_weight_percent"].as_f64().unwrap_or(-1.0)
+}
+
+fn phase(s: &Value) -> &str {
+    s["phase"].as_str().unwrap_or("")
+}
+
+/// The route the watched file holds now (what a restarted agent or Envoy would read).
+fn durable(fx: &Fixture) -> canary_core::RouteConfig {
+    let text = std::fs::read_to_string(fx.envoy.ecds_dir().join("canary-gate.json")).unwrap();
+    let file: Value = serde_json::from_str(&text).unwrap();
+    canary_core::config::parse_route(canary_core::ecds::plugin_config_of(&file).unwrap().as_bytes()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_canary_is_at_zero_within_two_seconds_of_its_first_failure() {
+    let fx = Fixture::start(route(0.0, 1, "").unwrap(), 2).await.unwrap();
+    let agent = Agent::start(&fx.envoy, &spec(""), "250ms").await.unwrap();
+    let traffic = Steady::start(fx.envoy.http().clone(), fx.envoy.url("/"), RPS);
+    // Healthy on the first step, then broken: 30% of its requests fail.
+    agent.wait_for(Duration::from_secs(15), "canary on a step", |s| weight(s) >= 10.0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fx.canary.fail_per_mille(300);
+    let status = agent.wait_for(Duration::from_secs(10), "rolled back", |s| phase(s) == "rolled_back").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await; // 400 more requests, all of which must be stable
+    let samples = traffic.stop(Duration::from_millis(300)).await;
+
+    let cut = time_to_zero(&samples, "v1", "v2", 100)
+        .unwrap_or_else(|| panic!("the canary was never cut off; status {status}\n{}", agent.log_tail(20)));
+    assert!(cut <= Duration::from_secs(2), "canary traffic reached 0% {cut:?} after its first failure");
+    assert!(status["reason"].as_str().unwrap().contains("rollback"), "{status}");
+    assert!(samples.iter().all(|s| s.status != 0), "every request got a response");
+    // The durable configuration agrees with the kill: weight 0, recorded as rolled back.
+    let d = durable(&fx);
+    assert_eq!(d.canary_weight.basis_points(), 0);
+    assert_eq!(d.rollout_state.map(|r| r.phase), Some(canary_core::RolloutPhase::RolledBack));
+    let snap = fx.envoy.snapshot().await.unwrap();
+    assert!(snap.kill.is_some(), "the kill order reached the proxy: {snap:?}");
+    eprintln!("canary at 0% {cut:?} after its first failure ({} requests)", samples.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_healthy_canary_is_promoted_through_every_step() {
+    let fx = Fixture::start(route(0.0, 1, "").unwrap(), 2).await.unwrap();
+    let agent = Agent::start(&fx.envoy, &spec(""), "250ms").await.unwrap();
+    let traffic = Steady::start(fx.envoy.http().clone(), fx.envoy.url("/"), RPS);
+    let mut seen = vec![0.0];
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while std::time::Instant::now() < deadline {
+        let s = agent.status().await.unwrap();
+        if seen.last() != Some(&weight(&s)) {
+            seen.push(weight(&s));
+        }
+        if phase(&s) == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let samples = traffic.stop(Duration::from_millis(300)).await;
+    assert_eq!(seen, vec![0.0, 10.0, 30.0, 60.0, 100.0], "every step in order, then promotion\n{}", agent.log_tail(20));
+    let s = agent.status().await.unwrap();
+    assert_eq!(phase(&s), "succeeded");
+    let d = durable(&fx);
+    assert_eq!(d.canary_weight.basis_points(), 10_000);
+    assert_eq!(d.rollout_state.map(|r| r.phase), Some(canary_core::RolloutPhase::Succeeded));
+    // At the end every request goes to the canary.
+    let last: Vec<_> = samples.iter().rev().take(50).collect();
+    assert!(last.iter().all(|s| s.served_by == "v2"), "{last:?}");
+    assert!(samples.iter().all(|s| s.status == 200));
+    // /metrics reflects it.
+    let (code, metrics) = agent.get("/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("canary_gate_agent_canary_weight_ratio{rollout=\"demo\"} 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_200ms_slower_than_stable_is_rolled_back() {
+    let fx = Fixture::start(route(0.0, 1, "").unwrap(), 2).await.unwrap();
+    // The absolute bound (1 s) would never catch it: the canary-vs-stable latency test must.
+    let agent = Agent::start(&fx.envoy, &spec(""), "250ms").await.unwrap();
+    let traffic = Steady::start(fx.envoy.http().clone(), fx.envoy.url("/"), RPS);
+    agent.wait_for(Duration::from_secs(15), "canary on a step", |s| weight(s) >= 10.0).await.unwrap();
+    fx.canary.delay(Duration::from_millis(200));
+    let status = agent.wait_for(Duration::from_secs(20), "rolled back", |s| phase(s) == "rolled_back").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let samples = traffic.stop(Duration::from_millis(500)).await;
+    let reason = status["reason"].as_str().unwrap();
+    assert!(reason.contains("latency"), "rolled back for latency: {reason}");
+    assert!(samples.iter().all(|s| s.status == 200), "slow, not failing");
+    assert_eq!(durable(&fx).canary_weight.basis_points(), 0);
+    let last: Vec<_> = samples.iter().rev().take(150).collect();
+    assert!(
+        last.iter().all(|s| s.served_by == "v1"),
+        "{:?}",
+        last.iter().filter(|s| s.served_by != "v1").collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_and_restarted_agent_resumes_the_same_step() {
+    let fx = Fixture::start(route(0.0, 1, "").unwrap(), 2).await.unwrap();
+    // Slow steps (4 s) so the restart lands well inside one.
+    let slow = spec("").replace("interval: 1s", "interval: 4s");
+    let mut agent = Agent::start(&fx.envoy, &slow, "250ms").await.unwrap();
+    let traffic = Steady::start(fx.envoy.http().clone(), fx.envoy.url("/"), RPS);
+    agent.wait_for(Duration::from_secs(20), "second step", |s| weight(s) == 30.0).await.unwrap();
+    agent.kill(); // SIGKILL: no chance to write anything on the way out
+    let before = durable(&fx);
+    assert_eq!(before.canary_weight.basis_points(), 3000);
+
+    let agent = Agent::start(&fx.envoy, &slow, "250ms").await.unwrap();
+    let s = agent.status().await.unwrap();
+    assert_eq!((phase(&s), weight(&s), s["step"].as_u64()), ("progressing", 30.0, Some(1)), "{s}");
+    // It never goes back to 10% or 0%, and moves on to 60% after a full interval.
+    let resumed = std::time::Instant::now();
+    let mut seen = Vec::new();
+    while std::time::Instant::now() < resumed + Duration::from_secs(20) {
+        let s = agent.status().await.unwrap();
+        if seen.last() != Some(&weight(&s)) {
+            seen.push(weight(&s));
+        }
+        if weight(&s) == 60.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, vec![30.0, 60.0], "{}", agent.log_tail(20));
+    assert!(resumed.elapsed() >= Duration::from_secs(3), "a full interval on the resumed step first");
+    assert!(durable(&fx).revision > before.revision);
+    let _ = traffic.stop(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolled_back_rollout_stays_rolled_back_across_restarts_and_answers_operators() {
+    let fx = Fixture::start(route(0.0, 1, "").unwrap(), 1).await.unwrap();
+    let mut agent = Agent::start(&fx.envoy, &spec(""), "250ms").await.unwrap();
+    let traffic = Steady::start(fx.envoy.http().clone(), fx.envoy.url("/"), 100);
+    agent.wait_for(Duration::from_secs(15), "canary on a step", |s| weight(s) >= 10.0).await.unwrap();
+    let (code, answer) = agent.post("/pause").await.unwrap();
+    assert_eq!(code, 200, "{answer}");
+    let (code, answer) = agent.post("/rollback").await.unwrap();
+    assert_eq!(code, 200, "{answer}");
+    let (code, answer) = agent.post("/promote").await.unwrap();
+    assert_eq!(code, 409, "a rolled-back rollout cannot be promoted: {answer}");
+    assert!(answer["error"].as_str().unwrap().contains("rolled_back"), "{answer}");
+    assert_eq!(agent.terminate(Duration::from_secs(5)).unwrap(), Some(0), "graceful shutdown on SIGTERM");
+
+    let agent = Agent::start(&fx.envoy, &spec(""), "250ms").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = agent.status().await.unwrap();
+    assert_eq!((phase(&s), weight(&s)), ("rolled_back", 0.0), "{s}");
+    let samples = traffic.stop(Duration::from_millis(200)).await;
+    let last: Vec<_> = samples.iter().rev().take(250).collect();
+    assert!(last.iter().all(|s| s.served_by == "v1"), "no canary traffic after a restart: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_specs_and_flags_exit_64_naming_the_field() {
+    let fx = Fixture::start(route(0.0, 1, "").unwrap(), 1).await.unwrap();
+    let bad = spec("").replace("threshold: 3", "treshold: 3");
+    let err = Agent::start(&fx.envoy, &bad, "250ms").await.unwrap_err();
+    assert!(err.contains("exited with exit status: 64"), "{err}");
+    assert!(err.contains("treshold"), "names the field: {err}");
+    let other = spec("").replace("canary: v2", "canary: v3");
+    let err = Agent::start(&fx.envoy, &other, "250ms").await.unwrap_err();
+    assert!(err.contains("exit status: 64") && err.contains("`canary`"), "{err}");
+    let err = Agent::start(&fx.envoy, &spec(""), "soon").await.unwrap_err();
+    assert!(err.contains("exit status: 64") && err.contains("--tick"), "{err}");
+}
