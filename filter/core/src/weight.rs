@@ -12,9 +12,16 @@ use serde::{Deserialize, Serialize};
 pub const FULL: u16 = 10_000;
 
 /// A canary weight: `0..=10_000` basis points (0.01% each).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
-#[serde(try_from = "f64", into = "f64")]
+/// Serialised as a JSON number of percent: a whole number when it is one (`10`), else `12.5`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Deserialize)]
+#[serde(try_from = "f64")]
 pub struct Weight(u16);
+
+impl Serialize for Weight {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_multiple_of(100) { s.serialize_u16(self.0 / 100) } else { s.serialize_f64(self.percent()) }
+    }
+}
 
 /// Why a number is not a weight.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +120,11 @@ mod tests {
     #[test]
     fn two_decimals_are_exact() {
         assert_eq!(Weight::from_percent(12.34).unwrap().basis_points(), 1234);
+        let json = |p: f64| serde_json::to_string(&Weight::from_percent(p).unwrap()).unwrap();
+        assert_eq!(
+            (json(10.0), json(0.0), json(100.0), json(12.5), json(0.25)),
+            ("10".into(), "0".into(), "100".into(), "12.5".into(), "0.25".into())
+        );
         assert_eq!(Weight::from_percent(0.01).unwrap().basis_points(), 1);
         assert_eq!(Weight::from_percent(100.0).unwrap(), Weight::FULL);
         assert_eq!(Weight::from_percent(0.0).unwrap(), Weight::ZERO);

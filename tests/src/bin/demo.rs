@@ -1,137 +1,192 @@
-//! `make demo`: real Envoy with canary-filter in front of two local backends, steady traffic,
-//! and the canary weight moved through Envoy's watched directory, as gate-agent will do it.
-//! Shows the configured weight next to the split that Envoy actually made and the filter's
-//! per-subset counters, then stops by itself.
+//! `make demo`: real Envoy with canary-filter in front of two local backends, gate-agent driving
+//! the rollout, and steady traffic at 200 requests per second, all on loopback.
+//!
+//! Act 1: a healthy canary; the agent walks it up every step and promotes it.
+//! Act 2: a new canary that starts failing on its first step; the agent pulls it to 0% and the
+//! demo prints how long canary traffic lasted after the canary's first failure.
+//! Progress updates in place on a terminal (one line per update otherwise). Stops by itself.
 
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use canary_core::counters::SubsetCounters;
-use canary_core::snapshot::Snapshot;
-use canary_core::split::Role;
-use canary_e2e::{Fixture, route};
+use canary_e2e::traffic::{Steady, time_to_zero};
+use canary_e2e::{Agent, Fixture, route};
+use serde_json::Value;
 
-const RATE_PER_SEC: u64 = 200;
-const STEP: Duration = Duration::from_secs(3);
+const RPS: u32 = 200;
 
-fn fmt_ms(us: Option<u64>) -> String {
-    us.map_or("-".into(), |us| format!("{:.1}ms", us as f64 / 1000.0))
+const SPEC: &str = "
+name: demo
+stable: v1
+canary: v2
+interval: 2s
+threshold: 3
+stepWeights: [5, 25, 50]
+maxWeight: 50
+minRequests: 100
+metrics:
+  - name: request-success-rate
+    thresholdRange: { min: 99 }
+    interval: 4s
+  - name: request-duration
+    thresholdRange: { max: 500 }
+    interval: 4s
+";
+
+type Error = Box<dyn std::error::Error>;
+
+/// A field of a JSON object, `null` when absent.
+fn at<'a>(v: &'a Value, key: &str) -> &'a Value {
+    v.get(key).unwrap_or(&Value::Null)
 }
 
-fn describe(c: &SubsetCounters) -> String {
+fn figure(v: &Value, unit: &str) -> String {
+    v.as_f64().map_or_else(|| "-".to_owned(), |x| format!("{x:.1}{unit}"))
+}
+
+/// One progress line from the agent's `/status`.
+fn line(s: &Value, elapsed: Duration) -> String {
+    let subsets = at(s, "subsets").as_array().cloned().unwrap_or_default();
+    let per: Vec<String> = subsets
+        .iter()
+        .map(|x| {
+            format!(
+                "{} {:>6} req {:>7} ok p99 {:>7}",
+                at(x, "subset").as_str().unwrap_or("?"),
+                at(x, "requests_total").as_u64().unwrap_or(0),
+                figure(at(x, "success_rate_percent"), "%"),
+                figure(at(x, "p99_ms"), "ms"),
+            )
+        })
+        .collect();
     format!(
-        "{:>6} req {:>4} fail  p50 {:>7} p99 {:>7}",
-        c.requests,
-        c.failures,
-        fmt_ms(c.latency.quantile(0.5)),
-        fmt_ms(c.latency.quantile(0.99))
+        "{:>5.1}s  {:<12} canary {:>5}%  | {}",
+        elapsed.as_secs_f64(),
+        at(s, "phase").as_str().unwrap_or("?"),
+        at(s, "canary_weight_percent").as_f64().unwrap_or(0.0),
+        per.join(" | ")
     )
 }
 
-fn counters(s: &Snapshot, role: Role) -> SubsetCounters {
-    s.subset(role).map(|x| x.counters.clone()).unwrap_or_default()
+struct Progress {
+    tty: bool,
+    last: String,
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+impl Progress {
+    fn show(&mut self, text: String) {
+        if self.tty {
+            print!("\r\x1b[2K{text}");
+            let _ = std::io::stdout().flush();
+        } else if text != self.last {
+            println!("{text}");
+        }
+        self.last = text;
+    }
+
+    fn say(&mut self, text: &str) {
+        if self.tty && !self.last.is_empty() {
+            println!();
+        }
+        println!("{text}");
+        self.last.clear();
+    }
+}
+
+/// Polls the agent until `done` or `limit`, showing progress and announcing weight changes.
+async fn watch(
+    agent: &Agent,
+    progress: &mut Progress,
+    started: Instant,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Result<Value, Error> {
+    let mut weight = None;
+    loop {
+        let s = agent.status().await?;
+        let w = at(&s, "canary_weight_percent").as_f64();
+        if weight.is_some() && w != weight {
+            progress.say(&format!("  -> canary {}%: {}", w.unwrap_or(0.0), at(&s, "reason").as_str().unwrap_or("")));
+        }
+        weight = w;
+        progress.show(line(&s, started.elapsed()));
+        if done(&s) {
+            progress.say("");
+            return Ok(s);
+        }
+        if started.elapsed() > limit {
+            return Err(format!("the rollout did not finish within {limit:?}: {s}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() -> Result<(), Error> {
+    let mut progress = Progress { tty: std::io::stdout().is_terminal(), last: String::new() };
+    println!("canary-gate demo: real Envoy + canary-filter, gate-agent, backends v1 (stable) and v2 (canary)");
+    println!("traffic: {RPS} requests/s; rollout steps 5% -> 25% -> 50% -> promote, checked every 2 s\n");
+
+    // Act 1: a healthy canary is promoted.
+    let f = Fixture::start(route(0.0, 1, "")?, 2).await?;
+    let agent = Agent::start(&f.envoy, SPEC, "250ms").await?;
     println!(
-        "canary-gate demo: Envoy {} + canary-filter, backends v1 (stable) and v2 (canary)",
-        env!("CARGO_PKG_VERSION")
-    );
-    let f = Arc::new(Fixture::start(route(0.0, 1, r#","sticky":{"header":"x-user-id"}"#)?, 2).await?);
-    println!(
-        "Envoy pid {} public http://{}  snapshot http://{}{}  admin http://{}",
+        "act 1: a healthy canary (Envoy pid {}, public http://{}, agent http://{}/status)",
         f.envoy.pid(),
         f.envoy.public,
-        f.envoy.snapshot,
-        canary_core::config::DEFAULT_SNAPSHOT_PATH,
-        f.envoy.admin
+        agent.api
     );
+    let traffic = Steady::start(f.envoy.http().clone(), f.envoy.url("/"), RPS);
+    let started = Instant::now();
+    let s = watch(&agent, &mut progress, started, Duration::from_secs(60), |s| {
+        at(s, "phase").as_str().is_some_and(|p| p == "succeeded" || p == "rolled_back")
+    })
+    .await?;
+    let samples = traffic.stop(Duration::from_millis(300)).await;
+    let on_canary = samples.iter().filter(|x| x.served_by == "v2").count();
     println!(
-        "traffic: {RATE_PER_SEC} requests/s, one in four with a sticky x-user-id; the canary fails 2% of its requests\n"
+        "act 1 done in {:.1}s: {} ({} of {} requests served by the canary)\n",
+        started.elapsed().as_secs_f64(),
+        at(&s, "phase").as_str().unwrap_or("?"),
+        on_canary,
+        samples.len()
     );
-    f.canary.fail_per_mille(20);
+    drop(agent);
+    drop(f);
 
-    let running = Arc::new(AtomicBool::new(true));
-    let load = {
-        let (f, running) = (Arc::clone(&f), Arc::clone(&running));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(1000 / RATE_PER_SEC));
-            let mut n = 0u64;
-            while running.load(Ordering::SeqCst) {
-                tick.tick().await;
-                n += 1;
-                let mut req = f.envoy.http().get(f.envoy.url("/"));
-                if n.is_multiple_of(4) {
-                    req = req.header("x-user-id", format!("user-{}", n % 97));
-                }
-                tokio::spawn(async move {
-                    let _ = req.send().await;
-                });
-            }
-        })
-    };
-
-    let tty = std::io::stdout().is_terminal();
-    let mut rows = Vec::new();
-    for (revision, weight) in [(1u64, 0.0), (2, 5.0), (3, 25.0), (4, 50.0)] {
-        if revision > 1 {
-            let started = Instant::now();
-            f.envoy.write_route(&route(weight, revision, r#","sticky":{"header":"x-user-id"}"#)?)?;
-            f.envoy.wait_for_revision(revision, Duration::from_secs(5)).await?;
-            println!("\nweight -> {weight}% (revision {revision}) applied in {:?}, no restart", started.elapsed());
-        }
-        let start = f.envoy.snapshot().await?;
-        let deadline = Instant::now() + STEP;
-        let mut last = start.clone();
-        while Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            last = f.envoy.snapshot().await?;
-            let (s, c) = (counters(&last, Role::Stable), counters(&last, Role::Canary));
-            let line = format!("  v1 {} | v2 {}", describe(&s), describe(&c));
-            if tty {
-                print!("\r{line}");
-                let _ = std::io::stdout().flush();
-            } else {
-                println!("{line}");
-            }
-        }
-        let ds = counters(&last, Role::Stable).since(&counters(&start, Role::Stable)).unwrap_or_default();
-        let dc = counters(&last, Role::Canary).since(&counters(&start, Role::Canary)).unwrap_or_default();
-        rows.push((weight, ds.requests, dc.requests, dc.failures));
+    // Act 2: a buggy canary is rolled back.
+    let f = Fixture::start(route(0.0, 1, "")?, 2).await?;
+    let agent = Agent::start(&f.envoy, SPEC, "250ms").await?;
+    println!("act 2: a new canary that starts failing 10% of its requests once it reaches 25%");
+    let traffic = Steady::start(f.envoy.http().clone(), f.envoy.url("/"), RPS);
+    let started = Instant::now();
+    watch(&agent, &mut progress, started, Duration::from_secs(30), |s| {
+        at(s, "canary_weight_percent").as_f64().is_some_and(|w| w >= 25.0)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    f.canary.fail_per_mille(100);
+    progress.say("  !! the canary starts failing");
+    let s = watch(&agent, &mut progress, started, Duration::from_secs(60), |s| {
+        at(s, "phase").as_str().is_some_and(|p| p == "rolled_back" || p == "succeeded")
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let samples = traffic.stop(Duration::from_millis(300)).await;
+    println!("act 2 done: {}", at(&s, "reason").as_str().unwrap_or("?"));
+    let failures = samples.iter().filter(|x| x.served_by == "v2" && x.status >= 500).count();
+    match time_to_zero(&samples, "v1", "v2", 100) {
+        Some(cut) => println!(
+            "\ntime from the canary's first failure to canary traffic at 0%: {} ms \
+             ({failures} failed requests reached users; every later request went to v1)",
+            cut.as_millis()
+        ),
+        None => return Err("the canary was not cut off".into()),
     }
-
-    println!("\n\ndark launch: 20 requests with x-canary: true at 50% weight");
-    let t = f.send(20, &[("x-canary", "true".to_owned())]).await;
-    println!("  served by v2: {} of 20", t.served("v2"));
-    println!("client-sent label: 20 requests with x-canary-subset: v2");
-    let t = f.send(20, &[("x-canary-subset", "v2".to_owned())]).await;
-    println!("  served by v1: {}, v2: {} (the filter's own label decides)", t.served("v1"), t.served("v2"));
-
-    running.store(false, Ordering::SeqCst);
-    let _ = load.await;
-    println!("\n  weight | stable req | canary req | canary share | canary failures");
-    for (w, s, c, fails) in rows {
-        let share = if s + c == 0 { 0.0 } else { 100.0 * c as f64 / (s + c) as f64 };
-        println!("  {w:>5}% | {s:>10} | {c:>10} | {share:>11.1}% | {fails:>6}");
-    }
-    let last = f.envoy.snapshot().await?;
-    println!(
-        "\nfinal snapshot from proxy instance {} (started {} ms since epoch):",
-        last.instance.id, last.instance.started_at_unix_ms
-    );
-    println!("  v1 {}\n  v2 {}", describe(&counters(&last, Role::Stable)), describe(&counters(&last, Role::Canary)));
-    println!("\nthe same counters as Envoy stats (Prometheus):");
-    for line in f
-        .envoy
-        .prometheus()
-        .await?
-        .lines()
-        .filter(|l| l.starts_with("canary_gate_requests_total") || l.starts_with("canary_gate_failures_total"))
-    {
-        println!("  {line}");
+    let durable = std::fs::read_to_string(f.envoy.ecds_dir().join("canary-gate.json"))?;
+    let durable: Value = serde_json::from_str(&durable)?;
+    if let Some(cfg) = canary_core::ecds::plugin_config_of(&durable) {
+        println!("durable filter config afterwards: {cfg}");
     }
     Ok(())
 }
