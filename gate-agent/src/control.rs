@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 use crate::api::{Command, CommandRequest, EvidenceView, StatusView, SubsetView, VerdictView};
 use crate::collect::{ByRole, Fleet, Window};
 use crate::judge::Verdict;
+use crate::latency::SlidingLatency;
 use crate::notify::{Notice, Notifier};
 use crate::rollout::{ChangeKind, Decision, Phase, Rollout, guard};
 use crate::router::{RouterError, WeightRouter};
@@ -115,6 +116,8 @@ pub struct Controller<S, R, N> {
     highest_revision_seen: u64,
     recent: VecDeque<VerdictView>,
     trailing: VecDeque<(u64, ByRole)>,
+    /// Per-role latency over the same trailing span (stable, canary).
+    latency: Option<[SlidingLatency; 2]>,
     proxies_reporting: usize,
     proxies_failing: Vec<String>,
     router_error: Option<String>,
@@ -167,6 +170,11 @@ where
             || format!("started with the canary at {}", route.canary_weight),
             |s| format!("resumed {} at {}: {}", s.phase, route.canary_weight, s.reason),
         );
+        let span = millis(settings.status_window);
+        let latency = match (SlidingLatency::new(span), SlidingLatency::new(span)) {
+            (Ok(stable), Ok(canary)) => Some([stable, canary]),
+            _ => None,
+        };
         let mut c = Controller {
             source,
             router,
@@ -181,6 +189,7 @@ where
             highest_revision_seen: route.revision,
             recent: VecDeque::new(),
             trailing: VecDeque::new(),
+            latency,
             proxies_reporting: 0,
             proxies_failing: Vec::new(),
             router_error: None,
@@ -361,6 +370,13 @@ where
         self.proxies_failing = window.failing.iter().map(|p| format!("{}: {}", p.target, p.error)).collect();
         self.proxies_failing.extend(window.stale.iter().map(|t| format!("{t}: no snapshot for too long")));
         self.trailing.push_back((now, window.counts.clone()));
+        if let Some(latency) = &mut self.latency {
+            for (sliding, role) in latency.iter_mut().zip([Role::Stable, Role::Canary]) {
+                if let Err(e) = sliding.push(now, &window.counts.get(role).latency) {
+                    tracing::warn!("status latency window: {e}");
+                }
+            }
+        }
         let oldest = now.saturating_sub(millis(self.settings.status_window));
         while self.trailing.front().is_some_and(|(t, _)| *t < oldest) {
             self.trailing.pop_front();
@@ -393,7 +409,8 @@ where
             .map(|(role, name)| {
                 let total = self.fleet.totals().get(role);
                 let window = recent.get(role);
-                let ms = |q: f64| window.latency.quantile(q).map(|us| us as f64 / 1000.0);
+                let sliding = self.latency.as_ref().and_then(|l| l.get(usize::from(role == Role::Canary)));
+                let ms = |q: f64| sliding.and_then(|l| l.quantile_ms(q));
                 SubsetView {
                     subset: name.to_string(),
                     role: match role {

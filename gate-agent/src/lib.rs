@@ -16,6 +16,7 @@ pub mod api;
 pub mod collect;
 pub mod control;
 pub mod judge;
+pub mod latency;
 pub mod notify;
 pub mod rollout;
 pub mod router;
