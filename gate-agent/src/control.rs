@@ -28,7 +28,7 @@ use crate::collect::{ByRole, Fleet, Window};
 use crate::judge::Verdict;
 use crate::latency::SlidingLatency;
 use crate::notify::{Notice, Notifier};
-use crate::rollout::{ChangeKind, Decision, Phase, Rollout, guard};
+use crate::rollout::{ChangeKind, Decision, Phase, Rollout, WeightChange, guard};
 use crate::router::{RouterError, WeightRouter};
 use crate::source::{CounterSource, KillSwitch};
 use crate::spec::Spec;
@@ -104,7 +104,9 @@ impl Durable {
 pub struct Controller<S, R, N> {
     source: Arc<S>,
     router: R,
-    notifier: Arc<N>,
+    /// Phase changes, posted in order by one task that owns the notifier.
+    notices: mpsc::UnboundedSender<Notice>,
+    notifier: std::marker::PhantomData<N>,
     settings: Settings,
     fleet: Fleet,
     rollout: Rollout,
@@ -175,10 +177,19 @@ where
             (Ok(stable), Ok(canary)) => Some([stable, canary]),
             _ => None,
         };
+        let (notices, mut queue) = mpsc::unbounded_channel::<Notice>();
+        tokio::spawn(async move {
+            while let Some(notice) = queue.recv().await {
+                if let Err(e) = notifier.post(&notice).await {
+                    tracing::warn!(rollout = %notice.rollout, "webhook: {e}");
+                }
+            }
+        });
         let mut c = Controller {
             source,
             router,
-            notifier,
+            notices,
+            notifier: std::marker::PhantomData,
             settings,
             fleet,
             rollout,
@@ -228,31 +239,50 @@ where
     /// One cycle: read, judge, decide, act, publish.
     pub async fn tick(&mut self) {
         let mut reads = JoinSet::new();
+        let mut spawned = std::collections::HashMap::new();
         for target in &self.settings.targets {
-            let (source, target) = (Arc::clone(&self.source), target.clone());
-            reads.spawn(async move {
-                let result = source.fetch(&target).await;
-                (target, result)
-            });
+            let (source, t) = (Arc::clone(&self.source), target.clone());
+            let handle = reads.spawn(async move { source.fetch(&t).await });
+            spawned.insert(handle.id(), target.clone());
         }
         let mut results = Vec::with_capacity(self.settings.targets.len());
-        while let Some(joined) = reads.join_next().await {
-            if let Ok(r) = joined {
-                results.push(r);
+        while let Some(joined) = reads.join_next_with_id().await {
+            match joined {
+                Ok((id, result)) => {
+                    results.push((spawned.remove(&id).unwrap_or_default(), result.map_err(|e| e.to_string())))
+                }
+                Err(e) => {
+                    let target = spawned.remove(&e.id()).unwrap_or_default();
+                    results.push((target.clone(), Err(format!("{target}: snapshot read failed: {e}"))));
+                }
             }
         }
         let now = self.now_ms();
         results.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut unkilled = Vec::new();
         for (target, result) in results {
             match result {
                 Ok(snapshot) => {
                     if let Some(route) = &snapshot.route {
                         self.highest_revision_seen = self.highest_revision_seen.max(route.revision);
+                        // A rolled-back rollout must not have canary traffic anywhere: a proxy
+                        // that missed the kill (down, restarted) and still applies a weight gets
+                        // the order again, until the durable weight 0 reaches it.
+                        let held = snapshot.kill.as_ref().is_some_and(|k| k.holds(route.revision));
+                        if self.rollout.phase() == Phase::RolledBack && route.canary_weight > Weight::ZERO && !held {
+                            unkilled.push(target.clone());
+                        }
                     }
                     self.fleet.observe(&target, &snapshot, now);
                 }
-                Err(e) => self.fleet.observe_failure(&target, &e.to_string(), now),
+                Err(e) => self.fleet.observe_failure(&target, &e, now),
             }
+        }
+        if !unkilled.is_empty() {
+            let (reached, total) =
+                kill_everywhere(Arc::clone(&self.source), unkilled, self.kill_order(), self.settings.kill_timeout)
+                    .await;
+            tracing::warn!(rollout = %self.rollout.spec().name(), "kill order sent again: {reached} of {total} proxies still had canary weight");
         }
         let window = self.fleet.take_window(now);
         let decision = self.rollout.tick(&window, now);
@@ -284,7 +314,8 @@ where
     /// Applies a decision: kill orders on rollback, the durable write, the notification.
     async fn act(&mut self, decision: Decision) {
         let rollout_name = self.rollout.spec().name().clone();
-        if decision.set_weight.is_some() || decision.phase_change.is_some() {
+        let counted = self.rollout.status().failed_checks != self.durable.failed_checks;
+        if decision.set_weight.is_some() || decision.phase_change.is_some() || counted {
             self.reason.clone_from(&decision.reason);
         }
         let mut kill = None;
@@ -297,20 +328,12 @@ where
                 "canary weight: {}", decision.reason
             );
             if change.kind == ChangeKind::Rollback {
-                let order = KillOrder {
-                    rollout: rollout_name.clone(),
-                    revision: self.highest_revision_seen.max(self.durable.revision),
-                };
                 kill = Some(tokio::spawn(kill_everywhere(
                     Arc::clone(&self.source),
                     self.settings.targets.clone(),
-                    order,
+                    self.kill_order(),
                     self.settings.kill_timeout,
                 )));
-            } else if let Err(refused) = guard(self.rollout.spec(), &change) {
-                // The rollout guards every change it makes; this is the last line of defence.
-                tracing::error!(rollout = %rollout_name, "refusing to write {}: {refused}", change.to);
-                return;
             }
         }
         if let Some(pc) = decision.phase_change {
@@ -323,18 +346,28 @@ where
                 weight_percent: self.rollout.weight().percent(),
                 reason: decision.reason.clone(),
             };
-            let notifier = Arc::clone(&self.notifier);
-            tokio::spawn(async move {
-                if let Err(e) = notifier.post(&notice).await {
-                    tracing::warn!(rollout = %notice.rollout, "webhook: {e}");
-                }
-            });
+            if self.notices.send(notice).is_err() {
+                tracing::warn!(rollout = %rollout_name, "the notifier task has stopped");
+            }
         }
         self.persist().await;
+        if self.router_error.is_some() {
+            self.rollout.weight_pending();
+        } else {
+            self.rollout.weight_applied(self.now_ms());
+        }
         if let Some(kill) = kill
             && let Ok((reached, total)) = kill.await
         {
             tracing::info!(rollout = %rollout_name, "kill order reached {reached} of {total} proxies");
+        }
+    }
+
+    /// A kill order covering every revision this agent has seen or written.
+    fn kill_order(&self) -> KillOrder {
+        KillOrder {
+            rollout: self.rollout.spec().name().clone(),
+            revision: self.highest_revision_seen.max(self.durable.revision),
         }
     }
 
@@ -345,6 +378,16 @@ where
         let have = (self.durable.weight, self.durable.phase, self.durable.failed_checks);
         if want == have && self.router_error.is_none() {
             return;
+        }
+        if status.canary_weight > self.durable.weight {
+            // The rollout guards every change it decides; this checks the write itself against
+            // what is durable, as the last line of defence.
+            let kind = if status.canary_weight == Weight::FULL { ChangeKind::Promotion } else { ChangeKind::Step };
+            let change = WeightChange { from: self.durable.weight, to: status.canary_weight, kind };
+            if let Err(refused) = guard(self.rollout.spec(), &change) {
+                self.router_failed(format!("the weight guard refused {}: {refused}", status.canary_weight));
+                return;
+            }
         }
         let record = self.rollout.record(&self.reason, unix_ms());
         let write = self.router.apply(status.canary_weight, record);
@@ -367,7 +410,8 @@ where
 
     fn remember(&mut self, window: &Window, verdict: Option<&Verdict>, now: u64) {
         self.proxies_reporting = window.proxies_reporting;
-        self.proxies_failing = window.failing.iter().map(|p| format!("{}: {}", p.target, p.error)).collect();
+        // The error text already names the target.
+        self.proxies_failing = window.failing.iter().map(|p| p.error.clone()).collect();
         self.proxies_failing.extend(window.stale.iter().map(|t| format!("{t}: no snapshot for too long")));
         self.trailing.push_back((now, window.counts.clone()));
         if let Some(latency) = &mut self.latency {

@@ -157,6 +157,9 @@ pub struct Rollout {
     next_check_ms: u64,
     failed_checks: u32,
     no_data_since_ms: Option<u64>,
+    /// Whether the weight last decided is in force. While it is not, the step is not judged (its
+    /// traffic is still at the old weight) and nothing advances; rollbacks still happen.
+    applied: bool,
 }
 
 impl Rollout {
@@ -175,6 +178,7 @@ impl Rollout {
             next_check_ms,
             failed_checks: 0,
             no_data_since_ms: None,
+            applied: true,
         }
     }
 
@@ -227,6 +231,21 @@ impl Rollout {
         }
     }
 
+    /// The I/O layer could not apply [`Rollout::weight`] yet: hold the step (see `applied`).
+    pub fn weight_pending(&mut self) {
+        self.applied = false;
+    }
+
+    /// [`Rollout::weight`] is in force. If it was pending, the step starts now: a full `interval`
+    /// and `minRequests` are gathered from here.
+    pub fn weight_applied(&mut self, now_ms: u64) {
+        if !self.applied {
+            self.applied = true;
+            self.next_check_ms = now_ms.saturating_add(millis(self.spec.interval()));
+            self.step_canary_requests = 0;
+        }
+    }
+
     /// The durable record of this rollout, to be written beside the weight.
     pub fn record(&self, reason: &str, now_unix_ms: u64) -> RolloutRecord {
         RolloutRecord::new(self.phase, self.failed_checks, reason, now_unix_ms)
@@ -276,6 +295,10 @@ impl Rollout {
         match self.phase {
             Phase::Succeeded | Phase::RolledBack => Decision::hold(format!("rollout {}", self.phase)),
             _ if verdict.is_decisive() => self.roll_back(format!("decisive breach: {}", verdict.summary())),
+            Phase::Initializing | Phase::Progressing | Phase::Promoting if !self.applied => Decision::hold(format!(
+                "waiting for the canary weight {} to be applied; decisive breaches still roll back",
+                self.weight
+            )),
             Phase::Paused => {
                 Decision::hold(format!("paused by the operator at {}; decisive breaches still roll back", self.weight))
             }
@@ -638,6 +661,24 @@ metrics:
         run(&mut r, 1, 5, thin);
         let d = r.tick(&thin(6, r.weight()), 6 * S);
         assert!(d.reason.contains("only 50 of 200 canary requests on this step"), "{}", d.reason);
+    }
+
+    #[test]
+    fn an_unapplied_weight_holds_the_step_but_not_the_kill() {
+        let mut r = Rollout::new(spec_with(""), 0);
+        run(&mut r, 1, 1, healthy);
+        assert_eq!(r.weight(), w(10.0));
+        r.weight_pending();
+        // Ten healthy seconds while 10% is not in force: no check counts, nothing advances.
+        assert!(run(&mut r, 2, 12, healthy).is_empty());
+        r.weight_applied(12 * S);
+        assert_eq!(r.status().step_canary_requests, 0, "the step's requests count from when it applied");
+        // The step now lasts a full interval from 12 s.
+        assert_eq!(weights(&run(&mut r, 13, 17, healthy)), vec![(17, 25.0, ChangeKind::Step)]);
+        // A decisive breach still rolls back while a weight is pending.
+        r.weight_pending();
+        let d = r.tick(&traffic(18, r.weight(), 200, 25), 18 * S);
+        assert_eq!(d.set_weight.map(|c| c.to), Some(Weight::ZERO), "{}", d.reason);
     }
 
     #[test]

@@ -20,6 +20,8 @@ use serde_json::Value;
 use crate::paths;
 
 const CONTAINER_ROOT: &str = "/etc/canary-gate";
+/// Time allowed for an ECDS update seen on the main thread to reach every worker.
+const WORKER_PROPAGATION: Duration = Duration::from_millis(250);
 
 /// Options for one Envoy.
 #[derive(Debug, Clone)]
@@ -267,6 +269,9 @@ impl Envoy {
             if let Ok(s) = &snap
                 && s.route.as_ref().is_some_and(|r| r.revision == revision)
             {
+                // The snapshot shows the revision once the main thread configured it; Envoy then
+                // posts the new filter config to each worker, which takes a few more milliseconds.
+                tokio::time::sleep(WORKER_PROPAGATION).await;
                 return snap;
             }
             if Instant::now() >= deadline {

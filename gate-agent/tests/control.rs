@@ -1,0 +1,1047 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test code
+//! The control loop ([`Controller`]) stepped tick by tick against fakes, with tokio's clock paused.
+//!
+//! What is faked, and why:
+//! * [`FakeFleet`] stands for the proxies. It implements both [`CounterSource`] and [`KillSwitch`],
+//!   as the real snapshot listener does. Each proxy keeps cumulative [`SubsetCounters`] since it
+//!   started, like the filter, and serves a fixed number of requests per second split at the weight
+//!   it applies: the route configuration it last picked up from the router (the durable state),
+//!   unless a kill order holds that configuration's revision, in which case weighted canary traffic
+//!   goes to stable, exactly as the filter does. Failure rates and latencies are set per side,
+//!   failures are spread evenly (deterministic), a proxy's snapshot listener can be made to fail,
+//!   and configuration propagation can be frozen (a stalled control plane) so that only the kill
+//!   order can stop canary traffic.
+//! * [`RecordingRouter`] stands for the durable filter configuration. It holds the configuration
+//!   in force (bumping the revision on each write, like the file router), records every `apply`
+//!   call with its time, and can be made to fail the next few writes.
+//! * [`RecordingNotifier`] keeps every notice.
+//!
+//! Nothing here waits on real time: each "second" advances tokio's paused clock by one second,
+//! lets the proxies serve that second's traffic, then runs one `tick`. Assertions are on what the
+//! fakes saw (writes, kill orders, traffic actually served) and on the published status.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use canary_core::config::parse_route;
+use canary_core::snapshot::SNAPSHOT_FORMAT;
+use canary_core::{
+    InstanceInfo, KillOrder, KillRecord, Outcome, Role, RolloutRecord, RouteConfig, Snapshot, SubsetCounters,
+    SubsetSnapshot, Weight,
+};
+use gate_agent::api::{Command, StatusView};
+use gate_agent::control::{Controller, Settings, StartError};
+use gate_agent::notify::{Notice, Notifier};
+use gate_agent::router::{RouterError, WeightRouter};
+use gate_agent::source::{CounterSource, FetchError, KillSwitch};
+use gate_agent::{Phase, Spec};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------------
+
+/// The two proxies every test runs (snapshot listener addresses).
+const TARGETS: [&str; 2] = ["proxy-a:9902", "proxy-b:9902"];
+
+/// Requests each proxy serves per second.
+const PER_SECOND: u64 = 200;
+
+/// The proxies' wall clock at the start of a test (their snapshots carry Unix times).
+const UNIX_START_MS: u64 = 1_700_000_000_000;
+
+/// The filter configuration before the rollout: canary at 0%, no record, revision 1.
+fn route() -> RouteConfig {
+    parse_route(br#"{"version":1,"rollout":"demo","stable":"v1","canary":"v2","canary_weight":0,"revision":1}"#)
+        .unwrap()
+}
+
+/// Steps 10/25/50, a check every `interval_s` seconds, `threshold` failed checks allowed. With two
+/// proxies at 200 requests a second, the first step sees 40 canary requests a second, so
+/// `minRequests: 60` is met by every full interval of healthy traffic.
+fn spec(interval_s: u64, threshold: u32) -> Spec {
+    Spec::from_yaml_or_json(&format!(
+        "
+name: demo
+stable: v1
+canary: v2
+interval: {interval_s}s
+threshold: {threshold}
+stepWeights: [10, 25, 50]
+maxWeight: 50
+minRequests: 60
+metrics:
+  - name: request-success-rate
+    thresholdRange: {{ min: 99 }}
+  - name: request-duration
+    thresholdRange: {{ max: 500 }}
+"
+    ))
+    .unwrap()
+}
+
+fn w(percent: f64) -> Weight {
+    Weight::from_percent(percent).unwrap()
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap()
+}
+
+/// Test time on tokio's paused clock, measured from when the rig was built.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    t0: Instant,
+}
+
+impl Clock {
+    fn now(self) -> Duration {
+        self.t0.elapsed()
+    }
+
+    fn unix_ms(self) -> u64 {
+        UNIX_START_MS + millis(self.now())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The recording router: the durable configuration
+// ---------------------------------------------------------------------------------------------
+
+/// One `apply` call, as the router saw it.
+#[derive(Debug, Clone)]
+struct Write {
+    at: Duration,
+    weight: Weight,
+    record: RolloutRecord,
+    /// The revision written; `None` when the write was made to fail.
+    revision: Option<u64>,
+}
+
+#[derive(Debug)]
+struct RouterState {
+    /// The configuration in force (the durable state).
+    config: RouteConfig,
+    writes: Vec<Write>,
+    fail_next: u32,
+}
+
+/// A [`WeightRouter`] over shared state: clones see the same configuration, so a test keeps one
+/// clone to inspect, the fleet one to read the weight from, and a controller owns a third.
+#[derive(Debug, Clone)]
+struct RecordingRouter {
+    clock: Clock,
+    state: Arc<Mutex<RouterState>>,
+}
+
+impl RecordingRouter {
+    fn new(clock: Clock, config: RouteConfig) -> Self {
+        RecordingRouter { clock, state: Arc::new(Mutex::new(RouterState { config, writes: Vec::new(), fail_next: 0 })) }
+    }
+
+    fn config(&self) -> RouteConfig {
+        self.state.lock().unwrap().config.clone()
+    }
+
+    /// The next `n` writes fail (an unwritable file).
+    fn fail_next(&self, n: u32) {
+        self.state.lock().unwrap().fail_next = n;
+    }
+
+    /// Every `apply` call, failed ones included.
+    fn writes(&self) -> Vec<Write> {
+        self.state.lock().unwrap().writes.clone()
+    }
+
+    /// The writes that landed.
+    fn landed(&self) -> Vec<Write> {
+        self.writes().into_iter().filter(|w| w.revision.is_some()).collect()
+    }
+}
+
+impl WeightRouter for RecordingRouter {
+    async fn current(&self) -> Result<RouteConfig, RouterError> {
+        Ok(self.config())
+    }
+
+    async fn apply(&self, weight: Weight, record: RolloutRecord) -> Result<RouteConfig, RouterError> {
+        let at = self.clock.now();
+        let mut s = self.state.lock().unwrap();
+        if s.fail_next > 0 {
+            s.fail_next -= 1;
+            s.writes.push(Write { at, weight, record, revision: None });
+            return Err(RouterError::Io {
+                path: PathBuf::from("/etc/canary-gate/canary-gate.json"),
+                source: std::io::Error::other("read-only file system"),
+            });
+        }
+        // Like the file router: only the weight, the record and the revision change.
+        let next = RouteConfig {
+            canary_weight: weight,
+            revision: s.config.revision + 1,
+            rollout_state: Some(record.clone()),
+            ..s.config.clone()
+        };
+        s.writes.push(Write { at, weight, record, revision: Some(next.revision) });
+        s.config = next.clone();
+        Ok(next)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fake fleet: proxies serving traffic, answering snapshot reads and kill orders
+// ---------------------------------------------------------------------------------------------
+
+/// How the proxies' traffic behaves; changed by tests mid-run.
+#[derive(Debug, Clone, Copy)]
+struct Traffic {
+    per_second: u64,
+    stable_fail_per_mille: u64,
+    canary_fail_per_mille: u64,
+    stable_latency_us: u64,
+    canary_latency_us: u64,
+    /// The control plane has stalled: proxies keep the configuration they have.
+    frozen: bool,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Traffic {
+            per_second: PER_SECOND,
+            stable_fail_per_mille: 0,
+            canary_fail_per_mille: 0,
+            stable_latency_us: 20_000,
+            canary_latency_us: 25_000,
+            frozen: false,
+        }
+    }
+}
+
+/// One Envoy with the filter.
+#[derive(Debug)]
+struct FakeProxy {
+    instance: String,
+    started_unix_ms: u64,
+    /// The route configuration this proxy applies.
+    config: RouteConfig,
+    /// Kill records by rollout name, as the filter keeps them in shared data.
+    kills: BTreeMap<String, KillRecord>,
+    stable: SubsetCounters,
+    canary: SubsetCounters,
+    /// Set when the snapshot listener refuses connections (reads and kill orders fail).
+    down: Option<String>,
+}
+
+impl FakeProxy {
+    /// The canary weight this proxy routes with: the configuration's, unless a kill holds it.
+    fn weight(&self) -> Weight {
+        let killed = self.kills.get(self.config.rollout.as_str()).is_some_and(|k| k.holds(self.config.revision));
+        if killed { Weight::ZERO } else { self.config.canary_weight }
+    }
+
+    fn snapshot(&self, now_unix_ms: u64) -> Snapshot {
+        Snapshot {
+            format: SNAPSHOT_FORMAT.into(),
+            instance: InstanceInfo { id: self.instance.clone(), started_at_unix_ms: self.started_unix_ms },
+            taken_at_unix_ms: now_unix_ms,
+            route: Some(self.config.clone()),
+            subsets: vec![
+                SubsetSnapshot {
+                    subset: self.config.stable.clone(),
+                    role: Role::Stable,
+                    counters: self.stable.clone(),
+                },
+                SubsetSnapshot {
+                    subset: self.config.canary.clone(),
+                    role: Role::Canary,
+                    counters: self.canary.clone(),
+                },
+            ],
+            kill: self.kills.get(self.config.rollout.as_str()).cloned(),
+        }
+    }
+}
+
+/// Serves `n` requests into `counters`, failing `per_mille` of them spread evenly over the
+/// subset's lifetime (deterministic: the n-th request fails when ⌊n·p⌋ steps up).
+fn serve(counters: &mut SubsetCounters, n: u64, per_mille: u64, latency_us: u64) {
+    for _ in 0..n {
+        let k = counters.requests + 1;
+        let failed = k * per_mille / 1000 > (k - 1) * per_mille / 1000;
+        counters.record(if failed { Outcome::Failure } else { Outcome::Success }, latency_us);
+    }
+}
+
+/// A kill order as a proxy received it.
+#[derive(Debug, Clone)]
+struct KillReceived {
+    at: Duration,
+    target: String,
+    order: KillOrder,
+    /// The revision of the configuration the proxy applied when the order came.
+    applied_revision: u64,
+}
+
+#[derive(Debug)]
+struct FleetState {
+    proxies: BTreeMap<String, FakeProxy>,
+    traffic: Traffic,
+    kills: Vec<KillReceived>,
+}
+
+#[derive(Debug)]
+struct FakeFleet {
+    clock: Clock,
+    /// Where the proxies pick their configuration up from.
+    router: RecordingRouter,
+    state: Mutex<FleetState>,
+}
+
+impl FakeFleet {
+    fn new(clock: Clock, router: RecordingRouter, targets: &[&str]) -> Self {
+        let config = router.config();
+        let proxies = targets
+            .iter()
+            .map(|t| {
+                let proxy = FakeProxy {
+                    instance: format!("{t}/instance-1"),
+                    started_unix_ms: clock.unix_ms(),
+                    config: config.clone(),
+                    kills: BTreeMap::new(),
+                    stable: SubsetCounters::default(),
+                    canary: SubsetCounters::default(),
+                    down: None,
+                };
+                ((*t).to_owned(), proxy)
+            })
+            .collect();
+        FakeFleet {
+            clock,
+            router,
+            state: Mutex::new(FleetState { proxies, traffic: Traffic::default(), kills: Vec::new() }),
+        }
+    }
+
+    /// Proxies pick up the durable configuration unless propagation is frozen.
+    fn sync(&self, s: &mut FleetState) {
+        if s.traffic.frozen {
+            return;
+        }
+        let config = self.router.config();
+        for p in s.proxies.values_mut() {
+            p.config.clone_from(&config);
+        }
+    }
+
+    /// One second of traffic on every proxy, at the weight each applies.
+    fn serve_one_second(&self) {
+        let mut s = self.state.lock().unwrap();
+        self.sync(&mut s);
+        let t = s.traffic;
+        for p in s.proxies.values_mut() {
+            let canary = t.per_second * u64::from(p.weight().basis_points()) / 10_000;
+            serve(&mut p.stable, t.per_second - canary, t.stable_fail_per_mille, t.stable_latency_us);
+            serve(&mut p.canary, canary, t.canary_fail_per_mille, t.canary_latency_us);
+        }
+    }
+
+    fn set_traffic(&self, change: impl FnOnce(&mut Traffic)) {
+        change(&mut self.state.lock().unwrap().traffic);
+    }
+
+    /// Makes `target`'s snapshot listener fail (`Some(error)`) or answer again (`None`).
+    fn set_down(&self, target: &str, error: Option<&str>) {
+        self.state.lock().unwrap().proxies.get_mut(target).unwrap().down = error.map(str::to_owned);
+    }
+
+    /// Requests served so far, summed over the proxies: (stable, canary).
+    fn served(&self) -> (u64, u64) {
+        let s = self.state.lock().unwrap();
+        s.proxies.values().fold((0, 0), |(st, ca), p| (st + p.stable.requests, ca + p.canary.requests))
+    }
+
+    /// The weight each proxy routes with right now.
+    fn weights(&self) -> Vec<Weight> {
+        let mut s = self.state.lock().unwrap();
+        self.sync(&mut s);
+        s.proxies.values().map(FakeProxy::weight).collect()
+    }
+
+    /// The configuration each proxy applies right now.
+    fn configs(&self) -> Vec<RouteConfig> {
+        let mut s = self.state.lock().unwrap();
+        self.sync(&mut s);
+        s.proxies.values().map(|p| p.config.clone()).collect()
+    }
+
+    fn kills(&self) -> Vec<KillReceived> {
+        self.state.lock().unwrap().kills.clone()
+    }
+}
+
+impl CounterSource for FakeFleet {
+    async fn fetch(&self, target: &str) -> Result<Snapshot, FetchError> {
+        let mut s = self.state.lock().unwrap();
+        self.sync(&mut s);
+        let unreachable =
+            |message: &str| FetchError::Unreachable { target: target.to_owned(), message: message.into() };
+        let p = s.proxies.get(target).ok_or_else(|| unreachable("no such proxy"))?;
+        if let Some(e) = &p.down {
+            return Err(unreachable(e));
+        }
+        Ok(p.snapshot(self.clock.unix_ms()))
+    }
+}
+
+impl KillSwitch for FakeFleet {
+    async fn kill(&self, target: &str, order: &KillOrder) -> Result<KillRecord, FetchError> {
+        let now = self.clock.now();
+        let unix_ms = self.clock.unix_ms();
+        let mut s = self.state.lock().unwrap();
+        let unreachable =
+            |message: &str| FetchError::Unreachable { target: target.to_owned(), message: message.into() };
+        let p = s.proxies.get_mut(target).ok_or_else(|| unreachable("no such proxy"))?;
+        if let Some(e) = &p.down {
+            return Err(unreachable(e));
+        }
+        // Kills only widen, as in the filter.
+        let record = KillRecord::widened(p.kills.get(order.rollout.as_str()), order, unix_ms);
+        p.kills.insert(order.rollout.to_string(), record.clone());
+        let applied_revision = p.config.revision;
+        s.kills.push(KillReceived { at: now, target: target.to_owned(), order: order.clone(), applied_revision });
+        Ok(record)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The recording notifier
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct RecordingNotifier {
+    notices: Mutex<Vec<Notice>>,
+}
+
+impl RecordingNotifier {
+    /// The phase changes posted, in order: (from, to).
+    fn phases(&self) -> Vec<(String, String)> {
+        self.notices.lock().unwrap().iter().map(|n| (n.from.clone(), n.to.clone())).collect()
+    }
+
+    fn notices(&self) -> Vec<Notice> {
+        self.notices.lock().unwrap().clone()
+    }
+}
+
+impl Notifier for RecordingNotifier {
+    async fn post(&self, notice: &Notice) -> Result<(), String> {
+        self.notices.lock().unwrap().push(notice.clone());
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rig: fakes wired together, and the tick-by-tick driver
+// ---------------------------------------------------------------------------------------------
+
+type Agent = Controller<FakeFleet, RecordingRouter, RecordingNotifier>;
+
+struct Rig {
+    clock: Clock,
+    fleet: Arc<FakeFleet>,
+    router: RecordingRouter,
+    notifier: Arc<RecordingNotifier>,
+}
+
+impl Rig {
+    /// Two proxies applying `config`, which is also the durable state.
+    fn new(config: RouteConfig) -> Rig {
+        let clock = Clock { t0: Instant::now() };
+        let router = RecordingRouter::new(clock, config);
+        let fleet = Arc::new(FakeFleet::new(clock, router.clone(), &TARGETS));
+        Rig { clock, fleet, router, notifier: Arc::new(RecordingNotifier::default()) }
+    }
+
+    async fn try_start(
+        &self,
+        spec: Spec,
+        targets: &[&str],
+    ) -> Result<(Agent, watch::Receiver<StatusView>), StartError> {
+        let (tx, rx) = watch::channel(StatusView::default());
+        let settings = Settings { targets: targets.iter().map(|t| (*t).to_owned()).collect(), ..Settings::default() };
+        let agent = Controller::start(
+            spec,
+            Arc::clone(&self.fleet),
+            self.router.clone(),
+            Arc::clone(&self.notifier),
+            settings,
+            tx,
+        )
+        .await?;
+        settle().await;
+        Ok((agent, rx))
+    }
+
+    /// A controller for `spec` over both proxies and this rig's router.
+    async fn start(&self, spec: Spec) -> (Agent, watch::Receiver<StatusView>) {
+        self.try_start(spec, &TARGETS).await.unwrap()
+    }
+
+    /// One second passes with no agent running: the proxies serve.
+    async fn idle(&self, seconds: u64) {
+        for _ in 0..seconds {
+            tokio::time::advance(secs(1)).await;
+            self.fleet.serve_one_second();
+        }
+    }
+
+    /// One second: the proxies serve at the weight they apply, then the agent ticks.
+    async fn second(&self, agent: &mut Agent) {
+        tokio::time::advance(secs(1)).await;
+        self.fleet.serve_one_second();
+        agent.tick().await;
+        settle().await;
+    }
+
+    async fn seconds(&self, agent: &mut Agent, n: u64) {
+        for _ in 0..n {
+            self.second(agent).await;
+        }
+    }
+
+    /// Ticks once a second until `done` holds; the seconds it took, or `None` after `limit`.
+    async fn until(&self, agent: &mut Agent, limit: u64, done: impl Fn(&Agent) -> bool) -> Option<u64> {
+        for s in 1..=limit {
+            self.second(agent).await;
+            if done(agent) {
+                return Some(s);
+            }
+        }
+        None
+    }
+}
+
+/// Lets the tasks the controller spawned (webhook posts) run.
+async fn settle() {
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// (weight %, phase, failed checks) of each write.
+fn summary(writes: &[Write]) -> Vec<(f64, Phase, u32)> {
+    writes.iter().map(|w| (w.weight.percent(), w.record.phase, w.record.failed_checks)).collect()
+}
+
+fn status(rx: &watch::Receiver<StatusView>) -> StatusView {
+    rx.borrow().clone()
+}
+
+fn phase_is(phase: Phase) -> impl Fn(&Agent) -> bool {
+    move |a| a.rollout().phase() == phase
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Promotion
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_healthy_canary_walks_every_step_and_is_promoted() {
+    let rig = Rig::new(route());
+    rig.idle(3).await; // history from before the agent started
+    let (mut agent, rx) = rig.start(spec(2, 3)).await;
+    assert!(rig.router.writes().is_empty(), "nothing is written at start");
+
+    let took = rig.until(&mut agent, 60, phase_is(Phase::Succeeded)).await;
+    assert!(took.is_some(), "never promoted: {:?}", summary(&rig.router.writes()));
+
+    let landed = rig.router.landed();
+    assert_eq!(rig.router.writes().len(), landed.len(), "no write failed");
+    assert_eq!(
+        summary(&landed),
+        vec![
+            (10.0, Phase::Progressing, 0),
+            (25.0, Phase::Progressing, 0),
+            (50.0, Phase::Progressing, 0),
+            (100.0, Phase::Promoting, 0),
+            (100.0, Phase::Succeeded, 0),
+        ]
+    );
+    for (i, step) in landed.iter().take(3).enumerate() {
+        let want = format!("step {} of 3: canary to {}", i + 1, step.weight);
+        assert!(step.record.reason.starts_with(&want), "{:?} does not start with {want:?}", step.record.reason);
+    }
+    assert!(landed[3].record.reason.starts_with("promotion: every step passed"), "{}", landed[3].record.reason);
+    // Every step after the first lasted at least one interval; every write bumped the revision once.
+    for pair in landed.windows(2).take(3) {
+        assert!(pair[1].at - pair[0].at >= secs(2), "{:?} then {:?}", pair[0], pair[1]);
+    }
+    let revisions: Vec<u64> = landed.iter().map(|w| w.revision.unwrap()).collect();
+    assert_eq!(revisions, (2..2 + landed.len() as u64).collect::<Vec<_>>());
+
+    // The proxies now send every request to the canary.
+    let before = rig.fleet.served();
+    rig.second(&mut agent).await;
+    let after = rig.fleet.served();
+    assert_eq!((after.0 - before.0, after.1 - before.1), (0, 2 * PER_SECOND));
+
+    assert_eq!(
+        rig.notifier.phases(),
+        vec![
+            ("initializing".into(), "progressing".into()),
+            ("progressing".into(), "promoting".into()),
+            ("promoting".into(), "succeeded".into()),
+        ]
+    );
+    assert_eq!(rig.notifier.notices().last().unwrap().weight_percent, 100.0);
+    assert!(rig.fleet.kills().is_empty(), "a healthy rollout sends no kill order");
+    let s = status(&rx);
+    assert_eq!((s.phase.as_str(), s.canary_weight_percent, s.phase_changes_total), ("succeeded", 100.0, 3));
+    assert_eq!(s.revision, *revisions.last().unwrap());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Decisive breach
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_decisive_breach_kills_every_proxy_and_writes_zero() {
+    let rig = Rig::new(route());
+    let (mut agent, rx) = rig.start(spec(2, 3)).await;
+    let on_step_2 = rig.until(&mut agent, 30, |_| rig.fleet.weights() == [w(25.0); 2]).await;
+    assert!(on_step_2.is_some(), "never reached 25%: {:?}", summary(&rig.router.writes()));
+
+    // The control plane stalls, so the durable 0% cannot reach the proxies; then the canary starts
+    // failing one request in five.
+    rig.fleet.set_traffic(|t| {
+        t.frozen = true;
+        t.canary_fail_per_mille = 200;
+    });
+    let in_force = rig.fleet.configs()[0].revision;
+    let writes_before = rig.router.writes().len();
+    let took = rig.until(&mut agent, 2, phase_is(Phase::RolledBack)).await;
+    assert!(took.is_some(), "not rolled back within two ticks: {:?}", status(&rx).recent_verdicts);
+    let rolled_back_at = rig.clock.now();
+
+    // A kill order reached every proxy, holding the revision it applies.
+    let kills = rig.fleet.kills();
+    let targets: Vec<&str> = kills.iter().map(|k| k.target.as_str()).collect();
+    assert_eq!(targets.len(), TARGETS.len(), "{kills:?}");
+    for target in TARGETS {
+        assert!(targets.contains(&target), "no kill order for {target}: {kills:?}");
+    }
+    for k in &kills {
+        assert_eq!((k.order.rollout.as_str(), k.at), ("demo", rolled_back_at));
+        assert!(k.order.revision >= in_force && k.order.revision >= k.applied_revision, "{k:?} (in force: {in_force})");
+    }
+    // ... and the durable configuration went to 0% with the rolled-back record, in the same tick.
+    let writes = rig.router.writes();
+    let rollback = &writes[writes_before..];
+    assert_eq!(summary(rollback), vec![(0.0, Phase::RolledBack, 0)]);
+    assert_eq!(rollback[0].at, rolled_back_at);
+    assert!(rollback[0].record.reason.starts_with("rollback: decisive breach"), "{}", rollback[0].record.reason);
+
+    // The kill alone stops canary traffic: the proxies still apply the old 25% configuration.
+    let (_, canary_before) = rig.fleet.served();
+    rig.seconds(&mut agent, 3).await;
+    assert!(rig.fleet.configs().iter().all(|c| c.canary_weight == w(25.0) && c.revision == in_force));
+    assert_eq!(rig.fleet.served().1, canary_before, "canary traffic went on after the kill");
+
+    // The control plane recovers and the canary looks healthy again: nothing raises the weight.
+    rig.fleet.set_traffic(|t| {
+        t.frozen = false;
+        t.canary_fail_per_mille = 0;
+    });
+    rig.seconds(&mut agent, 20).await;
+    assert!(rig.fleet.configs().iter().all(|c| c.canary_weight == Weight::ZERO));
+    assert_eq!(rig.fleet.served().1, canary_before, "canary traffic after the rollback");
+    assert!(rig.router.writes()[writes_before..].iter().all(|w| w.weight == Weight::ZERO));
+    assert_eq!(rig.notifier.phases().last().unwrap(), &("progressing".to_owned(), "rolled_back".to_owned()));
+    assert_eq!((status(&rx).phase.as_str(), status(&rx).canary_weight_percent), ("rolled_back", 0.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_proxy_that_missed_the_kill_gets_it_again_when_it_answers() {
+    let rig = Rig::new(route());
+    let (mut agent, _rx) = rig.start(spec(2, 3)).await;
+    let on_step = rig.until(&mut agent, 30, |_| rig.fleet.weights() == [w(25.0); 2]).await;
+    assert!(on_step.is_some(), "never reached 25%");
+    // The control plane stalls; proxy b's listener is down when the canary breaks.
+    rig.fleet.set_traffic(|t| {
+        t.frozen = true;
+        t.canary_fail_per_mille = 200;
+    });
+    rig.fleet.set_down(TARGETS[1], Some("connection refused"));
+    let took = rig.until(&mut agent, 3, phase_is(Phase::RolledBack)).await;
+    assert!(took.is_some(), "not rolled back");
+    let kills = rig.fleet.kills();
+    assert_eq!(kills.iter().map(|k| k.target.as_str()).collect::<Vec<_>>(), vec![TARGETS[0]]);
+    assert_eq!(rig.fleet.weights()[1], w(25.0), "b still routes to the canary (its config is stale)");
+    // b answers again, still on the stale 25% configuration: the next tick sends it the kill.
+    rig.fleet.set_down(TARGETS[1], None);
+    rig.second(&mut agent).await;
+    let kills = rig.fleet.kills();
+    assert_eq!(kills.last().map(|k| k.target.as_str()), Some(TARGETS[1]), "{kills:?}");
+    assert_eq!(rig.fleet.weights(), vec![Weight::ZERO; 2]);
+    // Once held, it is not sent again.
+    let sent = rig.fleet.kills().len();
+    rig.seconds(&mut agent, 3).await;
+    assert_eq!(rig.fleet.kills().len(), sent);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_canary_is_rolled_back() {
+    let rig = Rig::new(route());
+    let (mut agent, _rx) = rig.start(spec(2, 3)).await;
+    rig.second(&mut agent).await;
+    assert_eq!(rig.fleet.weights(), vec![w(10.0); 2]);
+    // Every canary request now takes 900 ms against a p99 bound of 500 ms.
+    rig.fleet.set_traffic(|t| t.canary_latency_us = 900_000);
+    let took = rig.until(&mut agent, 3, phase_is(Phase::RolledBack)).await;
+    assert!(took.is_some(), "a canary at 900 ms was not rolled back within three ticks");
+    let last = rig.router.landed().pop().unwrap();
+    assert_eq!((last.weight, last.record.phase), (Weight::ZERO, Phase::RolledBack));
+    assert!(last.record.reason.contains("latency"), "{}", last.record.reason);
+    assert_eq!(rig.fleet.kills().len(), TARGETS.len());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Failed checks toward the threshold
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn mild_failures_count_failed_checks_durably_until_the_threshold() {
+    let rig = Rig::new(route());
+    // 2% failures on both sides against a 99% SLO: each check fails, none decisively. At 500
+    // requests a second each proxy sends 50 to the canary at 10%, one of which fails.
+    rig.fleet.set_traffic(|t| {
+        t.per_second = 500;
+        t.stable_fail_per_mille = 20;
+        t.canary_fail_per_mille = 20;
+    });
+    let (mut agent, rx) = rig.start(spec(2, 3)).await;
+    let two_failed = rig.until(&mut agent, 20, |a| a.rollout().status().failed_checks == 2).await;
+    assert!(two_failed.is_some(), "no two failed checks: {:?}", summary(&rig.router.writes()));
+    // Each failed check was written beside the unchanged weight.
+    assert_eq!(
+        summary(&rig.router.landed()),
+        vec![(10.0, Phase::Progressing, 0), (10.0, Phase::Progressing, 1), (10.0, Phase::Progressing, 2)]
+    );
+    let verdicts = status(&rx).recent_verdicts;
+    let failed = verdicts.iter().find(|v| v.verdict == "fail").expect("a failed verdict in the status");
+    assert!(
+        failed.reasons.iter().any(|r| r.starts_with("request-success-rate 9") && r.contains("< 99%")),
+        "{failed:?}"
+    );
+
+    // The count is durable: a restarted agent picks it up from the record.
+    drop(agent);
+    let (mut agent, rx) = rig.start(spec(2, 3)).await;
+    assert_eq!((status(&rx).failed_checks, status(&rx).threshold), (2, 3));
+    assert_eq!(rig.router.landed().len(), 3, "a restart writes nothing");
+
+    let took = rig.until(&mut agent, 10, phase_is(Phase::RolledBack)).await;
+    assert!(took.is_some(), "the third failed check did not roll back");
+    let landed = rig.router.landed();
+    assert_eq!(summary(&landed[3..]), vec![(0.0, Phase::RolledBack, 3)]);
+    let reason = &landed[3].record.reason;
+    assert!(reason.contains("3 failed checks reached the threshold of 3"), "{reason}");
+    assert!(!reason.contains("decisive"), "mild failures are never decisive: {reason}");
+    assert!(landed.iter().all(|write| write.weight <= w(10.0)), "a failing canary never advances");
+    assert_eq!(rig.fleet.kills().len(), TARGETS.len(), "a threshold rollback also kills");
+    assert_eq!(rig.fleet.weights(), vec![Weight::ZERO; 2]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Router failures
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_write_is_retried_every_tick_until_it_lands() {
+    let rig = Rig::new(route());
+    // Checks every 4 s, so three failed writes all fall within one step.
+    let (mut agent, rx) = rig.start(spec(4, 3)).await;
+    rig.second(&mut agent).await;
+    assert_eq!(summary(&rig.router.landed()), vec![(10.0, Phase::Progressing, 0)]);
+
+    rig.router.fail_next(3);
+    let attempted = rig.until(&mut agent, 10, |_| rig.router.writes().len() > 1).await;
+    assert!(attempted.is_some(), "the step to 25% was never attempted");
+    let first_attempt = rig.clock.now();
+    for errors in 1..=3 {
+        let s = status(&rx);
+        let not_ready = s.not_ready.expect("not ready while the weight cannot be written");
+        assert!(not_ready.starts_with("cannot write the weight") && not_ready.contains("read-only file system"));
+        assert_eq!(s.router_errors_total, errors);
+        assert_eq!(s.canary_weight_percent, 25.0, "the rollout's weight, not yet durable");
+        assert_eq!(rig.fleet.weights(), vec![w(10.0); 2], "the proxies still apply the durable 10%");
+        rig.second(&mut agent).await;
+    }
+
+    // One attempt a second, the same weight and record each time, until it lands.
+    let writes = rig.router.writes();
+    let attempts = &writes[1..];
+    let times: Vec<Duration> = attempts.iter().map(|w| w.at - first_attempt).collect();
+    assert_eq!(times, vec![secs(0), secs(1), secs(2), secs(3)]);
+    assert_eq!(summary(attempts), vec![(25.0, Phase::Progressing, 0); 4]);
+    assert_eq!(attempts.iter().map(|w| w.revision).collect::<Vec<_>>(), vec![None, None, None, Some(3)]);
+
+    let s = status(&rx);
+    assert_eq!((s.not_ready, s.router_errors_total, s.revision), (None, 3, 3));
+    assert_eq!(rig.fleet.weights(), vec![w(25.0); 2]);
+}
+
+/// While a step's write keeps failing, the proxies still serve the old weight, so the step is not
+/// judged: its interval and `minRequests` count from when the weight became durable. Without that
+/// hold, checks every 2 s and three failed writes would pass a 25% step the proxies never applied,
+/// and the recovered router would write 10% to 50% in one go.
+#[tokio::test(start_paused = true)]
+async fn no_step_is_skipped_or_shortened_when_writes_fail() {
+    let rig = Rig::new(route());
+    let (mut agent, _rx) = rig.start(spec(2, 3)).await;
+    rig.second(&mut agent).await;
+    rig.router.fail_next(3);
+    rig.until(&mut agent, 40, phase_is(Phase::Succeeded)).await;
+    let landed = rig.router.landed();
+    let durable: Vec<f64> = landed.iter().map(|w| w.weight.percent()).collect();
+    assert_eq!(durable[..4], [10.0, 25.0, 50.0, 100.0], "durable weights went {durable:?}");
+    for pair in landed.windows(2).take(3) {
+        assert!(pair[1].at - pair[0].at >= secs(2), "a durable step lasted less than an interval: {landed:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Restarts
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_agent_resumes_its_step_after_a_full_interval() {
+    let rig = Rig::new(route());
+    // Checks every 4 s: long enough that a check run too early (before a full interval on the
+    // resumed step) would show.
+    let (mut agent, _rx) = rig.start(spec(4, 3)).await;
+    let on_step_2 = rig.until(&mut agent, 30, |a| a.rollout().status().step == Some(1)).await;
+    assert!(on_step_2.is_some(), "never reached the second step: {:?}", summary(&rig.router.writes()));
+    let writes = rig.router.writes().len();
+
+    // The agent dies; the proxies keep the durable 25% and serve for five seconds, now with so much
+    // traffic that `minRequests` is met within a second: only the interval can hold the step.
+    drop(agent);
+    rig.fleet.set_traffic(|t| t.per_second = 1000);
+    rig.idle(5).await;
+    let (mut agent, rx) = rig.start(spec(4, 3)).await;
+    let restarted_at = rig.clock.now();
+    let s = status(&rx);
+    assert_eq!((s.phase.as_str(), s.canary_weight_percent, s.step), ("progressing", 25.0, Some(1)));
+    assert_eq!(rig.router.writes().len(), writes, "a restart writes nothing");
+
+    let next = rig.until(&mut agent, 20, |a| a.rollout().weight() != w(25.0)).await;
+    assert!(next.is_some(), "the resumed rollout never moved on");
+    let moved = &rig.router.writes()[writes..];
+    assert_eq!(summary(moved), vec![(50.0, Phase::Progressing, 0)], "the next step after 25%, never from 0%");
+    let after = moved[0].at - restarted_at;
+    assert!(after >= secs(4), "moved on {after:?} after the restart, before a full interval");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rolled_back_rollout_stays_rolled_back_after_a_restart() {
+    let record = RolloutRecord::new(Phase::RolledBack, 1, "rollback: decisive breach", UNIX_START_MS);
+    let rig = Rig::new(RouteConfig { revision: 7, rollout_state: Some(record), ..route() });
+    let (mut agent, rx) = rig.start(spec(2, 3)).await;
+    assert_eq!(status(&rx).phase, "rolled_back");
+    rig.seconds(&mut agent, 30).await;
+    assert!(rig.router.writes().is_empty(), "{:?}", rig.router.writes());
+    assert_eq!(rig.fleet.served().1, 0, "no request reached the canary");
+    assert!(rig.fleet.kills().is_empty(), "nothing to kill at 0%");
+    assert_eq!((status(&rx).phase.as_str(), status(&rx).failed_checks), ("rolled_back", 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rolled_back_rollout_raised_by_hand_is_put_back_to_zero_at_start() {
+    let record = RolloutRecord::new(Phase::RolledBack, 0, "rollback: requested by the operator", UNIX_START_MS);
+    let rig = Rig::new(RouteConfig { canary_weight: w(25.0), revision: 7, rollout_state: Some(record), ..route() });
+    rig.idle(2).await;
+    assert!(rig.fleet.served().1 > 0, "the hand-raised weight sends canary traffic");
+
+    let (mut agent, rx) = rig.start(spec(2, 3)).await;
+    // Before any tick: weight 0 written with the rolled-back record, and every proxy killed.
+    assert_eq!(summary(&rig.router.landed()), vec![(0.0, Phase::RolledBack, 0)]);
+    let kills = rig.fleet.kills();
+    assert_eq!(kills.len(), TARGETS.len());
+    assert!(kills.iter().all(|k| k.order.revision >= 7), "{kills:?}");
+    assert_eq!((status(&rx).canary_weight_percent, status(&rx).revision), (0.0, 8));
+
+    let (_, canary) = rig.fleet.served();
+    rig.seconds(&mut agent, 20).await;
+    assert_eq!(rig.fleet.served().1, canary, "canary traffic after the start");
+    assert_eq!(rig.router.writes().len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Operator commands
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn pause_holds_resume_continues_and_rollback_kills() {
+    let rig = Rig::new(route());
+    let (mut agent, rx) = rig.start(spec(2, 3)).await;
+    rig.second(&mut agent).await;
+    assert_eq!(agent.rollout().weight(), w(10.0));
+
+    // Refused: nothing is paused.
+    let refused = agent.command(Command::Resume).await.unwrap_err();
+    assert_eq!(refused, "cannot resume a rollout that is progressing");
+
+    let answer = agent.command(Command::Pause).await.unwrap();
+    assert_eq!(answer, "paused by the operator at 10%");
+    assert_eq!(status(&rx).phase, "paused");
+    settle().await;
+    rig.seconds(&mut agent, 10).await; // five intervals of healthy traffic
+    assert_eq!(summary(&rig.router.landed()), vec![(10.0, Phase::Progressing, 0), (10.0, Phase::Paused, 0)]);
+    assert_eq!(rig.fleet.weights(), vec![w(10.0); 2], "paused: the weight holds");
+    assert!(agent.command(Command::Pause).await.is_err(), "already paused");
+
+    let resumed_at = rig.clock.now();
+    assert_eq!(agent.command(Command::Resume).await.unwrap(), "resumed by the operator at 10%");
+    let moved = rig.until(&mut agent, 10, |a| a.rollout().weight() == w(25.0)).await;
+    assert!(moved.is_some(), "resume did not continue");
+    let landed = rig.router.landed();
+    assert_eq!(summary(&landed[2..]), vec![(10.0, Phase::Progressing, 0), (25.0, Phase::Progressing, 0)]);
+    assert!(landed[3].at - resumed_at >= secs(2), "after a resume the step waits a full interval");
+
+    let answer = agent.command(Command::Rollback).await.unwrap();
+    assert_eq!(answer, "rollback: requested by the operator");
+    let last = rig.router.landed().pop().unwrap();
+    assert_eq!((last.weight, last.record.phase, last.at), (Weight::ZERO, Phase::RolledBack, rig.clock.now()));
+    let kills = rig.fleet.kills();
+    assert_eq!(kills.len(), TARGETS.len());
+    assert!(kills.iter().all(|k| k.order.revision >= k.applied_revision));
+    assert_eq!(rig.fleet.weights(), vec![Weight::ZERO; 2]);
+
+    // Final: every further command is refused with a sentence, and nothing is written.
+    let writes = rig.router.writes().len();
+    assert_eq!(agent.command(Command::Rollback).await.unwrap_err(), "the rollout is already rolled back");
+    assert_eq!(agent.command(Command::Promote).await.unwrap_err(), "cannot promote a rollout that is rolled_back");
+    assert_eq!(agent.command(Command::Pause).await.unwrap_err(), "cannot pause a rollout that is rolled_back");
+    rig.seconds(&mut agent, 5).await;
+    assert_eq!(rig.router.writes().len(), writes);
+    settle().await;
+    assert_eq!(
+        rig.notifier.phases(),
+        vec![
+            ("initializing".into(), "progressing".into()),
+            ("progressing".into(), "paused".into()),
+            ("paused".into(), "progressing".into()),
+            ("progressing".into(), "rolled_back".into()),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_operator_may_promote_early() {
+    let rig = Rig::new(route());
+    let (mut agent, rx) = rig.start(spec(2, 3)).await;
+    rig.second(&mut agent).await;
+    let answer = agent.command(Command::Promote).await.unwrap();
+    assert_eq!(answer, "promotion: requested by the operator");
+    assert_eq!(rig.router.landed().pop().map(|w| (w.weight, w.record.phase)), Some((Weight::FULL, Phase::Promoting)));
+    assert_eq!(rig.fleet.weights(), vec![Weight::FULL; 2]);
+    rig.second(&mut agent).await;
+    assert_eq!(status(&rx).phase, "succeeded");
+    assert_eq!(agent.command(Command::Promote).await.unwrap_err(), "cannot promote a rollout that is succeeded");
+    assert!(rig.fleet.kills().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_command_while_the_router_fails_says_it_is_not_yet_durable() {
+    let rig = Rig::new(route());
+    let (mut agent, rx) = rig.start(spec(2, 3)).await;
+    rig.second(&mut agent).await;
+    rig.router.fail_next(2);
+    let answer = agent.command(Command::Rollback).await.unwrap();
+    assert!(answer.starts_with("rollback: requested by the operator (not yet durable"), "{answer}");
+    // The kill does not wait for the durable write.
+    assert_eq!(rig.fleet.weights(), vec![Weight::ZERO; 2]);
+    rig.seconds(&mut agent, 2).await;
+    assert_eq!(summary(&rig.router.landed()[1..]), vec![(0.0, Phase::RolledBack, 0)]);
+    assert_eq!((status(&rx).not_ready, status(&rx).router_errors_total), (None, 2));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Status
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn the_status_shows_the_rollout_its_traffic_and_the_proxies() {
+    let rig = Rig::new(route());
+    rig.idle(3).await;
+    let (mut agent, rx) = rig.start(spec(2, 3)).await;
+    let s = status(&rx);
+    assert_eq!((s.rollout.as_str(), s.phase.as_str(), s.step, s.steps), ("demo", "initializing", None, 3));
+
+    rig.second(&mut agent).await; // first sighting: a baseline only; the first step
+    let baseline = rig.fleet.served();
+    rig.second(&mut agent).await;
+    let served = rig.fleet.served();
+    let s = status(&rx);
+    assert_eq!((s.phase.as_str(), s.canary_weight_percent, s.step, s.revision), ("progressing", 10.0, Some(0), 2));
+    assert_eq!((s.proxies_reporting, s.proxies_failing.len(), s.not_ready.as_deref()), (2, 0, None));
+    let subsets: Vec<(&str, &str, u64, u64)> =
+        s.subsets.iter().map(|v| (v.subset.as_str(), v.role.as_str(), v.requests_total, v.failures_total)).collect();
+    assert_eq!(
+        subsets,
+        vec![("v1", "stable", served.0 - baseline.0, 0), ("v2", "canary", served.1 - baseline.1, 0)],
+        "totals count what was served after the first sighting"
+    );
+    assert_eq!(served.1 - baseline.1, 2 * PER_SECOND / 10, "one second at 10% on two proxies");
+    for v in &s.subsets {
+        assert_eq!(v.success_rate_percent, Some(100.0));
+    }
+    let p50 = |i: usize| s.subsets[i].p50_ms.unwrap();
+    assert!((p50(0) - 20.0).abs() < 1.0 && (p50(1) - 25.0).abs() < 1.0, "p50 {} and {}", p50(0), p50(1));
+    assert_eq!(s.evidence.len(), 4, "{:?}", s.evidence);
+
+    // One proxy's listener fails: it is reported, the other is still judged.
+    rig.fleet.set_down("proxy-b:9902", Some("connection refused"));
+    rig.second(&mut agent).await;
+    let s = status(&rx);
+    assert_eq!((s.proxies_reporting, s.not_ready.as_deref()), (1, None));
+    assert_eq!(s.proxies_failing.len(), 1, "{:?}", s.proxies_failing);
+    assert!(s.proxies_failing[0].starts_with("proxy-b:9902") && s.proxies_failing[0].contains("connection refused"));
+
+    // Both fail: the agent is not ready, and says which.
+    rig.fleet.set_down("proxy-a:9902", Some("connection refused"));
+    rig.second(&mut agent).await;
+    let s = status(&rx);
+    assert_eq!((s.proxies_reporting, s.proxies_failing.len()), (0, 2));
+    let not_ready = s.not_ready.expect("not ready with no proxy answering");
+    assert!(not_ready.starts_with("no proxy answered") && not_ready.contains("proxy-a:9902"), "{not_ready}");
+
+    // They come back: ready again.
+    rig.fleet.set_down("proxy-a:9902", None);
+    rig.fleet.set_down("proxy-b:9902", None);
+    rig.second(&mut agent).await;
+    let s = status(&rx);
+    assert_eq!((s.proxies_reporting, s.proxies_failing.len(), s.not_ready), (2, 0, None));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start-up checks
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn start_refuses_a_spec_for_another_rollout_or_no_targets() {
+    let rig = Rig::new(RouteConfig { canary: "v3".try_into().unwrap(), ..route() });
+    let err = rig.try_start(spec(2, 3), &TARGETS).await.expect_err("a mismatched spec must be refused");
+    assert!(matches!(err, StartError::Mismatch { field: "canary", .. }), "{err}");
+    let err = rig.try_start(spec(2, 3), &[]).await.expect_err("no targets must be refused");
+    assert!(matches!(err, StartError::NoTargets), "{err}");
+    assert!(rig.router.writes().is_empty() && rig.fleet.kills().is_empty());
+}
