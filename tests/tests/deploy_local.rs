@@ -101,3 +101,18 @@ async fn envoy_exports_per_subset_metrics_that_promtool_accepts() {
         ours.iter().filter(|l| !l.contains("no help text") && !l.contains("use base unit \"seconds\"")).collect();
     assert!(unexpected.is_empty(), "promtool remarks on our metrics: {unexpected:#?}");
 }
+
+#[test]
+fn the_shipped_rollout_spec_is_valid_and_matches_the_shipped_filter_config() {
+    let bin = canary_e2e::paths::gate_agent_bin().unwrap();
+    let dir = canary_e2e::paths::deploy_local();
+    let out = std::process::Command::new(&bin).arg("check-spec").arg(dir.join("rollout.yaml")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("ecds/canary-gate.json")).unwrap()).unwrap();
+    let route =
+        canary_core::config::parse_route(canary_core::ecds::plugin_config_of(&file).unwrap().as_bytes()).unwrap();
+    let expected = format!("rollout {} ({} -> {})", route.rollout, route.stable, route.canary);
+    assert!(text.contains(&expected), "the spec names the filter's rollout and subsets: {text}");
+}
