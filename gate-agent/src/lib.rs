@@ -17,6 +17,7 @@ pub mod collect;
 pub mod control;
 pub mod judge;
 pub mod latency;
+pub mod mesh;
 pub mod notify;
 pub mod rollout;
 pub mod router;

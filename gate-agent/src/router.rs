@@ -19,6 +19,15 @@ pub enum RouterError {
     Malformed { path: PathBuf, problem: String },
     #[error("serialising the route configuration: {0}")]
     Serialise(#[from] serde_json::Error),
+    /// A call to a remote store (the Kubernetes API) failed or timed out.
+    #[error("{what}: {message}")]
+    Remote { what: String, message: String },
+    /// Every optimistic-concurrency attempt met a newer version; nothing was overwritten.
+    #[error("{what}: still conflicting after {attempts} attempts (someone else keeps writing it)")]
+    Conflict { what: String, attempts: u32 },
+    /// This replica does not hold the leader lease, so it must not write.
+    #[error("not the leader: only the replica holding the lease writes weights")]
+    NotLeader,
 }
 
 impl RouterError {
@@ -28,6 +37,9 @@ impl RouterError {
             RouterError::Io { .. } => "io",
             RouterError::Malformed { .. } => "malformed",
             RouterError::Serialise(_) => "serialise",
+            RouterError::Remote { .. } => "remote",
+            RouterError::Conflict { .. } => "conflict",
+            RouterError::NotLeader => "not_leader",
         }
     }
 }

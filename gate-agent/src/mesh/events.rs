@@ -1,0 +1,123 @@
+//! Phase changes as Kubernetes Events on the WasmPlugin, so `kubectl describe wasmplugin` and
+//! `kubectl get events` show what the agent did and why.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+
+use super::bounded;
+use crate::notify::{Notice, Notifier};
+
+/// Component name in every Event.
+pub const COMPONENT: &str = "canary-gate-agent";
+/// Kubernetes caps an Event message at 1 KiB.
+const MAX_MESSAGE: usize = 1024;
+
+/// Posts one core/v1 Event per phase change, regarding one object.
+#[derive(Clone)]
+pub struct KubeEvents {
+    api: Api<Event>,
+    regarding: ObjectReference,
+    instance: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for KubeEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeEvents").field("regarding", &self.regarding.name).finish()
+    }
+}
+
+impl KubeEvents {
+    /// Events regarding `regarding`, reported by this replica (`instance`, the pod name).
+    pub fn new(api: Api<Event>, regarding: ObjectReference, instance: &str, timeout: Duration) -> Self {
+        KubeEvents { api, regarding, instance: instance.to_owned(), timeout }
+    }
+}
+
+/// The Event for one notice: Warning for a rollback, Normal otherwise.
+pub fn event_for(notice: &Notice, regarding: &ObjectReference, instance: &str, now: Timestamp) -> Event {
+    let (kind, reason) = match notice.to.as_str() {
+        "rolled_back" => ("Warning", "RolledBack"),
+        "succeeded" => ("Normal", "Promoted"),
+        "paused" => ("Normal", "Paused"),
+        _ => ("Normal", "PhaseChanged"),
+    };
+    let message = format!(
+        "rollout {}: {} -> {} at {}% canary: {}",
+        notice.rollout, notice.from, notice.to, notice.weight_percent, notice.reason
+    );
+    Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", regarding.name.as_deref().unwrap_or("canary-gate"))),
+            namespace: regarding.namespace.clone(),
+            ..ObjectMeta::default()
+        },
+        involved_object: regarding.clone(),
+        reason: Some(reason.to_owned()),
+        message: Some(canary_core::record::truncate(&message, MAX_MESSAGE).to_owned()),
+        type_: Some(kind.to_owned()),
+        count: Some(1),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        event_time: Some(MicroTime(now)),
+        action: Some(format!("{}To{}", notice.from, notice.to)),
+        reporting_component: Some(COMPONENT.to_owned()),
+        reporting_instance: Some(instance.to_owned()),
+        source: Some(EventSource { component: Some(COMPONENT.to_owned()), host: None }),
+        ..Event::default()
+    }
+}
+
+impl Notifier for KubeEvents {
+    async fn post(&self, notice: &Notice) -> Result<(), String> {
+        let event = event_for(notice, &self.regarding, &self.instance, Timestamp::now());
+        bounded(self.timeout, self.api.create(&PostParams::default(), &event)).await.map(|_| ())
+    }
+}
+
+/// Posts every notice to two notifiers (e.g. Events and a webhook); both are tried.
+#[derive(Debug, Clone)]
+pub struct Both<A, B>(pub A, pub B);
+
+impl<A: Notifier, B: Notifier> Notifier for Both<A, B> {
+    async fn post(&self, notice: &Notice) -> Result<(), String> {
+        let (a, b) = tokio::join!(self.0.post(notice), self.1.post(notice));
+        match (a, b) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+            (Err(a), Err(b)) => Err(format!("{a}; {b}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rollback_is_a_warning_with_the_reason() {
+        let notice = Notice {
+            rollout: "demo".into(),
+            from: "progressing".into(),
+            to: "rolled_back".into(),
+            weight_percent: 0.0,
+            reason: "rollback: decisive breach".into(),
+        };
+        let regarding = ObjectReference {
+            api_version: Some("extensions.istio.io/v1alpha1".into()),
+            kind: Some("WasmPlugin".into()),
+            name: Some("canary-gate".into()),
+            namespace: Some("shop".into()),
+            ..ObjectReference::default()
+        };
+        let e = event_for(&notice, &regarding, "agent-0", Timestamp::UNIX_EPOCH);
+        assert_eq!((e.type_.as_deref(), e.reason.as_deref()), (Some("Warning"), Some("RolledBack")));
+        assert!(e.message.as_deref().unwrap().contains("decisive breach"));
+        assert_eq!(e.involved_object.kind.as_deref(), Some("WasmPlugin"));
+        assert_eq!(e.metadata.namespace.as_deref(), Some("shop"));
+    }
+}

@@ -1,0 +1,286 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, the way client-go's leaderelection does
+//! it, so that of several agent replicas exactly one writes weights.
+//!
+//! * A candidate reads the Lease. If it is held by someone else whose record has changed within
+//!   the last `lease_duration` *as observed by this candidate's own clock* (remote timestamps are
+//!   never compared with local ones), it waits. Otherwise it writes itself in as holder with an
+//!   optimistic-concurrency update (the resourceVersion it read); of two candidates racing, the
+//!   API server lets exactly one win and answers the other 409 Conflict.
+//! * The leader renews every `retry_period`. It considers itself leader only until
+//!   `renew_deadline` after the start of its last successful renewal, which is shorter than
+//!   `lease_duration`: a leader that cannot renew stops writing before any other replica may take
+//!   over.
+//! * On shutdown the leader releases the Lease (empty holder), so a successor need not wait.
+//!
+//! [`Leadership`] is the shared answer to "may I write now?"; [`LeaderGated`] wraps a router so
+//! that a write is refused the moment leadership lapses, whatever the control loop is doing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use canary_core::{RolloutRecord, Weight};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{bounded, status_code};
+use crate::router::{RouterError, WeightRouter};
+
+/// Timings, with client-go's defaults.
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    /// The Lease object's name.
+    pub name: String,
+    /// This replica's identity (the pod name).
+    pub identity: String,
+    /// How long a lease is valid after its last renewal, as other replicas see it.
+    pub lease_duration: Duration,
+    /// How long the leader keeps acting after the start of its last successful renewal.
+    pub renew_deadline: Duration,
+    /// Time between attempts to acquire or renew.
+    pub retry_period: Duration,
+    /// Bound on each API call.
+    pub call_timeout: Duration,
+}
+
+impl LeaseSettings {
+    pub fn new(name: &str, identity: &str) -> Self {
+        LeaseSettings {
+            name: name.to_owned(),
+            identity: identity.to_owned(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Timings that cannot let two leaders overlap.
+    pub fn check(&self) -> Result<(), String> {
+        if self.renew_deadline >= self.lease_duration {
+            return Err("the renew deadline must be shorter than the lease duration".into());
+        }
+        if self.retry_period.saturating_add(self.call_timeout) > self.renew_deadline {
+            return Err("retry period plus call timeout must fit inside the renew deadline".into());
+        }
+        Ok(())
+    }
+}
+
+/// Whether this replica may write right now.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    /// Leader until this instant; `None` when not leading.
+    until: watch::Receiver<Option<Instant>>,
+}
+
+impl Leadership {
+    /// A leadership that never lapses (a single agent, no election).
+    pub fn always() -> (Leadership, watch::Sender<Option<Instant>>) {
+        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let (tx, rx) = watch::channel(Some(far));
+        (Leadership { until: rx }, tx)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.until.borrow().is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Waits until this replica leads.
+    pub async fn acquired(&mut self) {
+        loop {
+            if self.is_leader() {
+                return;
+            }
+            // Wake on a change, and at least every 100 ms (a deadline passes without a change).
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.until.changed()).await;
+        }
+    }
+
+    /// Waits until this replica no longer leads.
+    pub async fn lost(&mut self) {
+        loop {
+            let until = *self.until.borrow_and_update();
+            match until {
+                None => return,
+                Some(t) if Instant::now() >= t => return,
+                Some(t) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(t) => {}
+                        _ = self.until.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The election loop's memory of the Lease as last seen.
+#[derive(Debug, Default)]
+struct Observed {
+    /// (holder, renewTime) of the last record read.
+    record: Option<(Option<String>, Option<MicroTime>)>,
+    /// When this replica first saw that record.
+    at: Option<Instant>,
+}
+
+/// Runs the election until `shutdown` resolves, publishing leadership through the returned
+/// [`Leadership`]; releases the Lease on the way out if it holds it.
+pub fn spawn_election(
+    api: Api<Lease>,
+    settings: LeaseSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (Leadership, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(async move {
+        let mut observed = Observed::default();
+        tokio::pin!(shutdown);
+        loop {
+            let started = Instant::now();
+            match try_acquire_or_renew(&api, &settings, &mut observed).await {
+                Ok(true) => {
+                    let was = tx.borrow().is_some_and(|t| started < t);
+                    if !was {
+                        tracing::info!(lease = %settings.name, identity = %settings.identity, "became the leader");
+                    }
+                    tx.send_replace(Some(started + settings.renew_deadline));
+                }
+                Ok(false) => lapse(&tx, &settings, "another replica holds the lease"),
+                Err(e) => {
+                    tracing::warn!(lease = %settings.name, "lease: {e}");
+                    lapse(&tx, &settings, "the lease could not be renewed in time");
+                }
+            }
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(settings.retry_period) => {}
+            }
+        }
+        let leading = tx.borrow().is_some_and(|t| Instant::now() < t);
+        tx.send_replace(None);
+        if leading && let Err(e) = release(&api, &settings).await {
+            tracing::warn!(lease = %settings.name, "releasing the lease: {e}");
+        }
+    });
+    (Leadership { until: rx }, task)
+}
+
+/// Clears leadership once its deadline has passed (it is never extended without a renewal).
+fn lapse(tx: &watch::Sender<Option<Instant>>, settings: &LeaseSettings, why: &str) {
+    let until = *tx.borrow();
+    if let Some(t) = until
+        && Instant::now() >= t
+    {
+        tracing::warn!(lease = %settings.name, identity = %settings.identity, "no longer the leader: {why}");
+        tx.send_replace(None);
+    }
+}
+
+fn now() -> MicroTime {
+    MicroTime(Timestamp::now())
+}
+
+fn seconds(d: Duration) -> i32 {
+    i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
+}
+
+/// One round of client-go's `tryAcquireOrRenew`. `Ok(true)`: this replica holds the lease now.
+async fn try_acquire_or_renew(api: &Api<Lease>, s: &LeaseSettings, observed: &mut Observed) -> Result<bool, String> {
+    let current = bounded(s.call_timeout, api.get_opt(&s.name)).await?;
+    let Some(mut lease) = current else {
+        let lease = Lease {
+            metadata: ObjectMeta { name: Some(s.name.clone()), ..ObjectMeta::default() },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(s.identity.clone()),
+                lease_duration_seconds: Some(seconds(s.lease_duration)),
+                acquire_time: Some(now()),
+                renew_time: Some(now()),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            }),
+        };
+        return match tokio::time::timeout(s.call_timeout, api.create(&PostParams::default(), &lease)).await {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) if status_code(&e) == Some(409) => Ok(false), // another replica created it first
+            Ok(Err(e)) => Err(super::describe(&e)),
+            Err(_) => Err(format!("no answer within {:?}", s.call_timeout)),
+        };
+    };
+    let spec = lease.spec.clone().unwrap_or_default();
+    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+    let record = (holder.clone(), spec.renew_time.clone());
+    if observed.record.as_ref() != Some(&record) {
+        observed.record = Some(record);
+        observed.at = Some(Instant::now());
+    }
+    let ours = holder.as_deref() == Some(s.identity.as_str());
+    if let Some(other) = &holder
+        && !ours
+    {
+        let duration = spec.lease_duration_seconds.and_then(|d| u64::try_from(d).ok()).map(Duration::from_secs);
+        let valid_for = duration.unwrap_or(s.lease_duration);
+        if observed.at.is_some_and(|at| Instant::now() < at + valid_for) {
+            tracing::debug!(lease = %s.name, holder = %other, "lease held by another replica");
+            return Ok(false);
+        }
+        tracing::info!(lease = %s.name, holder = %other, "lease expired; taking over");
+    }
+    let transitions = spec.lease_transitions.unwrap_or(0);
+    lease.spec = Some(LeaseSpec {
+        holder_identity: Some(s.identity.clone()),
+        lease_duration_seconds: Some(seconds(s.lease_duration)),
+        acquire_time: if ours { spec.acquire_time.clone() } else { Some(now()) },
+        renew_time: Some(now()),
+        lease_transitions: Some(if ours { transitions } else { transitions.saturating_add(1) }),
+        ..spec
+    });
+    // `replace` sends the resourceVersion read above: a stale write is a 409, not a takeover.
+    match tokio::time::timeout(s.call_timeout, api.replace(&s.name, &PostParams::default(), &lease)).await {
+        Ok(Ok(_)) => Ok(true),
+        Ok(Err(e)) if status_code(&e) == Some(409) => Ok(false),
+        Ok(Err(e)) => Err(super::describe(&e)),
+        Err(_) => Err(format!("no answer within {:?}", s.call_timeout)),
+    }
+}
+
+/// Gives the lease up: empty holder, so the next candidate takes over without waiting.
+async fn release(api: &Api<Lease>, s: &LeaseSettings) -> Result<(), String> {
+    let Some(mut lease) = bounded(s.call_timeout, api.get_opt(&s.name)).await? else { return Ok(()) };
+    let Some(spec) = lease.spec.as_mut() else { return Ok(()) };
+    if spec.holder_identity.as_deref() != Some(s.identity.as_str()) {
+        return Ok(());
+    }
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(now());
+    bounded(s.call_timeout, api.replace(&s.name, &PostParams::default(), &lease)).await.map(|_| ())
+}
+
+/// A router that writes only while this replica leads.
+#[derive(Debug, Clone)]
+pub struct LeaderGated<R> {
+    inner: R,
+    leadership: Arc<Leadership>,
+}
+
+impl<R> LeaderGated<R> {
+    pub fn new(inner: R, leadership: Leadership) -> Self {
+        LeaderGated { inner, leadership: Arc::new(leadership) }
+    }
+}
+
+impl<R: WeightRouter> WeightRouter for LeaderGated<R> {
+    async fn current(&self) -> Result<canary_core::RouteConfig, RouterError> {
+        self.inner.current().await
+    }
+
+    async fn apply(&self, weight: Weight, record: RolloutRecord) -> Result<canary_core::RouteConfig, RouterError> {
+        if !self.leadership.is_leader() {
+            return Err(RouterError::NotLeader);
+        }
+        self.inner.apply(weight, record).await
+    }
+}
