@@ -10,7 +10,8 @@
 //!    record, concurrently: the kill reaches each proxy in one loopback round trip, and the
 //!    durable configuration agrees with it afterwards (its higher revision supersedes the kill);
 //! 4. writes the weight and the rollout record whenever they differ from what is durable — a
-//!    failed write is retried on every tick until it lands;
+//!    failed write is retried with exponential backoff until it lands, and meanwhile the step
+//!    is held (its traffic is still at the old weight);
 //! 5. publishes a [`StatusView`] for the API and posts phase changes to the notifier.
 //!
 //! Time comes from `tokio::time`, so tests run the loop with the clock paused.
@@ -27,6 +28,7 @@ use crate::api::{Command, CommandRequest, EvidenceView, StatusView, SubsetView, 
 use crate::collect::{ByRole, Fleet, Window};
 use crate::judge::Verdict;
 use crate::latency::SlidingLatency;
+use crate::mesh::lease::Leadership;
 use crate::notify::{Notice, Notifier};
 use crate::rollout::{ChangeKind, Decision, Phase, Rollout, WeightChange, guard};
 use crate::router::{RouterError, WeightRouter};
@@ -47,8 +49,15 @@ pub struct Settings {
     pub recent_verdicts: usize,
     /// Bound on each kill order.
     pub kill_timeout: Duration,
-    /// Bound on each durable write; a write that takes longer is retried on the next tick.
+    /// Bound on each durable write; a write that takes longer is retried later.
     pub write_timeout: Duration,
+    /// A failed write is retried after this delay, doubling on every further failure up to
+    /// `retry_max` (a struggling API server is not hammered). A new decision is always tried
+    /// at once.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// When set, the targets follow this channel (pod discovery) instead of staying fixed.
+    pub target_updates: Option<watch::Receiver<Vec<String>>>,
 }
 
 impl Default for Settings {
@@ -60,6 +69,9 @@ impl Default for Settings {
             recent_verdicts: 20,
             kill_timeout: Duration::from_millis(500),
             write_timeout: Duration::from_secs(5),
+            retry_min: Duration::from_millis(500),
+            retry_max: Duration::from_secs(8),
+            target_updates: None,
         }
     }
 }
@@ -76,6 +88,25 @@ pub enum StartError {
     Mismatch { field: &'static str, spec: String, config: String },
     #[error("no targets: give at least one proxy snapshot listener (host:port)")]
     NoTargets,
+}
+
+/// Whether `spec` describes the rollout `route` configures (name and subsets).
+pub fn check_matches(spec: &Spec, route: &RouteConfig) -> Result<(), StartError> {
+    for (field, want, have) in [
+        ("name", spec.name(), &route.rollout),
+        ("stable", spec.stable(), &route.stable),
+        ("canary", spec.canary(), &route.canary),
+    ] {
+        if want != have {
+            return Err(StartError::Mismatch { field, spec: want.to_string(), config: have.to_string() });
+        }
+    }
+    Ok(())
+}
+
+/// Reads the durable configuration once and checks it against `spec`, before anything is served.
+pub async fn preflight<R: WeightRouter>(spec: &Spec, router: &R) -> Result<(), StartError> {
+    check_matches(spec, &router.current().await?)
 }
 
 /// What the durable configuration holds, as far as this agent knows.
@@ -123,6 +154,9 @@ pub struct Controller<S, R, N> {
     proxies_reporting: usize,
     proxies_failing: Vec<String>,
     router_error: Option<String>,
+    /// Failed writes in a row, and when the next retry is due (ms, the loop's clock).
+    write_failures: u32,
+    retry_at_ms: u64,
     router_errors_total: u64,
     phase_changes_total: u64,
 }
@@ -152,19 +186,11 @@ where
         settings: Settings,
         status: watch::Sender<StatusView>,
     ) -> Result<Self, StartError> {
-        if settings.targets.is_empty() {
+        if settings.targets.is_empty() && settings.target_updates.is_none() {
             return Err(StartError::NoTargets);
         }
         let route = router.current().await?;
-        for (field, want, have) in [
-            ("name", spec.name(), &route.rollout),
-            ("stable", spec.stable(), &route.stable),
-            ("canary", spec.canary(), &route.canary),
-        ] {
-            if want != have {
-                return Err(StartError::Mismatch { field, spec: want.to_string(), config: have.to_string() });
-            }
-        }
+        check_matches(&spec, &route)?;
         let epoch = tokio::time::Instant::now();
         let fleet = Fleet::new(spec.name().clone(), settings.staleness);
         let rollout = Rollout::restore(spec, route.canary_weight, route.rollout_state.as_ref(), 0);
@@ -204,6 +230,8 @@ where
             proxies_reporting: 0,
             proxies_failing: Vec::new(),
             router_error: None,
+            write_failures: 0,
+            retry_at_ms: 0,
             router_errors_total: 0,
             phase_changes_total: 0,
         };
@@ -238,6 +266,11 @@ where
 
     /// One cycle: read, judge, decide, act, publish.
     pub async fn tick(&mut self) {
+        if let Some(updates) = &mut self.settings.target_updates
+            && updates.has_changed().unwrap_or(false)
+        {
+            self.settings.targets = updates.borrow_and_update().clone();
+        }
         let mut reads = JoinSet::new();
         let mut spawned = std::collections::HashMap::new();
         for target in &self.settings.targets {
@@ -307,7 +340,7 @@ where
         self.publish();
         match &self.router_error {
             None => Ok(reason),
-            Some(e) => Ok(format!("{reason} (not yet durable, retrying every tick: {e})")),
+            Some(e) => Ok(format!("{reason} (not yet durable, retrying with backoff: {e})")),
         }
     }
 
@@ -350,7 +383,8 @@ where
                 tracing::warn!(rollout = %rollout_name, "the notifier task has stopped");
             }
         }
-        self.persist().await;
+        let decided = decision.set_weight.is_some() || decision.phase_change.is_some();
+        self.persist(decided).await;
         if self.router_error.is_some() {
             self.rollout.weight_pending();
         } else {
@@ -371,12 +405,16 @@ where
         }
     }
 
-    /// Writes the rollout's weight and record if they differ from what is durable.
-    async fn persist(&mut self) {
+    /// Writes the rollout's weight and record if they differ from what is durable. After a failed
+    /// write, retries wait for the backoff unless `decided` (a new decision is tried at once).
+    async fn persist(&mut self, decided: bool) {
         let status = self.rollout.status();
         let want = (status.canary_weight, Some(status.phase), status.failed_checks);
         let have = (self.durable.weight, self.durable.phase, self.durable.failed_checks);
         if want == have && self.router_error.is_none() {
+            return;
+        }
+        if self.router_error.is_some() && !decided && self.now_ms() < self.retry_at_ms {
             return;
         }
         if status.canary_weight > self.durable.weight {
@@ -396,6 +434,7 @@ where
                 self.durable = Durable::of(&route);
                 self.highest_revision_seen = self.highest_revision_seen.max(route.revision);
                 self.router_error = None;
+                self.write_failures = 0;
             }
             Ok(Err(e)) => self.router_failed(e.to_string()),
             Err(_) => self.router_failed(format!("timed out after {:?}", self.settings.write_timeout)),
@@ -404,7 +443,15 @@ where
 
     fn router_failed(&mut self, error: String) {
         self.router_errors_total = self.router_errors_total.saturating_add(1);
-        tracing::error!(rollout = %self.rollout.spec().name(), "cannot write the weight (retrying every tick): {error}");
+        self.write_failures = self.write_failures.saturating_add(1);
+        let doubling = 2u32.saturating_pow(self.write_failures.saturating_sub(1).min(16));
+        let backoff = self.settings.retry_min.saturating_mul(doubling).min(self.settings.retry_max);
+        self.retry_at_ms = self.now_ms().saturating_add(millis(backoff));
+        tracing::error!(
+            rollout = %self.rollout.spec().name(),
+            retry_in = ?Duration::from_millis(self.retry_at_ms.saturating_sub(self.now_ms())),
+            "cannot write the weight: {error}"
+        );
         self.router_error = Some(error);
     }
 
@@ -510,7 +557,7 @@ where
     pub async fn run(
         mut self,
         every: Duration,
-        mut commands: mpsc::Receiver<CommandRequest>,
+        commands: &mut mpsc::Receiver<CommandRequest>,
         shutdown: impl Future<Output = ()>,
     ) {
         let mut ticks = tokio::time::interval(every);
@@ -561,4 +608,81 @@ async fn kill_everywhere<S: KillSwitch + 'static>(
         }
     }
     (reached, total)
+}
+
+/// What a rollout needs to run, whichever replica leads.
+#[derive(Debug)]
+pub struct Parts<S, R, N> {
+    pub spec: Spec,
+    pub source: Arc<S>,
+    pub router: R,
+    pub notifier: Arc<N>,
+    pub settings: Settings,
+    pub status: watch::Sender<StatusView>,
+    pub tick: Duration,
+}
+
+/// Resolves once `stop` turns true.
+pub async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Runs the rollout whenever this replica leads and stands by otherwise, until `stop` turns
+/// true. Each term starts from the durable state ([`Controller::start`]), so a new leader resumes
+/// where the last one was; a standby answers actions with "not the leader" and reports itself
+/// not ready, so a Service in front of the replicas sends people to the leader.
+pub async fn lead<S, R, N>(
+    p: Parts<S, R, N>,
+    mut leadership: Leadership,
+    commands: &mut mpsc::Receiver<CommandRequest>,
+    stop: watch::Receiver<bool>,
+    lease: &str,
+) -> Result<(), StartError>
+where
+    S: CounterSource + KillSwitch + 'static,
+    R: WeightRouter + Clone,
+    N: Notifier + 'static,
+{
+    loop {
+        if !leadership.is_leader() {
+            let why = format!("standby: another replica holds the lease {lease}");
+            p.status.send_replace(StatusView {
+                rollout: p.spec.name().to_string(),
+                phase: "standby".into(),
+                not_ready: Some(why.clone()),
+                ..StatusView::default()
+            });
+            tracing::info!(%lease, "standing by");
+            loop {
+                tokio::select! {
+                    () = leadership.acquired() => break,
+                    () = stopped(stop.clone()) => return Ok(()),
+                    Some((_, reply)) = commands.recv() => {
+                        let _ = reply.send(Err(format!("not the leader ({why}); send actions to the leader")));
+                    }
+                }
+            }
+        }
+        let controller = Controller::start(
+            p.spec.clone(),
+            Arc::clone(&p.source),
+            p.router.clone(),
+            Arc::clone(&p.notifier),
+            p.settings.clone(),
+            p.status.clone(),
+        )
+        .await?;
+        let mut lost = leadership.clone();
+        let until = async {
+            tokio::select! {
+                () = stopped(stop.clone()) => {}
+                () = lost.lost() => {}
+            }
+        };
+        controller.run(p.tick, commands, until).await;
+        if *stop.borrow() {
+            return Ok(());
+        }
+        tracing::warn!(%lease, "lost the lease: stopped acting; standing by");
+    }
 }

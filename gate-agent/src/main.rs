@@ -15,11 +15,17 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use gate_agent::api::{self, ApiState, StatusView};
-use gate_agent::control::{Controller, Settings, StartError};
-use gate_agent::notify::{NoNotifier, Notifier, WebhookNotifier};
-use gate_agent::router::FileRouter;
+use gate_agent::control::{Parts, Settings, StartError, lead, preflight, stopped};
+use gate_agent::mesh::discovery::PodTargets;
+use gate_agent::mesh::events::{Both, KubeEvents};
+use gate_agent::mesh::lease::{LeaderGated, Leadership, LeaseSettings, spawn_election};
+use gate_agent::mesh::wasmplugin::WasmPluginRouter;
+use gate_agent::notify::{Notifier, WebhookNotifier};
+use gate_agent::router::{FileRouter, WeightRouter};
 use gate_agent::source::HttpSource;
 use gate_agent::spec::{Spec, parse_duration};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Api;
 use tokio::sync::{mpsc, watch};
 
 const EX_USAGE: u8 = 64;
@@ -51,11 +57,41 @@ struct RunArgs {
     #[arg(long, env = "GATE_AGENT_SPEC")]
     spec: PathBuf,
     /// A proxy's snapshot listener, host:port; repeat (or comma-separate) for several proxies.
-    #[arg(long = "target", env = "GATE_AGENT_TARGETS", value_delimiter = ',', required = true)]
+    /// Not needed with --pod-selector.
+    #[arg(long = "target", env = "GATE_AGENT_TARGETS", value_delimiter = ',')]
     targets: Vec<String>,
-    /// The ECDS file Envoy watches; the agent writes the weight there (new file, rename).
+    /// Where the durable weights live: `file` (the ECDS file Envoy watches) or `wasmplugin` (an
+    /// Istio WasmPlugin's pluginConfig, through the Kubernetes API).
+    #[arg(long, env = "GATE_AGENT_ROUTER", value_enum, default_value_t = RouterKind::File)]
+    router: RouterKind,
+    /// With `--router file`: the ECDS file Envoy watches (the agent writes a new file and renames it).
     #[arg(long, env = "GATE_AGENT_CONFIG_FILE")]
-    config_file: PathBuf,
+    config_file: Option<PathBuf>,
+    /// With `--router wasmplugin`: the WasmPlugin's name.
+    #[arg(long, env = "GATE_AGENT_WASMPLUGIN", default_value = "canary-gate")]
+    wasmplugin: String,
+    /// Kubernetes namespace of the WasmPlugin, Lease and pods (default: the kubeconfig's or the pod's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// Leader election on this coordination.k8s.io Lease: only the holder writes. Without it, the
+    /// agent assumes it is the only writer.
+    #[arg(long, env = "GATE_AGENT_LEASE")]
+    lease: Option<String>,
+    /// This replica's identity in the Lease (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Read every ready pod behind this label selector (e.g. `app=frontend`) instead of --target.
+    #[arg(long, env = "GATE_AGENT_POD_SELECTOR")]
+    pod_selector: Option<String>,
+    /// The snapshot listener's port on each discovered pod.
+    #[arg(long, env = "GATE_AGENT_POD_PORT", default_value_t = 15290)]
+    pod_port: u16,
+    /// How often the pod list is refreshed.
+    #[arg(long, env = "GATE_AGENT_DISCOVERY_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    discovery_interval: Duration,
+    /// Bound on each Kubernetes API call.
+    #[arg(long, env = "GATE_AGENT_KUBE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    kube_timeout: Duration,
     /// Where the API listens. Actions need --token unless this is a loopback address.
     #[arg(long, env = "GATE_AGENT_LISTEN", default_value = "127.0.0.1:9903")]
     listen: SocketAddr,
@@ -85,6 +121,12 @@ struct RunArgs {
     webhook: Option<String>,
     #[arg(long, env = "GATE_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RouterKind {
+    File,
+    Wasmplugin,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -167,38 +209,113 @@ fn run(args: RunArgs) -> Result<(), Failure> {
             args.listen
         )));
     }
+    if args.targets.is_empty() && args.pod_selector.is_none() {
+        return Err(Failure::Usage("give the proxies to read: --target host:port, or --pod-selector".into()));
+    }
+    if args.router == RouterKind::File && args.config_file.is_none() {
+        return Err(Failure::Usage("--router file needs --config-file (the ECDS file Envoy watches)".into()));
+    }
+    if args.router == RouterKind::File && (args.lease.is_some() || args.pod_selector.is_some()) {
+        return Err(Failure::Usage("--lease and --pod-selector need --router wasmplugin (Kubernetes)".into()));
+    }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure::Runtime(format!("tokio runtime: {e}")))?;
-    runtime.block_on(async move {
-        match &args.webhook {
-            Some(url) => {
-                let notifier = WebhookNotifier::new(url, Duration::from_secs(5))
-                    .map_err(|e| Failure::Usage(format!("--webhook {url}: {e}")))?;
-                serve(args, spec, notifier).await
-            }
-            None => serve(args, spec, NoNotifier).await,
-        }
-    })
+    runtime.block_on(serve(args, spec))
 }
 
-async fn serve<N: Notifier + 'static>(args: RunArgs, spec: Spec, notifier: N) -> Result<(), Failure> {
+async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
     let source = HttpSource::new(&args.snapshot_path, &args.kill_path, args.fetch_timeout)
         .map_err(|e| Failure::Runtime(format!("HTTP client: {e}")))?;
+    let webhook = match &args.webhook {
+        Some(url) => Some(
+            WebhookNotifier::new(url, Duration::from_secs(5))
+                .map_err(|e| Failure::Usage(format!("--webhook {url}: {e}")))?,
+        ),
+        None => None,
+    };
     let settings = Settings {
         targets: args.targets.clone(),
         staleness: args.staleness,
         kill_timeout: args.fetch_timeout,
         ..Settings::default()
     };
-    let (status_tx, status_rx) = watch::channel(StatusView::default());
-    let router = FileRouter::new(&args.config_file);
-    let controller = Controller::start(spec, Arc::new(source), router, Arc::new(notifier), settings, status_tx)
-        .await
-        .map_err(|e| match e {
-        StartError::Router(_) => Failure::Runtime(e.to_string()),
-        StartError::Mismatch { .. } | StartError::NoTargets => Failure::Usage(e.to_string()),
-    })?;
+    let stop = watch::channel(false);
+    let (status, status_rx) = watch::channel(StatusView::default());
+    let source = Arc::new(source);
+    match args.router {
+        RouterKind::File => {
+            let path = args.config_file.clone().unwrap_or_default();
+            let router = FileRouter::new(&path);
+            preflight(&spec, &router).await.map_err(start_failure)?;
+            tracing::info!(targets = ?args.targets, config = %path.display(), "durable weights in the watched file");
+            let notifier = Arc::new(Both(None::<KubeEvents>, webhook));
+            let parts = Parts { spec, source, router, notifier, settings, status, tick: args.tick };
+            serve_rollout(&args, parts, status_rx, (Leadership::always().0, ""), stop).await
+        }
+        RouterKind::Wasmplugin => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| Failure::Runtime(format!("Kubernetes client (in-cluster or KUBECONFIG): {e}")))?;
+            let ns = args.namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned());
+            let identity = args.identity.clone().unwrap_or_else(|| format!("gate-agent-{}", std::process::id()));
+            let router =
+                WasmPluginRouter::new(Api::namespaced(client.clone(), &ns), &args.wasmplugin, args.kube_timeout);
+            preflight(&spec, &router).await.map_err(start_failure)?;
+            let (leadership, lease) = match &args.lease {
+                Some(lease) => {
+                    let lease_settings =
+                        LeaseSettings { call_timeout: args.kube_timeout, ..LeaseSettings::new(lease, &identity) };
+                    lease_settings.check().map_err(|e| Failure::Usage(format!("--lease {lease}: {e}")))?;
+                    let (l, task) =
+                        spawn_election(Api::namespaced(client.clone(), &ns), lease_settings, stopped(stop.1.clone()));
+                    (l, Some((lease.clone(), task)))
+                }
+                None => (Leadership::always().0, None),
+            };
+            let mut settings = settings;
+            if let Some(selector) = &args.pod_selector {
+                let pods =
+                    PodTargets::new(Api::namespaced(client.clone(), &ns), selector, args.pod_port, args.kube_timeout);
+                let first = pods.list().await.unwrap_or_else(|e| {
+                    tracing::warn!(%selector, "listing pods: {e}; starting with none");
+                    Vec::new()
+                });
+                settings.target_updates = Some(pods.spawn(first, args.discovery_interval));
+            }
+            let regarding = ObjectReference {
+                api_version: Some("extensions.istio.io/v1alpha1".into()),
+                kind: Some("WasmPlugin".into()),
+                name: Some(args.wasmplugin.clone()),
+                namespace: Some(ns.clone()),
+                ..ObjectReference::default()
+            };
+            let events = KubeEvents::new(Api::namespaced(client, &ns), regarding, &identity, args.kube_timeout);
+            tracing::info!(
+                namespace = %ns, wasmplugin = %args.wasmplugin, lease = ?args.lease, identity = %identity,
+                pod_selector = ?args.pod_selector, "durable weights in the WasmPlugin"
+            );
+            let router = LeaderGated::new(router, leadership.clone());
+            let notifier = Arc::new(Both(Some(events), webhook));
+            let parts = Parts { spec, source, router, notifier, settings, status, tick: args.tick };
+            let name = lease.as_ref().map(|(n, _)| n.clone()).unwrap_or_default();
+            let outcome = serve_rollout(&args, parts, status_rx, (leadership, &name), stop).await;
+            if let Some((_, election)) = lease {
+                // The election releases the lease on the way out, so a standby takes over at once.
+                let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
+            }
+            outcome
+        }
+    }
+}
 
-    let (command_tx, command_rx) = mpsc::channel(16);
+/// Serves the API and leads the rollout until SIGINT or SIGTERM.
+async fn serve_rollout<R: WeightRouter + Clone, N: Notifier + 'static>(
+    args: &RunArgs,
+    parts: Parts<HttpSource, R, N>,
+    status_rx: watch::Receiver<StatusView>,
+    (leadership, lease): (Leadership, &str),
+    (stop_tx, stop_rx): (watch::Sender<bool>, watch::Receiver<bool>),
+) -> Result<(), Failure> {
+    let (command_tx, mut command_rx) = mpsc::channel(16);
     let state = ApiState { status: status_rx, commands: command_tx, token: args.token.as_deref().map(Arc::from) };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -208,24 +325,29 @@ async fn serve<N: Notifier + 'static>(args: RunArgs, spec: Spec, notifier: N) ->
         std::fs::write(path, bound.to_string())
             .map_err(|e| Failure::Runtime(format!("--listen-address-file {}: {e}", path.display())))?;
     }
-    tracing::info!(listen = %bound, targets = ?args.targets, config = %args.config_file.display(), "serving");
+    tracing::info!(listen = %bound, "serving the API");
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
     let server = axum::serve(listener, api::app(state)).with_graceful_shutdown(stopped(stop_rx.clone()));
     let server = tokio::spawn(async move { server.await });
-    let control = tokio::spawn(controller.run(args.tick, command_rx, stopped(stop_rx)));
-
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    let _ = control.await;
+    let on_signal = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = on_signal.send(true);
+    });
+    let outcome = lead(parts, leadership, &mut command_rx, stop_rx, lease).await.map_err(start_failure);
+    let _ = stop_tx.send(true); // also when leading failed: the API server stops with it
     match server.await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(())) => outcome,
         Ok(Err(e)) => Err(Failure::Runtime(format!("API server: {e}"))),
         Err(e) => Err(Failure::Runtime(format!("API server task: {e}"))),
+    }
+}
+
+fn start_failure(e: StartError) -> Failure {
+    match e {
+        StartError::Router(_) => Failure::Runtime(e.to_string()),
+        StartError::Mismatch { .. } | StartError::NoTargets => Failure::Usage(e.to_string()),
     }
 }
 

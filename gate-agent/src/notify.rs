@@ -19,6 +19,16 @@ pub trait Notifier: Send + Sync {
     fn post(&self, notice: &Notice) -> impl Future<Output = Result<(), String>> + Send;
 }
 
+/// An optional notifier: `None` notifies nobody.
+impl<N: Notifier> Notifier for Option<N> {
+    async fn post(&self, notice: &Notice) -> Result<(), String> {
+        match self {
+            Some(n) => n.post(notice).await,
+            None => Ok(()),
+        }
+    }
+}
+
 /// Notifies nobody.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoNotifier;

@@ -764,7 +764,7 @@ async fn mild_failures_count_failed_checks_durably_until_the_threshold() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
-async fn a_failed_write_is_retried_every_tick_until_it_lands() {
+async fn a_failed_write_is_retried_with_backoff_until_it_lands() {
     let rig = Rig::new(route());
     // Checks every 4 s, so three failed writes all fall within one step.
     let (mut agent, rx) = rig.start(spec(4, 3)).await;
@@ -785,11 +785,13 @@ async fn a_failed_write_is_retried_every_tick_until_it_lands() {
         rig.second(&mut agent).await;
     }
 
-    // One attempt a second, the same weight and record each time, until it lands.
+    // Retries back off (0.5 s, 1 s, 2 s after each failure; the loop ticks every second), with
+    // the same weight and record each time, until one lands.
+    rig.second(&mut agent).await;
     let writes = rig.router.writes();
     let attempts = &writes[1..];
     let times: Vec<Duration> = attempts.iter().map(|w| w.at - first_attempt).collect();
-    assert_eq!(times, vec![secs(0), secs(1), secs(2), secs(3)]);
+    assert_eq!(times, vec![secs(0), secs(1), secs(2), secs(4)]);
     assert_eq!(summary(attempts), vec![(25.0, Phase::Progressing, 0); 4]);
     assert_eq!(attempts.iter().map(|w| w.revision).collect::<Vec<_>>(), vec![None, None, None, Some(3)]);
 
