@@ -99,6 +99,9 @@ test-e2e: wasm
 test-deploy:
 	yamllint -c .yamllint.yaml deploy/
 	docker-compose -f deploy/local/docker-compose.yaml config --quiet
+	promtool check rules deploy/prometheus/rules.yaml
+	promtool test rules deploy/prometheus/rules_test.yaml
+	python3 -m json.tool deploy/grafana/canary-gate.json > /dev/null
 
 lint:
 	cargo fmt --all -- --check

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +15,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::judge::VerdictKind;
 
 /// An operator action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -56,12 +59,28 @@ pub struct EvidenceView {
     pub log_threshold: f64,
 }
 
+/// An event Flagger posted to `/flagger/event`, as kept for `/status`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct FlaggerEventView {
+    /// Flagger's `timestamp` (ms) when it sent one, else when the agent received the event.
+    pub at_unix_ms: u64,
+    pub name: String,
+    pub namespace: String,
+    /// The Flagger canary's phase (`Progressing`, `Failed`, ...).
+    pub phase: String,
+    /// `Normal` or `Warning`.
+    pub event_type: String,
+    pub message: String,
+}
+
 /// What the control loop last published.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct StatusView {
     pub rollout: String,
     pub phase: String,
     pub canary_weight_percent: f64,
+    /// The spec's `maxWeight`: no step goes above it (only a promotion, to 100%).
+    pub max_weight_percent: f64,
     /// The durable configuration's revision.
     pub revision: u64,
     /// Index into the steps; `None` before the first step.
@@ -80,6 +99,10 @@ pub struct StatusView {
     pub not_ready: Option<String>,
     pub router_errors_total: u64,
     pub phase_changes_total: u64,
+    /// The last events Flagger posted (oldest first, at most
+    /// [`crate::integrations::FLAGGER_EVENTS_KEPT`]). Kept by the API, not the control loop,
+    /// which publishes this empty; `/status` fills it in.
+    pub flagger_events: Vec<FlaggerEventView>,
 }
 
 /// Shared by all handlers.
@@ -102,6 +125,9 @@ pub fn app(state: ApiState) -> Router {
         .route("/promote", post(|s, h| action(s, h, Command::Promote)))
         .route("/pause", post(|s, h| action(s, h, Command::Pause)))
         .route("/resume", post(|s, h| action(s, h, Command::Resume)))
+        // Flagger, Argo Rollouts and Prometheus-shaped reads: no token, nothing they do decides.
+        .merge(crate::integrations::routes())
+        .layer(Extension(crate::integrations::FlaggerEvents::default()))
         .with_state(state)
 }
 
@@ -112,8 +138,13 @@ async fn readyz(State(s): State<ApiState>) -> Response {
     }
 }
 
-async fn status(State(s): State<ApiState>) -> Json<StatusView> {
-    Json(s.status.borrow().clone())
+async fn status(
+    State(s): State<ApiState>,
+    Extension(flagger): Extension<crate::integrations::FlaggerEvents>,
+) -> Json<StatusView> {
+    let mut view = s.status.borrow().clone();
+    view.flagger_events = flagger.recent();
+    Json(view)
 }
 
 fn authorised(token: Option<&str>, headers: &HeaderMap) -> bool {
@@ -155,8 +186,17 @@ pub fn render_metrics(v: &StatusView) -> String {
         "canary_gate_agent_canary_weight_ratio{{rollout=\"{rollout}\"}} {}",
         v.canary_weight_percent / 100.0
     );
+    family(
+        &mut out,
+        "canary_gate_agent_max_weight_ratio",
+        "gauge",
+        "The spec's maxWeight, 0 to 1; only a promotion goes above it.",
+    );
+    let _ =
+        writeln!(out, "canary_gate_agent_max_weight_ratio{{rollout=\"{rollout}\"}} {}", v.max_weight_percent / 100.0);
     family(&mut out, "canary_gate_agent_phase", "gauge", "1 for the rollout's current phase.");
-    for phase in ["initializing", "progressing", "paused", "promoting", "succeeded", "rolled_back", "failed"] {
+    // Every phase the rollout can be in, and `standby` (a replica that does not hold the lease).
+    for phase in crate::rollout::Phase::ALL.iter().map(|p| p.as_str()).chain(["standby"]) {
         let on =
             u8::from(v.phase.eq_ignore_ascii_case(phase) || v.phase.to_ascii_lowercase().replace(' ', "_") == phase);
         let _ = writeln!(out, "canary_gate_agent_phase{{rollout=\"{rollout}\",phase=\"{phase}\"}} {on}");
@@ -203,6 +243,21 @@ pub fn render_metrics(v: &StatusView) -> String {
             let _ = writeln!(out, "{name}{{rollout=\"{rollout}\",test=\"{}\"}} {}", escape(&e.test), value(e));
         }
     }
+    family(&mut out, "canary_gate_agent_verdict", "gauge", "1 for the latest verdict's kind; all 0 before the first.");
+    let latest = crate::integrations::latest_verdict(v);
+    for (label, kind) in [
+        ("pass", VerdictKind::Pass),
+        ("fail", VerdictKind::Fail { decisive: false }),
+        ("decisive_fail", VerdictKind::Fail { decisive: true }),
+        ("not_enough_data", VerdictKind::NotEnoughData),
+    ] {
+        let on = u8::from(latest == Some(kind));
+        let _ = writeln!(out, "canary_gate_agent_verdict{{rollout=\"{rollout}\",verdict=\"{label}\"}} {on}");
+    }
+    family(&mut out, "canary_gate_agent_failed_checks", "gauge", "Failed checks counted toward the threshold.");
+    let _ = writeln!(out, "canary_gate_agent_failed_checks{{rollout=\"{rollout}\"}} {}", v.failed_checks);
+    family(&mut out, "canary_gate_agent_failed_checks_threshold", "gauge", "Failed checks that roll the canary back.");
+    let _ = writeln!(out, "canary_gate_agent_failed_checks_threshold{{rollout=\"{rollout}\"}} {}", v.threshold);
     family(
         &mut out,
         "canary_gate_agent_proxies_reporting",
@@ -305,6 +360,40 @@ mod tests {
         assert_eq!(get(s.clone()).await, StatusCode::OK);
         tx.send_modify(|v| v.not_ready = Some("config directory unwritable".into()));
         assert_eq!(get(s).await, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn metrics_name_every_phase_and_verdict_and_the_max_weight_before_any_traffic() {
+        let view = StatusView {
+            rollout: "demo".into(),
+            phase: "initializing".into(),
+            max_weight_percent: 50.0,
+            threshold: 5,
+            subsets: vec![
+                SubsetView { subset: "v1".into(), role: "stable".into(), ..SubsetView::default() },
+                SubsetView { subset: "v2".into(), role: "canary".into(), ..SubsetView::default() },
+            ],
+            ..StatusView::default()
+        };
+        let text = render_metrics(&view);
+        for line in [
+            "canary_gate_agent_max_weight_ratio{rollout=\"demo\"} 0.5",
+            "canary_gate_agent_phase{rollout=\"demo\",phase=\"initializing\"} 1",
+            "canary_gate_agent_phase{rollout=\"demo\",phase=\"rolled_back\"} 0",
+            "canary_gate_agent_phase{rollout=\"demo\",phase=\"standby\"} 0",
+            "canary_gate_agent_verdict{rollout=\"demo\",verdict=\"decisive_fail\"} 0",
+            "canary_gate_agent_requests_total{rollout=\"demo\",subset=\"v2\",role=\"canary\"} 0",
+            "canary_gate_agent_failures_total{rollout=\"demo\",subset=\"v1\",role=\"stable\"} 0",
+            "canary_gate_agent_failed_checks{rollout=\"demo\"} 0",
+            "canary_gate_agent_failed_checks_threshold{rollout=\"demo\"} 5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("phase=\"failed\""), "not a phase the rollout has");
+        let decisive =
+            VerdictView { verdict: VerdictKind::Fail { decisive: true }.to_string(), ..VerdictView::default() };
+        let text = render_metrics(&StatusView { recent_verdicts: vec![decisive], ..view });
+        assert!(text.contains("canary_gate_agent_verdict{rollout=\"demo\",verdict=\"decisive_fail\"} 1"), "{text}");
     }
 
     #[test]

@@ -529,6 +529,7 @@ where
             rollout: spec.name().to_string(),
             phase: status.phase.to_string(),
             canary_weight_percent: status.canary_weight.percent(),
+            max_weight_percent: spec.max_weight().percent(),
             revision: self.durable.revision,
             step: status.step,
             steps: status.steps,
@@ -549,6 +550,8 @@ where
             not_ready,
             router_errors_total: self.router_errors_total,
             phase_changes_total: self.phase_changes_total,
+            // The API keeps Flagger's events and adds them to `/status`.
+            flagger_events: Vec::new(),
         };
         self.status.send_replace(view);
     }

@@ -327,7 +327,12 @@ async fn serve_rollout<R: WeightRouter + Clone, N: Notifier + 'static>(
     }
     tracing::info!(listen = %bound, "serving the API");
 
-    let server = axum::serve(listener, api::app(state)).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let mut app = api::app(state);
+    if let Some(ns) = &args.namespace {
+        // Flagger's payloads name a namespace: with one configured, a Canary elsewhere is refused.
+        app = app.layer(axum::Extension(gate_agent::integrations::ExpectedNamespace(Arc::from(ns.as_str()))));
+    }
+    let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
     let server = tokio::spawn(async move { server.await });
     let on_signal = stop_tx.clone();
     tokio::spawn(async move {
