@@ -12,6 +12,26 @@ pub use agent::Agent;
 pub use backend::Backend;
 pub use envoy::{Envoy, LocalSetup};
 
+/// The rollout spec the agent e2e tests run: rollout `demo`, checks every second, three steps
+/// (10, 30, 60%), 50 canary requests per step, success rate ≥ 99% and p99 ≤ 1 s over 2 s.
+pub const FAST_SPEC: &str = "
+name: demo
+stable: v1
+canary: v2
+interval: 1s
+threshold: 3
+stepWeights: [10, 30, 60]
+maxWeight: 60
+minRequests: 50
+metrics:
+  - name: request-success-rate
+    thresholdRange: { min: 99 }
+    interval: 2s
+  - name: request-duration
+    thresholdRange: { max: 1000 }
+    interval: 2s
+";
+
 /// A route configuration for rollout `demo` (stable `v1`, canary `v2`) at `weight` percent, with
 /// extra JSON fields (`,"sticky":{...}`).
 pub fn route(weight: f64, revision: u64, extra: &str) -> Result<canary_core::RouteConfig, canary_core::ConfigError> {

@@ -10,27 +10,9 @@ use serde_json::Value;
 
 const RPS: u32 = 200;
 
-/// Checks every second, three steps, 50 canary requests per step.
+/// The shared fast spec ([`canary_e2e::FAST_SPEC`]) with `extra` lines appended.
 fn spec(extra: &str) -> String {
-    format!(
-        "
-name: demo
-stable: v1
-canary: v2
-interval: 1s
-threshold: 3
-stepWeights: [10, 30, 60]
-maxWeight: 60
-minRequests: 50
-metrics:
-  - name: request-success-rate
-    thresholdRange: {{ min: 99 }}
-    interval: 2s
-  - name: request-duration
-    thresholdRange: {{ max: 1000 }}
-    interval: 2s
-{extra}"
-    )
+    format!("{}{extra}", canary_e2e::FAST_SPEC)
 }
 
 fn weight(s: &Value) -> f64 {

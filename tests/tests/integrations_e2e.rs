@@ -11,24 +11,7 @@ use serde_json::{Value, json};
 
 const RPS: u32 = 200;
 
-/// Checks every second, three steps, 50 canary requests per step (as in agent_e2e.rs).
-const SPEC: &str = "
-name: demo
-stable: v1
-canary: v2
-interval: 1s
-threshold: 3
-stepWeights: [10, 30, 60]
-maxWeight: 60
-minRequests: 50
-metrics:
-  - name: request-success-rate
-    thresholdRange: { min: 99 }
-    interval: 2s
-  - name: request-duration
-    thresholdRange: { max: 1000 }
-    interval: 2s
-";
+const SPEC: &str = canary_e2e::FAST_SPEC;
 
 /// Calls the agent as Flagger does: `POST` JSON `CanaryWebhookPayload` to one URL per hook type.
 struct Flagger {
