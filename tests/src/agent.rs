@@ -23,6 +23,11 @@ pub struct Agent {
 impl Agent {
     /// Starts gate-agent with rollout spec `spec_yaml` against `envoy`, ticking every `tick`.
     pub async fn start(envoy: &Envoy, spec_yaml: &str, tick: &str) -> Result<Agent, String> {
+        Agent::start_with(envoy, spec_yaml, tick, &[]).await
+    }
+
+    /// As [`Agent::start`], with extra command-line arguments (more `--target`s, `--listen`, ...).
+    pub async fn start_with(envoy: &Envoy, spec_yaml: &str, tick: &str, extra: &[&str]) -> Result<Agent, String> {
         let bin = paths::gate_agent_bin()?;
         let dir = tempfile::Builder::new().prefix("canary-gate-agent").tempdir().map_err(|e| e.to_string())?;
         let spec = dir.path().join("rollout.yaml");
@@ -43,6 +48,7 @@ impl Agent {
             .arg(&address_file)
             .arg("--tick")
             .arg(tick)
+            .args(extra)
             .env("GATE_AGENT_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
