@@ -323,7 +323,7 @@ async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
             tracing::info!(targets = ?args.targets, config = %path.display(), "durable weights in the watched file");
             let notifier = Arc::new(Both(None::<KubeEvents>, webhook));
             let parts = Parts { spec, source, router, notifier, settings, status, tick: args.tick };
-            serve_rollout(&args, parts, status_rx, (Leadership::always().0, ""), stop).await
+            serve_rollout(&args, parts, status_rx, (Leadership::always(), ""), stop).await
         }
         RouterKind::Wasmplugin => {
             let client = kube::Client::try_default()
@@ -343,7 +343,7 @@ async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
                         spawn_election(Api::namespaced(client.clone(), &ns), lease_settings, stopped(stop.1.clone()));
                     (l, Some((lease.clone(), task)))
                 }
-                None => (Leadership::always().0, None),
+                None => (Leadership::always(), None),
             };
             let mut settings = settings;
             if let Some(selector) = &args.pod_selector {

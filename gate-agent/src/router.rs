@@ -98,7 +98,7 @@ impl FileRouter {
     /// Writes `route` with a fresh name in the same directory, flushes it to disk, then renames
     /// it over the watched file: Envoy sees either the old file or the new one, never a part.
     pub fn write(&self, route: &RouteConfig, wasm_path: &str) -> Result<(), RouterError> {
-        let dir = self.path.parent().ok_or_else(|| self.malformed("has no parent directory"))?;
+        let dir = directory_of(&self.path).ok_or_else(|| self.malformed("has no parent directory"))?;
         let name = self.path.file_name().and_then(|n| n.to_str()).unwrap_or("canary-gate.json");
         let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let body = serde_json::to_vec_pretty(&ecds::discovery_file(wasm_path, route)?)?;
@@ -114,6 +114,14 @@ impl FileRouter {
             let _ = std::fs::remove_file(&tmp);
         }
         result.map_err(|e| self.io(e))
+    }
+}
+
+/// The directory holding `path`; a bare file name (`canary-gate.json`) is in `.`.
+fn directory_of(path: &Path) -> Option<&Path> {
+    match path.parent() {
+        Some(p) if p.as_os_str().is_empty() => Some(Path::new(".")),
+        other => other,
     }
 }
 
@@ -175,6 +183,14 @@ mod tests {
         assert_eq!(router.read().unwrap().1, "/w/canary_filter.wasm");
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(leftovers, vec![std::ffi::OsString::from("canary-gate.json")], "no temp file left behind");
+    }
+
+    #[test]
+    fn a_bare_file_name_is_in_the_current_directory() {
+        assert_eq!(directory_of(Path::new("canary-gate.json")), Some(Path::new(".")));
+        assert_eq!(directory_of(Path::new("ecds/canary-gate.json")), Some(Path::new("ecds")));
+        assert_eq!(directory_of(Path::new("/canary-gate.json")), Some(Path::new("/")));
+        assert_eq!(directory_of(Path::new("/")), None);
     }
 
     #[tokio::test]

@@ -78,11 +78,12 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    /// A leadership that never lapses (a single agent, no election).
-    pub fn always() -> (Leadership, watch::Sender<Option<Instant>>) {
+    /// A leadership that never lapses (a single agent, no election). Its channel is closed from
+    /// the start: the value never changes.
+    pub fn always() -> Leadership {
         let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-        let (tx, rx) = watch::channel(Some(far));
-        (Leadership { until: rx }, tx)
+        let (_, rx) = watch::channel(Some(far));
+        Leadership { until: rx }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -96,7 +97,10 @@ impl Leadership {
                 return;
             }
             // Wake on a change, and at least every 100 ms (a deadline passes without a change).
-            let _ = tokio::time::timeout(Duration::from_millis(100), self.until.changed()).await;
+            if let Ok(Err(_)) = tokio::time::timeout(Duration::from_millis(100), self.until.changed()).await {
+                // The election has ended: this replica will never lead again.
+                std::future::pending::<()>().await;
+            }
         }
     }
 
@@ -110,7 +114,12 @@ impl Leadership {
                 Some(t) => {
                     tokio::select! {
                         () = tokio::time::sleep_until(t) => {}
-                        _ = self.until.changed() => {}
+                        changed = self.until.changed() => {
+                            if changed.is_err() {
+                                // No more changes can come: the deadline is final.
+                                tokio::time::sleep_until(t).await;
+                            }
+                        }
                     }
                 }
             }
@@ -282,5 +291,27 @@ impl<R: WeightRouter> WeightRouter for LeaderGated<R> {
             return Err(RouterError::NotLeader);
         }
         self.inner.apply(weight, record).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // With the clock paused, a loop that never goes idle would keep time from advancing and
+    // these timeouts would never fire.
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_leadership_channel_waits_instead_of_spinning() {
+        let mut always = Leadership::always();
+        assert!(always.is_leader());
+        assert!(tokio::time::timeout(Duration::from_secs(3600), always.lost()).await.is_err());
+
+        let (tx, rx) = watch::channel(Some(Instant::now() + Duration::from_secs(5)));
+        let mut ending = Leadership { until: rx };
+        drop(tx);
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(60), ending.lost()).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_secs(5), "lost only when the deadline passed");
+        assert!(tokio::time::timeout(Duration::from_secs(3600), ending.acquired()).await.is_err());
     }
 }
