@@ -26,7 +26,7 @@ use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{bounded, status_code};
+use super::{bounded, bounded_unless_conflict};
 use crate::router::{RouterError, WeightRouter};
 
 /// Timings, with client-go's defaults.
@@ -211,12 +211,9 @@ async fn try_acquire_or_renew(api: &Api<Lease>, s: &LeaseSettings, observed: &mu
                 ..LeaseSpec::default()
             }),
         };
-        return match tokio::time::timeout(s.call_timeout, api.create(&PostParams::default(), &lease)).await {
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(e)) if status_code(&e) == Some(409) => Ok(false), // another replica created it first
-            Ok(Err(e)) => Err(super::describe(&e)),
-            Err(_) => Err(format!("no answer within {:?}", s.call_timeout)),
-        };
+        // A conflict: another replica created it first.
+        let created = bounded_unless_conflict(s.call_timeout, api.create(&PostParams::default(), &lease)).await?;
+        return Ok(created.is_some());
     };
     let spec = lease.spec.clone().unwrap_or_default();
     let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
@@ -247,12 +244,9 @@ async fn try_acquire_or_renew(api: &Api<Lease>, s: &LeaseSettings, observed: &mu
         ..spec
     });
     // `replace` sends the resourceVersion read above: a stale write is a 409, not a takeover.
-    match tokio::time::timeout(s.call_timeout, api.replace(&s.name, &PostParams::default(), &lease)).await {
-        Ok(Ok(_)) => Ok(true),
-        Ok(Err(e)) if status_code(&e) == Some(409) => Ok(false),
-        Ok(Err(e)) => Err(super::describe(&e)),
-        Err(_) => Err(format!("no answer within {:?}", s.call_timeout)),
-    }
+    let replaced =
+        bounded_unless_conflict(s.call_timeout, api.replace(&s.name, &PostParams::default(), &lease)).await?;
+    Ok(replaced.is_some())
 }
 
 /// Gives the lease up: empty holder, so the next candidate takes over without waiting.

@@ -19,22 +19,31 @@ pub(crate) async fn bounded<T>(
     call: impl Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(describe(&e)),
-        Err(_) => Err(format!("no answer from the Kubernetes API within {timeout:?}")),
+        Ok(result) => result.map_err(|e| describe(&e)),
+        Err(_) => Err(no_answer(timeout)),
     }
 }
 
-/// The HTTP status of an API error, if the API server answered with a `Status`.
-pub(crate) fn status_code(e: &kube::Error) -> Option<u16> {
-    match e {
-        kube::Error::Api(status) => Some(status.code),
-        _ => None,
+/// As [`bounded`] for an optimistic-concurrency write: `Ok(None)` when the API server answered
+/// 409 Conflict (someone else wrote first; read again rather than overwrite).
+pub(crate) async fn bounded_unless_conflict<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<Option<T>, String> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(v)) => Ok(Some(v)),
+        Ok(Err(kube::Error::Api(status))) if status.code == 409 => Ok(None),
+        Ok(Err(e)) => Err(describe(&e)),
+        Err(_) => Err(no_answer(timeout)),
     }
+}
+
+fn no_answer(timeout: Duration) -> String {
+    format!("no answer from the Kubernetes API within {timeout:?}")
 }
 
 /// An API error in words: the server's `Status` message when there is one.
-pub(crate) fn describe(e: &kube::Error) -> String {
+fn describe(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => format!("{} ({}, HTTP {})", s.message, s.reason, s.code),
         other => other.to_string(),

@@ -21,7 +21,7 @@ use kube::{CustomResource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{bounded, describe, status_code};
+use super::{bounded, bounded_unless_conflict};
 use crate::router::{RouterError, WeightRouter};
 
 /// Istio's WasmPlugin, as much of it as the agent reads; every other field is kept verbatim in
@@ -76,10 +76,14 @@ impl WasmPluginRouter {
     /// Reads the WasmPlugin: its route configuration and the resourceVersion it came with.
     async fn read(&self) -> Result<(RouteConfig, Option<String>), RouterError> {
         let plugin = bounded(self.timeout, self.api.get(&self.name)).await.map_err(|m| self.remote(m))?;
+        Ok((self.route_of(&plugin)?, plugin.resource_version()))
+    }
+
+    /// The route configuration in a WasmPlugin's pluginConfig, checked by the filter's parser.
+    fn route_of(&self, plugin: &WasmPlugin) -> Result<RouteConfig, RouterError> {
         let config = plugin.spec.plugin_config.as_ref().ok_or_else(|| self.malformed("is missing"))?;
         let bytes = serde_json::to_vec(config)?;
-        let route = parse_route(&bytes).map_err(|e| self.malformed(e.to_string()))?;
-        Ok((route, plugin.resource_version()))
+        parse_route(&bytes).map_err(|e| self.malformed(e.to_string()))
     }
 }
 
@@ -111,18 +115,13 @@ impl WeightRouter for WasmPluginRouter {
             let revision = current.revision.saturating_add(1);
             let patch = weight_patch(version.as_deref(), weight, revision, &record)?;
             let (params, merge) = (PatchParams::default(), Patch::Merge(&patch));
-            match tokio::time::timeout(self.timeout, self.api.patch(&self.name, &params, &merge)).await {
-                Ok(Ok(plugin)) => {
-                    let config = plugin.spec.plugin_config.as_ref().ok_or_else(|| self.malformed("is missing"))?;
-                    let bytes = serde_json::to_vec(config)?;
-                    return parse_route(&bytes).map_err(|e| self.malformed(e.to_string()));
-                }
+            let patched = bounded_unless_conflict(self.timeout, self.api.patch(&self.name, &params, &merge))
+                .await
+                .map_err(|m| self.remote(m))?;
+            match patched {
+                Some(plugin) => return self.route_of(&plugin),
                 // Someone wrote in between: read again and recompute, never overwrite blindly.
-                Ok(Err(e)) if status_code(&e) == Some(409) => {
-                    tracing::info!(wasmplugin = %self.name, "resourceVersion conflict; reading again");
-                }
-                Ok(Err(e)) => return Err(self.remote(describe(&e))),
-                Err(_) => return Err(self.remote(format!("no answer within {:?}", self.timeout))),
+                None => tracing::info!(wasmplugin = %self.name, "resourceVersion conflict; reading again"),
             }
         }
         Err(RouterError::Conflict { what: self.what(), attempts: self.attempts })
