@@ -28,6 +28,8 @@ use std::time::Duration;
 use canary_core::{Role, Snapshot, SubsetCounters, SubsetName};
 use serde::Serialize;
 
+use crate::time::millis;
+
 /// Counters per side of the split.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ByRole {
@@ -138,10 +140,6 @@ pub struct Fleet {
     resets: u32,
     window_from_ms: Option<u64>,
     totals: ByRole,
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Fleet {

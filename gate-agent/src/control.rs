@@ -18,9 +18,9 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use canary_core::{KillOrder, RouteConfig, Weight};
+use canary_core::{KillOrder, Role, RouteConfig, Weight};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -34,7 +34,7 @@ use crate::rollout::{ChangeKind, Decision, Phase, Rollout, WeightChange, guard};
 use crate::router::{RouterError, WeightRouter};
 use crate::source::{CounterSource, KillSwitch};
 use crate::spec::Spec;
-use canary_core::Role;
+use crate::time::{millis, unix_ms};
 
 /// How the loop runs; the defaults suit a sidecar next to one proxy.
 #[derive(Debug, Clone)]
@@ -159,14 +159,6 @@ pub struct Controller<S, R, N> {
     retry_at_ms: u64,
     router_errors_total: u64,
     phase_changes_total: u64,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl<S, R, N> Controller<S, R, N>

@@ -46,7 +46,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -60,6 +59,7 @@ use serde_json::{Value, json};
 use crate::api::{ApiState, EvidenceView, FlaggerEventView, StatusView, SubsetView};
 use crate::judge::VerdictKind;
 use crate::rollout::Phase;
+use crate::time::unix_ms;
 
 /// How many of Flagger's events `/status` keeps.
 pub const FLAGGER_EVENTS_KEPT: usize = 20;
@@ -265,10 +265,6 @@ pub fn check_target(
 
 fn expected(ns: Option<&Extension<ExpectedNamespace>>) -> Option<&str> {
     ns.map(|Extension(ExpectedNamespace(ns))| &**ns)
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn not_allowed(method: Method, uri: Uri) -> Refusal {

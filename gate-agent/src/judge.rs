@@ -27,6 +27,7 @@ use serde::Serialize;
 use crate::collect::{ByRole, Window};
 use crate::spec::{DURATION_QUANTILE, Metric, MetricKind, Spec};
 use crate::stats::{ComparisonTest, Count, Evidence, SloTest, bonferroni};
+use crate::time::millis;
 
 /// Stable requests whose p99 becomes the reference for the latency comparison.
 pub const LATENCY_REFERENCE_SAMPLES: u64 = 500;
@@ -155,10 +156,6 @@ pub struct Judge {
     reference_sample: LatencyHistogram,
     canary: Totals,
     stable: Totals,
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// `1m`, `30s`, `1m30s`, `500ms`.

@@ -25,6 +25,7 @@ pub mod router;
 pub mod source;
 pub mod spec;
 pub mod stats;
+pub mod time;
 pub mod validate;
 
 pub use collect::{ByRole, Fleet, Observation, ProxyProblem, Window};

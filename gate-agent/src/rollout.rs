@@ -35,6 +35,7 @@ use serde::Serialize;
 use crate::collect::Window;
 use crate::judge::{Judge, Verdict, VerdictKind, human_duration};
 use crate::spec::{NoDataPolicy, Spec};
+use crate::time::millis;
 
 /// Where a rollout is. Shared with canary-core, because the phase is also recorded durably in the
 /// filter's configuration (`rollout_state`), next to the weight.
@@ -135,11 +136,6 @@ pub fn guard(spec: &Spec, change: &WeightChange) -> Result<(), String> {
             }
         }
     }
-}
-
-// Durations in the spec are at most hours; saturate rather than wrap on absurd values.
-fn millis(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// One rollout of a canary, from 0% to promotion or rollback.
