@@ -116,9 +116,7 @@ impl Agent {
 
     /// The last lines of the agent's log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all.iter().skip(all.len().saturating_sub(lines)).copied().collect::<Vec<_>>().join("\n")
+        crate::envoy::file_tail(&self.log_path(), lines)
     }
 
     pub fn log_path(&self) -> PathBuf {

@@ -113,6 +113,13 @@ pub fn local_bootstrap(setup: &LocalSetup, root: &Path) -> Result<Value, String>
     Ok(v)
 }
 
+/// The last `lines` lines of a log file (empty if it cannot be read), for failure messages.
+pub(crate) fn file_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all.iter().skip(all.len().saturating_sub(lines)).copied().collect::<Vec<_>>().join("\n")
+}
+
 fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, bytes)?;
@@ -301,9 +308,7 @@ impl Envoy {
 
     /// The last lines of Envoy's log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all.iter().skip(all.len().saturating_sub(lines)).copied().collect::<Vec<_>>().join("\n")
+        file_tail(&self.dir.path().join("envoy.log"), lines)
     }
 
     /// Log lines containing `needle`.
