@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::api::{Command, CommandRequest, EvidenceView, StatusView, SubsetView, VerdictView};
-use crate::collect::{ByRole, Fleet, Window};
+use crate::collect::{Fleet, Window};
 use crate::judge::Verdict;
 use crate::latency::SlidingLatency;
 use crate::mesh::lease::Leadership;
@@ -148,7 +148,8 @@ pub struct Controller<S, R, N> {
     reason: String,
     highest_revision_seen: u64,
     recent: VecDeque<VerdictView>,
-    trailing: VecDeque<(u64, ByRole)>,
+    /// (tick time, [stable, canary] (requests, successes)) over the status window.
+    trailing: VecDeque<(u64, [(u64, u64); 2])>,
     /// Per-role latency over the same trailing span (stable, canary).
     latency: Option<[SlidingLatency; 2]>,
     proxies_reporting: usize,
@@ -452,7 +453,11 @@ where
         // The error text already names the target.
         self.proxies_failing = window.failing.iter().map(|p| p.error.clone()).collect();
         self.proxies_failing.extend(window.stale.iter().map(|t| format!("{t}: no snapshot for too long")));
-        self.trailing.push_back((now, window.counts.clone()));
+        let tally = |role| {
+            let c = window.counts.get(role);
+            (c.requests, c.successes)
+        };
+        self.trailing.push_back((now, [tally(Role::Stable), tally(Role::Canary)]));
         if let Some(latency) = &mut self.latency {
             for (sliding, role) in latency.iter_mut().zip([Role::Stable, Role::Canary]) {
                 if let Err(e) = sliding.push(now, &window.counts.get(role).latency) {
@@ -482,17 +487,17 @@ where
     }
 
     fn publish(&self) {
-        let mut recent = ByRole::default();
-        for (_, counts) in &self.trailing {
-            recent.merge(counts);
-        }
         let spec = self.rollout.spec();
         let subsets = [(Role::Stable, spec.stable()), (Role::Canary, spec.canary())]
             .into_iter()
             .map(|(role, name)| {
                 let total = self.fleet.totals().get(role);
-                let window = recent.get(role);
-                let sliding = self.latency.as_ref().and_then(|l| l.get(usize::from(role == Role::Canary)));
+                let side = usize::from(role == Role::Canary);
+                let (requests, successes) = self.trailing.iter().fold((0u64, 0u64), |(r, s), (_, t)| {
+                    let (tr, ts) = t.get(side).copied().unwrap_or_default();
+                    (r.saturating_add(tr), s.saturating_add(ts))
+                });
+                let sliding = self.latency.as_ref().and_then(|l| l.get(side));
                 let ms = |q: f64| sliding.and_then(|l| l.quantile_ms(q));
                 SubsetView {
                     subset: name.to_string(),
@@ -502,8 +507,7 @@ where
                     },
                     requests_total: total.requests,
                     failures_total: total.failures,
-                    success_rate_percent: (window.requests > 0)
-                        .then(|| 100.0 * window.successes as f64 / window.requests as f64),
+                    success_rate_percent: (requests > 0).then(|| 100.0 * successes as f64 / requests as f64),
                     p50_ms: ms(0.5),
                     p99_ms: ms(0.99),
                 }
