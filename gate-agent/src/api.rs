@@ -47,8 +47,12 @@ pub struct SubsetView {
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct VerdictView {
     pub at_unix_ms: u64,
+    /// The verdict in words (`fail (decisive)`).
     pub verdict: String,
     pub reasons: Vec<String>,
+    /// The same verdict for code that acts on it (the integrations); not in the JSON.
+    #[serde(skip)]
+    pub kind: Option<crate::judge::VerdictKind>,
 }
 
 /// A sequential test's evidence against its threshold (both in natural log units).
@@ -390,8 +394,8 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(!text.contains("phase=\"failed\""), "not a phase the rollout has");
-        let decisive =
-            VerdictView { verdict: VerdictKind::Fail { decisive: true }.to_string(), ..VerdictView::default() };
+        let kind = VerdictKind::Fail { decisive: true };
+        let decisive = VerdictView { verdict: kind.to_string(), kind: Some(kind), ..VerdictView::default() };
         let text = render_metrics(&StatusView { recent_verdicts: vec![decisive], ..view });
         assert!(text.contains("canary_gate_agent_verdict{rollout=\"demo\",verdict=\"decisive_fail\"} 1"), "{text}");
     }

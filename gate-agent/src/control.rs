@@ -474,9 +474,9 @@ where
                 at_unix_ms: unix_ms(),
                 verdict: v.kind.to_string(),
                 reasons: v.reasons.iter().map(|r| r.text.clone()).collect(),
+                kind: Some(v.kind),
             };
-            let same =
-                self.recent.back().is_some_and(|last| last.verdict == view.verdict && last.reasons == view.reasons);
+            let same = self.recent.back().is_some_and(|last| last.kind == view.kind && last.reasons == view.reasons);
             if !same {
                 self.recent.push_back(view);
                 while self.recent.len() > self.settings.recent_verdicts {

@@ -140,18 +140,10 @@ impl Standing {
     }
 }
 
-const VERDICT_KINDS: [VerdictKind; 4] = [
-    VerdictKind::Pass,
-    VerdictKind::Fail { decisive: false },
-    VerdictKind::Fail { decisive: true },
-    VerdictKind::NotEnoughData,
-];
-
-/// The latest verdict's kind, read back from its text in `recent_verdicts` (the last entry is
-/// always the latest verdict: the control loop drops only repeats of it).
+/// The latest verdict's kind: the last entry of `recent_verdicts` is always the latest verdict
+/// (the control loop drops only repeats of it).
 pub fn latest_verdict(view: &StatusView) -> Option<VerdictKind> {
-    let last = view.recent_verdicts.last()?;
-    VERDICT_KINDS.into_iter().find(|k| k.to_string() == last.verdict)
+    view.recent_verdicts.last()?.kind
 }
 
 fn latest_reasons(view: &StatusView) -> &[String] {
@@ -964,8 +956,16 @@ mod tests {
             at_unix_ms: 1,
             verdict: kind.to_string(),
             reasons: reasons.iter().map(|r| (*r).to_string()).collect(),
+            kind: Some(kind),
         }
     }
+
+    const VERDICT_KINDS: [VerdictKind; 4] = [
+        VerdictKind::Pass,
+        VerdictKind::Fail { decisive: false },
+        VerdictKind::Fail { decisive: true },
+        VerdictKind::NotEnoughData,
+    ];
 
     /// A rollout on its first step whose latest verdict passed.
     fn passing() -> StatusView {
@@ -1015,7 +1015,7 @@ mod tests {
     }
 
     #[test]
-    fn every_verdict_kind_reads_back_from_its_status_text() {
+    fn the_latest_verdict_is_the_last_one_published() {
         for kind in VERDICT_KINDS {
             let v = with(|v| v.recent_verdicts.push(verdict(kind, &[])));
             assert_eq!(latest_verdict(&v), Some(kind));
