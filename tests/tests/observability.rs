@@ -219,7 +219,12 @@ fn populated() -> StatusView {
         threshold: 5,
         subsets: vec![subset("v1", "stable"), subset("v2", "canary")],
         evidence: vec![EvidenceView { test: "errors: canary vs stable".into(), log_evidence: 1.0, log_threshold: 6.0 }],
-        recent_verdicts: vec![VerdictView { at_unix_ms: 1, verdict: "pass".into(), reasons: vec![] }],
+        recent_verdicts: vec![VerdictView {
+            at_unix_ms: 1,
+            verdict: "pass".into(),
+            reasons: vec![],
+            kind: Some(gate_agent::VerdictKind::Pass),
+        }],
         proxies_reporting: 1,
         ..StatusView::default()
     }
