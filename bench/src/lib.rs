@@ -1,0 +1,47 @@
+//! Shared plumbing for `make bench`.
+//!
+//! Each part of the benchmark is its own binary (`envoy_cost`, `breach`, `decisions`, `agent_scale`)
+//! that writes two files into the output directory given as its first argument: `<part>.json`
+//! (every figure it measured, machine-readable) and `<part>.md` (its section of `bench/RESULTS.md`:
+//! tables and a short reading, including any goal it misses). The `report` binary puts the parts
+//! together with the machine they ran on.
+
+use std::path::{Path, PathBuf};
+
+/// Where a part writes its files: the first command-line argument, or `bench/out`.
+pub fn out_dir() -> PathBuf {
+    std::env::args_os().nth(1).map_or_else(|| PathBuf::from("bench/out"), PathBuf::from)
+}
+
+/// Writes `<dir>/<part>.json` and `<dir>/<part>.md`.
+pub fn write_part(dir: &Path, part: &str, figures: &serde_json::Value, markdown: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::to_vec_pretty(figures).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join(format!("{part}.json")), json)?;
+    std::fs::write(dir.join(format!("{part}.md")), markdown)?;
+    Ok(())
+}
+
+/// Percentile `q` (0..=1) of `sorted` by the nearest-rank method; `None` when empty.
+pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted.get(rank.min(sorted.len()) - 1).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), Some(50.0));
+        assert_eq!(percentile(&v, 0.99), Some(99.0));
+        assert_eq!(percentile(&v, 1.0), Some(100.0));
+        assert_eq!(percentile(&v, 0.0), Some(1.0));
+        assert_eq!(percentile(&[], 0.5), None);
+    }
+}
