@@ -6,6 +6,7 @@ pub mod agent;
 pub mod backend;
 pub mod envoy;
 pub mod paths;
+pub mod procfs;
 pub mod traffic;
 
 pub use agent::Agent;
