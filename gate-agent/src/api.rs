@@ -102,6 +102,8 @@ pub struct StatusView {
     /// Set when the agent cannot do its job (no proxy reachable, config unwritable).
     pub not_ready: Option<String>,
     pub router_errors_total: u64,
+    /// Proxy restarts and counter resets seen (counters that started again from zero).
+    pub proxy_resets_total: u64,
     pub phase_changes_total: u64,
     /// The last events Flagger posted (oldest first, at most
     /// [`crate::integrations::FLAGGER_EVENTS_KEPT`]). Kept by the API, not the control loop,
@@ -273,6 +275,13 @@ pub fn render_metrics(v: &StatusView) -> String {
     let _ = writeln!(out, "canary_gate_agent_ready{{rollout=\"{rollout}\"}} {}", u8::from(v.not_ready.is_none()));
     family(&mut out, "canary_gate_agent_router_errors_total", "counter", "Failed attempts to apply a weight.");
     let _ = writeln!(out, "canary_gate_agent_router_errors_total{{rollout=\"{rollout}\"}} {}", v.router_errors_total);
+    family(
+        &mut out,
+        "canary_gate_agent_proxy_resets_total",
+        "counter",
+        "Proxy restarts and counter resets seen; counts after a reset are taken from zero.",
+    );
+    let _ = writeln!(out, "canary_gate_agent_proxy_resets_total{{rollout=\"{rollout}\"}} {}", v.proxy_resets_total);
     family(&mut out, "canary_gate_agent_phase_changes_total", "counter", "Phase transitions.");
     let _ = writeln!(out, "canary_gate_agent_phase_changes_total{{rollout=\"{rollout}\"}} {}", v.phase_changes_total);
     out
@@ -390,6 +399,7 @@ mod tests {
             "canary_gate_agent_failures_total{rollout=\"demo\",subset=\"v1\",role=\"stable\"} 0",
             "canary_gate_agent_failed_checks{rollout=\"demo\"} 0",
             "canary_gate_agent_failed_checks_threshold{rollout=\"demo\"} 5",
+            "canary_gate_agent_proxy_resets_total{rollout=\"demo\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

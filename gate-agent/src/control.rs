@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::api::{Command, CommandRequest, EvidenceView, StatusView, SubsetView, VerdictView};
-use crate::collect::{Fleet, Window};
+use crate::collect::{Fleet, Observation, Window};
 use crate::judge::Verdict;
 use crate::latency::SlidingLatency;
 use crate::mesh::lease::Leadership;
@@ -159,6 +159,7 @@ pub struct Controller<S, R, N> {
     write_failures: u32,
     retry_at_ms: u64,
     router_errors_total: u64,
+    proxy_resets_total: u64,
     phase_changes_total: u64,
 }
 
@@ -226,6 +227,7 @@ where
             write_failures: 0,
             retry_at_ms: 0,
             router_errors_total: 0,
+            proxy_resets_total: 0,
             phase_changes_total: 0,
         };
         tracing::info!(
@@ -299,7 +301,16 @@ where
                             unkilled.push(target.clone());
                         }
                     }
-                    self.fleet.observe(&target, &snapshot, now);
+                    if self.fleet.observe(&target, &snapshot, now) == Observation::Reset {
+                        self.proxy_resets_total = self.proxy_resets_total.saturating_add(1);
+                        tracing::warn!(
+                            rollout = %self.rollout.spec().name(),
+                            %target,
+                            instance = %snapshot.instance.id,
+                            started_at_unix_ms = snapshot.instance.started_at_unix_ms,
+                            "proxy counters reset (the proxy restarted): counting its requests from zero"
+                        );
+                    }
                 }
                 Err(e) => self.fleet.observe_failure(&target, &e, now),
             }
@@ -545,6 +556,7 @@ where
             proxies_failing: self.proxies_failing.clone(),
             not_ready,
             router_errors_total: self.router_errors_total,
+            proxy_resets_total: self.proxy_resets_total,
             phase_changes_total: self.phase_changes_total,
             // The API keeps Flagger's events and adds them to `/status`.
             flagger_events: Vec::new(),

@@ -361,6 +361,19 @@ impl FakeFleet {
         self.state.lock().unwrap().proxies.get_mut(target).unwrap().down = error.map(str::to_owned);
     }
 
+    /// `target` restarts: a new instance, started now, whose counters and kill records start
+    /// empty, serving the durable configuration, its snapshot listener up.
+    fn restart(&self, target: &str) {
+        let mut s = self.state.lock().unwrap();
+        let p = s.proxies.get_mut(target).unwrap();
+        p.instance = format!("{target}/instance-{}", self.clock.unix_ms());
+        p.started_unix_ms = self.clock.unix_ms();
+        p.kills.clear();
+        p.stable = SubsetCounters::default();
+        p.canary = SubsetCounters::default();
+        p.down = None;
+    }
+
     /// Requests served so far, summed over the proxies: (stable, canary).
     fn served(&self) -> (u64, u64) {
         let s = self.state.lock().unwrap();
@@ -850,6 +863,56 @@ async fn a_restarted_agent_resumes_its_step_after_a_full_interval() {
     assert_eq!(summary(moved), vec![(50.0, Phase::Progressing, 0)], "the next step after 25%, never from 0%");
     let after = moved[0].at - restarted_at;
     assert!(after >= secs(4), "moved on {after:?} after the restart, before a full interval");
+}
+
+#[tokio::test(start_paused = true)]
+async fn proxies_down_and_restarted_mid_step_hold_the_step_and_count_from_zero() {
+    let rig = Rig::new(route());
+    let (mut agent, rx) = rig.start(spec(4, 3)).await;
+    let on_step_2 = rig.until(&mut agent, 30, |a| a.rollout().status().step == Some(1)).await;
+    assert!(on_step_2.is_some(), "never reached the second step: {:?}", summary(&rig.router.writes()));
+    // Two seconds on the step meet `minRequests`; its check is due two seconds later, while every
+    // proxy is down. With no data the check must hold, not pass on what it saw before.
+    rig.seconds(&mut agent, 2).await;
+    let writes = rig.router.writes().len();
+    for t in TARGETS {
+        rig.fleet.set_down(t, Some("connection refused"));
+    }
+    for _ in 0..6 {
+        rig.second(&mut agent).await;
+        let s = status(&rx);
+        assert_eq!((s.phase.as_str(), s.canary_weight_percent, s.step), ("progressing", 25.0, Some(1)));
+        assert!(s.not_ready.as_deref().is_some_and(|r| r.starts_with("no proxy answered")), "{:?}", s.not_ready);
+    }
+    assert_eq!(rig.router.writes().len(), writes, "nothing is decided while no proxy answers");
+
+    // Both come back as new instances whose counters start from zero.
+    for t in TARGETS {
+        rig.fleet.restart(t);
+    }
+    rig.second(&mut agent).await;
+    let s = status(&rx);
+    assert_eq!((s.proxy_resets_total, s.proxies_reporting, s.not_ready), (2, 2, None));
+    assert_eq!(s.step, Some(1), "still on the same step");
+    let served = rig.fleet.served();
+    let canary_total = s.subsets[1].requests_total;
+    rig.second(&mut agent).await;
+    let s = status(&rx);
+    assert_eq!(
+        s.subsets[1].requests_total - canary_total,
+        rig.fleet.served().1 - served.1,
+        "the restarted proxies' requests count in full"
+    );
+
+    let done = rig.until(&mut agent, 30, phase_is(Phase::Succeeded)).await;
+    assert!(done.is_some(), "never promoted after the restart: {:?}", summary(&rig.router.writes()));
+    let after: Vec<(f64, Phase, u32)> = summary(&rig.router.writes()[writes..]);
+    assert_eq!(
+        after,
+        vec![(50.0, Phase::Progressing, 0), (100.0, Phase::Promoting, 0), (100.0, Phase::Succeeded, 0)],
+        "carried on from the same step"
+    );
+    assert_eq!(status(&rx).proxy_resets_total, 2, "a reset is counted once");
 }
 
 #[tokio::test(start_paused = true)]
