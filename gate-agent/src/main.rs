@@ -95,7 +95,8 @@ struct RunArgs {
     /// Istio WasmPlugin's pluginConfig, through the Kubernetes API).
     #[arg(long, env = "GATE_AGENT_ROUTER", value_enum, default_value_t = RouterKind::File)]
     router: RouterKind,
-    /// With `--router file`: the ECDS file Envoy watches (the agent writes a new file and renames it).
+    /// With `--router file`: the ECDS file Envoy watches (the agent writes a new file in the
+    /// `.gate-agent-staging` subdirectory of its directory and renames it into place).
     #[arg(long, env = "GATE_AGENT_CONFIG_FILE")]
     config_file: Option<PathBuf>,
     /// With `--router wasmplugin`: the WasmPlugin's name.
@@ -319,6 +320,14 @@ async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
         RouterKind::File => {
             let path = args.config_file.clone().unwrap_or_default();
             let router = FileRouter::new(&path);
+            // A killed predecessor may have left a partial file in the staging directory.
+            match router.remove_stale_temps() {
+                Ok(removed) if !removed.is_empty() => {
+                    tracing::info!(?removed, "removed temporary files a previous agent left behind");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cannot clear stale temporary files: {e}"),
+            }
             preflight(&spec, &router).await.map_err(start_failure)?;
             tracing::info!(targets = ?args.targets, config = %path.display(), "durable weights in the watched file");
             let notifier = Arc::new(Both(None::<KubeEvents>, webhook));
