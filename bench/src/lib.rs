@@ -8,6 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod envoy;
+pub mod wrk;
+
 /// Where a part writes its files: the first command-line argument, or `bench/out`.
 pub fn out_dir() -> PathBuf {
     std::env::args_os().nth(1).map_or_else(|| PathBuf::from("bench/out"), PathBuf::from)
