@@ -28,13 +28,36 @@ impl Agent {
 
     /// As [`Agent::start`], with extra command-line arguments (more `--target`s, `--listen`, ...).
     pub async fn start_with(envoy: &Envoy, spec_yaml: &str, tick: &str, extra: &[&str]) -> Result<Agent, String> {
+        Agent::start_as(envoy, spec_yaml, tick, extra, None).await
+    }
+
+    /// As [`Agent::start_with`], run as `user` (uid, gid) when set, so that file permissions apply
+    /// to it even when the tests run as root. The agent's own directory (spec, address file) is
+    /// handed to that user; the watched directory and the path to the binary are the caller's
+    /// business. Setting another user needs root.
+    pub async fn start_as(
+        envoy: &Envoy,
+        spec_yaml: &str,
+        tick: &str,
+        extra: &[&str],
+        user: Option<(u32, u32)>,
+    ) -> Result<Agent, String> {
         let bin = paths::gate_agent_bin()?;
         let dir = tempfile::Builder::new().prefix("canary-gate-agent").tempdir().map_err(|e| e.to_string())?;
         let spec = dir.path().join("rollout.yaml");
         std::fs::write(&spec, spec_yaml).map_err(|e| e.to_string())?;
         let address_file = dir.path().join("api-address");
         let log = std::fs::File::create(dir.path().join("agent.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        if let Some((uid, gid)) = user {
+            for path in [dir.path(), spec.as_path()] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                    .map_err(|e| format!("chown {} to {uid}:{gid}: {e}", path.display()))?;
+            }
+            std::os::unix::process::CommandExt::uid(&mut command, uid);
+            std::os::unix::process::CommandExt::gid(&mut command, gid);
+        }
+        let child = command
             .arg("run")
             .arg("--spec")
             .arg(&spec)

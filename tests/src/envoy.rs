@@ -47,6 +47,9 @@ pub struct Envoy {
     pub base_id: u32,
     wasm: PathBuf,
     http: reqwest::Client,
+    /// What [`Envoy::restart`] runs again.
+    bin: PathBuf,
+    concurrency: u32,
 }
 
 static NEXT_BASE_ID: AtomicU32 = AtomicU32::new(0);
@@ -120,6 +123,28 @@ pub(crate) fn file_tail(path: &Path, lines: usize) -> String {
     all.iter().skip(all.len().saturating_sub(lines)).copied().collect::<Vec<_>>().join("\n")
 }
 
+/// Starts Envoy on the bootstrap `root/envoy.json`, appending its log to `root/envoy.log`.
+fn spawn_envoy(bin: &Path, root: &Path, base_id: u32, concurrency: u32) -> Result<Child, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("envoy.log"))
+        .map_err(|e| format!("{}: {e}", root.join("envoy.log").display()))?;
+    Command::new(bin)
+        .arg("-c")
+        .arg(root.join("envoy.json"))
+        .args(["--base-id", &base_id.to_string()])
+        .args(["--concurrency", &concurrency.to_string()])
+        .arg("--admin-address-path")
+        .arg(root.join("admin-address"))
+        .args(["--log-level", "info", "--component-log-level", "upstream:warn,connection:warn"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))
+}
+
 fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, bytes)?;
@@ -137,26 +162,12 @@ impl Envoy {
         std::fs::copy(&wasm_src, &wasm).map_err(|e| format!("copy {}: {e}", wasm_src.display()))?;
         std::fs::create_dir_all(root.join("ecds")).map_err(|e| e.to_string())?;
         let bootstrap = local_bootstrap(setup, root)?;
-        let config_path = root.join("envoy.json");
-        std::fs::write(&config_path, bootstrap.to_string()).map_err(|e| e.to_string())?;
+        std::fs::write(root.join("envoy.json"), bootstrap.to_string()).map_err(|e| e.to_string())?;
         let admin_path = root.join("admin-address");
-        let log = std::fs::File::create(root.join("envoy.log")).map_err(|e| e.to_string())?;
         let base_id = unique_base_id();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
         let mut envoy = Envoy {
-            child: Command::new(&bin)
-                .arg("-c")
-                .arg(&config_path)
-                .args(["--base-id", &base_id.to_string()])
-                .args(["--concurrency", &setup.concurrency.to_string()])
-                .arg("--admin-address-path")
-                .arg(&admin_path)
-                .args(["--log-level", "info", "--component-log-level", "upstream:warn,connection:warn"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .map_err(|e| format!("cannot start {}: {e}", bin.display()))?,
+            child: spawn_envoy(&bin, root, base_id, setup.concurrency)?,
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             public: SocketAddr::from(([127, 0, 0, 1], 0)),
             snapshot: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -164,6 +175,8 @@ impl Envoy {
             wasm,
             dir,
             http,
+            bin,
+            concurrency: setup.concurrency,
         };
         match &setup.raw_plugin_config {
             Some(raw) => envoy.write_raw_plugin_config(raw),
@@ -315,6 +328,43 @@ impl Envoy {
     pub fn log_lines(&self, needle: &str) -> Vec<String> {
         let text = std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default();
         text.lines().filter(|l| l.contains(needle)).map(str::to_owned).collect()
+    }
+
+    /// Kills Envoy with SIGKILL, as a crash or an OOM kill would, and waits for it to be gone. Its
+    /// directory (the watched configuration, the log) stays; [`Envoy::restart`] starts it again.
+    pub fn kill(&mut self) {
+        self.stop();
+    }
+
+    /// Starts a killed or stopped Envoy again, as a supervisor would: same bootstrap, same watched
+    /// directory (it applies whatever configuration is durable there), same base id, and the same
+    /// listener and admin ports, so a gate-agent's targets stay valid. Fails if a port could not
+    /// be bound again.
+    pub async fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        let root = self.dir.path().to_path_buf();
+        let config_path = root.join("envoy.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
+        let mut bootstrap: Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+        let (public, snapshot) = (self.public, self.snapshot);
+        set_at(&mut bootstrap, "/admin/address/socket_address", loopback(self.admin.port()))?;
+        for (name, addr) in [("public", public), ("canary-gate-snapshot", snapshot)] {
+            let listener = named(&mut bootstrap, "/static_resources/listeners", name)?;
+            set_at(listener, "/address/socket_address", loopback(addr.port()))?;
+        }
+        std::fs::write(&config_path, bootstrap.to_string()).map_err(|e| format!("{}: {e}", config_path.display()))?;
+        let admin_path = root.join("admin-address");
+        let _ = std::fs::remove_file(&admin_path);
+        self.child = spawn_envoy(&self.bin, &root, self.base_id, self.concurrency)?;
+        self.wait_ready(&admin_path).await?;
+        if (self.public, self.snapshot) != (public, snapshot) {
+            return Err(format!(
+                "restarted Envoy listens on {} and {}, not {public} and {snapshot}",
+                self.public, self.snapshot
+            ));
+        }
+        Ok(())
     }
 
     /// Stops Envoy by its PID and waits for it.
