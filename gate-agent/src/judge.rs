@@ -12,7 +12,13 @@
 //!   (%) at or above `min`, p99 (ms) at or below `max`. A miss is an ordinary failed check (the
 //!   rollout counts those toward `threshold`), unless the failure rate is so far above the SLO's
 //!   budget ([`FAR_ABOVE_BUDGET`]×, with at least [`FAR_ABOVE_MIN_FAILURES`] failures) that
-//!   waiting would only hurt users: then it is decisive too.
+//!   waiting would only hurt users: then it is decisive too. In a window too small for the bound
+//!   to allow a single event (fewer than 100 requests against 99%), one failure or one slow
+//!   request already misses it; there a miss counts only when it is significant at the spec's α
+//!   (see [`inconclusive_miss`]), and is otherwise *not enough data*: the step holds,
+//!   neither promoting nor counting a failed check. Without this, one failure in 30 requests
+//!   failed three overlapping checks and rolled back a third of healthy canaries at 1 req/s
+//!   (`make bench`, decision quality).
 //!
 //! No canary requests in a check's window, or no proxy reporting at all, is *not enough data*:
 //! never a pass.
@@ -156,6 +162,8 @@ pub struct Judge {
     reference_sample: LatencyHistogram,
     canary: Totals,
     stable: Totals,
+    /// The spec's α, for misses in small windows.
+    alpha: f64,
 }
 
 /// `1m`, `30s`, `1m30s`, `500ms`.
@@ -224,6 +232,7 @@ impl Judge {
             reference_sample: LatencyHistogram::new(),
             canary: Totals::default(),
             stable: Totals::default(),
+            alpha: spec.alpha(),
         }
     }
 
@@ -280,7 +289,7 @@ impl Judge {
         }
         for m in self.metrics.clone() {
             let counts = self.trailing(millis(m.interval));
-            reasons.push(window_check(&m, &counts.canary));
+            reasons.push(window_check(&m, &counts.canary, self.alpha));
         }
         // Failures first, so the first reason is the one that matters.
         reasons.sort_by_key(|r| match r.finding {
@@ -410,8 +419,57 @@ impl Judge {
     }
 }
 
+/// P(X ≥ k) for X ~ Binomial(n, p), exactly: one minus the sum of the first k terms, each from
+/// the last (k steps; used on small windows only).
+#[allow(clippy::cast_precision_loss)]
+fn binomial_at_least(n: u64, k: u64, p: f64) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
+    if k > n || p <= 0.0 {
+        return 0.0;
+    }
+    if p >= 1.0 {
+        return 1.0;
+    }
+    let (ln_p, ln_q) = (p.ln(), (-p).ln_1p());
+    let mut ln_term = n as f64 * ln_q;
+    let mut below = ln_term.exp();
+    for i in 0..k - 1 {
+        ln_term += ((n - i) as f64).ln() - ((i + 1) as f64).ln() + ln_p - ln_q;
+        below += ln_term.exp();
+    }
+    (1.0 - below).max(0.0)
+}
+
+/// Whether a window check's miss is too thin to count. `events` of the window's `n` canary
+/// requests broke the bound (failures, or requests slower than `max`), which allows a share `p0`.
+/// While `n · p0 ≥ 1` the bound allows at least one event and the miss counts, as in Flagger. In a
+/// smaller window a single event already misses the bound, so the miss counts only when a rate
+/// exactly at the bound gives `events` or more with probability at most `alpha`; otherwise this
+/// returns that probability and the check is not enough data.
+pub fn inconclusive_miss(n: u64, events: u64, p0: f64, alpha: f64) -> Option<f64> {
+    // Counts up to 2^53 convert exactly.
+    #[allow(clippy::cast_precision_loss)]
+    let expected = n as f64 * p0;
+    // (1 − 0.99) · 100 is 1.0000000000000009: allow for rounding at the boundary.
+    if expected >= 1.0 - 1e-9 {
+        return None;
+    }
+    let chance = binomial_at_least(n, events, p0);
+    (chance > alpha).then_some(chance)
+}
+
+/// The words for a miss that [`inconclusive_miss`] found too thin.
+fn too_few(chance: f64) -> String {
+    format!(
+        "; too few requests to tell (a rate at the bound gives this {:.0}% of the time): holding the step",
+        100.0 * chance
+    )
+}
+
 /// A Flagger-style check of one metric over its window of canary counts.
-fn window_check(m: &Metric, canary: &canary_core::SubsetCounters) -> Reason {
+fn window_check(m: &Metric, canary: &canary_core::SubsetCounters, alpha: f64) -> Reason {
     let n = canary.requests;
     let over = human_duration(m.interval);
     let check = m.name().to_owned();
@@ -431,8 +489,11 @@ fn window_check(m: &Metric, canary: &canary_core::SubsetCounters) -> Reason {
             let budget = 1.0 - min_percent / 100.0;
             let failure_rate = ratio(canary.failures, n);
             let far_above = canary.failures >= FAR_ABOVE_MIN_FAILURES && failure_rate >= FAR_ABOVE_BUDGET * budget;
+            let thin = (rate < min_percent).then(|| inconclusive_miss(n, canary.failures, budget, alpha)).flatten();
             let (finding, cmp) = if far_above {
                 (Finding::Decisive, "<")
+            } else if thin.is_some() {
+                (Finding::NoData, "<")
             } else if rate < min_percent {
                 (Finding::Fail, "<")
             } else {
@@ -444,20 +505,25 @@ fn window_check(m: &Metric, canary: &canary_core::SubsetCounters) -> Reason {
             );
             if far_above {
                 text.push_str(&format!("; errors at {:.1}× the error budget", failure_rate / budget));
+            } else if let Some(chance) = thin {
+                text.push_str(&too_few(chance));
             }
             Reason { check, finding, observed: Some(rate), threshold: Some(min_percent), samples: n, text }
         }
         MetricKind::Duration { max_ms } => {
             let p99 = canary.latency.quantile(DURATION_QUANTILE).map_or(0.0, us_to_ms);
-            let (finding, cmp) = if p99 > max_ms { (Finding::Fail, ">") } else { (Finding::Pass, "≤") };
-            Reason {
-                check: check.clone(),
-                finding,
-                observed: Some(p99),
-                threshold: Some(max_ms),
-                samples: n,
-                text: format!("{check} p99 {p99:.1} ms {cmp} {max_ms} ms over {over} ({n} canary requests)"),
+            let slow = canary.latency.count_above(ms_to_us(max_ms));
+            let thin = (p99 > max_ms).then(|| inconclusive_miss(n, slow, 1.0 - DURATION_QUANTILE, alpha)).flatten();
+            let (finding, cmp) = match (p99 > max_ms, thin) {
+                (true, Some(_)) => (Finding::NoData, ">"),
+                (true, None) => (Finding::Fail, ">"),
+                (false, _) => (Finding::Pass, "≤"),
+            };
+            let mut text = format!("{check} p99 {p99:.1} ms {cmp} {max_ms} ms over {over} ({n} canary requests)");
+            if let Some(chance) = thin {
+                text.push_str(&too_few(chance));
             }
+            Reason { check: check.clone(), finding, observed: Some(p99), threshold: Some(max_ms), samples: n, text }
         }
     }
 }
@@ -574,15 +640,76 @@ metrics:
     #[test]
     fn window_checks_forget_old_windows() {
         let mut j = judge();
-        // One failure in ten: 90% < 99%, an ordinary failed check (too little to be decisive).
-        let v = j.assess(&window(1000, (90, 0, 20), (10, 1, 20)));
+        // Three failures in a hundred: 97% < 99%, an ordinary failed check (too little to be decisive).
+        let v = j.assess(&window(1000, (900, 0, 20), (100, 3, 20)));
         assert_eq!(v.kind, VerdictKind::Fail { decisive: false }, "{}", v.summary());
-        let mut v = j.assess(&window(2000, (90, 0, 20), (10, 0, 20)));
+        let mut v = j.assess(&window(2000, (900, 0, 20), (100, 0, 20)));
         assert_eq!(v.kind, VerdictKind::Fail { decisive: false }, "the failing window is still inside 10s");
         for t in 3..=11 {
-            v = j.assess(&window(t * 1000, (90, 0, 20), (10, 0, 20)));
+            v = j.assess(&window(t * 1000, (900, 0, 20), (100, 0, 20)));
         }
         assert_eq!(v.kind, VerdictKind::Pass, "{}", v.summary());
+    }
+
+    #[test]
+    fn one_failure_in_a_window_too_small_for_the_bound_holds_instead_of_failing_a_check() {
+        // 30 requests against 99%: the bound allows 0.3 failures, so one failure reads 96.67%.
+        let mut j = judge();
+        let v = j.assess(&window(1000, (270, 0, 20), (30, 1, 20)));
+        assert_eq!(v.kind, VerdictKind::NotEnoughData, "{}", v.summary());
+        let rate = v.reasons.iter().find(|r| r.check == "request-success-rate").unwrap();
+        assert_eq!(rate.finding, Finding::NoData);
+        assert!(
+            rate.text.contains("96.67% < 99%")
+                && rate.text.contains("too few requests to tell (a rate at the bound gives this 26%"),
+            "{}",
+            rate.text
+        );
+    }
+
+    #[test]
+    fn a_significant_miss_in_a_small_window_still_fails_the_check() {
+        // Three failures in 30 happen 0.3% of the time at a 1% failure rate: below α = 1%.
+        let mut j = judge();
+        let v = j.assess(&window(1000, (270, 0, 20), (30, 3, 20)));
+        assert_eq!(v.kind, VerdictKind::Fail { decisive: false }, "{}", v.summary());
+        assert!(v.reasons[0].text.starts_with("request-success-rate 90.00% < 99%"), "{}", v.reasons[0].text);
+    }
+
+    #[test]
+    fn one_slow_request_in_a_small_window_holds_instead_of_failing_the_p99_check() {
+        let mut canary = counters(29, 0, 20);
+        canary.record(Outcome::Success, 700_000);
+        let mut j = judge();
+        let w =
+            Window { counts: ByRole { stable: counters(270, 0, 20), canary }, ..window(1000, (0, 0, 0), (0, 0, 0)) };
+        let v = j.assess(&w);
+        let p99 = v.reasons.iter().find(|r| r.check == "request-duration").unwrap();
+        assert_eq!(p99.finding, Finding::NoData, "{}", p99.text);
+        assert!(
+            p99.text.contains("p99 7") && p99.text.contains("> 500 ms") && p99.text.contains("too few"),
+            "{}",
+            p99.text
+        );
+        // In a window of 100 the bound allows one slow request, and a p99 above it is a miss, as in Flagger.
+        let mut canary = counters(98, 0, 20);
+        canary.record(Outcome::Success, 700_000);
+        canary.record(Outcome::Success, 700_000);
+        let w =
+            Window { counts: ByRole { stable: counters(900, 0, 20), canary }, ..window(2000, (0, 0, 0), (0, 0, 0)) };
+        let p99 = judge().assess(&w).reasons.into_iter().find(|r| r.check == "request-duration").unwrap();
+        assert_eq!(p99.finding, Finding::Fail, "{}", p99.text);
+    }
+
+    #[test]
+    fn binomial_tails_are_exact() {
+        assert!((binomial_at_least(30, 1, 0.01) - (1.0 - 0.99f64.powi(30))).abs() < 1e-12);
+        let at_most_two = 0.99f64.powi(30) + 30.0 * 0.01 * 0.99f64.powi(29) + 435.0 * 1e-4 * 0.99f64.powi(28);
+        assert!((binomial_at_least(30, 3, 0.01) - (1.0 - at_most_two)).abs() < 1e-12);
+        assert_eq!(binomial_at_least(30, 0, 0.01), 1.0);
+        assert_eq!(binomial_at_least(30, 31, 0.01), 0.0);
+        assert_eq!(inconclusive_miss(100, 2, 0.01, 0.01), None, "100 × 1% allows one: the point estimate decides");
+        assert_eq!(inconclusive_miss(30, 1, 0.0, 0.01), None, "a 100% bound allows nothing");
     }
 
     #[test]

@@ -597,6 +597,25 @@ metrics:
     }
 
     #[test]
+    fn one_failure_at_one_canary_request_a_second_holds_the_step_and_counts_no_failed_check() {
+        // A healthy canary at 1 request a second (10 a second in all): the one failure at 3 s
+        // reads 80% against 99% over the 5-s window, too few requests to tell. The step holds
+        // for that check (no failed check, no advance); the next passes.
+        let mut r = Rollout::new(spec_with(""), 0);
+        let mut held = Vec::new();
+        for t in 1..=60 {
+            let canary_failed = u64::from(t == 3);
+            let d = r.tick(&fabricated(t * S, (9, 0, 20), (1, canary_failed, 25)), t * S);
+            if d.reason.starts_with("holding") {
+                held.push(t);
+                assert!(d.reason.contains("too few requests to tell"), "{}", d.reason);
+            }
+            assert_eq!((r.phase(), r.status().failed_checks), (Phase::Progressing, 0), "at {t}s: {}", d.reason);
+        }
+        assert_eq!(held, vec![6], "only the check whose window held the failure");
+    }
+
+    #[test]
     fn a_decisive_breach_goes_to_zero_within_one_tick() {
         let mut r = Rollout::new(spec_with(""), 0);
         run(&mut r, 1, 7, healthy);
