@@ -1,0 +1,946 @@
+//! Decision quality: the agent's own decision code (`Fleet` → `Window` → `Rollout`/`Judge`, the
+//! path `control.rs` runs every tick) on simulated traffic in simulated time.
+//!
+//! Simulated proxies keep cumulative `SubsetCounters` exactly as the filter does (outcome and
+//! latency recorded per request into the filter's histogram) and serve a constant request rate
+//! split at the weight the rollout last decided; each tick the agent reads their snapshots into a
+//! `Fleet`, takes the window and lets the `Rollout` decide. A decided weight is in force from the
+//! next request on (the file router and the kill order take milliseconds; see the weight-typo
+//! section for that delay). Everything is seeded, so a run is reproducible.
+//!
+//! Usage: `decisions [OUT_DIR]` (default `bench/out`). `DECISIONS_TRIALS` scales the number of
+//! detection trials per cell (default 400), `DECISIONS_AA_TRIALS` the A/A rollouts per rate
+//! (default 1000), `DECISIONS_SEED` the seed, `DECISIONS_PROPAGATION_MS` the assumed delay from
+//! the agent's decision to the proxies applying 0% (default 100).
+
+use std::time::{Duration, Instant};
+
+use canary_core::rng::SplitMix64;
+use canary_core::snapshot::SNAPSHOT_FORMAT;
+use canary_core::{InstanceInfo, Outcome, Role, Snapshot, SubsetCounters, SubsetName, SubsetSnapshot, Weight};
+use gate_agent::{Decision, Finding, Fleet, Phase, Rollout, Spec};
+use serde_json::{Value, json};
+
+/// The rollout spec judged in the A/A and detection runs: the shipped local spec
+/// (`deploy/local/rollout.yaml`): a check every 10 s, three failed checks allowed, steps
+/// 10/25/50%, 200 canary requests per step, success rate ≥ 99% and p99 ≤ 500 ms over 30 s,
+/// α = 0.01 for the sequential tests.
+const SPEC: &str = "
+name: demo
+stable: v1
+canary: v2
+interval: 10s
+threshold: 3
+stepWeights: [10, 25, 50]
+maxWeight: 50
+minRequests: 200
+alpha: 0.01
+noData: hold
+metrics:
+  - name: request-success-rate
+    thresholdRange: {min: 99}
+    interval: 30s
+  - name: request-duration
+    thresholdRange: {max: 500}
+    interval: 30s
+";
+
+/// The same spec with the incident's SLO, 99.9% success.
+const TYPO_SPEC: &str = "
+name: demo
+stable: v1
+canary: v2
+interval: 10s
+threshold: 3
+stepWeights: [10, 25, 50]
+maxWeight: 50
+minRequests: 200
+alpha: 0.01
+noData: hold
+metrics:
+  - name: request-success-rate
+    thresholdRange: {min: 99.9}
+    interval: 30s
+  - name: request-duration
+    thresholdRange: {max: 500}
+    interval: 30s
+";
+
+/// Proxies in the simulated fleet; each request lands on one of them at random.
+const PROXIES: usize = 3;
+/// Tick of the A/A and detection runs.
+const TICK_MS: u64 = 1_000;
+/// A rollout still undecided after this long counts as "never detected" (and as no rollback).
+const MAX_ROLLOUT_MS: u64 = 3_600_000;
+/// Baseline failure rate of both versions in the A/A and detection runs.
+const BASELINE_ERROR: f64 = 0.001;
+/// Latency of both versions: lognormal with this median (µs) and log-σ, so p99 = 200 ms.
+const LATENCY_MEDIAN_US: f64 = 50_000.0;
+const LATENCY_P99_US: f64 = 200_000.0;
+/// z of the 99th percentile of the standard normal.
+const Z99: f64 = 2.326_347_874_040_841;
+/// Canary requests per second on the first step (10%), as the brief asks.
+const CANARY_RATES: [f64; 3] = [1.0, 10.0, 100.0];
+
+/// The incident (shared/reference/istio-canary-explainer.txt): 99% of traffic on a canary that
+/// fails 10% of requests, SLO 99.9%. The explainer's traffic figure is "10% of 10,000 RPS".
+const TYPO_TOTAL_RPS: f64 = 10_000.0;
+const TYPO_WEIGHT_PERCENT: f64 = 99.0;
+const TYPO_CANARY_ERROR: f64 = 0.10;
+const TYPO_STABLE_ERROR: f64 = 0.0005;
+const TYPO_SLO: f64 = 0.999;
+/// The incident's exposure: bad weights at T+0, weights back at T+45m.
+const INCIDENT_EXPOSURE_S: f64 = 45.0 * 60.0;
+const BUDGET_DAYS: f64 = 30.0;
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("decisions: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn env_u64(name: &str, default: u64) -> Result<u64, String> {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().map_err(|e| format!("{name}={v:?} is not a whole number: {e}")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn run() -> Result<(), String> {
+    let started = Instant::now();
+    let out = canary_bench::out_dir();
+    let seed = env_u64("DECISIONS_SEED", 20_260_401)?;
+    let trials = usize::try_from(env_u64("DECISIONS_TRIALS", 400)?).map_err(|e| e.to_string())?;
+    let aa_trials = usize::try_from(env_u64("DECISIONS_AA_TRIALS", 1_000)?).map_err(|e| e.to_string())?;
+    let propagation_ms = env_u64("DECISIONS_PROPAGATION_MS", 100)?;
+    let spec = Spec::from_yaml_or_json(SPEC).map_err(|e| format!("bench spec: {e}"))?;
+    let typo_spec = Spec::from_yaml_or_json(TYPO_SPEC).map_err(|e| format!("bench typo spec: {e}"))?;
+    let latency = Latency::new(LATENCY_MEDIAN_US, LATENCY_P99_US);
+    let first_step = spec.steps().first().map_or(0.1, |w| fraction(*w));
+
+    // A/A: both versions identical.
+    let mut aa = Vec::new();
+    for (i, &rate) in CANARY_RATES.iter().enumerate() {
+        let traffic = Traffic::same(rate / first_step, BASELINE_ERROR);
+        let cell = 1_000 + i as u64;
+        let t0 = Instant::now();
+        let runs = parallel(aa_trials, |t| simulate(&spec, &traffic, &latency, trial_seed(seed, cell, t)));
+        aa.push(AaCell::of(rate, traffic.total_per_s, &runs, t0.elapsed()));
+        eprintln!("decisions: A/A at {rate}/s: {} rollbacks of {aa_trials} ({:.1?})", aa_rows_last(&aa), t0.elapsed());
+    }
+
+    // Detection: the canary is worse from its first request on.
+    let regressions = [
+        Regression { name: "errors 2×", error_factor: 2.0, latency_factor: 1.0 },
+        Regression { name: "errors 5×", error_factor: 5.0, latency_factor: 1.0 },
+        Regression { name: "errors 10×", error_factor: 10.0, latency_factor: 1.0 },
+        Regression { name: "p99 +50%", error_factor: 1.0, latency_factor: 1.5 },
+        Regression { name: "p99 +200%", error_factor: 1.0, latency_factor: 3.0 },
+    ];
+    let mut detection = Vec::new();
+    for (r, regression) in regressions.iter().enumerate() {
+        for (i, &rate) in CANARY_RATES.iter().enumerate() {
+            let mut traffic = Traffic::same(rate / first_step, BASELINE_ERROR);
+            traffic.canary_error = BASELINE_ERROR * regression.error_factor;
+            traffic.canary_latency_factor = regression.latency_factor;
+            let cell = 2_000 + (r * 10 + i) as u64;
+            let t0 = Instant::now();
+            let runs = parallel(trials, |t| simulate(&spec, &traffic, &latency, trial_seed(seed, cell, t)));
+            let c = DetectionCell::of(regression.name, rate, traffic.total_per_s, &runs, t0.elapsed());
+            eprintln!(
+                "decisions: {} at {rate}/s: median {:?} s, never {:.1}% ({:.1?})",
+                regression.name,
+                c.median_s,
+                100.0 * c.never_fraction,
+                t0.elapsed()
+            );
+            detection.push(c);
+        }
+    }
+
+    // The weight typo, at the agent's default tick and at 1 s.
+    let mut typo = Vec::new();
+    for (k, tick_ms) in [250u64, 1_000].into_iter().enumerate() {
+        let t0 = Instant::now();
+        let cell = 3_000 + k as u64;
+        let runs = parallel(aa_trials, |t| {
+            typo_trial(&typo_spec, &latency, tick_ms, propagation_ms, trial_seed(seed, cell, t))
+        });
+        typo.push(TypoCell::of(tick_ms, propagation_ms, &runs));
+        eprintln!("decisions: weight typo at {tick_ms} ms ticks ({:.1?})", t0.elapsed());
+    }
+
+    let figures = json!({
+        "parameters": {
+            "seed": seed,
+            "aa_trials_per_rate": aa_trials,
+            "detection_trials_per_cell": trials,
+            "tick_ms": TICK_MS,
+            "proxies": PROXIES,
+            "max_rollout_s": MAX_ROLLOUT_MS / 1000,
+            "spec": SPEC.trim(),
+            "typo_spec": TYPO_SPEC.trim(),
+            "canary_rates_on_first_step_per_s": CANARY_RATES,
+            "traffic": "constant total rate (canary rate on the first step / first step weight); each request goes to the canary with probability = the weight in force, to one of the proxies at random; failures Bernoulli per request",
+            "baseline_error_rate": BASELINE_ERROR,
+            "latency": { "distribution": "lognormal", "median_ms": LATENCY_MEDIAN_US / 1000.0, "p99_ms": LATENCY_P99_US / 1000.0, "sigma": latency.sigma },
+            "latency_regression": "every canary latency multiplied by the factor (p99 +50% = ×1.5, +200% = ×3)",
+            "typo": {
+                "total_rps": TYPO_TOTAL_RPS, "canary_weight_percent": TYPO_WEIGHT_PERCENT,
+                "canary_error_rate": TYPO_CANARY_ERROR, "stable_error_rate": TYPO_STABLE_ERROR, "slo": TYPO_SLO,
+                "propagation_ms_assumed": propagation_ms,
+                "budget_days": BUDGET_DAYS,
+            },
+        },
+        "aa": aa.iter().map(AaCell::json).collect::<Vec<_>>(),
+        "aa_overall": aa_overall(&aa),
+        "detection": detection.iter().map(DetectionCell::json).collect::<Vec<_>>(),
+        "typo": typo.iter().map(TypoCell::json).collect::<Vec<_>>(),
+        "wall_s": started.elapsed().as_secs_f64(),
+    });
+    let markdown = markdown(&aa, &detection, &typo, seed, aa_trials, trials, propagation_ms, &latency);
+    canary_bench::write_part(&out, "decisions", &figures, &markdown)
+        .map_err(|e| format!("writing {}/decisions.{{json,md}}: {e}", out.display()))?;
+    eprintln!("decisions: wrote {}/decisions.json and .md in {:.1?}", out.display(), started.elapsed());
+    Ok(())
+}
+
+fn aa_rows_last(aa: &[AaCell]) -> usize {
+    aa.last().map_or(0, |c| c.rollbacks)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Randomness
+// ---------------------------------------------------------------------------------------------
+
+/// A trial's own seed, so results do not depend on how trials are spread over threads.
+fn trial_seed(seed: u64, cell: u64, trial: usize) -> u64 {
+    let mut m = SplitMix64::new(seed ^ cell.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let base = m.next_u64();
+    SplitMix64::new(base ^ (trial as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)).next_u64()
+}
+
+/// Draws for the simulation, on canary-core's SplitMix64.
+struct Rng(SplitMix64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(SplitMix64::new(seed))
+    }
+
+    /// Uniform in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        ((self.0.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+
+    /// Uniform index below `n` (n ≥ 1).
+    fn below(&mut self, n: usize) -> usize {
+        (self.uniform() * n as f64).ceil().max(1.0) as usize - 1
+    }
+
+    /// Standard normal (Box-Muller).
+    fn normal(&mut self) -> f64 {
+        let (u1, u2) = (self.uniform(), self.uniform());
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
+    /// An exact Binomial(n, p) draw by geometric gaps between successes: cost is the number of
+    /// successes (of failures, for p > 1/2), not of trials.
+    fn binomial(&mut self, n: u64, p: f64) -> u64 {
+        if p > 0.5 {
+            return n - self.binomial(n, 1.0 - p);
+        }
+        if p <= 0.0 || n == 0 {
+            return 0;
+        }
+        let log_q = (-p).ln_1p();
+        let (mut pos, mut k) = (0u64, 0u64);
+        loop {
+            let gap = (self.uniform().ln() / log_q).floor();
+            if gap >= (n - pos) as f64 {
+                return k;
+            }
+            pos += gap as u64 + 1;
+            k += 1;
+            if pos >= n {
+                return k;
+            }
+        }
+    }
+}
+
+/// Lognormal latency.
+struct Latency {
+    median_us: f64,
+    sigma: f64,
+}
+
+impl Latency {
+    fn new(median_us: f64, p99_us: f64) -> Latency {
+        Latency { median_us, sigma: (p99_us / median_us).ln() / Z99 }
+    }
+
+    fn draw_us(&self, rng: &mut Rng, factor: f64) -> u64 {
+        (self.median_us * factor * (self.sigma * rng.normal()).exp()).round().max(1.0) as u64
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The simulated fleet
+// ---------------------------------------------------------------------------------------------
+
+/// What the two versions do.
+#[derive(Clone)]
+struct Traffic {
+    total_per_s: f64,
+    stable_error: f64,
+    canary_error: f64,
+    canary_latency_factor: f64,
+}
+
+impl Traffic {
+    fn same(total_per_s: f64, error: f64) -> Traffic {
+        Traffic { total_per_s, stable_error: error, canary_error: error, canary_latency_factor: 1.0 }
+    }
+}
+
+fn fraction(w: Weight) -> f64 {
+    f64::from(w.basis_points()) / 10_000.0
+}
+
+/// The proxies' cumulative counters, as their snapshot listeners serve them.
+struct Proxies {
+    names: [SubsetName; 2],
+    targets: Vec<String>,
+    /// Per proxy: [stable, canary].
+    counters: Vec<[SubsetCounters; 2]>,
+    /// Canary failures served so far (all proxies).
+    canary_failures: u64,
+    canary_requests: u64,
+}
+
+impl Proxies {
+    fn new(spec: &Spec) -> Proxies {
+        Proxies {
+            names: [spec.stable().clone(), spec.canary().clone()],
+            targets: (0..PROXIES).map(|i| format!("10.0.0.{i}:15290")).collect(),
+            counters: (0..PROXIES).map(|_| [SubsetCounters::default(), SubsetCounters::default()]).collect(),
+            canary_failures: 0,
+            canary_requests: 0,
+        }
+    }
+
+    /// Serves `n` requests at `weight` (fraction to the canary).
+    fn serve(&mut self, rng: &mut Rng, n: u64, weight: f64, traffic: &Traffic, latency: &Latency) {
+        let canary = rng.binomial(n, weight);
+        for (side, requests, error, factor) in [
+            (0usize, n - canary, traffic.stable_error, 1.0),
+            (1usize, canary, traffic.canary_error, traffic.canary_latency_factor),
+        ] {
+            let failures = rng.binomial(requests, error);
+            if side == 1 {
+                self.canary_failures += failures;
+                self.canary_requests += requests;
+            }
+            for i in 0..requests {
+                let outcome = if i < failures { Outcome::Failure } else { Outcome::Success };
+                let us = latency.draw_us(rng, factor);
+                let proxy = rng.below(PROXIES);
+                if let Some(c) = self.counters.get_mut(proxy).and_then(|p| p.get_mut(side)) {
+                    c.record(outcome, us);
+                }
+            }
+        }
+    }
+
+    /// Every proxy's snapshot at `unix_ms`, read into `fleet` at `now_ms`.
+    fn read_into(&self, fleet: &mut Fleet, now_ms: u64) {
+        for (i, (target, [stable, canary])) in self.targets.iter().zip(&self.counters).enumerate() {
+            let [stable_name, canary_name] = &self.names;
+            let snapshot = Snapshot {
+                format: SNAPSHOT_FORMAT.to_owned(),
+                instance: InstanceInfo { id: format!("proxy-{i}"), started_at_unix_ms: UNIX_START_MS },
+                taken_at_unix_ms: UNIX_START_MS + now_ms,
+                route: None,
+                kill: None,
+                subsets: vec![
+                    SubsetSnapshot { subset: stable_name.clone(), role: Role::Stable, counters: stable.clone() },
+                    SubsetSnapshot { subset: canary_name.clone(), role: Role::Canary, counters: canary.clone() },
+                ],
+            };
+            fleet.observe(target, &snapshot, now_ms);
+        }
+    }
+}
+
+const UNIX_START_MS: u64 = 1_775_000_000_000;
+
+/// Requests in `ms` at `per_s`, carrying the fraction over so the long-run rate is exact.
+struct Arrivals {
+    per_s: f64,
+    carry: f64,
+}
+
+impl Arrivals {
+    fn take(&mut self, ms: f64) -> u64 {
+        let want = self.per_s * ms / 1000.0 + self.carry;
+        let n = want.floor();
+        self.carry = want - n;
+        n as u64
+    }
+}
+
+/// How one simulated rollout ended.
+#[derive(Clone, Debug)]
+struct RunResult {
+    /// ms from the first canary traffic to the rollback decision; `None` when not rolled back.
+    rolled_back_after_ms: Option<u64>,
+    promoted: bool,
+    /// What decided the rollback.
+    cause: Option<String>,
+    duration_ms: u64,
+    /// Canary requests served over the whole rollout.
+    canary_requests: u64,
+}
+
+/// What made a rollback decision, from its verdict.
+fn cause(decision: &Decision) -> String {
+    let Some(v) = &decision.verdict else { return "operator".into() };
+    if let Some(r) = v.reasons.iter().find(|r| r.finding == Finding::Decisive) {
+        return format!("decisive: {}", r.check);
+    }
+    match v.reasons.iter().find(|r| r.finding == Finding::Fail) {
+        Some(r) => format!("failed checks: {}", r.check),
+        None => "failed checks".into(),
+    }
+}
+
+/// One rollout from 0% to promotion or rollback, ticking every [`TICK_MS`].
+fn simulate(spec: &Spec, traffic: &Traffic, latency: &Latency, seed: u64) -> RunResult {
+    let mut rng = Rng::new(seed);
+    let mut proxies = Proxies::new(spec);
+    let mut fleet = Fleet::new(spec.name().clone(), Duration::from_secs(10));
+    let mut rollout = Rollout::new(spec.clone(), 0);
+    let mut arrivals = Arrivals { per_s: traffic.total_per_s, carry: 0.0 };
+    let mut weight = 0.0;
+    let mut canary_from: Option<u64> = None;
+    let mut now = 0u64;
+    loop {
+        proxies.read_into(&mut fleet, now);
+        let window = fleet.take_window(now);
+        let decision = rollout.tick(&window, now);
+        if let Some(change) = decision.set_weight {
+            weight = fraction(change.to);
+            if change.to > Weight::ZERO && canary_from.is_none() {
+                canary_from = Some(now);
+            }
+        }
+        rollout.weight_applied(now);
+        let since = now.saturating_sub(canary_from.unwrap_or(now));
+        match rollout.phase() {
+            Phase::RolledBack => {
+                return RunResult {
+                    rolled_back_after_ms: Some(since),
+                    promoted: false,
+                    cause: Some(cause(&decision)),
+                    duration_ms: since,
+                    canary_requests: proxies.canary_requests,
+                };
+            }
+            Phase::Succeeded => {
+                return RunResult {
+                    rolled_back_after_ms: None,
+                    promoted: true,
+                    cause: None,
+                    duration_ms: since,
+                    canary_requests: proxies.canary_requests,
+                };
+            }
+            _ if now >= MAX_ROLLOUT_MS => {
+                return RunResult {
+                    rolled_back_after_ms: None,
+                    promoted: false,
+                    cause: None,
+                    duration_ms: since,
+                    canary_requests: proxies.canary_requests,
+                };
+            }
+            _ => {}
+        }
+        let n = arrivals.take(TICK_MS as f64);
+        proxies.serve(&mut rng, n, weight, traffic, latency);
+        now += TICK_MS;
+    }
+}
+
+/// One replay of the weight typo. The agent is already reading the proxies (their baselines are
+/// taken at t = 0) and holds the rollout at the weight it finds, 99% (`Rollout::restore`, as after
+/// a restart; a running agent's judge has no earlier evidence about this canary either, since
+/// its traffic starts now). The bad weights land at a uniformly random moment inside the first
+/// tick; until then everything goes to stable. Exposure ends `propagation_ms` after the tick on
+/// which the agent decides 0%.
+fn typo_trial(spec: &Spec, latency: &Latency, tick_ms: u64, propagation_ms: u64, seed: u64) -> TypoResult {
+    let mut rng = Rng::new(seed);
+    let mut proxies = Proxies::new(spec);
+    let mut fleet = Fleet::new(spec.name().clone(), Duration::from_secs(10));
+    let weight = Weight::from_percent(TYPO_WEIGHT_PERCENT).unwrap_or(Weight::FULL);
+    let mut rollout = Rollout::restore(spec.clone(), weight, None, 0);
+    let traffic = Traffic {
+        total_per_s: TYPO_TOTAL_RPS,
+        stable_error: TYPO_STABLE_ERROR,
+        canary_error: TYPO_CANARY_ERROR,
+        canary_latency_factor: 1.0,
+    };
+    let mut arrivals = Arrivals { per_s: TYPO_TOTAL_RPS, carry: 0.0 };
+    proxies.read_into(&mut fleet, 0);
+    fleet.take_window(0);
+    let landing_ms = rng.uniform() * tick_ms as f64;
+    let before = arrivals.take(landing_ms);
+    proxies.serve(&mut rng, before, 0.0, &traffic, latency);
+    let n = arrivals.take(tick_ms as f64 - landing_ms);
+    proxies.serve(&mut rng, n, fraction(weight), &traffic, latency);
+    let mut now = tick_ms;
+    let mut decided_ms = None;
+    let mut cause_text = String::new();
+    while now <= 600_000 {
+        proxies.read_into(&mut fleet, now);
+        let window = fleet.take_window(now);
+        let decision = rollout.tick(&window, now);
+        if rollout.phase() == Phase::RolledBack {
+            decided_ms = Some(now);
+            cause_text = cause(&decision);
+            break;
+        }
+        let n = arrivals.take(tick_ms as f64);
+        proxies.serve(&mut rng, n, fraction(weight), &traffic, latency);
+        now += tick_ms;
+    }
+    let at_decision = proxies.canary_failures;
+    // Until the proxies apply 0%, the typo keeps serving.
+    let n = arrivals.take(propagation_ms as f64);
+    proxies.serve(&mut rng, n, fraction(weight), &traffic, latency);
+    TypoResult {
+        decision_after_ms: decided_ms.map(|d| d as f64 - landing_ms),
+        failures_at_decision: at_decision,
+        failures_at_zero: proxies.canary_failures,
+        cause: cause_text,
+    }
+}
+
+struct TypoResult {
+    /// From the bad weights landing to the agent's decision to go to 0%.
+    decision_after_ms: Option<f64>,
+    /// Canary failures served until the decision, and until the proxies applied 0%.
+    failures_at_decision: u64,
+    failures_at_zero: u64,
+    cause: String,
+}
+
+/// Runs `f(0..n)` over the machine's cores; results in index order.
+fn parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).clamp(1, 8);
+    let mut slots: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let chunk = n.div_ceil(threads).max(1);
+        for (c, part) in slots.chunks_mut(chunk).enumerate() {
+            let f = &f;
+            s.spawn(move || {
+                for (j, slot) in part.iter_mut().enumerate() {
+                    *slot = Some(f(c * chunk + j));
+                }
+            });
+        }
+    });
+    slots.into_iter().flatten().collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figures
+// ---------------------------------------------------------------------------------------------
+
+/// Wilson score interval for k of n at 95%.
+fn wilson(k: usize, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let (k, n) = (k as f64, n as f64);
+    let z = 1.959_963_984_540_054;
+    let p = k / n;
+    let denom = 1.0 + z * z / n;
+    let center = (p + z * z / (2.0 * n)) / denom;
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
+    ((center - half).max(0.0), (center + half).min(1.0))
+}
+
+/// Counts of each cause, most frequent first.
+fn causes(runs: &[RunResult]) -> Vec<(String, usize)> {
+    let mut map = std::collections::BTreeMap::<String, usize>::new();
+    for c in runs.iter().filter_map(|r| r.cause.clone()) {
+        *map.entry(c).or_default() += 1;
+    }
+    let mut v: Vec<(String, usize)> = map.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+struct AaCell {
+    canary_rate: f64,
+    total_rate: f64,
+    rollouts: usize,
+    rollbacks: usize,
+    promoted: usize,
+    ci: (f64, f64),
+    median_duration_s: Option<f64>,
+    median_canary_requests: Option<f64>,
+    causes: Vec<(String, usize)>,
+    wall: Duration,
+}
+
+impl AaCell {
+    fn of(canary_rate: f64, total_rate: f64, runs: &[RunResult], wall: Duration) -> AaCell {
+        let rollbacks = runs.iter().filter(|r| r.rolled_back_after_ms.is_some()).count();
+        let durations = sorted(runs.iter().map(|r| r.duration_ms as f64 / 1000.0).collect());
+        AaCell {
+            canary_rate,
+            total_rate,
+            rollouts: runs.len(),
+            rollbacks,
+            promoted: runs.iter().filter(|r| r.promoted).count(),
+            ci: wilson(rollbacks, runs.len()),
+            median_duration_s: canary_bench::percentile(&durations, 0.5),
+            median_canary_requests: canary_bench::percentile(
+                &sorted(runs.iter().map(|r| r.canary_requests as f64).collect()),
+                0.5,
+            ),
+            causes: causes(runs),
+            wall,
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        if self.rollouts == 0 { 0.0 } else { self.rollbacks as f64 / self.rollouts as f64 }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "canary_rate_first_step_per_s": self.canary_rate,
+            "total_rate_per_s": self.total_rate,
+            "rollouts": self.rollouts,
+            "false_rollbacks": self.rollbacks,
+            "promoted": self.promoted,
+            "false_rollback_rate": self.rate(),
+            "ci95_wilson": [self.ci.0, self.ci.1],
+            "median_rollout_s": self.median_duration_s,
+            "median_canary_requests": self.median_canary_requests,
+            "causes": self.causes.iter().map(|(c, n)| json!({"cause": c, "count": n})).collect::<Vec<_>>(),
+            "wall_s": self.wall.as_secs_f64(),
+        })
+    }
+}
+
+fn aa_overall(aa: &[AaCell]) -> Value {
+    let n: usize = aa.iter().map(|c| c.rollouts).sum();
+    let k: usize = aa.iter().map(|c| c.rollbacks).sum();
+    let ci = wilson(k, n);
+    json!({ "rollouts": n, "false_rollbacks": k, "rate": if n == 0 { 0.0 } else { k as f64 / n as f64 }, "ci95_wilson": [ci.0, ci.1] })
+}
+
+struct Regression {
+    name: &'static str,
+    error_factor: f64,
+    latency_factor: f64,
+}
+
+struct DetectionCell {
+    regression: &'static str,
+    canary_rate: f64,
+    total_rate: f64,
+    trials: usize,
+    median_s: Option<f64>,
+    p90_s: Option<f64>,
+    p99_s: Option<f64>,
+    never_fraction: f64,
+    promoted_fraction: f64,
+    causes: Vec<(String, usize)>,
+    wall: Duration,
+}
+
+impl DetectionCell {
+    fn of(
+        regression: &'static str,
+        canary_rate: f64,
+        total_rate: f64,
+        runs: &[RunResult],
+        wall: Duration,
+    ) -> DetectionCell {
+        // Undetected runs count as infinitely late, so a percentile past them reads "never".
+        let times = sorted(
+            runs.iter().map(|r| r.rolled_back_after_ms.map_or(f64::INFINITY, |ms| ms as f64 / 1000.0)).collect(),
+        );
+        let finite = |q: f64| canary_bench::percentile(&times, q).filter(|t| t.is_finite());
+        let n = runs.len().max(1) as f64;
+        DetectionCell {
+            regression,
+            canary_rate,
+            total_rate,
+            trials: runs.len(),
+            median_s: finite(0.5),
+            p90_s: finite(0.9),
+            p99_s: finite(0.99),
+            never_fraction: runs.iter().filter(|r| r.rolled_back_after_ms.is_none()).count() as f64 / n,
+            promoted_fraction: runs.iter().filter(|r| r.promoted).count() as f64 / n,
+            causes: causes(runs),
+            wall,
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "regression": self.regression,
+            "canary_rate_first_step_per_s": self.canary_rate,
+            "total_rate_per_s": self.total_rate,
+            "trials": self.trials,
+            "detect_s": { "median": self.median_s, "p90": self.p90_s, "p99": self.p99_s },
+            "never_detected_fraction": self.never_fraction,
+            "promoted_fraction": self.promoted_fraction,
+            "causes": self.causes.iter().map(|(c, n)| json!({"cause": c, "count": n})).collect::<Vec<_>>(),
+            "wall_s": self.wall.as_secs_f64(),
+        })
+    }
+}
+
+struct TypoCell {
+    tick_ms: u64,
+    propagation_ms: u64,
+    trials: usize,
+    decided: usize,
+    decision_s: [Option<f64>; 3],
+    budget_fraction: [Option<f64>; 3],
+    budget_fraction_at_decision_median: Option<f64>,
+    budget_errors: f64,
+    incident_fraction: f64,
+    causes: Vec<(String, usize)>,
+}
+
+impl TypoCell {
+    fn of(tick_ms: u64, propagation_ms: u64, runs: &[TypoResult]) -> TypoCell {
+        let budget_errors = TYPO_TOTAL_RPS * BUDGET_DAYS * 86_400.0 * (1.0 - TYPO_SLO);
+        let decisions =
+            sorted(runs.iter().map(|r| r.decision_after_ms.map_or(f64::INFINITY, |ms| ms / 1000.0)).collect());
+        let burned = sorted(runs.iter().map(|r| r.failures_at_zero as f64 / budget_errors).collect());
+        let at_decision = sorted(runs.iter().map(|r| r.failures_at_decision as f64 / budget_errors).collect());
+        let q = |v: &[f64], q: f64| canary_bench::percentile(v, q).filter(|x| x.is_finite());
+        let mut causes = std::collections::BTreeMap::<String, usize>::new();
+        for r in runs.iter().filter(|r| !r.cause.is_empty()) {
+            *causes.entry(r.cause.clone()).or_default() += 1;
+        }
+        let mut causes: Vec<(String, usize)> = causes.into_iter().collect();
+        causes.sort_by_key(|c| std::cmp::Reverse(c.1));
+        TypoCell {
+            tick_ms,
+            propagation_ms,
+            trials: runs.len(),
+            decided: runs.iter().filter(|r| r.decision_after_ms.is_some()).count(),
+            decision_s: [q(&decisions, 0.5), q(&decisions, 0.9), q(&decisions, 0.99)],
+            budget_fraction: [q(&burned, 0.5), q(&burned, 0.9), q(&burned, 0.99)],
+            budget_fraction_at_decision_median: q(&at_decision, 0.5),
+            budget_errors,
+            incident_fraction: TYPO_TOTAL_RPS * TYPO_WEIGHT_PERCENT * 0.01 * TYPO_CANARY_ERROR * INCIDENT_EXPOSURE_S
+                / budget_errors,
+            causes,
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "tick_ms": self.tick_ms,
+            "propagation_ms_assumed": self.propagation_ms,
+            "trials": self.trials,
+            "rolled_back": self.decided,
+            "landing_to_decision_s": { "median": self.decision_s[0], "p90": self.decision_s[1], "p99": self.decision_s[2] },
+            "budget_fraction_burned_until_zero": { "median": self.budget_fraction[0], "p90": self.budget_fraction[1], "p99": self.budget_fraction[2] },
+            "budget_fraction_burned_until_decision_median": self.budget_fraction_at_decision_median,
+            "monthly_budget_errors": self.budget_errors,
+            "incident_45min_budget_fraction_expected": self.incident_fraction,
+            "causes": self.causes.iter().map(|(c, n)| json!({"cause": c, "count": n})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RESULTS.md section
+// ---------------------------------------------------------------------------------------------
+
+fn secs(v: Option<f64>) -> String {
+    v.map_or_else(|| "never".into(), |s| format!("{s:.0}"))
+}
+
+/// A share as percent, with a decimal more for small ones (0.05%, not 0.1%).
+fn pct(v: f64) -> String {
+    let p = 100.0 * v;
+    if p != 0.0 && p.abs() < 1.0 { format!("{p:.2}%") } else { format!("{p:.1}%") }
+}
+
+fn top_causes(causes: &[(String, usize)], total: usize) -> String {
+    if causes.is_empty() {
+        return "—".into();
+    }
+    causes
+        .iter()
+        .take(2)
+        .map(|(c, n)| format!("{c} ({})", pct(*n as f64 / total.max(1) as f64)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn markdown(
+    aa: &[AaCell],
+    detection: &[DetectionCell],
+    typo: &[TypoCell],
+    seed: u64,
+    aa_trials: usize,
+    trials: usize,
+    propagation_ms: u64,
+    latency: &Latency,
+) -> String {
+    let mut md = String::new();
+    let mut line = |s: String| {
+        md.push_str(&s);
+        md.push('\n');
+    };
+    line("## Decision quality".into());
+    line(String::new());
+    line(format!(
+        "The agent's own decision path (`Fleet` → `Window` → `Rollout`/`Judge`, as `control.rs` runs it) on \
+         simulated traffic in simulated time: {PROXIES} proxies keep cumulative counters and latency histograms \
+         exactly as the filter does, the agent reads them every {} s, and a decided weight is in force from the next \
+         request. Spec: the shipped `deploy/local/rollout.yaml` (checks every 10 s, 3 failed checks allowed, steps \
+         10/25/50%, 200 canary requests per step, success rate ≥ 99% and p99 ≤ 500 ms over 30 s, α = 0.01). Both \
+         versions fail {} of requests and answer in a lognormal time with median {:.0} ms and p99 {:.0} ms \
+         (σ = {:.3}) unless stated. \"Canary rate\" is the canary's requests per second on the first step (10%); \
+         the service's rate is ten times that and stays constant, so later steps see more. Seed {seed}; \
+         {aa_trials} A/A rollouts per rate, {trials} trials per detection cell (`make bench` reruns them).",
+        TICK_MS / 1000,
+        pct(BASELINE_ERROR),
+        LATENCY_MEDIAN_US / 1000.0,
+        LATENCY_P99_US / 1000.0,
+        latency.sigma
+    ));
+    line(String::new());
+    line("### A/A: false rollbacks (goal ≤ 1%)".into());
+    line(String::new());
+    line("| canary rate | service rate | rollouts | rolled back | rate | 95% CI (Wilson) | promoted | median rollout | median canary requests | what rolled back |".into());
+    line("|---:|---:|---:|---:|---:|---|---:|---:|---:|---|".into());
+    for c in aa {
+        line(format!(
+            "| {}/s | {}/s | {} | {} | {} | {}–{} | {} | {} s | {:.0} | {} |",
+            c.canary_rate,
+            c.total_rate,
+            c.rollouts,
+            c.rollbacks,
+            pct(c.rate()),
+            pct(c.ci.0),
+            pct(c.ci.1),
+            c.promoted,
+            secs(c.median_duration_s),
+            c.median_canary_requests.unwrap_or(0.0),
+            top_causes(&c.causes, c.rollbacks)
+        ));
+    }
+    let n: usize = aa.iter().map(|c| c.rollouts).sum();
+    let k: usize = aa.iter().map(|c| c.rollbacks).sum();
+    let (lo, hi) = wilson(k, n);
+    line(String::new());
+    let worst = aa.iter().map(AaCell::rate).fold(0.0, f64::max);
+    line(format!(
+        "Overall {k} of {n} ({}, 95% CI {}–{}). {}",
+        pct(k as f64 / n.max(1) as f64),
+        pct(lo),
+        pct(hi),
+        if worst <= 0.01 {
+            "The goal (≤ 1% at every rate) is **met**.".to_owned()
+        } else {
+            format!("The goal (≤ 1% at every rate) is **missed** (worst {}).", pct(worst))
+        }
+    ));
+    line(String::new());
+    line("### Time to detect a regression".into());
+    line(String::new());
+    line(
+        "Seconds from the canary's first request to the agent's decision to go to 0%; \"never\" means that \
+          percentile of trials was not rolled back (promoted, or still undecided after an hour)."
+            .into(),
+    );
+    line(String::new());
+    line(
+        "| regression | canary rate | median | p90 | p99 | not detected | of which promoted | what rolled back |"
+            .into(),
+    );
+    line("|---|---:|---:|---:|---:|---:|---:|---|".into());
+    for c in detection {
+        let detected = ((1.0 - c.never_fraction) * c.trials as f64).round() as usize;
+        line(format!(
+            "| {} | {}/s | {} | {} | {} | {} | {} | {} |",
+            c.regression,
+            c.canary_rate,
+            secs(c.median_s),
+            secs(c.p90_s),
+            secs(c.p99_s),
+            pct(c.never_fraction),
+            pct(c.promoted_fraction),
+            top_causes(&c.causes, detected)
+        ));
+    }
+    line(String::new());
+    line("### The weight typo, replayed".into());
+    line(String::new());
+    line(format!(
+        "99% of {TYPO_TOTAL_RPS:.0} req/s (the explainer's \"10% of 10,000 RPS\" service) on a canary failing {} of \
+         requests, stable at {}, SLO {}: the same spec with `min: 99.9`. The bad weights land at a random moment \
+         within a tick; the agent already reads the proxies and judges from there. To the decision we add \
+         **{propagation_ms} ms** for the kill order and the new config to take effect in every proxy: an assumption \
+         (one loopback round trip plus Envoy applying the file), to be replaced by the breach benchmark's measured \
+         figure. The budget is {BUDGET_DAYS:.0} days at {} of the same traffic.",
+        pct(TYPO_CANARY_ERROR),
+        pct(TYPO_STABLE_ERROR),
+        pct(TYPO_SLO),
+        pct(TYPO_SLO)
+    ));
+    line(String::new());
+    line("| agent tick | trials | rolled back | landing → decision (median / p99) | monthly budget burned until 0% (median / p99) | decided by |".into());
+    line("|---:|---:|---:|---|---|---|".into());
+    for c in typo {
+        line(format!(
+            "| {} ms | {} | {} | {:.2} s / {:.2} s | {:.4}% / {:.4}% | {} |",
+            c.tick_ms,
+            c.trials,
+            c.decided,
+            c.decision_s[0].unwrap_or(f64::NAN),
+            c.decision_s[2].unwrap_or(f64::NAN),
+            100.0 * c.budget_fraction[0].unwrap_or(f64::NAN),
+            100.0 * c.budget_fraction[2].unwrap_or(f64::NAN),
+            top_causes(&c.causes, c.decided)
+        ));
+    }
+    if let Some(c) = typo.first() {
+        line(String::new());
+        line(format!(
+            "For comparison, the incident's 45 minutes at the same rates burn {} of the monthly budget \
+             ({:.0} failed requests of a budget of {:.0}).",
+            pct(c.incident_fraction),
+            c.incident_fraction * c.budget_errors,
+            c.budget_errors
+        ));
+    }
+    md
+}
