@@ -1,8 +1,10 @@
 //! The only module that calls the proxy-wasm host. Every call returns its status instead of
 //! panicking (the SDK's `Context` helpers unwrap), and the rest of the filter sees plain Rust.
 
+use std::cell::RefCell;
 use std::time::{Duration, UNIX_EPOCH};
 
+use canary_core::metrics::MetricIds;
 use canary_core::store::{SetError, SharedStore};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
@@ -58,14 +60,25 @@ pub fn send_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> Resu
     hostcalls::send_http_response(status, headers.to_vec(), Some(body))
 }
 
+thread_local! {
+    /// This VM's metric ids (one VM per thread): see [`MetricIds`] for why each is defined once.
+    static METRIC_IDS: RefCell<MetricIds> = RefCell::new(MetricIds::default());
+}
+
+/// The id of metric `name`, defined on the host the first time this VM asks for it.
 pub fn define_metric(kind: MetricType, name: &str) -> Option<u32> {
-    match hostcalls::define_metric(kind, name) {
+    let define = || match hostcalls::define_metric(kind, name) {
         Ok(id) => Some(id),
         Err(s) => {
             warn(&format!("canary-gate: cannot define metric {name}: {s:?}"));
             None
         }
-    }
+    };
+    METRIC_IDS.with(|ids| match ids.try_borrow_mut() {
+        Ok(mut ids) => ids.get_or_define(name, define),
+        // Not reachable (nothing here re-enters); defining again is merely wasteful.
+        Err(_) => define(),
+    })
 }
 
 pub fn increment_metric(id: Option<u32>, by: i64) {
