@@ -11,9 +11,13 @@ use std::path::{Path, PathBuf};
 pub mod envoy;
 pub mod wrk;
 
-/// Where a part writes its files: the first command-line argument, or `bench/out`.
+/// Where a part writes its files: the first command-line argument unless it is a flag, else
+/// `target/bench` (where `make bench` puts them).
 pub fn out_dir() -> PathBuf {
-    std::env::args_os().nth(1).map_or_else(|| PathBuf::from("bench/out"), PathBuf::from)
+    std::env::args_os()
+        .nth(1)
+        .filter(|a| !a.to_string_lossy().starts_with('-'))
+        .map_or_else(|| PathBuf::from("target/bench"), PathBuf::from)
 }
 
 /// Writes `<dir>/<part>.json` and `<dir>/<part>.md`.
