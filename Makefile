@@ -16,7 +16,7 @@ WASM_TARGETS   := wasm32-wasip1 wasm32-unknown-unknown
 export ENVOY_BIN
 
 .PHONY: help tools tools-rust tools-envoy tools-wasm-bindgen tools-debian tools-validators wasm build demo soak oci \
-        test test-unit test-wasm test-e2e test-deploy lint fmt clean
+        test test-unit test-wasm test-e2e test-deploy lint fmt clean tools-fuzz fuzz
 
 help:
 	@echo "make demo   - local demo on real Envoy (installs tools, builds the filter)"
@@ -28,6 +28,8 @@ help:
 	@echo "              checks lost requests, memory growth and exact counters (SOAK_SECONDS=60 for a short run)"
 	@echo "make oci    - the filter as an OCI image for Istio's WasmPlugin (prints the digest to pin)"
 	@echo "make lint   - rustfmt check, clippy -D warnings for native and wasm32-wasip1"
+	@echo "make fuzz   - every cargo-fuzz target for FUZZ_SECONDS (default $(FUZZ_SECONDS)) each, after replaying"
+	@echo "              fuzz/regressions; fails on any crash (installs cargo-fuzz into .tools)"
 
 tools: tools-rust tools-envoy tools-wasm-bindgen tools-debian tools-validators
 
@@ -130,6 +132,42 @@ test-deploy:
 	promtool check rules deploy/prometheus/rules.yaml
 	promtool test rules deploy/prometheus/rules_test.yaml
 	python3 -m json.tool deploy/grafana/canary-gate.json > /dev/null
+
+# Fuzzing: the cargo-fuzz (libFuzzer) targets in fuzz/, a workspace of its own. Nightly when
+# rustup has it, else the pinned stable with RUSTC_BOOTSTRAP=1 (cargo-fuzz passes -Z flags);
+# FUZZ_SANITIZER=none drops AddressSanitizer. New inputs go to target/fuzz-corpus/<target>; the
+# committed seeds in fuzz/corpus/<target> are only read, so a run leaves the work tree clean.
+# A crashing input is written to fuzz/artifacts/<target>/.
+CARGO_FUZZ_VERSION := 0.13.2
+FUZZ_TARGETS   := plugin_config sticky_key snapshot rollout_spec validate_manifests kill_order
+FUZZ_SECONDS   ?= 30
+FUZZ_TOOLCHAIN ?= $(if $(shell rustup toolchain list 2>/dev/null | grep '^nightly'),nightly,stable)
+FUZZ_SANITIZER ?= address
+FUZZ = PATH="$(TOOLS)/bin:$$PATH" $(if $(filter nightly,$(FUZZ_TOOLCHAIN)),cargo +nightly,RUSTC_BOOTSTRAP=1 cargo) fuzz
+FUZZ_BUILD = --sanitizer $(FUZZ_SANITIZER)
+
+tools-fuzz:
+	@if [ "$$($(TOOLS)/bin/cargo-fuzz --version 2>/dev/null | awk '{print $$2}')" != "$(CARGO_FUZZ_VERSION)" ]; then \
+	  echo "installing cargo-fuzz $(CARGO_FUZZ_VERSION) into $(TOOLS)"; \
+	  cargo install --quiet cargo-fuzz --locked --version "=$(CARGO_FUZZ_VERSION)" --root $(TOOLS); \
+	fi
+
+fuzz: tools-fuzz
+	@echo "fuzz: toolchain $(FUZZ_TOOLCHAIN), sanitizer $(FUZZ_SANITIZER), $(FUZZ_SECONDS) s per target"
+	$(FUZZ) build $(FUZZ_BUILD)
+	@failed=""; \
+	for t in $(FUZZ_TARGETS); do \
+	  if compgen -G "fuzz/regressions/$$t/*" > /dev/null; then \
+	    echo "fuzz: $$t: replaying fuzz/regressions/$$t"; \
+	    $(FUZZ) run $(FUZZ_BUILD) $$t fuzz/regressions/$$t/* || failed="$$failed $$t(regressions)"; \
+	  fi; \
+	  mkdir -p target/fuzz-corpus/$$t; \
+	  echo "fuzz: $$t: $(FUZZ_SECONDS) s"; \
+	  $(FUZZ) run $(FUZZ_BUILD) $$t target/fuzz-corpus/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: FAILED:$$failed (crashing inputs in fuzz/artifacts/)"; exit 1; fi; \
+	echo "fuzz: $(words $(FUZZ_TARGETS)) targets, $(FUZZ_SECONDS) s each, no crash"
 
 lint:
 	cargo fmt --all -- --check
