@@ -129,7 +129,8 @@ impl Spec {
             return Err(SpecError::new(".", "a rollout spec is a mapping of fields (`name`, `stable`, `canary`, ...)"));
         }
         let raw: RawSpec = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
+            // An unknown field named "" has the empty path; it is at the document itself.
+            let path = Some(e.path().to_string()).filter(|p| !p.is_empty()).unwrap_or_else(|| ".".to_owned());
             SpecError { field: path, problem: e.into_inner().to_string() }
         })?;
         raw.validate()
@@ -496,6 +497,15 @@ metrics:
         ));
         assert_eq!(e.field, "metrics[0].thresholdRange.mix", "{e}");
         assert!(e.problem.contains("mix"), "{e}");
+    }
+
+    /// Found by fuzzing (fuzz/regressions/rollout_spec/): an unknown field named "" was reported
+    /// at the field "", which says nowhere.
+    #[test]
+    fn an_unknown_field_with_an_empty_name_is_reported_at_the_document() {
+        let e = err(&minimal("stepWeight: 10\nmaxWeight: 50\n\"\": 1\n"));
+        assert_eq!(e.field, ".", "{e}");
+        assert!(e.problem.contains("unknown field ``"), "{e}");
     }
 
     #[test]

@@ -377,7 +377,8 @@ fn check_version(v: u32) -> Result<(), ConfigError> {
 
 fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
+        // An unknown field named "" has the empty path; it is at the document itself.
+        let path = Some(e.path().to_string()).filter(|p| !p.is_empty()).unwrap_or_else(|| ".".to_owned());
         ConfigError { field: path, problem: e.into_inner().to_string() }
     })
 }
@@ -497,6 +498,15 @@ mod tests {
     fn unknown_field_is_named() {
         let e = err(r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10,"canary_wieght":5}"#);
         assert!(e.problem.contains("unknown field `canary_wieght`"), "{e}");
+    }
+
+    /// Found by fuzzing (fuzz/regressions/plugin_config/): an unknown field named "" was reported
+    /// at the field "", which says nowhere.
+    #[test]
+    fn an_unknown_field_with_an_empty_name_is_reported_at_the_document() {
+        let e = err(r#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10,"":"r"}"#);
+        assert_eq!(e.field, ".", "{e}");
+        assert!(e.problem.contains("unknown field ``"), "{e}");
     }
 
     #[test]
