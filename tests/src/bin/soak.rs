@@ -31,9 +31,9 @@
 //!   per agent tick (RSS ~28 MiB, debug build). The least-squares slope after warm-up is reported
 //!   too, and so is Envoy's own heap (`allocated` from its admin `/memory`), which is finer
 //!   grained than RSS: it is how the soak found canary-filter defining its metrics again on every
-//!   reload (see `canary_core::metrics::MetricIds`). Envoy's reload path itself still adds about
-//!   1 KiB of heap per ECDS update, with a no-op filter as well; at one update a second that is
-//!   about 0.6 MiB in a 10-minute run, well inside the bound.
+//!   reload (see `canary_core::metrics::MetricIds`). Envoy's reload path itself still keeps about
+//!   1 to 1.3 KiB of heap per ECDS update, with a no-op filter as well; at one update a second
+//!   that is about 1 MiB between the two windows of a 10-minute run, well inside the bound.
 //! * `counters-snapshot`: after the load has stopped and the counters settled, the per-subset
 //!   `requests` in the filter's snapshot equal exactly what the load generator saw served by each
 //!   backend, with no failures, one proxy instance and no counter going backwards during the run
