@@ -16,7 +16,7 @@ WASM_TARGETS   := wasm32-wasip1 wasm32-unknown-unknown
 export ENVOY_BIN
 
 .PHONY: help tools tools-rust tools-envoy tools-wasm-bindgen tools-debian tools-validators wasm build demo soak oci \
-        test test-unit test-wasm test-e2e test-deploy lint fmt clean tools-fuzz fuzz
+        test test-unit test-wasm test-e2e test-deploy lint fmt clean tools-fuzz fuzz bench tools-bench
 
 help:
 	@echo "make demo   - local demo on real Envoy (installs tools, builds the filter)"
@@ -28,6 +28,8 @@ help:
 	@echo "              checks lost requests, memory growth and exact counters (SOAK_SECONDS=60 for a short run)"
 	@echo "make oci    - the filter as an OCI image for Istio's WasmPlugin (prints the digest to pin)"
 	@echo "make lint   - rustfmt check, clippy -D warnings for native and wasm32-wasip1"
+	@echo "make bench  - what the filter costs, how fast a bad canary is stopped, how often the gate is wrong;"
+	@echo "              writes bench/RESULTS.md and bench/results.json (under 15 min on 2 cores)"
 	@echo "make fuzz   - every cargo-fuzz target for FUZZ_SECONDS (default $(FUZZ_SECONDS)) each, after replaying"
 	@echo "              fuzz/regressions; fails on any crash (installs cargo-fuzz into .tools)"
 
@@ -133,6 +135,29 @@ test-deploy:
 	promtool test rules deploy/prometheus/rules_test.yaml
 	python3 -m json.tool deploy/grafana/canary-gate.json > /dev/null
 
+# Benchmarks (bench/): each part writes <part>.json and <part>.md into $(BENCH_OUT); `report` puts
+# them together with the machine into bench/RESULTS.md and bench/results.json. Release builds
+# throughout; the no-op filter is the floor for canary-filter's cost.
+BENCH_OUT := target/bench
+BENCH_ENV := GATE_AGENT_BIN=$(CURDIR)/target/release/gate-agent
+bench: tools-rust tools-envoy tools-bench wasm
+	cargo build --release -p noop-filter --target wasm32-wasip1
+	cargo build --release -p gate-agent -p canary-bench
+	rm -rf $(BENCH_OUT) && mkdir -p $(BENCH_OUT)
+	$(BENCH_ENV) target/release/envoy_cost $(BENCH_OUT)
+	$(BENCH_ENV) target/release/breach $(BENCH_OUT)
+	$(BENCH_ENV) target/release/decisions $(BENCH_OUT)
+	cargo bench -p gate-agent --bench tick --no-run
+	$(BENCH_ENV) target/release/agent_scale $(BENCH_OUT)
+	$(BENCH_ENV) target/release/report $(BENCH_OUT)
+
+# wrk, the cost benchmark's load generator (Debian).
+tools-bench:
+	@command -v wrk >/dev/null || { \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends wrk; }
+
 # Fuzzing: the cargo-fuzz (libFuzzer) targets in fuzz/, a workspace of its own. Nightly when
 # rustup has it, else the pinned stable with RUSTC_BOOTSTRAP=1 (cargo-fuzz passes -Z flags);
 # FUZZ_SANITIZER=none drops AddressSanitizer. New inputs go to target/fuzz-corpus/<target>; the
@@ -172,7 +197,7 @@ fuzz: tools-fuzz
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy -p canary-filter -p canary-core --target wasm32-wasip1 -- -D warnings
+	cargo clippy -p canary-filter -p canary-core -p noop-filter --target wasm32-wasip1 -- -D warnings
 
 fmt:
 	cargo fmt --all
