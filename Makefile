@@ -204,4 +204,4 @@ fmt:
 
 clean:
 	cargo clean
-	rm -rf $(VENV) $(TOOLS)
+	rm -rf $(VENV) $(TOOLS) fuzz/target fuzz/artifacts fuzz/coverage
