@@ -139,17 +139,19 @@ test-deploy:
 # them together with the machine into bench/RESULTS.md and bench/results.json. Release builds
 # throughout; the no-op filter is the floor for canary-filter's cost.
 BENCH_OUT := target/bench
+BENCH_BIN := target/bench-driver
 BENCH_ENV := GATE_AGENT_BIN=$(CURDIR)/target/release/gate-agent
 bench: tools-rust tools-envoy tools-bench wasm
 	cargo build --release -p noop-filter --target wasm32-wasip1
-	cargo build --release -p gate-agent -p canary-bench
-	rm -rf $(BENCH_OUT) && mkdir -p $(BENCH_OUT)
-	$(BENCH_ENV) target/release/envoy_cost $(BENCH_OUT)
-	$(BENCH_ENV) target/release/breach $(BENCH_OUT)
-	$(BENCH_ENV) target/release/decisions $(BENCH_OUT)
+	cargo build --release -p gate-agent
+	cargo build --profile bench-driver -p canary-bench
 	cargo bench -p gate-agent --bench tick --no-run
-	$(BENCH_ENV) target/release/agent_scale $(BENCH_OUT)
-	$(BENCH_ENV) target/release/report $(BENCH_OUT)
+	rm -rf $(BENCH_OUT) && mkdir -p $(BENCH_OUT)
+	$(BENCH_ENV) $(BENCH_BIN)/envoy_cost $(BENCH_OUT)
+	$(BENCH_ENV) $(BENCH_BIN)/breach $(BENCH_OUT)
+	$(BENCH_ENV) $(BENCH_BIN)/decisions $(BENCH_OUT)
+	$(BENCH_ENV) $(BENCH_BIN)/agent_scale $(BENCH_OUT)
+	$(BENCH_ENV) $(BENCH_BIN)/report $(BENCH_OUT)
 
 # wrk, the cost benchmark's load generator (Debian).
 tools-bench:

@@ -221,8 +221,9 @@ fn markdown(series: &[Series], rounds: usize, seconds: u64) -> String {
     } else {
         format!(
             "**Goal missed:** canary-filter runs at {ratio:.3}× the no-op filter's throughput (goal ≥ 0.95×). \
-             bench/PROFILE.md takes the extra CPU time per request apart: the exact cross-worker counter \
-             update in shared data is the largest piece, then Envoy stats, then header and clock reads."
+             bench/PROFILE.md takes the extra CPU time per request apart: it is spread over the host calls \
+             every request makes (headers, clock, properties, counters, stats); batching the counter \
+             updates per worker was tried and measured no gain."
         )
     };
     md.push_str(&format!("\n{verdict}\n"));
