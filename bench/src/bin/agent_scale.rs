@@ -461,7 +461,7 @@ async fn sample(
 // ---------------------------------------------------------------------------------------------
 
 fn markdown(criterion: Option<&Criterion>, m: &Memory) -> String {
-    let mut md = String::from("## Agent scale\n\n");
+    let mut md = String::from("## 4. Agent scale\n\n");
     md.push_str(&format!(
         "One tick over {PROXIES} proxies, measured by criterion (`gate-agent/benches/tick.rs`): each proxy's \
          snapshot holds cumulative counters with latency histograms in the filter's buckets (a few hundred \

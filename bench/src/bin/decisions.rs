@@ -818,7 +818,7 @@ fn markdown(
         md.push_str(&s);
         md.push('\n');
     };
-    line("## Decision quality".into());
+    line("## 3. Decision quality".into());
     line(String::new());
     line(format!(
         "The agent's own decision path (`Fleet` → `Window` → `Rollout`/`Judge`, as `control.rs` runs it) on \
