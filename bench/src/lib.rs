@@ -7,6 +7,7 @@
 //! together with the machine they ran on.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 pub mod envoy;
 pub mod wrk;
@@ -18,6 +19,35 @@ pub fn out_dir() -> PathBuf {
         .nth(1)
         .filter(|a| !a.to_string_lossy().starts_with('-'))
         .map_or_else(|| PathBuf::from("target/bench"), PathBuf::from)
+}
+
+/// A part's exit status: success, or its error on stderr after the part's name.
+pub fn exit(part: &str, result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{part}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The whole number after flag `name` on the command line (`--trials 20`), if the flag is there.
+pub fn flag_u64(name: &str) -> Result<Option<u64>, String> {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(i) = args.iter().position(|a| a == name) else {
+        return Ok(None);
+    };
+    let value = args.get(i + 1).ok_or_else(|| format!("{name} needs a value"))?;
+    value.parse().map(Some).map_err(|e| format!("{name} {value:?} is not a whole number: {e}"))
+}
+
+/// A whole-number setting from environment variable `name`, or `default` when it is unset.
+pub fn env_u64(name: &str, default: u64) -> Result<u64, String> {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().map_err(|e| format!("{name}={v:?} is not a whole number: {e}")),
+        Err(_) => Ok(default),
+    }
 }
 
 /// Writes `<dir>/<part>.json` and `<dir>/<part>.md`.

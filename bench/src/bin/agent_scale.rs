@@ -41,27 +41,14 @@ const GROUP: &str = "tick_1000_proxies";
 const BENCHES: [&str; 2] = ["merge_and_judge", "parse_merge_and_judge"];
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("agent_scale: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-fn env_u64(name: &str, default: u64) -> Result<u64, String> {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().map_err(|e| format!("{name}={v:?} is not a whole number: {e}")),
-        Err(_) => Ok(default),
-    }
+    canary_bench::exit("agent_scale", run())
 }
 
 fn run() -> Result<(), String> {
     let started = Instant::now();
     let out = canary_bench::out_dir();
-    let seconds = env_u64("AGENT_SCALE_SECONDS", 25)?;
-    let measurement_s = env_u64("AGENT_SCALE_MEASUREMENT_S", 5)?;
+    let seconds = canary_bench::env_u64("AGENT_SCALE_SECONDS", 25)?;
+    let measurement_s = canary_bench::env_u64("AGENT_SCALE_MEASUREMENT_S", 5)?;
     let criterion = if std::env::var("AGENT_SCALE_SKIP_CRITERION").is_ok_and(|v| v == "1") {
         None
     } else {

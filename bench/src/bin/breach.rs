@@ -41,20 +41,9 @@ struct Trial {
     transport_errors: usize,
 }
 
-fn arg(name: &str) -> Option<u64> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("breach: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    canary_bench::exit("breach", run().await)
 }
 
 /// The shipped spec with one step at `weight` (and a long interval, so the trial never promotes).
@@ -81,7 +70,7 @@ fn spec(weight: u32) -> Result<String, String> {
 }
 
 async fn run() -> Result<(), String> {
-    let trials = arg("--trials").unwrap_or(20);
+    let trials = canary_bench::flag_u64("--trials")?.unwrap_or(20);
     let out = out_dir();
     let fx = Fixture::start(route(0.0, 1, "").map_err(|e| e.to_string())?, 2).await?;
     let mut results = Vec::new();

@@ -94,29 +94,16 @@ const INCIDENT_EXPOSURE_S: f64 = 45.0 * 60.0;
 const BUDGET_DAYS: f64 = 30.0;
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("decisions: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-fn env_u64(name: &str, default: u64) -> Result<u64, String> {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().map_err(|e| format!("{name}={v:?} is not a whole number: {e}")),
-        Err(_) => Ok(default),
-    }
+    canary_bench::exit("decisions", run())
 }
 
 fn run() -> Result<(), String> {
     let started = Instant::now();
     let out = canary_bench::out_dir();
-    let seed = env_u64("DECISIONS_SEED", 20_260_401)?;
-    let trials = usize::try_from(env_u64("DECISIONS_TRIALS", 400)?).map_err(|e| e.to_string())?;
-    let aa_trials = usize::try_from(env_u64("DECISIONS_AA_TRIALS", 1_000)?).map_err(|e| e.to_string())?;
-    let propagation_ms = env_u64("DECISIONS_PROPAGATION_MS", 100)?;
+    let seed = canary_bench::env_u64("DECISIONS_SEED", 20_260_401)?;
+    let trials = usize::try_from(canary_bench::env_u64("DECISIONS_TRIALS", 400)?).map_err(|e| e.to_string())?;
+    let aa_trials = usize::try_from(canary_bench::env_u64("DECISIONS_AA_TRIALS", 1_000)?).map_err(|e| e.to_string())?;
+    let propagation_ms = canary_bench::env_u64("DECISIONS_PROPAGATION_MS", 100)?;
     let spec = Spec::from_yaml_or_json(SPEC).map_err(|e| format!("bench spec: {e}"))?;
     let typo_spec = Spec::from_yaml_or_json(TYPO_SPEC).map_err(|e| format!("bench typo spec: {e}"))?;
     let latency = Latency::new(LATENCY_MEDIAN_US, LATENCY_P99_US);

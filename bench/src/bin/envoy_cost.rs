@@ -55,25 +55,14 @@ impl Series {
     }
 }
 
-fn arg(name: &str) -> Option<u64> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("envoy_cost: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    canary_bench::exit("envoy_cost", run().await)
 }
 
 async fn run() -> Result<(), String> {
-    let rounds = usize::try_from(arg("--rounds").unwrap_or(5)).map_err(|e| e.to_string())?;
-    let seconds = arg("--seconds").unwrap_or(5);
+    let rounds = usize::try_from(canary_bench::flag_u64("--rounds")?.unwrap_or(5)).map_err(|e| e.to_string())?;
+    let seconds = canary_bench::flag_u64("--seconds")?.unwrap_or(5);
     let out = out_dir();
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
     let script = wrk::script(scratch.path())?;

@@ -14,13 +14,7 @@ use serde_json::{Map, Value, json};
 const PARTS: [&str; 4] = ["envoy_cost", "breach", "decisions", "agent_scale"];
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("report: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    canary_bench::exit("report", run())
 }
 
 fn run() -> Result<(), String> {
