@@ -82,7 +82,11 @@ pub struct FlaggerEventView {
 pub struct StatusView {
     pub rollout: String,
     pub phase: String,
+    /// The rollout's weight: where the agent has decided the canary should be.
     pub canary_weight_percent: f64,
+    /// The weight in the durable configuration, the one the proxies apply. Below
+    /// `canary_weight_percent` while a write is failing or not yet done.
+    pub applied_weight_percent: f64,
     /// The spec's `maxWeight`: no step goes above it (only a promotion, to 100%).
     pub max_weight_percent: f64,
     /// The durable configuration's revision.
@@ -186,10 +190,26 @@ async fn action(State(s): State<ApiState>, headers: HeaderMap, command: Command)
 pub fn render_metrics(v: &StatusView) -> String {
     let mut out = String::new();
     let rollout = escape(&v.rollout);
-    family(&mut out, "canary_gate_agent_canary_weight_ratio", "gauge", "Canary weight applied, 0 to 1.");
+    family(
+        &mut out,
+        "canary_gate_agent_canary_weight_ratio",
+        "gauge",
+        "Canary weight in the durable configuration the proxies apply, 0 to 1.",
+    );
     let _ = writeln!(
         out,
         "canary_gate_agent_canary_weight_ratio{{rollout=\"{rollout}\"}} {}",
+        v.applied_weight_percent / 100.0
+    );
+    family(
+        &mut out,
+        "canary_gate_agent_desired_canary_weight_ratio",
+        "gauge",
+        "The rollout's canary weight, 0 to 1; above the applied weight while a write is failing.",
+    );
+    let _ = writeln!(
+        out,
+        "canary_gate_agent_desired_canary_weight_ratio{{rollout=\"{rollout}\"}} {}",
         v.canary_weight_percent / 100.0
     );
     family(
@@ -408,6 +428,24 @@ mod tests {
         let decisive = VerdictView { verdict: kind.to_string(), kind: Some(kind), ..VerdictView::default() };
         let text = render_metrics(&StatusView { recent_verdicts: vec![decisive], ..view });
         assert!(text.contains("canary_gate_agent_verdict{rollout=\"demo\",verdict=\"decisive_fail\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn the_weight_gauge_is_what_the_proxies_apply_and_the_desired_one_is_apart() {
+        // A write of the step to 25% is failing: the proxies still apply the durable 10%.
+        let view = StatusView {
+            rollout: "demo".into(),
+            canary_weight_percent: 25.0,
+            applied_weight_percent: 10.0,
+            ..StatusView::default()
+        };
+        let text = render_metrics(&view);
+        for line in [
+            "canary_gate_agent_canary_weight_ratio{rollout=\"demo\"} 0.1",
+            "canary_gate_agent_desired_canary_weight_ratio{rollout=\"demo\"} 0.25",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
     }
 
     #[test]

@@ -536,6 +536,7 @@ where
             rollout: spec.name().to_string(),
             phase: status.phase.to_string(),
             canary_weight_percent: status.canary_weight.percent(),
+            applied_weight_percent: self.durable.weight.percent(),
             max_weight_percent: spec.max_weight().percent(),
             revision: self.durable.revision,
             step: status.step,

@@ -794,6 +794,7 @@ async fn a_failed_write_is_retried_with_backoff_until_it_lands() {
         assert!(not_ready.starts_with("cannot write the weight") && not_ready.contains("read-only file system"));
         assert_eq!(s.router_errors_total, errors);
         assert_eq!(s.canary_weight_percent, 25.0, "the rollout's weight, not yet durable");
+        assert_eq!(s.applied_weight_percent, 10.0, "the weight the proxies apply");
         assert_eq!(rig.fleet.weights(), vec![w(10.0); 2], "the proxies still apply the durable 10%");
         rig.second(&mut agent).await;
     }
