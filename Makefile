@@ -29,7 +29,7 @@ help:
 	@echo "make oci    - the filter as an OCI image for Istio's WasmPlugin (prints the digest to pin)"
 	@echo "make lint   - rustfmt check, clippy -D warnings for native and wasm32-wasip1"
 	@echo "make bench  - what the filter costs, how fast a bad canary is stopped, how often the gate is wrong;"
-	@echo "              writes bench/RESULTS.md and bench/results.json (under 15 min on 2 cores)"
+	@echo "              writes bench/RESULTS.md and bench/results.json (about 7 min on 2 cores once built)"
 	@echo "make fuzz   - every cargo-fuzz target for FUZZ_SECONDS (default $(FUZZ_SECONDS)) each, after replaying"
 	@echo "              fuzz/regressions; fails on any crash (installs cargo-fuzz into .tools)"
 
