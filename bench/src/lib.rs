@@ -50,6 +50,43 @@ pub fn env_u64(name: &str, default: u64) -> Result<u64, String> {
     }
 }
 
+/// The shipped local rollout spec, `deploy/local/rollout.yaml`: the breach and decision parts
+/// judge with it, so their figures describe what users run.
+pub fn shipped_spec() -> Result<String, String> {
+    let path = canary_e2e::paths::deploy_local().join("rollout.yaml");
+    std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `spec` with its top-level field `key` set to `value` (the whole line replaced). The field must
+/// be there exactly once, so a change to the shipped file cannot make the benchmark judge with
+/// something else unnoticed.
+pub fn set_top_level(spec: &str, key: &str, value: &str) -> Result<String, String> {
+    let prefix = format!("{key}:");
+    let mut found = 0;
+    let mut out = String::with_capacity(spec.len());
+    for line in spec.lines() {
+        if line.starts_with(&prefix) {
+            found += 1;
+            out.push_str(&format!("{key}: {value}"));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    match found {
+        1 => Ok(out),
+        n => Err(format!("rollout spec: expected one top-level `{key}:` line, found {n}")),
+    }
+}
+
+/// `text` with `from` replaced by `to`; `from` must occur exactly once.
+pub fn replace_once(text: &str, from: &str, to: &str) -> Result<String, String> {
+    match text.matches(from).count() {
+        1 => Ok(text.replacen(from, to, 1)),
+        n => Err(format!("expected `{from}` once, found it {n} times")),
+    }
+}
+
 /// Writes `<dir>/<part>.json` and `<dir>/<part>.md`.
 pub fn write_part(dir: &Path, part: &str, figures: &serde_json::Value, markdown: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
@@ -80,5 +117,16 @@ mod tests {
         assert_eq!(percentile(&v, 1.0), Some(100.0));
         assert_eq!(percentile(&v, 0.0), Some(1.0));
         assert_eq!(percentile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn spec_edits_need_exactly_one_match() {
+        let spec = "name: demo\ninterval: 10s\nmetrics:\n  - name: x\n    interval: 30s\n";
+        let set = super::set_top_level(spec, "interval", "60s").unwrap();
+        assert_eq!(set, "name: demo\ninterval: 60s\nmetrics:\n  - name: x\n    interval: 30s\n");
+        assert!(super::set_top_level(spec, "maxWeight", "10").is_err(), "absent");
+        assert!(super::set_top_level("a: 1\na: 2\n", "a", "3").is_err(), "twice");
+        assert_eq!(super::replace_once(spec, "30s", "5s").unwrap(), spec.replace("30s", "5s"));
+        assert!(super::replace_once(spec, "s\n", "m\n").is_err(), "more than once");
     }
 }

@@ -48,25 +48,10 @@ async fn main() -> ExitCode {
 
 /// The shipped spec with one step at `weight` (and a long interval, so the trial never promotes).
 fn spec(weight: u32) -> Result<String, String> {
-    let path = canary_e2e::paths::deploy_local().join("rollout.yaml");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut out = String::new();
-    let mut replaced = 0;
-    for line in text.lines() {
-        let new = match line.split(':').next().unwrap_or_default() {
-            "stepWeights" => format!("stepWeights: [{weight}]"),
-            "maxWeight" => format!("maxWeight: {weight}"),
-            "interval" => "interval: 60s".to_owned(),
-            _ => line.to_owned(),
-        };
-        replaced += usize::from(new != line);
-        out.push_str(&new);
-        out.push('\n');
-    }
-    if replaced < 2 {
-        return Err(format!("{}: no top-level stepWeights/maxWeight/interval lines to set", path.display()));
-    }
-    Ok(out)
+    let spec = canary_bench::shipped_spec()?;
+    let spec = canary_bench::set_top_level(&spec, "stepWeights", &format!("[{weight}]"))?;
+    let spec = canary_bench::set_top_level(&spec, "maxWeight", &weight.to_string())?;
+    canary_bench::set_top_level(&spec, "interval", "60s")
 }
 
 async fn run() -> Result<(), String> {

@@ -21,51 +21,6 @@ use canary_core::{InstanceInfo, Outcome, Role, Snapshot, SubsetCounters, SubsetN
 use gate_agent::{Decision, Finding, Fleet, Phase, Rollout, Spec};
 use serde_json::{Value, json};
 
-/// The rollout spec judged in the A/A and detection runs: the shipped local spec
-/// (`deploy/local/rollout.yaml`): a check every 10 s, three failed checks allowed, steps
-/// 10/25/50%, 200 canary requests per step, success rate ≥ 99% and p99 ≤ 500 ms over 30 s,
-/// α = 0.01 for the sequential tests.
-const SPEC: &str = "
-name: demo
-stable: v1
-canary: v2
-interval: 10s
-threshold: 3
-stepWeights: [10, 25, 50]
-maxWeight: 50
-minRequests: 200
-alpha: 0.01
-noData: hold
-metrics:
-  - name: request-success-rate
-    thresholdRange: {min: 99}
-    interval: 30s
-  - name: request-duration
-    thresholdRange: {max: 500}
-    interval: 30s
-";
-
-/// The same spec with the incident's SLO, 99.9% success.
-const TYPO_SPEC: &str = "
-name: demo
-stable: v1
-canary: v2
-interval: 10s
-threshold: 3
-stepWeights: [10, 25, 50]
-maxWeight: 50
-minRequests: 200
-alpha: 0.01
-noData: hold
-metrics:
-  - name: request-success-rate
-    thresholdRange: {min: 99.9}
-    interval: 30s
-  - name: request-duration
-    thresholdRange: {max: 500}
-    interval: 30s
-";
-
 /// Proxies in the simulated fleet; each request lands on one of them at random.
 const PROXIES: usize = 3;
 /// Tick of the A/A and detection runs.
@@ -104,8 +59,13 @@ fn run() -> Result<(), String> {
     let trials = usize::try_from(canary_bench::env_u64("DECISIONS_TRIALS", 400)?).map_err(|e| e.to_string())?;
     let aa_trials = usize::try_from(canary_bench::env_u64("DECISIONS_AA_TRIALS", 1_000)?).map_err(|e| e.to_string())?;
     let propagation_ms = canary_bench::env_u64("DECISIONS_PROPAGATION_MS", 100)?;
-    let spec = Spec::from_yaml_or_json(SPEC).map_err(|e| format!("bench spec: {e}"))?;
-    let typo_spec = Spec::from_yaml_or_json(TYPO_SPEC).map_err(|e| format!("bench typo spec: {e}"))?;
+    // The shipped spec (a check every 10 s, three failed checks allowed, steps 10/25/50%, 200
+    // canary requests per step, success rate ≥ 99% and p99 ≤ 500 ms over 30 s, α = 0.01), and the
+    // same spec with the incident's SLO, 99.9% success.
+    let spec_text = canary_bench::shipped_spec()?;
+    let typo_text = canary_bench::replace_once(&spec_text, "thresholdRange: {min: 99}", "thresholdRange: {min: 99.9}")?;
+    let spec = Spec::from_yaml_or_json(&spec_text).map_err(|e| format!("bench spec: {e}"))?;
+    let typo_spec = Spec::from_yaml_or_json(&typo_text).map_err(|e| format!("bench typo spec: {e}"))?;
     let latency = Latency::new(LATENCY_MEDIAN_US, LATENCY_P99_US);
     let first_step = spec.steps().first().map_or(0.1, |w| fraction(*w));
 
@@ -169,8 +129,8 @@ fn run() -> Result<(), String> {
             "tick_ms": TICK_MS,
             "proxies": PROXIES,
             "max_rollout_s": MAX_ROLLOUT_MS / 1000,
-            "spec": SPEC.trim(),
-            "typo_spec": TYPO_SPEC.trim(),
+            "spec": spec_text.trim(),
+            "typo_spec": typo_text.trim(),
             "canary_rates_on_first_step_per_s": CANARY_RATES,
             "traffic": "constant total rate (canary rate on the first step / first step weight); each request goes to the canary with probability = the weight in force, to one of the proxies at random; failures Bernoulli per request",
             "baseline_error_rate": BASELINE_ERROR,
