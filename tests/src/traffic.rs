@@ -23,6 +23,11 @@ impl Tally {
     }
 }
 
+/// Which backend answered: its `x-served-by` header, or "none" when Envoy answered itself.
+pub fn served_by(resp: &reqwest::Response) -> String {
+    resp.headers().get("x-served-by").and_then(|v| v.to_str().ok()).unwrap_or("none").to_owned()
+}
+
 /// Sends `n` GET requests to `url` with `headers`, `concurrency` at a time.
 pub async fn send(
     client: &reqwest::Client,
@@ -46,8 +51,7 @@ pub async fn send(
         while let Some(done) = tasks.join_next().await {
             match done {
                 Ok(Ok(resp)) => {
-                    let by =
-                        resp.headers().get("x-served-by").and_then(|v| v.to_str().ok()).unwrap_or("none").to_owned();
+                    let by = served_by(&resp);
                     *tally.served_by.entry(by).or_default() += 1;
                     *tally.statuses.entry(resp.status().as_u16()).or_default() += 1;
                     let _ = resp.bytes().await;
@@ -100,12 +104,7 @@ impl Steady {
                 tokio::spawn(async move {
                     let (served_by, status) = match client.get(&url).send().await {
                         Ok(resp) => {
-                            let by = resp
-                                .headers()
-                                .get("x-served-by")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("none")
-                                .to_owned();
+                            let by = served_by(&resp);
                             let status = resp.status().as_u16();
                             let _ = resp.bytes().await;
                             (by, status)

@@ -267,12 +267,7 @@ impl Load {
                     let began = Instant::now();
                     let outcome = match client.get(&url).send().await {
                         Ok(resp) => {
-                            let by = resp
-                                .headers()
-                                .get("x-served-by")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("none")
-                                .to_owned();
+                            let by = canary_e2e::traffic::served_by(&resp);
                             let status = resp.status().as_u16();
                             match resp.bytes().await {
                                 Ok(_) => Ok((by, status)),
