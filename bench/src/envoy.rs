@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use canary_core::config::RouteConfig;
-use canary_e2e::envoy::{LocalSetup, local_bootstrap};
+use canary_e2e::envoy::{LocalSetup, bound_listener, local_bootstrap};
 use serde_json::Value;
 
 /// What runs in front of the router on the public listener.
@@ -199,11 +199,7 @@ impl BenchEnvoy {
 
 async fn public_listener(http: &reqwest::Client, admin: SocketAddr) -> Option<SocketAddr> {
     let body = http.get(format!("http://{admin}/listeners?format=json")).send().await.ok()?.text().await.ok()?;
-    let v: Value = serde_json::from_str(&body).ok()?;
-    let l = v.get("listener_statuses")?.as_array()?.iter().find(|l| l.get("name") == Some(&"public".into()))?;
-    let sa = l.pointer("/local_address/socket_address")?;
-    let port = u16::try_from(sa.get("port_value")?.as_u64()?).ok().filter(|p| *p != 0)?;
-    Some(SocketAddr::new(sa.get("address")?.as_str()?.parse().ok()?, port))
+    bound_listener(&serde_json::from_str(&body).ok()?, "public")
 }
 
 fn copy(from: &Path, to: &Path) -> Result<(), String> {

@@ -145,6 +145,15 @@ fn spawn_envoy(bin: &Path, root: &Path, base_id: u32, concurrency: u32) -> Resul
         .map_err(|e| format!("cannot start {}: {e}", bin.display()))
 }
 
+/// The address listener `name` is bound to, from the admin's `/listeners?format=json`; `None`
+/// until it is bound to a port.
+pub fn bound_listener(listeners: &Value, name: &str) -> Option<SocketAddr> {
+    let l = listeners.get("listener_statuses")?.as_array()?.iter().find(|l| l.get("name") == Some(&name.into()))?;
+    let sa = l.pointer("/local_address/socket_address")?;
+    let port = u16::try_from(sa.get("port_value")?.as_u64()?).ok().filter(|p| *p != 0)?;
+    Some(SocketAddr::new(sa.get("address")?.as_str()?.parse().ok()?, port))
+}
+
 fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, bytes)?;
@@ -211,14 +220,8 @@ impl Envoy {
     async fn read_listeners(&mut self) -> Result<(), String> {
         let body = self.admin_get("/listeners?format=json").await?;
         let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-        let find = |name: &str| -> Option<SocketAddr> {
-            let l = v.get("listener_statuses")?.as_array()?.iter().find(|l| l.get("name") == Some(&name.into()))?;
-            let sa = l.pointer("/local_address/socket_address")?;
-            let port = u16::try_from(sa.get("port_value")?.as_u64()?).ok().filter(|p| *p != 0)?;
-            Some(SocketAddr::new(sa.get("address")?.as_str()?.parse().ok()?, port))
-        };
-        self.public = find("public").ok_or("public listener not bound yet")?;
-        self.snapshot = find("canary-gate-snapshot").ok_or("snapshot listener not bound yet")?;
+        self.public = bound_listener(&v, "public").ok_or("public listener not bound yet")?;
+        self.snapshot = bound_listener(&v, "canary-gate-snapshot").ok_or("snapshot listener not bound yet")?;
         Ok(())
     }
 
