@@ -37,6 +37,7 @@ fn run() -> Result<(), String> {
     if !missing.is_empty() {
         return Err(format!("parts missing from {}: {}", out.display(), missing.join("; ")));
     }
+    let machine_md = machine_markdown(&machine);
     let results = json!({ "machine": machine, "parts": figures });
     let json = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
     write(&root.join("results.json"), &format!("{json}\n"))?;
@@ -44,16 +45,12 @@ fn run() -> Result<(), String> {
         "# canary-gate benchmark results\n\n\
          Written by `make bench` (bench/src/bin/*.rs); every figure below is in `bench/results.json`. \
          Rerun with `make bench`; the goals are reported, never asserted.\n\n{}\n{}",
-        machine_markdown(&machine_of(&results)),
+        machine_md,
         sections.join("\n")
     );
     write(&root.join("RESULTS.md"), &md)?;
     eprintln!("report: wrote {} and {}", root.join("RESULTS.md").display(), root.join("results.json").display());
     Ok(())
-}
-
-fn machine_of(results: &Value) -> Value {
-    results.get("machine").cloned().unwrap_or(Value::Null)
 }
 
 fn read(dir: &Path, name: &str) -> Result<String, String> {
