@@ -35,12 +35,44 @@ pub fn now() -> Duration {
     hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default()
 }
 
-pub fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+/// A request header's value as the client sent it. Always bytes: the SDK's `get_map_value`
+/// unwraps `String::from_utf8` and traps the VM on a value that is not UTF-8, which any client
+/// can send. The logic decides what bytes mean (see `canary_core::split::header_text`).
+pub fn request_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
+}
+
+/// The request headers, as the split reads them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestHeaders;
+
+impl canary_core::split::RequestHeaders for RequestHeaders {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        request_header(name)
+    }
 }
 
 pub fn set_request_header(name: &str, value: &str) -> Result<(), Status> {
     hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+}
+
+/// A response header's value (bytes, for the same reason as [`request_header`]).
+pub fn response_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
+}
+
+/// A response trailer's value.
+pub fn response_trailer(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpResponseTrailers, name).ok().flatten()
+}
+
+pub fn add_response_header(name: &str, value: &str) -> Result<(), Status> {
+    hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value)
+}
+
+/// A stream property as bytes (`xds.cluster_name`, ...).
+pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
 }
 
 /// Makes the router re-match the route after a header change. proxy-wasm 0.2.5 has no method
@@ -51,7 +83,7 @@ pub fn clear_route_cache() -> Result<(), Status> {
 
 /// A numeric stream property (Envoy encodes integers as 8 little-endian bytes).
 pub fn property_u64(path: &[&str]) -> Option<u64> {
-    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+    let bytes = property(path)?;
     let arr: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
     Some(u64::from_le_bytes(arr))
 }

@@ -41,9 +41,12 @@ pub struct RouteState {
     pub config: RouteConfig,
     pub stable_key: String,
     pub canary_key: String,
+    /// Dark-launch requests' counters, apart from the canary's (see `store::dark_launch_key`).
+    pub dark_launch_key: String,
     pub stable_metrics: SubsetMetrics,
     pub canary_metrics: SubsetMetrics,
     pub updates_dropped: Option<u32>,
+    pub misrouted: Option<u32>,
 }
 
 impl RouteState {
@@ -100,7 +103,8 @@ impl Root {
     fn configure_route(&mut self, config: RouteConfig) -> bool {
         let stable_key = store::counters_key(&config.rollout, &config.stable);
         let canary_key = store::counters_key(&config.rollout, &config.canary);
-        for key in [&stable_key, &canary_key] {
+        let dark_launch_key = store::dark_launch_key(&config.rollout, &config.canary);
+        for key in [&stable_key, &canary_key, &dark_launch_key] {
             if let Err(status) = store::ensure_key(&SharedData, key, &[]) {
                 host::error(&format!(
                     "canary-gate: rejected configuration: cannot create counters {key} (status {status})"
@@ -110,6 +114,16 @@ impl Root {
         }
         if let Err(status) = store::publish_route(&SharedData, &config) {
             host::warn(&format!("canary-gate: cannot publish the route for snapshots (status {status})"));
+        }
+        match store::clear_stale_kill(&SharedData, &config) {
+            Ok(Some(stale)) => host::info(&format!(
+                "canary-gate: rollout {} is now rollout id {}: dropped the kill order of rollout id {}",
+                config.rollout,
+                config.effective_rollout_id(),
+                stale.rollout_id
+            )),
+            Ok(None) => {}
+            Err(e) => host::warn(&format!("canary-gate: cannot check for a stale kill order: {e:?}")),
         }
         host::info(&format!(
             "canary-gate: rollout {} revision {}: {} {} / {} {}",
@@ -124,8 +138,10 @@ impl Root {
             stable_metrics: SubsetMetrics::define(config.stable.as_str()),
             canary_metrics: SubsetMetrics::define(config.canary.as_str()),
             updates_dropped: host::define_metric(MetricType::Counter, metrics::UPDATES_DROPPED_TOTAL),
+            misrouted: host::define_metric(MetricType::Counter, metrics::MISROUTED_TOTAL),
             stable_key,
             canary_key,
+            dark_launch_key,
             config,
         };
         self.active = Some(Active::Route(Rc::new(state)));

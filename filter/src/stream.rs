@@ -3,12 +3,13 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use canary_core::config::SnapshotEndpointConfig;
+use canary_core::config::{SnapshotEndpointConfig, SubsetName};
 use canary_core::kill::KillOrder;
 use canary_core::outcome::ResponseSummary;
-use canary_core::snapshot::{InstanceInfo, SNAPSHOT_FORMAT, Snapshot, SubsetSnapshot};
-use canary_core::split::{Reason, Role, choose_subset};
-use canary_core::store::{self, UpdateError};
+use canary_core::served;
+use canary_core::snapshot::{InstanceInfo, SNAPSHOT_FORMAT, Snapshot, SubsetSnapshot, snapshot_query};
+use canary_core::split::{Choice, Reason, Role, affinity_value, choose_subset, header_text};
+use canary_core::store::{self, UpdateError, UpdateOrRefuse};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
@@ -23,7 +24,21 @@ pub struct RouteStream {
     state: Rc<RouteState>,
     random: u64,
     /// Set once the subset is chosen; only chosen requests are counted.
-    chosen: Option<(Role, Duration)>,
+    chosen: Option<Chosen>,
+}
+
+/// What a routing stream remembers between its callbacks.
+#[derive(Debug, Clone, Copy)]
+struct Chosen {
+    choice: Choice,
+    started: Duration,
+    /// When the response headers came: the end of the latency an SLO means (time to first
+    /// byte), leaving out the client's download and a stream's life.
+    responded: Option<Duration>,
+    /// The response is a stream (`LatencyPolicy`): counted, but not timed.
+    untimed: bool,
+    grpc: bool,
+    grpc_status: Option<u32>,
 }
 
 impl RouteStream {
@@ -32,41 +47,108 @@ impl RouteStream {
     }
 }
 
+/// A `grpc-status` value (`"14"`); anything else is unreadable and `None`.
+fn grpc_status(value: Option<Vec<u8>>) -> Option<u32> {
+    canary_core::split::header_text(value).and_then(|v| v.trim().parse().ok())
+}
+
 impl Context for RouteStream {}
 
 impl HttpContext for RouteStream {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         let cfg = &self.state.config;
-        let mut choice = choose_subset(cfg, host::request_header, self.random);
+        let mut choice = choose_subset(cfg, &host::RequestHeaders, self.random);
         // Only a canary choice consults the kill record: stable requests pay no extra host call.
-        if choice.role == Role::Canary
-            && choice.reason != Reason::DarkLaunch
-            && store::kill_holds(&SharedData, &cfg.rollout, cfg.revision)
-        {
-            choice = choice.under_kill();
+        if choice.role == Role::Canary && store::kill_holds(&SharedData, cfg) {
+            choice = choice.under_kill(cfg);
         }
-        let subset = choice.subset(cfg);
+        let label = cfg.label_value(choice.subset(cfg));
         // Overwrites any value the client sent: a client cannot pick its subset with the label.
-        if let Err(s) = host::set_request_header(cfg.label_header.as_str(), subset.as_str()) {
+        if let Err(s) = host::set_request_header(cfg.label_header.as_str(), &label) {
             host::error(&format!("canary-gate: cannot set {}: {s:?}; the request is not counted", cfg.label_header));
             return Action::Continue;
         }
         if let Err(s) = host::clear_route_cache() {
             host::warn(&format!("canary-gate: clear_route_cache failed: {s:?}"));
         }
-        self.chosen = Some((choice.role, host::now()));
+        self.chosen = Some(Chosen {
+            choice,
+            started: host::now(),
+            responded: None,
+            untimed: false,
+            grpc: false,
+            grpc_status: None,
+        });
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let Some(chosen) = self.chosen.as_mut() else { return Action::Continue };
+        chosen.responded = Some(host::now());
+        let content_type = host::response_header("content-type");
+        chosen.untimed = self.state.config.latency.excludes(None, content_type.as_deref());
+        chosen.grpc = content_type.as_deref().is_some_and(|ct| ct.starts_with(b"application/grpc"));
+        if chosen.grpc {
+            // A trailers-only response carries its status in the headers.
+            chosen.grpc_status = grpc_status(host::response_header("grpc-status"));
+        }
+        if chosen.choice.new_affinity
+            && let Some(cookie) = &self.state.config.affinity_cookie
+            && let Err(s) = host::add_response_header("set-cookie", &cookie.set_cookie(&affinity_value(self.random)))
+        {
+            host::warn(&format!("canary-gate: cannot set the affinity cookie: {s:?}"));
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
+        if let Some(chosen) = self.chosen.as_mut()
+            && chosen.grpc
+            && let Some(status) = grpc_status(host::response_trailer("grpc-status"))
+        {
+            chosen.grpc_status = Some(status);
+        }
         Action::Continue
     }
 
     fn on_log(&mut self) {
-        let Some((role, started)) = self.chosen else {
+        let Some(chosen) = self.chosen else {
             return;
         };
-        let status = host::property_u64(&["response", "code"]).and_then(|c| u16::try_from(c).ok());
-        let outcome = self.state.config.failure.classify(ResponseSummary { status: status.filter(|c| *c != 0) });
-        let latency_us = u64::try_from(host::now().saturating_sub(started).as_micros()).unwrap_or(u64::MAX);
-        let key = self.state.key(role);
-        match store::update_counters(&SharedData, key, MAX_CAS_ATTEMPTS, |c| c.record(outcome, latency_us)) {
+        let cfg = &self.state.config;
+        let status = host::property_u64(&["response", "code"]).and_then(|c| u16::try_from(c).ok()).filter(|c| *c != 0);
+        let summary = ResponseSummary {
+            status,
+            grpc_status: chosen.grpc_status,
+            flags: host::property_u64(&["response", "flags"]).unwrap_or(0),
+        };
+        let outcome = cfg.failure.classify(summary);
+        let end = chosen.responded.unwrap_or_else(host::now);
+        let latency_us = u64::try_from(end.saturating_sub(chosen.started).as_micros()).unwrap_or(u64::MAX);
+        let timed = !chosen.untimed && !cfg.latency.excludes(status, None);
+
+        let labelled = chosen.choice.role;
+        let cluster = host::property(&["xds", "cluster_name"]);
+        let attribution = served::attribute(cfg, labelled, served::served(cfg, cluster.as_deref()));
+        if attribution.misrouted {
+            host::increment_metric(self.state.misrouted, 1);
+            if let Err(e) = store::record_misrouted(&SharedData, &cfg.rollout, labelled, cluster.as_deref()) {
+                host::error(&format!("canary-gate: cannot count a misrouted request: {e:?}"));
+            }
+        }
+        let key = if chosen.choice.reason == Reason::DarkLaunch && attribution.counted_as == Role::Canary {
+            self.state.dark_launch_key.as_str()
+        } else {
+            self.state.key(attribution.counted_as)
+        };
+        let update = |c: &mut canary_core::SubsetCounters| {
+            if timed {
+                c.record(outcome, latency_us);
+            } else {
+                c.record_unmeasured(outcome);
+            }
+        };
+        match store::update_counters(&SharedData, key, MAX_CAS_ATTEMPTS, update) {
             Ok(report) => {
                 if let Some(e) = report.replaced_corrupt {
                     host::error(&format!(
@@ -83,12 +165,14 @@ impl HttpContext for RouteStream {
                 host::error(&format!("canary-gate: shared data update for {key} failed with status {s}"));
             }
         }
-        let m = self.state.metrics(role);
+        let m = self.state.metrics(attribution.counted_as);
         host::increment_metric(m.requests, 1);
         if outcome == canary_core::Outcome::Failure {
             host::increment_metric(m.failures, 1);
         }
-        host::record_metric(m.duration, latency_us);
+        if timed {
+            host::record_metric(m.duration, latency_us);
+        }
     }
 }
 
@@ -103,24 +187,51 @@ impl SnapshotStream {
         SnapshotStream { cfg, instance }
     }
 
-    fn snapshot(&self) -> Result<Snapshot, String> {
+    /// The snapshot of rollout `wanted`, or of the only rollout when none is named.
+    fn snapshot(&self, wanted: Option<SubsetName>) -> Result<Snapshot, (u32, String)> {
+        let internal = |e: String| (500, e);
         // Read through the store on every request, so every worker reports the same instance even
         // if two of them raced to create it.
-        let candidate = self.instance.as_ref().ok_or("the proxy instance record is missing")?;
-        let instance = store::instance(&SharedData, candidate).map_err(|e| e.to_string())?;
-        let route = store::published_route(&SharedData).map_err(|e| e.to_string())?;
-        let mut subsets = Vec::new();
+        let candidate =
+            self.instance.as_ref().ok_or_else(|| internal("the proxy instance record is missing".into()))?;
+        let instance = store::instance(&SharedData, candidate).map_err(|e| internal(e.to_string()))?;
+        let rollouts = store::rollouts(&SharedData).map_err(|e| internal(e.to_string()))?;
+        let rollout = match (wanted, rollouts.as_slice()) {
+            (Some(name), _) => Some(name),
+            (None, []) => None,
+            (None, [only]) => Some(only.clone()),
+            (None, many) => {
+                let names: Vec<&str> = many.iter().map(SubsetName::as_str).collect();
+                return Err((
+                    400,
+                    format!("this proxy runs {} rollouts ({}); name one with ?rollout=", many.len(), names.join(", ")),
+                ));
+            }
+        };
+        let route = match &rollout {
+            Some(name) => Some(
+                store::published_route(&SharedData, name)
+                    .map_err(|e| internal(e.to_string()))?
+                    .ok_or_else(|| (404, format!("this proxy runs no rollout {name}")))?,
+            ),
+            None => None,
+        };
+        let (mut subsets, mut kill, mut misrouted, mut dark_launch) = (Vec::new(), None, None, None);
         if let Some(r) = &route {
             for (role, subset) in [(Role::Stable, &r.stable), (Role::Canary, &r.canary)] {
                 let key = store::counters_key(&r.rollout, subset);
-                let counters = store::read_counters(&SharedData, &key).map_err(|e| format!("{key}: {e}"))?;
+                let counters = store::read_counters(&SharedData, &key).map_err(|e| internal(format!("{key}: {e}")))?;
                 subsets.push(SubsetSnapshot { subset: subset.clone(), role, counters });
             }
+            kill = store::kill_record(&SharedData, &r.rollout).map_err(|e| internal(format!("kill record: {e}")))?;
+            misrouted = Some(store::misrouted(&SharedData, &r.rollout).map_err(|e| internal(e.to_string()))?)
+                .filter(|m| m.total() > 0);
+            if r.dark_launch.is_some() {
+                let key = store::dark_launch_key(&r.rollout, &r.canary);
+                dark_launch =
+                    Some(store::read_counters(&SharedData, &key).map_err(|e| internal(format!("{key}: {e}")))?);
+            }
         }
-        let kill = match &route {
-            Some(r) => store::kill_record(&SharedData, &r.rollout).map_err(|e| format!("kill record: {e}"))?,
-            None => None,
-        };
         Ok(Snapshot {
             kill,
             format: SNAPSHOT_FORMAT.to_owned(),
@@ -128,6 +239,9 @@ impl SnapshotStream {
             taken_at_unix_ms: u64::try_from(host::now().as_millis()).unwrap_or(u64::MAX),
             route,
             subsets,
+            misrouted,
+            dark_launch,
+            rollouts,
         })
     }
 
@@ -144,13 +258,18 @@ impl SnapshotStream {
         match store::record_kill(&SharedData, &order, now) {
             Ok(record) => {
                 host::warn(&format!(
-                    "canary-gate: kill order for rollout {}: no weighted canary traffic up to revision {}",
-                    order.rollout, record.up_to_revision
+                    "canary-gate: kill order for rollout {} ({}): no canary traffic up to revision {}",
+                    order.rollout, order.id, record.up_to_revision
                 ));
                 let body = serde_json::json!({ "rollout": order.rollout, "kill": record }).to_string();
                 Self::reply(200, body.as_bytes())
             }
-            Err(e) => {
+            Err(UpdateOrRefuse::Refused(why)) => {
+                host::warn(&format!("canary-gate: refused a kill order: {why}"));
+                let body = serde_json::json!({ "error": format!("kill order refused: {why}") }).to_string();
+                Self::reply(409, body.as_bytes())
+            }
+            Err(UpdateOrRefuse::Update(e)) => {
                 host::error(&format!("canary-gate: cannot record the kill order for {}: {e:?}", order.rollout));
                 let body = serde_json::json!({ "error": format!("cannot record the kill: {e:?}") }).to_string();
                 Self::reply(500, body.as_bytes())
@@ -173,9 +292,9 @@ impl Context for SnapshotStream {}
 
 impl HttpContext for SnapshotStream {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let full = host::request_header(":path").unwrap_or_default();
+        let full = header_text(host::request_header(":path")).unwrap_or_default();
         let (path, query) = full.split_once('?').unwrap_or((full.as_str(), ""));
-        let method = host::request_header(":method").unwrap_or_default();
+        let method = header_text(host::request_header(":method")).unwrap_or_default();
         if path == self.cfg.kill_path {
             if method != "POST" {
                 return Self::reply(405, br#"{"error":"only POST"}"#);
@@ -188,12 +307,18 @@ impl HttpContext for SnapshotStream {
         if method != "GET" {
             return Self::reply(405, br#"{"error":"only GET"}"#);
         }
-        match self.snapshot().and_then(|s| serde_json::to_vec(&s).map_err(|e| e.to_string())) {
+        let wanted = match snapshot_query(query) {
+            Ok(w) => w,
+            Err(e) => return Self::reply(400, serde_json::json!({ "error": e }).to_string().as_bytes()),
+        };
+        match self.snapshot(wanted).and_then(|s| serde_json::to_vec(&s).map_err(|e| (500, e.to_string()))) {
             Ok(body) => Self::reply(200, &body),
-            Err(e) => {
-                host::error(&format!("canary-gate: cannot build a snapshot: {e}"));
+            Err((status, e)) => {
+                if status == 500 {
+                    host::error(&format!("canary-gate: cannot build a snapshot: {e}"));
+                }
                 let body = serde_json::json!({ "error": e }).to_string();
-                Self::reply(500, body.as_bytes())
+                Self::reply(status, body.as_bytes())
             }
         }
     }

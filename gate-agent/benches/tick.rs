@@ -91,6 +91,9 @@ impl Proxies {
                 taken_at_unix_ms: 1_775_000_000_000 + now_ms,
                 route: Some(self.route.clone()),
                 kill: None,
+                misrouted: None,
+                dark_launch: None,
+                rollouts: Vec::new(),
                 subsets: vec![
                     SubsetSnapshot { subset: self.names[0].clone(), role: Role::Stable, counters: stable.clone() },
                     SubsetSnapshot { subset: self.names[1].clone(), role: Role::Canary, counters: canary.clone() },

@@ -291,6 +291,9 @@ mod tests {
             taken_at_unix_ms: taken,
             route: None,
             kill: None,
+            misrouted: None,
+            dark_launch: None,
+            rollouts: Vec::new(),
             subsets: vec![
                 SubsetSnapshot { subset: name("v1"), role: Role::Stable, counters: counters(stable.0, stable.1) },
                 SubsetSnapshot { subset: name("v2"), role: Role::Canary, counters: counters(canary.0, canary.1) },

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use canary_core::{KillOrder, Role, RouteConfig, Weight};
+use canary_core::{KillOrder, Role, RouteConfig, SubsetName, Weight};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -147,6 +147,9 @@ pub struct Controller<S, R, N> {
     /// Why the rollout is where it is (the last decision that changed something).
     reason: String,
     highest_revision_seen: u64,
+    /// The rollout id of the durable configuration: kill orders name it, so they hold this
+    /// rollout and never a later one.
+    rollout_id: SubsetName,
     recent: VecDeque<VerdictView>,
     /// (tick time, [stable, canary] (requests, successes)) over the status window.
     trailing: VecDeque<(u64, [(u64, u64); 2])>,
@@ -218,6 +221,7 @@ where
             durable: Durable::of(&route),
             reason,
             highest_revision_seen: route.revision,
+            rollout_id: route.effective_rollout_id().clone(),
             recent: VecDeque::new(),
             trailing: VecDeque::new(),
             latency,
@@ -296,7 +300,10 @@ where
                         // A rolled-back rollout must not have canary traffic anywhere: a proxy
                         // that missed the kill (down, restarted) and still applies a weight gets
                         // the order again, until the durable weight 0 reaches it.
-                        let held = snapshot.kill.as_ref().is_some_and(|k| k.holds(route.revision));
+                        let held = snapshot
+                            .kill
+                            .as_ref()
+                            .is_some_and(|k| k.holds(route.effective_rollout_id(), route.revision));
                         if self.rollout.phase() == Phase::RolledBack && route.canary_weight > Weight::ZERO && !held {
                             unkilled.push(target.clone());
                         }
@@ -405,6 +412,7 @@ where
     fn kill_order(&self) -> KillOrder {
         KillOrder {
             rollout: self.rollout.spec().name().clone(),
+            id: self.rollout_id.clone(),
             revision: self.highest_revision_seen.max(self.durable.revision),
         }
     }
@@ -437,6 +445,7 @@ where
             Ok(Ok(route)) => {
                 self.durable = Durable::of(&route);
                 self.highest_revision_seen = self.highest_revision_seen.max(route.revision);
+                self.rollout_id = route.effective_rollout_id().clone();
                 self.router_error = None;
                 self.write_failures = 0;
             }

@@ -298,7 +298,9 @@ fn run(args: RunArgs) -> Result<(), Failure> {
 }
 
 async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
-    let source = HttpSource::new(&args.snapshot_path, &args.kill_path, args.fetch_timeout)
+    // A proxy may run several rollouts (one per gated service it calls): ask for this one.
+    let snapshot_path = format!("{}?rollout={}", args.snapshot_path, spec.name());
+    let source = HttpSource::new(&snapshot_path, &args.kill_path, args.fetch_timeout)
         .map_err(|e| Failure::Runtime(format!("HTTP client: {e}")))?;
     let webhook = match &args.webhook {
         Some(url) => Some(

@@ -242,7 +242,10 @@ struct FakeProxy {
 impl FakeProxy {
     /// The canary weight this proxy routes with: the configuration's, unless a kill holds it.
     fn weight(&self) -> Weight {
-        let killed = self.kills.get(self.config.rollout.as_str()).is_some_and(|k| k.holds(self.config.revision));
+        let killed = self
+            .kills
+            .get(self.config.rollout.as_str())
+            .is_some_and(|k| k.holds(self.config.effective_rollout_id(), self.config.revision));
         if killed { Weight::ZERO } else { self.config.canary_weight }
     }
 
@@ -265,6 +268,9 @@ impl FakeProxy {
                 },
             ],
             kill: self.kills.get(self.config.rollout.as_str()).cloned(),
+            misrouted: None,
+            dark_launch: None,
+            rollouts: Vec::new(),
         }
     }
 }

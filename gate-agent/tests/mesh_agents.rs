@@ -64,6 +64,9 @@ async fn fake_proxy(api: FakeApiServer) -> std::net::SocketAddr {
                     SubsetSnapshot { subset: name("v2"), role: Role::Canary, counters: c.1.clone() },
                 ],
                 kill: None,
+                misrouted: None,
+                dark_launch: None,
+                rollouts: Vec::new(),
             };
             serde_json::to_string(&snap).unwrap()
         }

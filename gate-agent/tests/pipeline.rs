@@ -69,6 +69,9 @@ impl Proxy {
             taken_at_unix_ms: now_ms,
             route: None,
             kill: None,
+            misrouted: None,
+            dark_launch: None,
+            rollouts: Vec::new(),
             subsets: vec![
                 SubsetSnapshot { subset: name("v1"), role: Role::Stable, counters: self.stable.clone() },
                 SubsetSnapshot { subset: name("v2"), role: Role::Canary, counters: self.canary.clone() },

@@ -33,11 +33,14 @@ metrics:
     interval: 2s
 ";
 
+/// What the shipped local setup tells the filter about its clusters: `stable` and `canary`.
+pub const LOCAL_SERVED_BY: &str = r#""served_by":{"clusters":{"stable":"stable","canary":"canary"}}"#;
+
 /// A route configuration for rollout `demo` (stable `v1`, canary `v2`) at `weight` percent, with
-/// extra JSON fields (`,"sticky":{...}`).
+/// the local setup's cluster names and extra JSON fields (`,"sticky":{...}`).
 pub fn route(weight: f64, revision: u64, extra: &str) -> Result<canary_core::RouteConfig, canary_core::ConfigError> {
     let json = format!(
-        r#"{{"version":1,"rollout":"demo","stable":"v1","canary":"v2","canary_weight":{weight},"revision":{revision}{extra}}}"#
+        r#"{{"version":1,"rollout":"demo","stable":"v1","canary":"v2","canary_weight":{weight},"revision":{revision},{LOCAL_SERVED_BY}{extra}}}"#
     );
     canary_core::config::parse_route(json.as_bytes())
 }

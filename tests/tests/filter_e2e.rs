@@ -9,6 +9,8 @@ use canary_core::sticky_bucket;
 use canary_e2e::{Fixture, route};
 
 const RELOAD: Duration = Duration::from_secs(10);
+const DARK_VALUE: &str = "dark-launch-secret-0123";
+const DARK: &str = r#","dark_launch":{"header":"x-canary","value":"dark-launch-secret-0123"}"#;
 
 fn none() -> Vec<(&'static str, String)> {
     Vec::new()
@@ -26,23 +28,61 @@ async fn the_split_follows_the_weight() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dark_launch_header_forces_the_canary_at_zero_weight() {
-    let f = Fixture::start(route(0.0, 1, "").unwrap(), 1).await.unwrap();
-    let t = f.send(100, &[("x-canary", "true".to_owned())]).await;
+async fn the_dark_launch_header_forces_the_canary_at_zero_weight_and_is_counted_apart() {
+    let f = Fixture::start(route(0.0, 1, DARK).unwrap(), 1).await.unwrap();
+    let t = f.send(100, &[("x-canary", DARK_VALUE.to_owned())]).await;
     assert_eq!(t.served("v2"), 100, "{t:?}");
-    let t = f.send(100, &[("x-canary", "yes".to_owned())]).await;
+    let t = f.send(100, &[("x-canary", "true".to_owned())]).await;
     assert_eq!(t.served("v1"), 100, "only the exact value opts in: {t:?}");
+    let snap = f.envoy.snapshot().await.unwrap();
+    assert_eq!(snap.subset(Role::Canary).unwrap().counters.requests, 0, "dark launch is not judged");
+    assert_eq!(snap.dark_launch.as_ref().map(|c| c.requests), Some(100), "but counted apart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dark_launch_is_off_by_default_and_stops_with_a_rollback() {
+    let f = Fixture::start(route(0.0, 1, "").unwrap(), 1).await.unwrap();
+    let t = f.send(50, &[("x-canary", "true".to_owned())]).await;
+    assert_eq!(t.served("v1"), 50, "no dark launch unless configured: {t:?}");
+    let rolled_back = format!(r#"{DARK},"rollout_state":{{"phase":"rolled_back"}}"#);
+    f.envoy.write_route(&route(0.0, 2, &rolled_back).unwrap()).unwrap();
+    f.envoy.wait_for_revision(2, RELOAD).await.unwrap();
+    let t = f.send(50, &[("x-canary", DARK_VALUE.to_owned())]).await;
+    assert_eq!(t.served("v1"), 50, "a rolled-back canary takes no dark-launch traffic: {t:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_that_is_not_utf8_is_treated_as_absent_and_the_vm_stays_up() {
+    let extra = format!(r#"{DARK},"sticky":{{"cookie":"sid"}}"#);
+    let f = Fixture::start(route(0.0, 1, &extra).unwrap(), 1).await.unwrap();
+    let bad = reqwest::header::HeaderValue::from_bytes(b"\xff\xfe").unwrap();
+    for name in ["x-canary", "cookie", "x-user-id"] {
+        for _ in 0..5 {
+            let resp = f.envoy.http().get(f.envoy.url("/")).header(name, bad.clone()).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{name}: {}", f.envoy.log_tail(20));
+            assert_eq!(canary_e2e::traffic::served_by(&resp), "v1", "{name}");
+        }
+    }
+    // The VM still routes, dark-launches and serves snapshots on that worker.
+    let t = f.send(20, &[("x-canary", DARK_VALUE.to_owned())]).await;
+    assert_eq!(t.served("v2"), 20, "{t:?}");
+    let snap = f.envoy.snapshot().await.unwrap();
+    assert_eq!(snap.subset(Role::Stable).unwrap().counters.requests, 15);
+    assert!(f.envoy.log_lines("panicked").is_empty(), "{}", f.envoy.log_tail(30));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sticky_user_keeps_its_subset_and_wasm_hashes_like_native_code() {
-    let f = Fixture::start(route(50.0, 1, r#","sticky":{"header":"x-user-id"}"#).unwrap(), 2).await.unwrap();
+    let cfg = route(50.0, 1, r#","sticky":{"header":"x-user-id"}"#).unwrap();
+    let salt = cfg.salt().into_owned();
+    assert_eq!(salt, "demo/v2", "salted by release");
+    let f = Fixture::start(cfg, 2).await.unwrap();
     let mut seen = [0u32; 2];
     for i in 0..40 {
         let user = format!("user-{i}");
         let t = f.send(10, &[("x-user-id", user.clone())]).await;
         // The bucket the native build computes must be the one the filter used in Envoy.
-        let expect = if sticky_bucket("demo", user.as_bytes()).get() < 5000 { "v2" } else { "v1" };
+        let expect = if sticky_bucket(&salt, user.as_bytes()).get() < 5000 { "v2" } else { "v1" };
         assert_eq!(t.served(expect), 10, "{user} expected {expect}: {t:?}");
         seen[usize::from(expect == "v2")] += 1;
     }
@@ -139,31 +179,31 @@ async fn the_snapshot_is_not_served_on_the_public_listener() {
     assert!(f.envoy.snapshot.ip().is_loopback());
 }
 
+/// Posts a kill order with `query` to the Envoy's kill endpoint: (status, body).
+async fn kill(f: &Fixture, query: &str) -> (u16, String) {
+    let url = format!("http://{}{}?{query}", f.envoy.snapshot, canary_core::kill::DEFAULT_KILL_PATH);
+    let r = f.envoy.http().post(url).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kill_order_holds_weighted_traffic_on_stable_until_a_newer_config_arrives() {
-    let f = Fixture::start(route(50.0, 3, "").unwrap(), 2).await.unwrap();
-    let kill = |q: &str| {
-        let url = format!("http://{}{}?{q}", f.envoy.snapshot, canary_core::kill::DEFAULT_KILL_PATH);
-        let http = f.envoy.http().clone();
-        async move {
-            let r = http.post(url).send().await.unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
-        }
-    };
-    let (code, body) = kill("rollout=demo").await;
+async fn a_kill_order_holds_every_canary_request_on_stable_until_a_newer_config_arrives() {
+    let f = Fixture::start(route(50.0, 3, DARK).unwrap(), 2).await.unwrap();
+    let (code, body) = kill(&f, "rollout=demo&id=v2").await;
     assert_eq!((code, body.contains("revision")), (400, true), "a bad order says what is wrong: {body}");
-    let (code, body) = kill("rollout=demo&revision=3").await;
+    let (code, body) = kill(&f, "rollout=demo&id=v2&revision=3").await;
     assert_eq!(code, 200, "{body}");
     // Every worker honours it at once: nothing weighted reaches the canary.
     let t = f.send(1000, &none()).await;
     assert_eq!(t.served("v1"), 1000, "{t:?}");
-    // Dark launch still reaches the canary, as it would at 0%.
-    let t = f.send(20, &[("x-canary", "true".to_owned())]).await;
-    assert_eq!(t.served("v2"), 20, "{t:?}");
+    // Nor does dark launch, unless `during_kill` allows it.
+    let t = f.send(20, &[("x-canary", DARK_VALUE.to_owned())]).await;
+    assert_eq!(t.served("v1"), 20, "{t:?}");
     let snap = f.envoy.snapshot().await.unwrap();
-    assert_eq!(snap.kill.as_ref().map(|k| k.up_to_revision), Some(3));
+    let k = snap.kill.as_ref().unwrap();
+    assert_eq!((k.rollout_id.as_str(), k.up_to_revision), ("v2", 3));
     // The counters saw the held requests as stable.
-    assert_eq!(snap.subsets[0].counters.requests, 1000);
+    assert_eq!(snap.subsets[0].counters.requests, 1020);
     // A newer configuration (a deliberate decision) is not held by the old kill.
     f.envoy.write_route(&route(50.0, 4, "").unwrap()).unwrap();
     f.envoy.wait_for_revision(4, RELOAD).await.unwrap();
@@ -172,4 +212,36 @@ async fn a_kill_order_holds_weighted_traffic_on_stable_until_a_newer_config_arri
     // A GET on the kill path is refused.
     let url = format!("http://{}{}", f.envoy.snapshot, canary_core::kill::DEFAULT_KILL_PATH);
     assert_eq!(f.envoy.http().get(url).send().await.unwrap().status().as_u16(), 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_does_not_hold_a_new_rollout_even_with_a_lower_revision() {
+    let f = Fixture::start(route(50.0, 9, "").unwrap(), 2).await.unwrap();
+    let (code, body) = kill(&f, "rollout=demo&id=v2&revision=9").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(f.send(200, &none()).await.served("v1"), 200);
+    // The next release arrives as the shipped manifest has it: revision 1, canary v3.
+    let next = r#"{"version":1,"rollout":"demo","stable":"v1","canary":"v3","canary_weight":100,"revision":1}"#;
+    f.envoy.write_route(&canary_core::config::parse_route(next.as_bytes()).unwrap()).unwrap();
+    let snap = f.envoy.wait_for_revision(1, RELOAD).await.unwrap();
+    assert_eq!(snap.kill, None, "the stale kill record is dropped: {snap:?}");
+    let t = f.send(100, &none()).await;
+    // The label is v3, which the local route table does not send to the canary cluster; what
+    // matters is that the filter chose the canary: it labelled every request v3.
+    assert_eq!(t.total(), 100);
+    assert!(f.stable.labels_seen().iter().rev().take(100).all(|l| l == "v3"), "held by an old kill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_kill_revision_is_refused_and_blocks_nothing() {
+    let f = Fixture::start(route(100.0, 2, "").unwrap(), 1).await.unwrap();
+    let (code, body) = kill(&f, &format!("rollout=demo&id=v2&revision={}", u64::MAX)).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("above revision 2"), "{body}");
+    let (code, body) = kill(&f, "rollout=other&id=v2&revision=1").await;
+    assert_eq!((code, body.contains("no rollout other")), (409, true), "{body}");
+    let (code, body) = kill(&f, "rollout=demo&id=v9&revision=1").await;
+    assert_eq!((code, body.contains("rollout id v2, not v9")), (409, true), "{body}");
+    assert_eq!(f.envoy.snapshot().await.unwrap().kill, None);
+    assert_eq!(f.send(50, &none()).await.served("v2"), 50);
 }

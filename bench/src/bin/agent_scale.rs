@@ -229,6 +229,9 @@ impl Fleet {
             taken_at_unix_ms: self.started_unix_ms + elapsed,
             route: Some(self.route.clone()),
             kill: None,
+            misrouted: None,
+            dark_launch: None,
+            rollouts: Vec::new(),
             subsets: vec![
                 SubsetSnapshot { subset: stable.clone(), role: Role::Stable, counters: counters(0)? },
                 SubsetSnapshot { subset: canary.clone(), role: Role::Canary, counters: counters(1)? },

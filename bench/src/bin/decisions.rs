@@ -314,6 +314,9 @@ impl Proxies {
                 taken_at_unix_ms: UNIX_START_MS + now_ms,
                 route: None,
                 kill: None,
+                misrouted: None,
+                dark_launch: None,
+                rollouts: Vec::new(),
                 subsets: vec![
                     SubsetSnapshot { subset: stable_name.clone(), role: Role::Stable, counters: stable.clone() },
                     SubsetSnapshot { subset: canary_name.clone(), role: Role::Canary, counters: canary.clone() },

@@ -18,8 +18,13 @@ use crate::weight::Weight;
 /// The configuration format this build understands.
 pub const CONFIG_VERSION: u32 = 1;
 pub const DEFAULT_LABEL_HEADER: &str = "x-canary-subset";
-pub const DEFAULT_DARK_LAUNCH_HEADER: &str = "x-canary";
-pub const DEFAULT_DARK_LAUNCH_VALUE: &str = "true";
+pub const DEFAULT_AFFINITY_MAX_AGE_S: u32 = 86_400;
+/// gRPC status codes that count as failures by default: the server-side errors (UNKNOWN,
+/// DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS). Client errors such as
+/// NOT_FOUND or INVALID_ARGUMENT are the gRPC form of a 4xx and do not.
+pub const DEFAULT_GRPC_FAILURES: [u8; 6] = [2, 4, 12, 13, 14, 15];
+/// Responses of this content type are streams; their latency says nothing about an SLO.
+pub const DEFAULT_LATENCY_EXCLUDED_CONTENT_TYPES: [&str; 1] = ["text/event-stream"];
 pub const DEFAULT_SNAPSHOT_PATH: &str = "/canary-gate/v1/snapshot";
 
 /// A configuration that was rejected: which field, and what is wrong with it.
@@ -67,18 +72,38 @@ pub struct RouteConfig {
     /// Header the filter writes with the chosen subset name; the route table matches on it.
     #[serde(default = "default_label_header")]
     pub label_header: HeaderName,
-    /// Requests with this header and value always go to the canary. `null` disables it.
-    #[serde(default = "default_dark_launch")]
+    /// A secret the label carries (`<subset>.<token>`), so that where nothing strips a client's
+    /// label before routing (Istio sidecars), a client cannot name the canary: the route object
+    /// matches `v2.<token>`, which only the filter's configuration knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_token: Option<LabelToken>,
+    /// Identifies this rollout of `canary` (a release id, a generation); a kill order holds only
+    /// the rollout it was made for. Defaults to the canary subset name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_id: Option<SubsetName>,
+    /// Requests with this header and value always go to the canary. Off unless configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dark_launch: Option<DarkLaunch>,
     /// Where a user's identity is read for sticky routing; without one, requests split at random.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<StickyKey>,
-    /// Salt for the sticky hash; defaults to the rollout name.
+    /// Salt for the sticky hash; defaults to `<rollout>/<canary>`, so each release draws a new
+    /// first cohort. Set it to keep the same cohort across releases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky_salt: Option<String>,
+    /// A cookie the filter sets on responses to requests that carry no sticky key, and honours
+    /// afterwards as one, so an anonymous browser session stays on one version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_cookie: Option<AffinityCookie>,
     /// Which responses count as failures.
     #[serde(default)]
     pub failure: FailurePolicy,
+    /// Which requests are kept out of the latency histogram.
+    #[serde(default)]
+    pub latency: LatencyPolicy,
+    /// How the filter tells which subset really served a request, from the upstream cluster.
+    #[serde(default)]
+    pub served_by: ServedBy,
     /// Set by whoever writes the config (gate-agent increments it) and echoed in snapshots, so a
     /// writer can see when a proxy applies its change.
     #[serde(default)]
@@ -94,7 +119,78 @@ pub struct RouteConfig {
 #[serde(deny_unknown_fields)]
 pub struct DarkLaunch {
     pub header: HeaderName,
+    /// The value to match; at least 16 bytes, so it works as a shared secret, not a guessable flag.
     pub value: HeaderValue,
+    /// Whether dark-launch requests still reach a canary that a kill order holds or that is
+    /// rolled back. Off by default: a rollback stops every request to the canary.
+    #[serde(default)]
+    pub during_kill: bool,
+}
+
+/// The minimum length of a dark-launch value.
+pub const MIN_DARK_LAUNCH_VALUE_BYTES: usize = 16;
+
+/// The affinity cookie (see [`RouteConfig::affinity_cookie`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AffinityCookie {
+    pub name: CookieName,
+    /// `Max-Age` in seconds.
+    #[serde(default = "default_affinity_max_age")]
+    pub max_age_s: u32,
+    /// Adds `Secure` (set it when clients reach the service over HTTPS).
+    #[serde(default)]
+    pub secure: bool,
+}
+
+impl AffinityCookie {
+    /// The `Set-Cookie` value that gives a session the key `value`.
+    pub fn set_cookie(&self, value: &str) -> String {
+        let secure = if self.secure { "; Secure" } else { "" };
+        format!("{}={value}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax{secure}", self.name, self.max_age_s)
+    }
+}
+
+/// Which requests are kept out of the latency histogram (they are still counted as successes
+/// or failures). Upgraded connections (`101`) always are: their "latency" is the connection's life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyPolicy {
+    /// Response content types (compared up to any `;` parameter, case-insensitively) that are
+    /// streams, such as server-sent events or streaming gRPC.
+    #[serde(default = "default_latency_excluded")]
+    pub exclude_content_types: Vec<String>,
+}
+
+impl Default for LatencyPolicy {
+    fn default() -> Self {
+        LatencyPolicy { exclude_content_types: default_latency_excluded() }
+    }
+}
+
+impl LatencyPolicy {
+    /// Whether a response with this status and content type is left out of latency.
+    pub fn excludes(&self, status: Option<u16>, content_type: Option<&[u8]>) -> bool {
+        if status == Some(101) {
+            return true;
+        }
+        let Some(ct) = content_type else { return false };
+        let media = ct.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+        self.exclude_content_types.iter().any(|x| x.as_bytes().eq_ignore_ascii_case(media))
+    }
+}
+
+/// How the upstream cluster that served a request names its subset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServedBy {
+    /// Istio's cluster names (`outbound|8080|v2|reviews.prod.svc.cluster.local`) carry the
+    /// subset; a cluster named exactly like a subset is that subset. Any other cluster is not
+    /// checked.
+    #[default]
+    Auto,
+    /// The exact cluster names of the two subsets; any other cluster is a mismatch.
+    Clusters { stable: String, canary: String },
 }
 
 /// Where the sticky user key comes from.
@@ -113,14 +209,19 @@ pub struct FailurePolicy {
     #[serde(default = "default_failure_statuses")]
     pub statuses: Vec<StatusMatch>,
     /// A request that ended with no response status (upstream reset, connect failure before any
-    /// status, stream timeout) is a failure.
+    /// status, stream timeout), or whose response was cut off or timed out after its status
+    /// (Envoy's response flags), is a failure.
     #[serde(default = "default_true")]
     pub resets: bool,
+    /// gRPC status codes (1-16) that are failures, wherever the status came: trailers-only,
+    /// headers or trailers.
+    #[serde(default = "default_grpc_failures")]
+    pub grpc_statuses: Vec<u8>,
 }
 
 impl Default for FailurePolicy {
     fn default() -> Self {
-        FailurePolicy { statuses: default_failure_statuses(), resets: true }
+        FailurePolicy { statuses: default_failure_statuses(), resets: true, grpc_statuses: default_grpc_failures() }
     }
 }
 
@@ -190,11 +291,14 @@ fn default_kill_path() -> String {
 fn default_label_header() -> HeaderName {
     HeaderName(DEFAULT_LABEL_HEADER.to_owned())
 }
-fn default_dark_launch() -> Option<DarkLaunch> {
-    Some(DarkLaunch {
-        header: HeaderName(DEFAULT_DARK_LAUNCH_HEADER.to_owned()),
-        value: HeaderValue(DEFAULT_DARK_LAUNCH_VALUE.to_owned()),
-    })
+fn default_affinity_max_age() -> u32 {
+    DEFAULT_AFFINITY_MAX_AGE_S
+}
+fn default_grpc_failures() -> Vec<u8> {
+    DEFAULT_GRPC_FAILURES.to_vec()
+}
+fn default_latency_excluded() -> Vec<String> {
+    DEFAULT_LATENCY_EXCLUDED_CONTENT_TYPES.iter().map(|s| (*s).to_owned()).collect()
 }
 fn default_failure_statuses() -> Vec<StatusMatch> {
     vec![StatusMatch::Class(5)]
@@ -268,6 +372,17 @@ validated_string!(
     CookieName,
     check_cookie_name
 );
+validated_string!(
+    /// The label's secret: 16-128 of `A-Z a-z 0-9 _ -`, so it is safe in a header value, a
+    /// route match and a shared-data key.
+    LabelToken,
+    check_label_token
+);
+
+fn check_label_token(s: String) -> Result<String, String> {
+    let ok = (16..=128).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
+    if ok { Ok(s) } else { Err("must be 16-128 of A-Z, a-z, 0-9, '_' and '-' (the value is not shown)".to_owned()) }
+}
 
 fn check_dns_label(s: String) -> Result<String, String> {
     let b = s.as_bytes();
@@ -315,9 +430,25 @@ fn check_cookie_name(s: String) -> Result<String, String> {
 }
 
 impl RouteConfig {
-    /// The salt for sticky hashing: explicit, or the rollout name.
-    pub fn salt(&self) -> &str {
-        self.sticky_salt.as_deref().unwrap_or(self.rollout.as_str())
+    /// The salt for sticky hashing: explicit, or `<rollout>/<canary>` (a new cohort per release).
+    pub fn salt(&self) -> std::borrow::Cow<'_, str> {
+        match &self.sticky_salt {
+            Some(s) => std::borrow::Cow::Borrowed(s.as_str()),
+            None => std::borrow::Cow::Owned(format!("{}/{}", self.rollout, self.canary)),
+        }
+    }
+
+    /// The rollout a kill order must name to hold this configuration.
+    pub fn effective_rollout_id(&self) -> &SubsetName {
+        self.rollout_id.as_ref().unwrap_or(&self.canary)
+    }
+
+    /// The label value the filter writes for `subset`: the name, or `<name>.<token>`.
+    pub fn label_value(&self, subset: &SubsetName) -> String {
+        match &self.label_token {
+            Some(t) => format!("{subset}.{t}"),
+            None => subset.to_string(),
+        }
     }
 
     /// Cross-field rules that serde cannot express.
@@ -333,6 +464,46 @@ impl RouteConfig {
                 "dark_launch.header",
                 format!("must differ from `label_header` ({})", self.label_header),
             ));
+        }
+        if let Some(dl) = &self.dark_launch
+            && dl.value.as_str().len() < MIN_DARK_LAUNCH_VALUE_BYTES
+        {
+            return Err(ConfigError::new(
+                "dark_launch.value",
+                format!(
+                    "is {} bytes; use a secret of at least {MIN_DARK_LAUNCH_VALUE_BYTES} (any client that knows it reaches the canary)",
+                    dl.value.as_str().len()
+                ),
+            ));
+        }
+        if let (Some(StickyKey::Cookie(s)), Some(a)) = (&self.sticky, &self.affinity_cookie)
+            && *s == a.name
+        {
+            return Err(ConfigError::new("affinity_cookie.name", format!("must differ from `sticky.cookie` ({s})")));
+        }
+        if let Some(a) = &self.affinity_cookie
+            && a.max_age_s == 0
+        {
+            return Err(ConfigError::new("affinity_cookie.max_age_s", "must be at least 1"));
+        }
+        if let Some((i, code)) = self.failure.grpc_statuses.iter().enumerate().find(|(_, c)| !(1..=16).contains(*c)) {
+            return Err(ConfigError::new(
+                &format!("failure.grpc_statuses[{i}]"),
+                format!("{code} is not a gRPC error code (1-16)"),
+            ));
+        }
+        if let ServedBy::Clusters { stable, canary } = &self.served_by {
+            for (field, name) in [("served_by.clusters.stable", stable), ("served_by.clusters.canary", canary)] {
+                if name.is_empty() || name.len() > 256 {
+                    return Err(ConfigError::new(field, "must be a cluster name of 1-256 bytes"));
+                }
+            }
+            if stable == canary {
+                return Err(ConfigError::new(
+                    "served_by.clusters.canary",
+                    format!("is the same cluster as `stable` ({stable})"),
+                ));
+            }
         }
         if let Some(StickyKey::Header(h)) = &self.sticky
             && *h == self.label_header
@@ -451,10 +622,19 @@ mod tests {
         let PluginConfig::Route(r) = parse(MINIMAL.as_bytes()).unwrap() else { panic!("not a route") };
         assert_eq!(r.canary_weight.basis_points(), 1000);
         assert_eq!(r.label_header.as_str(), DEFAULT_LABEL_HEADER);
-        let dl = r.dark_launch.clone().unwrap();
-        assert_eq!((dl.header.as_str(), dl.value.as_str()), ("x-canary", "true"));
-        assert_eq!(r.failure, FailurePolicy { statuses: vec![StatusMatch::Class(5)], resets: true });
-        assert_eq!(r.salt(), "payment-svc");
+        assert_eq!(r.dark_launch, None, "dark launch is opt-in");
+        assert_eq!(
+            r.failure,
+            FailurePolicy {
+                statuses: vec![StatusMatch::Class(5)],
+                resets: true,
+                grpc_statuses: vec![2, 4, 12, 13, 14, 15]
+            }
+        );
+        assert_eq!(r.salt(), "payment-svc/v2");
+        assert_eq!(r.effective_rollout_id().as_str(), "v2");
+        assert_eq!(r.served_by, ServedBy::Auto);
+        assert_eq!(r.latency.exclude_content_types, vec!["text/event-stream".to_owned()]);
         assert!(r.sticky.is_none());
     }
 
@@ -473,6 +653,51 @@ mod tests {
         let long = "x".repeat(MAX_REASON_BYTES + 1);
         let e = err(&MINIMAL.replace("}", &format!(r#","rollout_state":{{"phase":"paused","reason":"{long}"}}}}"#)));
         assert_eq!(e.field, "rollout_state.reason");
+    }
+
+    #[test]
+    fn new_fields_are_checked_and_name_the_field() {
+        let with = |extra: &str| MINIMAL.replace("}", &format!(",{extra}}}"));
+        assert_eq!(err(&with(r#""dark_launch":{"header":"x-canary","value":"true"}"#)).field, "dark_launch.value");
+        assert_eq!(err(&with(r#""label_token":"short""#)).field, "label_token");
+        assert_eq!(err(&with(r#""label_token":"has space 0123456789""#)).field, "label_token");
+        assert_eq!(err(&with(r#""failure":{"grpc_statuses":[14,17]}"#)).field, "failure.grpc_statuses[1]");
+        assert_eq!(
+            err(&with(r#""served_by":{"clusters":{"stable":"a","canary":"a"}}"#)).field,
+            "served_by.clusters.canary"
+        );
+        assert_eq!(err(&with(r#""served_by":"istio""#)).field, "served_by");
+        assert_eq!(err(&with(r#""affinity_cookie":{"name":"sid","max_age_s":0}"#)).field, "affinity_cookie.max_age_s");
+        assert_eq!(
+            err(&with(r#""sticky":{"cookie":"sid"},"affinity_cookie":{"name":"sid"}"#)).field,
+            "affinity_cookie.name"
+        );
+        assert_eq!(err(&with(r#""rollout_id":"Release 1""#)).field, "rollout_id");
+        let r =
+            parse_route(with(r#""label_token":"s3cr3t-t0ken-0123456789","rollout_id":"rel-7""#).as_bytes()).unwrap();
+        assert_eq!(r.label_value(&r.canary), "v2.s3cr3t-t0ken-0123456789");
+        assert_eq!(r.effective_rollout_id().as_str(), "rel-7");
+        assert_eq!(parse_route(r.to_json().unwrap().as_bytes()).unwrap(), r);
+    }
+
+    #[test]
+    fn the_affinity_cookie_has_documented_attributes() {
+        let r = parse_route(MINIMAL.replace("}", r#","affinity_cookie":{"name":"cg"}}"#).as_bytes()).unwrap();
+        let c = r.affinity_cookie.unwrap();
+        assert_eq!(c.set_cookie("0011"), "cg=0011; Max-Age=86400; Path=/; HttpOnly; SameSite=Lax");
+        let secure = AffinityCookie { secure: true, max_age_s: 60, ..c };
+        assert_eq!(secure.set_cookie("ab"), "cg=ab; Max-Age=60; Path=/; HttpOnly; SameSite=Lax; Secure");
+    }
+
+    #[test]
+    fn latency_leaves_out_upgrades_and_configured_streams() {
+        let p = LatencyPolicy::default();
+        assert!(p.excludes(Some(101), None));
+        assert!(p.excludes(Some(200), Some(b"text/event-stream; charset=utf-8")));
+        assert!(p.excludes(Some(200), Some(b"Text/Event-Stream")));
+        assert!(!p.excludes(Some(200), Some(b"application/json")));
+        assert!(!p.excludes(Some(200), None));
+        assert!(!p.excludes(None, Some(&[0xff])));
     }
 
     #[test]

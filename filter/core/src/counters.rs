@@ -70,6 +70,16 @@ impl std::fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 impl SubsetCounters {
+    /// Counts one completed request whose latency says nothing about an SLO (a stream, an
+    /// upgraded connection): its outcome, but no latency.
+    pub fn record_unmeasured(&mut self, outcome: Outcome) {
+        self.requests = self.requests.saturating_add(1);
+        match outcome {
+            Outcome::Success => self.successes = self.successes.saturating_add(1),
+            Outcome::Failure => self.failures = self.failures.saturating_add(1),
+        }
+    }
+
     /// Counts one completed request.
     pub fn record(&mut self, outcome: Outcome, latency_us: u64) {
         self.requests = self.requests.saturating_add(1);
@@ -153,13 +163,14 @@ impl SubsetCounters {
         Ok(c)
     }
 
-    /// The invariants every record keeps: outcomes add up, one latency per request.
+    /// The invariants every record keeps: outcomes add up, at most one latency per request
+    /// (streams and upgrades are counted without one, see `LatencyPolicy`).
     fn check(&self) -> Result<(), DecodeError> {
         if self.successes.checked_add(self.failures) != Some(self.requests) {
             return Err(DecodeError::Inconsistent("requests != successes + failures"));
         }
-        if self.latency.count() != self.requests {
-            return Err(DecodeError::Inconsistent("latency count != requests"));
+        if self.latency.count() > self.requests {
+            return Err(DecodeError::Inconsistent("latency count > requests"));
         }
         Ok(())
     }

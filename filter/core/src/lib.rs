@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod record;
 pub mod rng;
+pub mod served;
 pub mod snapshot;
 pub mod split;
 pub mod store;

@@ -12,8 +12,10 @@ use std::collections::BTreeMap;
 pub const REQUESTS_TOTAL: &str = "canary_gate_requests_total";
 /// Completed requests that counted as failures, per subset.
 pub const FAILURES_TOTAL: &str = "canary_gate_failures_total";
-/// Latency from request headers to end of response, per subset (a histogram, µs).
+/// Latency from request headers to response headers, per subset (a histogram, µs).
 pub const DURATION_US: &str = "canary_gate_request_duration_microseconds";
+/// Requests the route table did not send where their label said (should stay 0; see `served`).
+pub const MISROUTED_TOTAL: &str = "canary_gate_misrouted_requests_total";
 /// Counter updates dropped after losing every compare-and-swap retry (should stay 0).
 pub const UPDATES_DROPPED_TOTAL: &str = "canary_gate_dropped_updates_total";
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{RouteConfig, SubsetName};
 use crate::counters::SubsetCounters;
 use crate::kill::KillRecord;
+use crate::served::Misrouted;
 use crate::split::Role;
 
 /// Format tag of [`Snapshot`]; bumped on any incompatible change.
@@ -47,6 +48,16 @@ pub struct Snapshot {
     /// The kill order in force for the route's rollout, if any (see [`crate::kill`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill: Option<KillRecord>,
+    /// Requests whose label the route table did not follow (see [`crate::served`]); absent
+    /// when there were none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub misrouted: Option<Misrouted>,
+    /// Dark-launch requests to the canary, counted apart from the split's (not judged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dark_launch: Option<SubsetCounters>,
+    /// Every rollout this proxy runs; the snapshot describes one of them (`?rollout=NAME`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollouts: Vec<SubsetName>,
 }
 
 /// Why bytes are not a snapshot this build can read.
@@ -67,6 +78,17 @@ impl std::fmt::Display for SnapshotError {
 
 impl std::error::Error for SnapshotError {}
 
+/// Reads the snapshot endpoint's query: empty, or `rollout=NAME`.
+pub fn snapshot_query(query: &str) -> Result<Option<SubsetName>, String> {
+    if query.is_empty() {
+        return Ok(None);
+    }
+    match query.split_once('=') {
+        Some(("rollout", v)) => SubsetName::try_from(v).map(Some).map_err(|e| format!("rollout: {e}")),
+        _ => Err(format!("unexpected query {query:?}; the only parameter is `rollout`")),
+    }
+}
+
 impl Snapshot {
     pub fn from_json(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
         let s: Snapshot = serde_json::from_slice(bytes).map_err(SnapshotError::Json)?;
@@ -78,5 +100,19 @@ impl Snapshot {
 
     pub fn subset(&self, role: Role) -> Option<&SubsetSnapshot> {
         self.subsets.iter().find(|s| s.role == role)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_query_names_one_rollout() {
+        assert_eq!(snapshot_query(""), Ok(None));
+        assert_eq!(snapshot_query("rollout=payment").unwrap().unwrap().as_str(), "payment");
+        assert!(snapshot_query("rollout=Pay ment").unwrap_err().starts_with("rollout:"));
+        assert!(snapshot_query("x=1").unwrap_err().contains("`rollout`"));
+        assert!(snapshot_query("rollout=a&rollout=b").is_err());
     }
 }

@@ -9,62 +9,173 @@
 use crate::config::{RouteConfig, SubsetName};
 use crate::counters::{DecodeError, SubsetCounters};
 use crate::kill::{KillOrder, KillRecord};
+use crate::served::Misrouted;
 use crate::snapshot::InstanceInfo;
+use crate::split::Role;
 
 /// Prefix of every key this project stores; the `v1` changes with the stored formats, so a new
 /// filter build never misreads an old build's bytes in a VM that survived the upgrade.
 pub const KEY_PREFIX: &str = "canary-gate/v1/";
 /// The proxy instance (id and start time).
 pub const INSTANCE_KEY: &str = "canary-gate/v1/instance";
-/// The route configuration most recently applied, for the snapshot endpoint.
-pub const ROUTE_KEY: &str = "canary-gate/v1/route";
+/// The names of every rollout this proxy has applied a configuration for (a JSON list).
+pub const ROLLOUTS_KEY: &str = "canary-gate/v1/rollouts";
+
+/// Key of the route configuration most recently applied for `rollout`, for the snapshot endpoint.
+pub fn route_key(rollout: &SubsetName) -> String {
+    format!("{KEY_PREFIX}route/{rollout}")
+}
 
 /// Key of one rollout's kill record.
 pub fn kill_key(rollout: &SubsetName) -> String {
     format!("{KEY_PREFIX}kill/{rollout}")
 }
 
-/// Reads a rollout's kill record. An unreadable record holds everything: a kill must not be lost
-/// to a parse error.
-pub fn kill_record(store: &dyn SharedStore, rollout: &SubsetName) -> Result<Option<KillRecord>, ReadError> {
-    match store.get(&kill_key(rollout)).map_err(ReadError::Host)? {
-        (Some(bytes), _) if bytes.is_empty() => Ok(None),
-        (Some(bytes), _) => {
-            Ok(Some(serde_json::from_slice(&bytes).unwrap_or(KillRecord { up_to_revision: u64::MAX, at_unix_ms: 0 })))
+/// Key of one rollout's misrouted-request record (see [`crate::served`]).
+pub fn misrouted_key(rollout: &SubsetName) -> String {
+    format!("{KEY_PREFIX}misrouted/{rollout}")
+}
+
+/// Key of the counters of dark-launch requests to `canary`: kept apart from the canary's, so the
+/// judgement sees only requests the split chose.
+pub fn dark_launch_key(rollout: &SubsetName, canary: &SubsetName) -> String {
+    format!("{KEY_PREFIX}counters/{rollout}/{canary}/dark-launch")
+}
+
+/// Reads a JSON record; a missing or empty value is `None`.
+fn read_json<T: serde::de::DeserializeOwned>(store: &dyn SharedStore, key: &str) -> Result<Option<T>, ReadError> {
+    match store.get(key).map_err(ReadError::Host)? {
+        (Some(bytes), _) if !bytes.is_empty() => {
+            serde_json::from_slice(&bytes).map(Some).map_err(|e| ReadError::Record(format!("{key}: {e}")))
         }
-        (None, _) => Ok(None),
+        _ => Ok(None),
     }
 }
 
-/// Whether a kill holds the rollout's configuration at `revision`. A failed read holds it too.
-pub fn kill_holds(store: &dyn SharedStore, rollout: &SubsetName, revision: u64) -> bool {
-    match kill_record(store, rollout) {
-        Ok(Some(k)) => k.holds(revision),
+/// Read, change, write-if-unchanged of a JSON record, retried on conflict. `change` gets the
+/// current record (`None` when missing or unreadable) and returns the new one, or `None` to
+/// leave the store as it is. Returns what is stored afterwards.
+fn update_json<T, E>(
+    store: &dyn SharedStore,
+    key: &str,
+    change: impl Fn(Option<T>) -> Result<Option<T>, E>,
+) -> Result<Option<T>, UpdateOrRefuse<E>>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Clone,
+{
+    let mut attempts = 0u32;
+    loop {
+        attempts = attempts.saturating_add(1);
+        let (bytes, cas) = store.get(key).map_err(|s| UpdateOrRefuse::Update(UpdateError::Host(s)))?;
+        let existing = bytes.filter(|b| !b.is_empty()).and_then(|b| serde_json::from_slice::<T>(&b).ok());
+        let Some(next) = change(existing.clone()).map_err(UpdateOrRefuse::Refused)? else {
+            return Ok(existing);
+        };
+        let encoded = serde_json::to_vec(&next).map_err(|_| UpdateOrRefuse::Update(UpdateError::Host(0)))?;
+        match store.set(key, &encoded, cas) {
+            Ok(()) => return Ok(Some(next)),
+            Err(SetError::CasMismatch) if attempts < 16 => continue,
+            Err(SetError::CasMismatch) => return Err(UpdateOrRefuse::Update(UpdateError::Contended { attempts })),
+            Err(SetError::Host(s)) => return Err(UpdateOrRefuse::Update(UpdateError::Host(s))),
+        }
+    }
+}
+
+/// A JSON update that failed, or that `change` refused with its own reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateOrRefuse<E> {
+    Update(UpdateError),
+    Refused(E),
+}
+
+/// Reads a rollout's kill record. An unreadable record is an error, and [`kill_holds`] takes an
+/// error as holding: a kill must not be lost to a parse error.
+pub fn kill_record(store: &dyn SharedStore, rollout: &SubsetName) -> Result<Option<KillRecord>, ReadError> {
+    read_json(store, &kill_key(rollout))
+}
+
+/// Whether a kill holds configuration `cfg` (its rollout id and revision). A failed read holds it.
+pub fn kill_holds(store: &dyn SharedStore, cfg: &RouteConfig) -> bool {
+    match kill_record(store, &cfg.rollout) {
+        Ok(Some(k)) => k.holds(cfg.effective_rollout_id(), cfg.revision),
         Ok(None) => false,
         Err(_) => true,
     }
 }
 
-/// Records a kill order, widening any kill already in force; returns the record now in force.
-pub fn record_kill(store: &dyn SharedStore, order: &KillOrder, now_unix_ms: u64) -> Result<KillRecord, UpdateError> {
-    let key = kill_key(&order.rollout);
-    let mut attempts = 0u32;
-    loop {
-        attempts = attempts.saturating_add(1);
-        let (bytes, cas) = store.get(&key).map_err(UpdateError::Host)?;
-        let existing = bytes.filter(|b| !b.is_empty()).and_then(|b| serde_json::from_slice::<KillRecord>(&b).ok());
-        let next = KillRecord::widened(existing.as_ref(), order, now_unix_ms);
-        if existing.as_ref() == Some(&next) {
-            return Ok(next);
-        }
-        let encoded = serde_json::to_vec(&next).map_err(|_| UpdateError::Host(0))?;
-        match store.set(&key, &encoded, cas) {
-            Ok(()) => return Ok(next),
-            Err(SetError::CasMismatch) if attempts < 16 => continue,
-            Err(SetError::CasMismatch) => return Err(UpdateError::Contended { attempts }),
-            Err(SetError::Host(s)) => return Err(UpdateError::Host(s)),
-        }
+/// Records a kill order, widening any kill of the same rollout id in force; returns the record
+/// now in force. Refused (with the reason) when this proxy applies no configuration of the
+/// order's rollout, applies another rollout id, or applies a lower revision than the order's.
+pub fn record_kill(
+    store: &dyn SharedStore,
+    order: &KillOrder,
+    now_unix_ms: u64,
+) -> Result<KillRecord, UpdateOrRefuse<String>> {
+    let route = published_route(store, &order.rollout)
+        .map_err(|e| UpdateOrRefuse::Refused(format!("cannot read the applied configuration: {e}")))?
+        .ok_or_else(|| UpdateOrRefuse::Refused(format!("this proxy runs no rollout {}", order.rollout)))?;
+    let applied_id = route.effective_rollout_id();
+    if *applied_id != order.id {
+        return Err(UpdateOrRefuse::Refused(format!(
+            "rollout {} here has rollout id {applied_id}, not {}",
+            order.rollout, order.id
+        )));
     }
+    if order.revision > route.revision {
+        return Err(UpdateOrRefuse::Refused(format!(
+            "revision {} is above revision {} that this proxy applies for rollout {}",
+            order.revision, route.revision, order.rollout
+        )));
+    }
+    let stored = update_json(store, &kill_key(&order.rollout), |existing: Option<KillRecord>| {
+        let next = KillRecord::widened(existing.as_ref(), order, now_unix_ms);
+        Ok::<_, String>((existing.as_ref() != Some(&next)).then_some(next))
+    })?;
+    stored.ok_or(UpdateOrRefuse::Update(UpdateError::Host(0)))
+}
+
+/// Drops a kill record made for another rollout id than `cfg`'s: the new rollout is not held by
+/// it anyway, and a reader should not see it as in force. Returns the record it dropped.
+pub fn clear_stale_kill(store: &dyn SharedStore, cfg: &RouteConfig) -> Result<Option<KillRecord>, UpdateError> {
+    let key = kill_key(&cfg.rollout);
+    let (bytes, cas) = store.get(&key).map_err(UpdateError::Host)?;
+    let Some(record) = bytes.filter(|b| !b.is_empty()).and_then(|b| serde_json::from_slice::<KillRecord>(&b).ok())
+    else {
+        return Ok(None);
+    };
+    if record.rollout_id == *cfg.effective_rollout_id() {
+        return Ok(None);
+    }
+    match store.set(&key, &[], cas) {
+        Ok(()) => Ok(Some(record)),
+        // Someone changed it meanwhile (a new kill order): leave theirs.
+        Err(SetError::CasMismatch) => Ok(None),
+        Err(SetError::Host(s)) => Err(UpdateError::Host(s)),
+    }
+}
+
+/// Counts one request whose label the route table did not follow.
+pub fn record_misrouted(
+    store: &dyn SharedStore,
+    rollout: &SubsetName,
+    labelled: Role,
+    cluster: Option<&[u8]>,
+) -> Result<(), UpdateError> {
+    update_json(store, &misrouted_key(rollout), |existing: Option<Misrouted>| {
+        let mut m = existing.unwrap_or_default();
+        m.record(labelled, cluster);
+        Ok::<_, ()>(Some(m))
+    })
+    .map(|_| ())
+    .map_err(|e| match e {
+        UpdateOrRefuse::Update(u) => u,
+        UpdateOrRefuse::Refused(()) => UpdateError::Host(0),
+    })
+}
+
+/// A rollout's misrouted-request record (zero when none was recorded).
+pub fn misrouted(store: &dyn SharedStore, rollout: &SubsetName) -> Result<Misrouted, ReadError> {
+    Ok(read_json(store, &misrouted_key(rollout))?.unwrap_or_default())
 }
 
 /// Key of one subset's counters in one rollout.
@@ -173,22 +284,43 @@ pub fn instance(store: &dyn SharedStore, candidate: &InstanceInfo) -> Result<Ins
     }
 }
 
-/// Records the applied route configuration for the snapshot endpoint.
+/// Records the applied route configuration of its rollout for the snapshot endpoint, and adds
+/// the rollout to the list of rollouts this proxy runs.
 pub fn publish_route(store: &dyn SharedStore, route: &RouteConfig) -> Result<(), u32> {
     let bytes = serde_json::to_vec(route).map_err(|_| 0u32)?;
-    match store.set(ROUTE_KEY, &bytes, None) {
-        Ok(()) => Ok(()),
-        Err(SetError::CasMismatch) => Ok(()),
-        Err(SetError::Host(s)) => Err(s),
+    match store.set(&route_key(&route.rollout), &bytes, None) {
+        Ok(()) | Err(SetError::CasMismatch) => {}
+        Err(SetError::Host(s)) => return Err(s),
+    }
+    update_json(store, ROLLOUTS_KEY, |existing: Option<Vec<SubsetName>>| {
+        let mut names = existing.unwrap_or_default();
+        if names.contains(&route.rollout) {
+            return Ok::<_, ()>(None);
+        }
+        names.push(route.rollout.clone());
+        names.sort();
+        Ok(Some(names))
+    })
+    .map(|_| ())
+    .map_err(|e| match e {
+        UpdateOrRefuse::Update(UpdateError::Host(s)) => s,
+        _ => 0,
+    })
+}
+
+/// The last published route configuration of `rollout`, if any.
+pub fn published_route(store: &dyn SharedStore, rollout: &SubsetName) -> Result<Option<RouteConfig>, ReadError> {
+    match store.get(&route_key(rollout)).map_err(ReadError::Host)? {
+        (Some(bytes), _) if !bytes.is_empty() => {
+            crate::config::parse_route(&bytes).map(Some).map_err(|e| ReadError::Route(e.to_string()))
+        }
+        _ => Ok(None),
     }
 }
 
-/// The last published route configuration, if any.
-pub fn published_route(store: &dyn SharedStore) -> Result<Option<RouteConfig>, ReadError> {
-    match store.get(ROUTE_KEY).map_err(ReadError::Host)? {
-        (Some(bytes), _) => crate::config::parse_route(&bytes).map(Some).map_err(|e| ReadError::Route(e.to_string())),
-        (None, _) => Ok(None),
-    }
+/// Every rollout this proxy has applied a configuration for, sorted.
+pub fn rollouts(store: &dyn SharedStore) -> Result<Vec<SubsetName>, ReadError> {
+    Ok(read_json(store, ROLLOUTS_KEY)?.unwrap_or_default())
 }
 
 /// A failed read.
@@ -197,6 +329,7 @@ pub enum ReadError {
     Host(u32),
     Decode(DecodeError),
     Route(String),
+    Record(String),
 }
 
 impl std::fmt::Display for ReadError {
@@ -205,6 +338,7 @@ impl std::fmt::Display for ReadError {
             Self::Host(s) => write!(f, "shared data call failed with status {s}"),
             Self::Decode(e) => write!(f, "{e}"),
             Self::Route(e) => write!(f, "stored route config: {e}"),
+            Self::Record(e) => write!(f, "stored record {e}"),
         }
     }
 }
@@ -239,34 +373,95 @@ mod tests {
         }
     }
 
-    fn order(rollout: &str, revision: u64) -> KillOrder {
-        KillOrder { rollout: SubsetName::try_from(rollout).unwrap(), revision }
+    fn name(s: &str) -> SubsetName {
+        SubsetName::try_from(s).unwrap()
+    }
+
+    fn order(rollout: &str, id: &str, revision: u64) -> KillOrder {
+        KillOrder { rollout: name(rollout), id: name(id), revision }
+    }
+
+    fn route(rollout: &str, canary: &str, revision: u64) -> RouteConfig {
+        crate::config::parse_route(
+            format!(r#"{{"version":1,"rollout":"{rollout}","stable":"v1","canary":"{canary}","canary_weight":10,"revision":{revision}}}"#)
+                .as_bytes(),
+        )
+        .unwrap()
     }
 
     #[test]
     fn a_kill_holds_its_rollout_up_to_its_revision_only() {
         let store = Map::default();
-        let pay = SubsetName::try_from("payment").unwrap();
-        let other = SubsetName::try_from("search").unwrap();
-        assert!(!kill_holds(&store, &pay, 3));
-        let k = record_kill(&store, &order("payment", 3), 1_000).unwrap();
-        assert_eq!(k, KillRecord { up_to_revision: 3, at_unix_ms: 1_000 });
-        assert!(kill_holds(&store, &pay, 3) && kill_holds(&store, &pay, 0));
-        assert!(!kill_holds(&store, &pay, 4), "a later configuration supersedes the kill");
-        assert!(!kill_holds(&store, &other, 3));
+        publish_route(&store, &route("payment", "v2", 7)).unwrap();
+        let at = |rev| route("payment", "v2", rev);
+        assert!(!kill_holds(&store, &at(3)));
+        let k = record_kill(&store, &order("payment", "v2", 3), 1_000).unwrap();
+        assert_eq!(k, KillRecord { rollout_id: name("v2"), up_to_revision: 3, at_unix_ms: 1_000 });
+        assert!(kill_holds(&store, &at(3)) && kill_holds(&store, &at(0)));
+        assert!(!kill_holds(&store, &at(4)), "a later configuration supersedes the kill");
+        assert!(!kill_holds(&store, &route("search", "v2", 3)));
         // An older order does not narrow the kill; a newer one widens it.
-        assert_eq!(record_kill(&store, &order("payment", 1), 2_000).unwrap().up_to_revision, 3);
-        assert_eq!(record_kill(&store, &order("payment", 7), 3_000).unwrap().up_to_revision, 7);
-        assert_eq!(kill_record(&store, &pay).unwrap().unwrap().at_unix_ms, 3_000);
+        assert_eq!(record_kill(&store, &order("payment", "v2", 1), 2_000).unwrap().up_to_revision, 3);
+        assert_eq!(record_kill(&store, &order("payment", "v2", 7), 3_000).unwrap().up_to_revision, 7);
+        assert_eq!(kill_record(&store, &name("payment")).unwrap().unwrap().at_unix_ms, 3_000);
+    }
+
+    #[test]
+    fn a_new_rollout_is_not_held_by_an_old_kill_and_the_stale_record_is_dropped() {
+        let store = Map::default();
+        publish_route(&store, &route("payment", "v2", 9)).unwrap();
+        record_kill(&store, &order("payment", "v2", 9), 1).unwrap();
+        // The next release comes with the shipped manifest's revision 1.
+        let next = route("payment", "v3", 1);
+        assert!(!kill_holds(&store, &next));
+        assert_eq!(clear_stale_kill(&store, &next).unwrap().map(|k| k.rollout_id), Some(name("v2")));
+        assert_eq!(kill_record(&store, &name("payment")).unwrap(), None);
+        assert_eq!(clear_stale_kill(&store, &next).unwrap(), None);
+    }
+
+    #[test]
+    fn kill_orders_beyond_what_the_proxy_applies_are_refused() {
+        let store = Map::default();
+        let refused = |o| match record_kill(&store, &o, 1) {
+            Err(UpdateOrRefuse::Refused(why)) => why,
+            other => panic!("not refused: {other:?}"),
+        };
+        assert!(refused(order("payment", "v2", 1)).contains("no rollout payment"));
+        publish_route(&store, &route("payment", "v2", 5)).unwrap();
+        assert!(refused(order("payment", "v2", u64::MAX)).contains("above revision 5"));
+        assert!(refused(order("payment", "v1", 5)).contains("rollout id v2, not v1"));
+        assert_eq!(kill_record(&store, &name("payment")).unwrap(), None, "nothing was recorded");
     }
 
     #[test]
     fn an_unreadable_kill_record_still_holds() {
         let store = Map::default();
-        let pay = SubsetName::try_from("payment").unwrap();
-        store.set(&kill_key(&pay), b"{garbage", None).unwrap();
-        assert!(kill_holds(&store, &pay, u64::MAX));
+        publish_route(&store, &route("payment", "v2", 5)).unwrap();
+        store.set(&kill_key(&name("payment")), b"{garbage", None).unwrap();
+        assert!(kill_holds(&store, &route("payment", "v2", u64::MAX)));
         // A new order replaces the unreadable record with a readable one.
-        assert_eq!(record_kill(&store, &order("payment", 4), 5).unwrap().up_to_revision, 4);
+        assert_eq!(record_kill(&store, &order("payment", "v2", 4), 5).unwrap().up_to_revision, 4);
+    }
+
+    #[test]
+    fn every_rollout_is_listed_and_keeps_its_own_route() {
+        let store = Map::default();
+        publish_route(&store, &route("search", "v2", 1)).unwrap();
+        publish_route(&store, &route("payment", "v3", 2)).unwrap();
+        publish_route(&store, &route("search", "v2", 4)).unwrap();
+        assert_eq!(rollouts(&store).unwrap(), vec![name("payment"), name("search")]);
+        assert_eq!(published_route(&store, &name("search")).unwrap().unwrap().revision, 4);
+        assert_eq!(published_route(&store, &name("payment")).unwrap().unwrap().canary, name("v3"));
+        assert_eq!(published_route(&store, &name("other")).unwrap(), None);
+    }
+
+    #[test]
+    fn misrouted_requests_are_counted_per_rollout() {
+        let store = Map::default();
+        record_misrouted(&store, &name("payment"), Role::Canary, Some(b"outbound|80|v1|svc")).unwrap();
+        record_misrouted(&store, &name("payment"), Role::Canary, None).unwrap();
+        let m = misrouted(&store, &name("payment")).unwrap();
+        assert_eq!((m.canary_label, m.stable_label), (2, 0));
+        assert_eq!(misrouted(&store, &name("search")).unwrap(), Misrouted::default());
     }
 }

@@ -43,7 +43,7 @@ fn ten_percent_over_100k_sticky_keys_lands_within_half_a_percent() {
     let mut canary = 0u32;
     for i in 0..100_000u32 {
         let key = format!("user-{i}");
-        let choice = choose_subset(&cfg, |h| (h == "x-user-id").then(|| key.clone()), 0);
+        let choice = choose_subset(&cfg, &|h: &str| (h == "x-user-id").then(|| key.clone().into_bytes()), 0);
         assert_eq!(choice.reason, Reason::Sticky);
         if choice.role == Role::Canary {
             canary += 1;
@@ -57,7 +57,8 @@ fn ten_percent_over_100k_sticky_keys_lands_within_half_a_percent() {
 fn ten_percent_over_100k_random_draws_lands_within_half_a_percent() {
     let cfg = route(10.0, "");
     let mut rng = SplitMix64::new(42);
-    let canary = (0..100_000).filter(|_| choose_subset(&cfg, |_| None, rng.next_u64()).role == Role::Canary).count();
+    let canary =
+        (0..100_000).filter(|_| choose_subset(&cfg, &|_: &str| None, rng.next_u64()).role == Role::Canary).count();
     let share = canary as f64 / 100_000.0;
     assert!((share - 0.10).abs() <= 0.005, "canary share {share}");
 }
@@ -73,7 +74,9 @@ fn a_canary_user_stays_on_the_canary_as_the_weight_grows() {
                 ..route(0.0, r#","sticky":{"cookie":"sid"}"#)
             };
             let cookie = format!("theme=dark; sid={key}");
-            let is_canary = choose_subset(&cfg, |h| (h == "cookie").then(|| cookie.clone()), 0).role == Role::Canary;
+            let is_canary = choose_subset(&cfg, &|h: &str| (h == "cookie").then(|| cookie.clone().into_bytes()), 0)
+                .role
+                == Role::Canary;
             assert!(is_canary || !was_canary, "{key} left the canary at {bp} bp");
             was_canary = is_canary;
         }

@@ -40,10 +40,10 @@ proptest! {
     #[test]
     fn zero_weight_never_and_full_weight_always_picks_canary_without_dark_launch(random in any::<u64>(), user in proptest::option::of("[a-z0-9]{1,20}")) {
         let base = parse_route(br#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":0,"sticky":{"header":"x-user"}}"#).unwrap();
-        let header = |h: &str| if h == "x-user" { user.clone() } else { None };
-        prop_assert_eq!(choose_subset(&base, header, random).role, Role::Stable);
+        let header = |h: &str| if h == "x-user" { user.clone().map(String::into_bytes) } else { None };
+        prop_assert_eq!(choose_subset(&base, &header, random).role, Role::Stable);
         let full = config::RouteConfig { canary_weight: Weight::FULL, ..base };
-        prop_assert_eq!(choose_subset(&full, header, random).role, Role::Canary);
+        prop_assert_eq!(choose_subset(&full, &header, random).role, Role::Canary);
     }
 
     #[test]
