@@ -108,6 +108,8 @@ pub struct StatusView {
     pub router_errors_total: u64,
     /// Proxy restarts and counter resets seen (counters that started again from zero).
     pub proxy_resets_total: u64,
+    /// Requests the route table did not send where their label said (see `canary_core::served`).
+    pub misrouted_requests_total: u64,
     pub phase_changes_total: u64,
     /// The last events Flagger posted (oldest first, at most
     /// [`crate::integrations::FLAGGER_EVENTS_KEPT`]). Kept by the API, not the control loop,
@@ -302,6 +304,17 @@ pub fn render_metrics(v: &StatusView) -> String {
         "Proxy restarts and counter resets seen; counts after a reset are taken from zero.",
     );
     let _ = writeln!(out, "canary_gate_agent_proxy_resets_total{{rollout=\"{rollout}\"}} {}", v.proxy_resets_total);
+    family(
+        &mut out,
+        "canary_gate_agent_misrouted_requests_total",
+        "counter",
+        "Requests served by another subset's cluster than their label: the route table does not follow the label, and nothing advances.",
+    );
+    let _ = writeln!(
+        out,
+        "canary_gate_agent_misrouted_requests_total{{rollout=\"{rollout}\"}} {}",
+        v.misrouted_requests_total
+    );
     family(&mut out, "canary_gate_agent_phase_changes_total", "counter", "Phase transitions.");
     let _ = writeln!(out, "canary_gate_agent_phase_changes_total{{rollout=\"{rollout}\"}} {}", v.phase_changes_total);
     out

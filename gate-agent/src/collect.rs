@@ -87,6 +87,12 @@ pub struct Window {
     pub stale: Vec<String>,
     /// Counter resets and proxy restarts seen in the window.
     pub resets: u32,
+    /// Requests whose label the route table did not follow (the filter's `misrouted`): the
+    /// comparison is not stable against canary while this is above zero.
+    pub misrouted: u64,
+    /// The cluster of the latest misrouted request, for the operator.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub misrouted_cluster: Option<String>,
 }
 
 impl Window {
@@ -126,6 +132,8 @@ struct Instance {
     /// Keyed by subset name, not role: after a promotion a subset may change role while its
     /// counters go on.
     baseline: BTreeMap<SubsetName, SubsetCounters>,
+    /// The instance's misrouted-request total at its last snapshot.
+    misrouted: u64,
     last_seen_ms: u64,
 }
 
@@ -137,6 +145,8 @@ pub struct Fleet {
     staleness_ms: u64,
     proxies: BTreeMap<String, Proxy>,
     pending: ByRole,
+    pending_misrouted: u64,
+    misrouted_cluster: Option<String>,
     resets: u32,
     window_from_ms: Option<u64>,
     totals: ByRole,
@@ -150,6 +160,8 @@ impl Fleet {
             staleness_ms: millis(staleness),
             proxies: BTreeMap::new(),
             pending: ByRole::default(),
+            pending_misrouted: 0,
+            misrouted_cluster: None,
             resets: 0,
             window_from_ms: None,
             totals: ByRole::default(),
@@ -171,10 +183,11 @@ impl Fleet {
         // Both times come from the proxy's own clock, so they compare.
         let restarted_while_watched =
             !known && proxy.last_taken_at_unix_ms.is_some_and(|last| snapshot.instance.started_at_unix_ms >= last);
-        let instance = proxy
-            .instances
-            .entry(id.clone())
-            .or_insert_with(|| Instance { baseline: BTreeMap::new(), last_seen_ms: now_ms });
+        let instance = proxy.instances.entry(id.clone()).or_insert_with(|| Instance {
+            baseline: BTreeMap::new(),
+            misrouted: 0,
+            last_seen_ms: now_ms,
+        });
         let mut observation = if known { Observation::Counted } else { Observation::Baseline };
         if restarted_while_watched {
             observation = Observation::Reset;
@@ -197,6 +210,17 @@ impl Fleet {
             }
             baseline.insert(s.subset.clone(), s.counters.clone());
         }
+        let misrouted = snapshot.misrouted.as_ref().map_or(0, canary_core::served::Misrouted::total);
+        let misrouted_delta = match observation {
+            Observation::Baseline => 0,
+            _ if restarted_while_watched || misrouted < instance.misrouted => misrouted,
+            _ => misrouted - instance.misrouted,
+        };
+        if misrouted_delta > 0 {
+            self.pending_misrouted = self.pending_misrouted.saturating_add(misrouted_delta);
+            self.misrouted_cluster = snapshot.misrouted.as_ref().and_then(|m| m.last_cluster.clone());
+        }
+        instance.misrouted = misrouted;
         if observation == Observation::Reset {
             self.resets = self.resets.saturating_add(1);
         }
@@ -253,6 +277,8 @@ impl Fleet {
             failing,
             stale,
             resets: std::mem::take(&mut self.resets),
+            misrouted: std::mem::take(&mut self.pending_misrouted),
+            misrouted_cluster: self.misrouted_cluster.take(),
         }
     }
 
@@ -303,6 +329,28 @@ mod tests {
 
     fn fleet() -> Fleet {
         Fleet::new(name("demo"), Duration::from_secs(10))
+    }
+
+    #[test]
+    fn misrouted_requests_are_windowed_like_counters() {
+        let mut f = fleet();
+        let with = |taken, canary_label| Snapshot {
+            misrouted: Some(canary_core::served::Misrouted {
+                canary_label,
+                stable_label: 0,
+                last_cluster: Some("stable".into()),
+            }),
+            ..snap("i1", 0, taken, (10, 0), (5, 0))
+        };
+        f.observe("a", &with(1_000, 7), 0);
+        assert_eq!(f.take_window(1).misrouted, 0, "history from before we looked is a baseline");
+        f.observe("a", &with(2_000, 10), 2);
+        let w = f.take_window(3);
+        assert_eq!((w.misrouted, w.misrouted_cluster.as_deref()), (3, Some("stable")));
+        f.observe("a", &with(3_000, 10), 4);
+        assert_eq!(f.take_window(5).misrouted, 0);
+        f.observe("a", &snap("i1", 0, 4_000, (10, 0), (5, 0)), 6);
+        assert_eq!(f.take_window(7).misrouted, 0, "a snapshot without the record counts nothing");
     }
 
     #[test]

@@ -163,6 +163,7 @@ pub struct Controller<S, R, N> {
     retry_at_ms: u64,
     router_errors_total: u64,
     proxy_resets_total: u64,
+    misrouted_requests_total: u64,
     phase_changes_total: u64,
 }
 
@@ -232,6 +233,7 @@ where
             retry_at_ms: 0,
             router_errors_total: 0,
             proxy_resets_total: 0,
+            misrouted_requests_total: 0,
             phase_changes_total: 0,
         };
         tracing::info!(
@@ -330,6 +332,10 @@ where
         }
         let window = self.fleet.take_window(now);
         let decision = self.rollout.tick(&window, now);
+        if window.misrouted > 0 {
+            // A failed precondition holds without a weight or phase change; say why in /status.
+            self.reason.clone_from(&decision.reason);
+        }
         self.remember(&window, decision.verdict.as_ref(), now);
         self.act(decision).await;
         self.publish();
@@ -470,6 +476,15 @@ where
 
     fn remember(&mut self, window: &Window, verdict: Option<&Verdict>, now: u64) {
         self.proxies_reporting = window.proxies_reporting;
+        if window.misrouted > 0 {
+            self.misrouted_requests_total = self.misrouted_requests_total.saturating_add(window.misrouted);
+            tracing::warn!(
+                rollout = %self.rollout.spec().name(),
+                misrouted = window.misrouted,
+                cluster = window.misrouted_cluster.as_deref().unwrap_or("-"),
+                "requests served by another subset's cluster than their label: the route table does not follow the label"
+            );
+        }
         // The error text already names the target.
         self.proxies_failing = window.failing.iter().map(|p| p.error.clone()).collect();
         self.proxies_failing.extend(window.stale.iter().map(|t| format!("{t}: no snapshot for too long")));
@@ -567,6 +582,7 @@ where
             not_ready,
             router_errors_total: self.router_errors_total,
             proxy_resets_total: self.proxy_resets_total,
+            misrouted_requests_total: self.misrouted_requests_total,
             phase_changes_total: self.phase_changes_total,
             // The API keeps Flagger's events and adds them to `/status`.
             flagger_events: Vec::new(),

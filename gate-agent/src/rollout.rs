@@ -307,6 +307,7 @@ impl Rollout {
                     verdict: None,
                 }
             }
+            Phase::Initializing | Phase::Progressing if window.misrouted > 0 => self.misrouted(window),
             Phase::Initializing if window.proxies_reporting == 0 => {
                 Decision::hold("waiting for a proxy to report before sending canary traffic".into())
             }
@@ -358,6 +359,21 @@ impl Rollout {
             )),
             VerdictKind::Pass => self.advance(now_ms, verdict.summary()),
         }
+    }
+
+    /// A failed precondition: the route table does not send the label where it says, so the
+    /// counts cannot compare canary with stable. Nothing advances, and the step's evidence starts
+    /// again once the route is fixed.
+    fn misrouted(&mut self, window: &Window) -> Decision {
+        self.step_canary_requests = 0;
+        let cluster = window.misrouted_cluster.as_deref().map_or(String::new(), |c| format!(" (latest: cluster {c})"));
+        Decision::hold(format!(
+            "route mismatch: {} requests in this window were served by another subset's cluster than their label{cluster}; \
+             the route table does not send the label `{}` to the canary subset. Check the route object's label match \
+             and the canary subset's cluster; nothing advances until it does",
+            window.misrouted,
+            self.spec.canary()
+        ))
     }
 
     /// One step up, or promotion after the last step.
@@ -694,6 +710,31 @@ metrics:
         r.weight_pending();
         let d = r.tick(&traffic(18, r.weight(), 200, 25), 18 * S);
         assert_eq!(d.set_weight.map(|c| c.to), Some(Weight::ZERO), "{}", d.reason);
+    }
+
+    #[test]
+    fn a_route_mismatch_holds_every_step_until_the_route_is_fixed() {
+        let mut r = Rollout::new(spec_with(""), 0);
+        run(&mut r, 1, 1, healthy);
+        assert_eq!(r.weight(), w(10.0));
+        // The route table sends "canary" requests to stable: both sides look alike, and healthy.
+        for t in 2..=20 {
+            let mut window = healthy(t, r.weight());
+            window.misrouted = 20;
+            window.misrouted_cluster = Some("outbound|8080|v1|payment-svc".into());
+            let d = r.tick(&window, t * S);
+            assert!(d.set_weight.is_none(), "advanced on misrouted traffic at {t} s: {}", d.reason);
+            assert!(
+                d.reason.contains("route mismatch") && d.reason.contains("cluster outbound|8080|v1"),
+                "{}",
+                d.reason
+            );
+        }
+        assert_eq!(r.weight(), w(10.0));
+        assert_eq!(r.phase(), Phase::Progressing, "a mismatch is not a breach: no rollback");
+        // Fixed: the step's evidence starts again and the rollout moves on.
+        assert_eq!(r.status().step_canary_requests, 0);
+        assert_eq!(weights(&run(&mut r, 21, 26, healthy)), vec![(26, 25.0, ChangeKind::Step)]);
     }
 
     #[test]

@@ -185,3 +185,37 @@ async fn bad_specs_and_flags_exit_64_naming_the_field() {
     let err = Agent::start(&fx.envoy, &spec(""), "soon").await.unwrap_err();
     assert!(err.contains("exit status: 64") && err.contains("--tick"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_route_table_that_does_not_follow_the_label_holds_the_rollout_and_says_why() {
+    // The next release is labelled v3, but the route table still sends only `v2` to the canary
+    // cluster: every "canary" request is served by stable.
+    let json = format!(
+        r#"{{"version":1,"rollout":"demo","stable":"v1","canary":"v3","canary_weight":0,"revision":1,{}}}"#,
+        canary_e2e::LOCAL_SERVED_BY
+    );
+    let fx = Fixture::start(canary_core::config::parse_route(json.as_bytes()).unwrap(), 2).await.unwrap();
+    let agent = Agent::start(&fx.envoy, &spec("").replace("canary: v2", "canary: v3"), "250ms").await.unwrap();
+    let traffic = Steady::start(fx.envoy.http().clone(), fx.envoy.url("/"), RPS);
+    let held = agent
+        .wait_for(Duration::from_secs(15), "a route mismatch", |s| {
+            s["reason"].as_str().is_some_and(|r| r.contains("route mismatch"))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_tail(30)));
+    assert!(held["reason"].as_str().unwrap().contains("cluster stable"), "{held}");
+    // A healthy canary would pass every step of the fast spec in this time.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let s = agent.status().await.unwrap();
+    let _ = traffic.stop(Duration::from_millis(300)).await;
+    assert_eq!(weight(&s), 10.0, "nothing advances on misrouted traffic: {s}");
+    assert_eq!(phase(&s), "progressing", "a mismatch is not a breach: {s}");
+    assert_eq!(fx.canary.received(), 0);
+    let snap = fx.envoy.snapshot().await.unwrap();
+    let m = snap.misrouted.as_ref().unwrap();
+    assert!(m.canary_label > 0 && m.last_cluster.as_deref() == Some("stable"), "{snap:?}");
+    assert_eq!(snap.subsets[1].counters.requests, 0, "counted by what served them, not by their label");
+    let (_, metrics) = agent.get("/metrics").await.unwrap();
+    let line = metrics.lines().find(|l| l.starts_with("canary_gate_agent_misrouted_requests_total{")).unwrap();
+    assert!(line.rsplit(' ').next().unwrap().parse::<u64>().unwrap() > 0, "{line}");
+}
