@@ -34,6 +34,27 @@ pub struct LocalSetup {
     pub route: RouteConfig,
     /// Written instead of `route` when set: a plugin configuration as raw text, possibly invalid.
     pub raw_plugin_config: Option<String>,
+    /// Changes to the shipped bootstrap for tests that need another shape.
+    pub shape: Shape,
+}
+
+/// Deliberate changes to the shipped bootstrap; the default is the file as shipped.
+#[derive(Debug, Clone, Default)]
+pub struct Shape {
+    /// Replaces the routes' timeout (the shipped one is 10 s), so a hang test need not wait it out.
+    pub route_timeout: Option<String>,
+    /// The public listener without the canary-gate filter: what a proxy runs when the filter is
+    /// not loaded (not yet pulled, failed open).
+    pub without_filter: bool,
+    /// The shape of an Istio sidecar: no early header mutation strips the label, and the canary
+    /// route matches `v2.<token>`, the label the filter writes with `label_token`.
+    pub mesh_label_token: Option<String>,
+    /// Both clusters speak HTTP/2 to their backends (gRPC needs it).
+    pub upstream_http2: bool,
+    /// A second gated service behind the same Envoy: listener `public-b`, filter `canary-gate-b`
+    /// (its configuration in `ecds/canary-gate-b.json`), clusters `stable-b` and `canary-b` at
+    /// these backends.
+    pub second: Option<(SocketAddr, SocketAddr)>,
 }
 
 /// A running Envoy.
@@ -43,6 +64,9 @@ pub struct Envoy {
     dir: tempfile::TempDir,
     pub admin: SocketAddr,
     pub public: SocketAddr,
+    /// The second gated service's listener ([`Shape::second`]).
+    pub public_b: Option<SocketAddr>,
+    second: bool,
     pub snapshot: SocketAddr,
     pub base_id: u32,
     wasm: PathBuf,
@@ -113,7 +137,76 @@ pub fn local_bootstrap(setup: &LocalSetup, root: &Path) -> Result<Value, String>
     }
     point_cluster(&mut v, "stable", setup.stable)?;
     point_cluster(&mut v, "canary", setup.canary)?;
+    reshape(&mut v, &setup.shape)?;
     Ok(v)
+}
+
+const HCM: &str = "/filter_chains/0/filters/0/typed_config";
+
+fn reshape(v: &mut Value, shape: &Shape) -> Result<(), String> {
+    if let Some((stable, canary)) = shape.second {
+        let listener = named(v, "/static_resources/listeners", "public")?.clone();
+        let mut b = listener;
+        set_at(&mut b, "/name", "public-b".into())?;
+        let hcm = b.pointer_mut(HCM).ok_or("public listener: no HTTP connection manager")?;
+        set_at(hcm, "/stat_prefix", "public_b".into())?;
+        let filter = named(hcm, "/http_filters", "canary-gate")?;
+        set_at(filter, "/name", "canary-gate-b".into())?;
+        let source = filter.pointer_mut("/config_discovery/config_source/path_config_source/path").ok_or("no ECDS path")?;
+        let path = source.as_str().unwrap_or_default().replace("canary-gate.json", "canary-gate-b.json");
+        *source = path.into();
+        for (route, cluster) in [("canary", "canary-b"), ("stable", "stable-b")] {
+            let r = named(hcm, "/route_config/virtual_hosts/0/routes", route)?;
+            set_at(r, "/route/cluster", cluster.into())?;
+        }
+        let template = v.pointer("/static_resources/clusters/0").cloned().ok_or("no cluster to copy")?;
+        for (name, addr) in [("stable-b", stable), ("canary-b", canary)] {
+            let mut c = template.clone();
+            set_at(&mut c, "/name", name.into())?;
+            set_at(&mut c, "/load_assignment/cluster_name", name.into())?;
+            let clusters =
+                v.pointer_mut("/static_resources/clusters").and_then(Value::as_array_mut).ok_or("no clusters")?;
+            clusters.push(c);
+            point_cluster(v, name, addr)?;
+        }
+        v.pointer_mut("/static_resources/listeners").and_then(Value::as_array_mut).ok_or("no listeners")?.push(b);
+    }
+    let publics: &[&str] = if shape.second.is_some() { &["public", "public-b"] } else { &["public"] };
+    for name in publics {
+        let hcm = named(v, "/static_resources/listeners", name)?.pointer_mut(HCM).ok_or("no HCM")?;
+        if let Some(timeout) = &shape.route_timeout {
+            for route in ["canary", "stable"] {
+                set_at(named(hcm, "/route_config/virtual_hosts/0/routes", route)?, "/route/timeout", timeout.as_str().into())?;
+            }
+        }
+        if shape.without_filter {
+            let filters = hcm.pointer_mut("/http_filters").and_then(Value::as_array_mut).ok_or("no http_filters")?;
+            filters.retain(|f| !f.get("name").and_then(Value::as_str).is_some_and(|n| n.starts_with("canary-gate")));
+        }
+        if let Some(token) = &shape.mesh_label_token {
+            let obj = hcm.as_object_mut().ok_or("HCM is not an object")?;
+            obj.remove("early_header_mutation_extensions").ok_or("no early header mutation to remove")?;
+            let canary = named(hcm, "/route_config/virtual_hosts/0/routes", "canary")?;
+            let exact = canary.pointer_mut("/match/headers/0/string_match/exact").ok_or("canary route: no exact match")?;
+            *exact = format!("{}.{token}", exact.as_str().unwrap_or_default()).into();
+        }
+    }
+    if shape.upstream_http2 {
+        let clusters = v.pointer_mut("/static_resources/clusters").and_then(Value::as_array_mut).ok_or("no clusters")?;
+        for c in clusters {
+            let obj = c.as_object_mut().ok_or("cluster is not an object")?;
+            obj.insert(
+                "typed_extension_protocol_options".into(),
+                serde_json::json!({
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": { "http2_protocol_options": {} }
+                    }
+                }),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The last `lines` lines of a log file (empty if it cannot be read), for failure messages.
@@ -179,6 +272,8 @@ impl Envoy {
             child: spawn_envoy(&bin, root, base_id, setup.concurrency)?,
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             public: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_b: None,
+            second: setup.shape.second.is_some(),
             snapshot: SocketAddr::from(([127, 0, 0, 1], 0)),
             base_id,
             wasm,
@@ -221,6 +316,9 @@ impl Envoy {
         let body = self.admin_get("/listeners?format=json").await?;
         let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
         self.public = bound_listener(&v, "public").ok_or("public listener not bound yet")?;
+        if self.second {
+            self.public_b = Some(bound_listener(&v, "public-b").ok_or("public-b listener not bound yet")?);
+        }
         self.snapshot = bound_listener(&v, "canary-gate-snapshot").ok_or("snapshot listener not bound yet")?;
         Ok(())
     }
@@ -238,6 +336,14 @@ impl Envoy {
     pub fn write_route(&self, route: &RouteConfig) -> std::io::Result<()> {
         let file = ecds::discovery_file(&self.wasm.to_string_lossy(), route).map_err(std::io::Error::other)?;
         write_atomically(&self.ecds_dir(), "canary-gate.json", file.to_string().as_bytes())
+    }
+
+    /// Writes the configuration of the second gated service's filter ([`Shape::second`]).
+    pub fn write_route_b(&self, route: &RouteConfig) -> std::io::Result<()> {
+        let mut file = ecds::discovery_file(&self.wasm.to_string_lossy(), route).map_err(std::io::Error::other)?;
+        let name = file.pointer_mut("/resources/0/name").ok_or_else(|| std::io::Error::other("no resource name"))?;
+        *name = "canary-gate-b".into();
+        write_atomically(&self.ecds_dir(), "canary-gate-b.json", file.to_string().as_bytes())
     }
 
     /// Writes an arbitrary plugin configuration text (tests use it for bad configs).

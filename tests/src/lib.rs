@@ -11,7 +11,7 @@ pub mod traffic;
 
 pub use agent::Agent;
 pub use backend::Backend;
-pub use envoy::{Envoy, LocalSetup};
+pub use envoy::{Envoy, LocalSetup, Shape};
 
 /// The rollout spec the agent e2e tests run: rollout `demo`, checks every second, three steps
 /// (10, 30, 60%), 50 canary requests per step, success rate ≥ 99% and p99 ≤ 1 s over 2 s.
@@ -55,6 +55,15 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn start(route: canary_core::RouteConfig, concurrency: u32) -> Result<Fixture, String> {
+        Self::start_shaped(route, concurrency, Shape::default()).await
+    }
+
+    /// The same with a changed bootstrap ([`Shape`]; not `second`, which needs backends of its own).
+    pub async fn start_shaped(
+        route: canary_core::RouteConfig,
+        concurrency: u32,
+        shape: Shape,
+    ) -> Result<Fixture, String> {
         let stable = Backend::start("v1").await.map_err(|e| e.to_string())?;
         let canary = Backend::start("v2").await.map_err(|e| e.to_string())?;
         let envoy = Envoy::start(&LocalSetup {
@@ -63,6 +72,7 @@ impl Fixture {
             concurrency,
             route,
             raw_plugin_config: None,
+            shape,
         })
         .await?;
         Ok(Fixture { stable, canary, envoy })

@@ -22,6 +22,7 @@ async fn the_shipped_config_passes_envoy_validate_with_the_filter_loaded() {
         concurrency: 1,
         route: route(10.0, 1, "").unwrap(),
         raw_plugin_config: None,
+        shape: Default::default(),
     };
     let file = ecds::discovery_file(&wasm.to_string_lossy(), &setup.route).unwrap();
     std::fs::write(dir.path().join("ecds/canary-gate.json"), file.to_string()).unwrap();
@@ -60,6 +61,7 @@ async fn a_config_rejected_at_start_up_serves_zero_percent_canary() {
         raw_plugin_config: Some(
             r#"{"version":1,"rollout":"demo","stable":"v1","canary":"v2","canary_weight":"50"}"#.into(),
         ),
+        shape: Default::default(),
     })
     .await
     .unwrap();

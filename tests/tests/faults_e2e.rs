@@ -87,6 +87,7 @@ async fn a_canary_that_is_down_entirely_is_rolled_back() {
         concurrency: 1,
         route: route(0.0, 1, "").unwrap(),
         raw_plugin_config: None,
+        shape: Default::default(),
     })
     .await
     .unwrap();
