@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use canary_e2e::Backend;
 use canary_e2e::backend::{RESET_CONTENT_LENGTH, RESET_PARTIAL_BODY};
+use canary_e2e::grpc::{GrpcBackend, GrpcOutcome, channel, grpc_stream, grpc_unary, unary_on_the_wire};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
@@ -119,4 +121,96 @@ async fn sse_is_counted_and_other_methods_on_its_path_get_the_plain_answer() {
     let resp = http.post(format!("http://{}/sse", b.addr)).send().await.unwrap();
     assert_eq!(resp.text().await.unwrap(), "v1");
     assert_eq!(b.received(), 2);
+}
+
+async fn grpc_backend(name: &str) -> (GrpcBackend, tonic::transport::Channel) {
+    let b = GrpcBackend::start(name).await.unwrap();
+    let ch = channel(&b.url()).unwrap();
+    (b, ch)
+}
+
+#[tokio::test]
+async fn grpc_unary_answers_ok_with_the_backends_name() {
+    let (b, ch) = grpc_backend("v2").await;
+    let outcome = grpc_unary(&ch, &[("x-canary-subset", "v2".to_owned())]).await.unwrap();
+    assert_eq!(outcome, GrpcOutcome { served_by: Some("v2".to_owned()), code: Code::Ok, messages: 1 });
+    assert_eq!(b.received(), 1);
+    assert_eq!(b.labels_seen(), ["v2"]);
+}
+
+#[tokio::test]
+async fn grpc_unary_told_to_fail_returns_that_code_with_the_backends_name() {
+    let (b, ch) = grpc_backend("v2").await;
+    b.fail_with(Some(Code::Unavailable));
+    let outcome = grpc_unary(&ch, &[]).await.unwrap();
+    assert_eq!(outcome, GrpcOutcome { served_by: Some("v2".to_owned()), code: Code::Unavailable, messages: 0 });
+    b.fail_with(None);
+    assert_eq!(grpc_unary(&ch, &[]).await.unwrap().code, Code::Ok);
+    assert_eq!(b.received(), 2);
+}
+
+#[tokio::test]
+async fn a_failing_unary_call_is_trailers_only_on_the_wire() {
+    let b = GrpcBackend::start("v2").await.unwrap();
+    b.fail_with(Some(Code::Unavailable));
+    let wire = unary_on_the_wire(b.addr, &[]).await.unwrap();
+    assert_eq!(wire.status, 200);
+    assert!(wire.trailers_only, "{wire:?}");
+    assert_eq!(wire.body_len, 0);
+    assert!(wire.trailers.is_none(), "{wire:?}");
+    assert_eq!(wire.headers["grpc-status"], "14");
+    assert_eq!(wire.headers["x-served-by"], "v2");
+    assert_eq!(wire.grpc_status(), Some(Code::Unavailable as i32));
+}
+
+#[tokio::test]
+async fn a_successful_unary_call_has_headers_a_message_and_ok_in_trailers_on_the_wire() {
+    let b = GrpcBackend::start("v1").await.unwrap();
+    let wire = unary_on_the_wire(b.addr, &[]).await.unwrap();
+    assert_eq!(wire.status, 200);
+    assert!(!wire.trailers_only, "{wire:?}");
+    assert!(wire.body_len > 5, "{wire:?}");
+    assert_eq!(wire.headers["x-served-by"], "v1");
+    assert!(wire.headers.get("grpc-status").is_none(), "{wire:?}");
+    assert_eq!(wire.trailers.as_ref().unwrap()["grpc-status"], "0");
+    assert_eq!(wire.grpc_status(), Some(0));
+}
+
+#[tokio::test]
+async fn grpc_stream_sends_one_message_then_ok() {
+    let (b, ch) = grpc_backend("v1").await;
+    let outcome = grpc_stream(&ch, &[]).await.unwrap();
+    assert_eq!(outcome, GrpcOutcome { served_by: Some("v1".to_owned()), code: Code::Ok, messages: 1 });
+    assert_eq!(b.received(), 1);
+}
+
+#[tokio::test]
+async fn grpc_stream_told_to_fail_sends_one_message_then_the_error_in_trailers() {
+    let (b, ch) = grpc_backend("v2").await;
+    b.fail_with(Some(Code::ResourceExhausted));
+    let outcome = grpc_stream(&ch, &[]).await.unwrap();
+    assert_eq!(outcome, GrpcOutcome { served_by: Some("v2".to_owned()), code: Code::ResourceExhausted, messages: 1 });
+}
+
+#[tokio::test]
+async fn grpc_fails_exactly_its_share_spread_evenly() {
+    let (b, ch) = grpc_backend("v2").await;
+    b.fail_per_mille(Code::Internal, 250);
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        codes.push(grpc_unary(&ch, &[]).await.unwrap().code);
+    }
+    use Code::{Internal, Ok};
+    assert_eq!(codes, [Ok, Ok, Ok, Internal, Ok, Ok, Ok, Internal]);
+    assert_eq!(b.received(), 8);
+}
+
+#[tokio::test]
+async fn grpc_to_a_closed_port_is_unavailable() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let ch = channel(&format!("http://127.0.0.1:{port}")).unwrap();
+    assert_eq!(grpc_unary(&ch, &[]).await.unwrap().code, Code::Unavailable);
 }
