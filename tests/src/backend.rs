@@ -7,7 +7,9 @@
 //!   `200` with `content-length: 1000` and a few body bytes, then an RST on the connection. No
 //!   well-behaved server does this on purpose, so this is a test double for a crashing upstream;
 //! - a long stream: `GET /sse` sends a server-sent event every 100 ms for `sse_duration`, then
-//!   ends normally.
+//!   ends normally;
+//! - a slow body: `GET /slow-body` sends its `200` and headers at once, then a line every 100 ms
+//!   for `slow_body_duration`.
 //!
 //! The backend serves each connection itself (hyper, HTTP/1.1 or h2c, as `axum::serve` does) so a
 //! handler can reach its own socket to abort it.
@@ -25,6 +27,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
+use futures_util::StreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 
@@ -51,6 +54,7 @@ struct Behaviour {
     reset_per_mille: AtomicU32,
     delay_ms: AtomicU64,
     sse_ms: AtomicU64,
+    slow_body_ms: AtomicU64,
     /// Label header values seen, for tests that check what Envoy forwarded.
     labels: Mutex<Vec<String>>,
     label_header: Mutex<String>,
@@ -64,6 +68,7 @@ impl Default for Behaviour {
             reset_per_mille: AtomicU32::new(0),
             delay_ms: AtomicU64::new(0),
             sse_ms: AtomicU64::new(millis(SSE_DEFAULT_DURATION)),
+            slow_body_ms: AtomicU64::new(millis(SSE_DEFAULT_DURATION)),
             labels: Mutex::new(Vec::new()),
             label_header: Mutex::new(canary_core::config::DEFAULT_LABEL_HEADER.to_owned()),
         }
@@ -153,22 +158,38 @@ fn cut_off(name: &str, socket: &Socket) -> Response {
         .into_response()
 }
 
+/// `n` ticks, one every [`SSE_EVENT_EVERY`], the first at once; the stream ends one more
+/// interval after the last, so it lasts `n` intervals.
+fn ticks(n: u64) -> impl futures_util::Stream<Item = u64> {
+    futures_util::stream::unfold(0u64, move |i| async move {
+        if i > 0 {
+            tokio::time::sleep(SSE_EVENT_EVERY).await;
+        }
+        (i < n).then_some((i, i + 1))
+    })
+}
+
+fn intervals(ms: &AtomicU64) -> u64 {
+    ms.load(Ordering::Relaxed) / millis(SSE_EVENT_EVERY).max(1)
+}
+
 /// `GET /sse`: an event every [`SSE_EVENT_EVERY`], the first at once, for the set duration;
 /// then the stream ends normally.
 async fn sse(State((name, b)): State<AppState>, headers: HeaderMap) -> Response {
     admit(&b, &headers).await;
-    let events = b.sse_ms.load(Ordering::Relaxed) / millis(SSE_EVENT_EVERY).max(1);
     let label = name.clone();
-    let stream = futures_util::stream::unfold(0u64, move |i| {
-        let label = label.clone();
-        async move {
-            if i > 0 {
-                tokio::time::sleep(SSE_EVENT_EVERY).await;
-            }
-            (i < events).then(|| (Ok::<_, Infallible>(Event::default().id(i.to_string()).data(label)), i + 1))
-        }
-    });
-    ([("x-served-by", name)], Sse::new(stream)).into_response()
+    let events = ticks(intervals(&b.sse_ms))
+        .map(move |i| Ok::<_, Infallible>(Event::default().id(i.to_string()).data(label.as_str())));
+    ([("x-served-by", name)], Sse::new(events)).into_response()
+}
+
+/// `GET /slow-body`: a `200` with its headers at once, then a plain body that trickles in, the
+/// name and a newline every [`SSE_EVENT_EVERY`], for the set duration.
+async fn slow_body(State((name, b)): State<AppState>, headers: HeaderMap) -> Response {
+    admit(&b, &headers).await;
+    let line = Bytes::from(format!("{name}\n"));
+    let chunks = ticks(intervals(&b.slow_body_ms)).map(move |_| Ok::<_, Infallible>(line.clone()));
+    ([("x-served-by", name)], Body::from_stream(chunks)).into_response()
 }
 
 /// Serves one connection with `app`, giving the handlers a second handle on its socket.
@@ -207,6 +228,7 @@ impl Backend {
         let state = Arc::new(Behaviour::default());
         let app = Router::new()
             .route("/sse", get(sse).fallback(handle))
+            .route("/slow-body", get(slow_body).fallback(handle))
             .fallback(handle)
             .with_state((name.to_owned(), Arc::clone(&state)));
         tokio::spawn(serve(listener, app));
@@ -224,7 +246,7 @@ impl Backend {
 
     /// Cuts off `per_mille` of every 1,000 requests (evenly spread) after their headers: a `200`
     /// announcing [`RESET_CONTENT_LENGTH`] bytes, [`RESET_PARTIAL_BODY`], then an RST. 1000: all.
-    /// Applies to every path but `GET /sse`.
+    /// Applies to every path but `GET /sse` and `GET /slow-body`.
     pub fn reset_mid_body(&self, per_mille: u32) {
         self.state.reset_per_mille.store(per_mille.min(1000), Ordering::SeqCst);
     }
@@ -233,6 +255,12 @@ impl Backend {
     /// until set.
     pub fn sse_duration(&self, d: Duration) {
         self.state.sse_ms.store(millis(d), Ordering::SeqCst);
+    }
+
+    /// How long `GET /slow-body` trickles its body (a chunk every [`SSE_EVENT_EVERY`]);
+    /// [`SSE_DEFAULT_DURATION`] until set.
+    pub fn slow_body_duration(&self, d: Duration) {
+        self.state.slow_body_ms.store(millis(d), Ordering::SeqCst);
     }
 
     pub fn delay(&self, d: Duration) {

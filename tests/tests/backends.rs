@@ -111,6 +111,26 @@ async fn sse_streams_an_event_every_100ms_for_its_duration_then_ends() {
 }
 
 #[tokio::test]
+async fn a_slow_body_has_its_headers_at_once_and_trickles_for_its_duration() {
+    let b = Backend::start("v2").await.unwrap();
+    b.slow_body_duration(Duration::from_millis(400));
+    let start = Instant::now();
+    let mut resp = client().get(format!("http://{}/slow-body", b.addr)).send().await.unwrap();
+    let headers_at = start.elapsed();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-served-by"], "v2");
+    assert!(headers_at < Duration::from_millis(200), "headers should come at once, came after {headers_at:?}");
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(350), "the body should last its duration, ended after {took:?}");
+    assert_eq!(String::from_utf8(body).unwrap(), "v2\n".repeat(4));
+    assert_eq!(b.received(), 1);
+}
+
+#[tokio::test]
 async fn sse_is_counted_and_other_methods_on_its_path_get_the_plain_answer() {
     let b = Backend::start("v1").await.unwrap();
     b.sse_duration(Duration::ZERO);
