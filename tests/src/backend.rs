@@ -246,7 +246,8 @@ impl Backend {
 
     /// Cuts off `per_mille` of every 1,000 requests (evenly spread) after their headers: a `200`
     /// announcing [`RESET_CONTENT_LENGTH`] bytes, [`RESET_PARTIAL_BODY`], then an RST. 1000: all.
-    /// Applies to every path but `GET /sse` and `GET /slow-body`.
+    /// Applies to every path but `GET /sse` and `GET /slow-body`. Meant for HTTP/1.1 (what Envoy
+    /// speaks to this backend): on h2c hyper resets just the stream.
     pub fn reset_mid_body(&self, per_mille: u32) {
         self.state.reset_per_mille.store(per_mille.min(1000), Ordering::SeqCst);
     }
