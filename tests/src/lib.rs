@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod backend;
 pub mod envoy;
+pub mod grpc;
 pub mod paths;
 pub mod procfs;
 pub mod traffic;
