@@ -152,7 +152,8 @@ fn reshape(v: &mut Value, shape: &Shape) -> Result<(), String> {
         set_at(hcm, "/stat_prefix", "public_b".into())?;
         let filter = named(hcm, "/http_filters", "canary-gate")?;
         set_at(filter, "/name", "canary-gate-b".into())?;
-        let source = filter.pointer_mut("/config_discovery/config_source/path_config_source/path").ok_or("no ECDS path")?;
+        let source =
+            filter.pointer_mut("/config_discovery/config_source/path_config_source/path").ok_or("no ECDS path")?;
         let path = source.as_str().unwrap_or_default().replace("canary-gate.json", "canary-gate-b.json");
         *source = path.into();
         for (route, cluster) in [("canary", "canary-b"), ("stable", "stable-b")] {
@@ -176,7 +177,11 @@ fn reshape(v: &mut Value, shape: &Shape) -> Result<(), String> {
         let hcm = named(v, "/static_resources/listeners", name)?.pointer_mut(HCM).ok_or("no HCM")?;
         if let Some(timeout) = &shape.route_timeout {
             for route in ["canary", "stable"] {
-                set_at(named(hcm, "/route_config/virtual_hosts/0/routes", route)?, "/route/timeout", timeout.as_str().into())?;
+                set_at(
+                    named(hcm, "/route_config/virtual_hosts/0/routes", route)?,
+                    "/route/timeout",
+                    timeout.as_str().into(),
+                )?;
             }
         }
         if shape.without_filter {
@@ -187,12 +192,14 @@ fn reshape(v: &mut Value, shape: &Shape) -> Result<(), String> {
             let obj = hcm.as_object_mut().ok_or("HCM is not an object")?;
             obj.remove("early_header_mutation_extensions").ok_or("no early header mutation to remove")?;
             let canary = named(hcm, "/route_config/virtual_hosts/0/routes", "canary")?;
-            let exact = canary.pointer_mut("/match/headers/0/string_match/exact").ok_or("canary route: no exact match")?;
+            let exact =
+                canary.pointer_mut("/match/headers/0/string_match/exact").ok_or("canary route: no exact match")?;
             *exact = format!("{}.{token}", exact.as_str().unwrap_or_default()).into();
         }
     }
     if shape.upstream_http2 {
-        let clusters = v.pointer_mut("/static_resources/clusters").and_then(Value::as_array_mut).ok_or("no clusters")?;
+        let clusters =
+            v.pointer_mut("/static_resources/clusters").and_then(Value::as_array_mut).ok_or("no clusters")?;
         for c in clusters {
             let obj = c.as_object_mut().ok_or("cluster is not an object")?;
             obj.insert(
@@ -380,7 +387,16 @@ impl Envoy {
 
     /// The filter's snapshot, from the loopback snapshot listener.
     pub async fn snapshot(&self) -> Result<Snapshot, String> {
-        let url = format!("http://{}{}", self.snapshot, canary_core::config::DEFAULT_SNAPSHOT_PATH);
+        self.snapshot_query("").await
+    }
+
+    /// The snapshot of one rollout of several (`?rollout=NAME`).
+    pub async fn snapshot_of(&self, rollout: &str) -> Result<Snapshot, String> {
+        self.snapshot_query(&format!("?rollout={rollout}")).await
+    }
+
+    async fn snapshot_query(&self, query: &str) -> Result<Snapshot, String> {
+        let url = format!("http://{}{}{query}", self.snapshot, canary_core::config::DEFAULT_SNAPSHOT_PATH);
         let r = self.http.get(url).send().await.map_err(|e| e.to_string())?;
         let status = r.status();
         let body = r.bytes().await.map_err(|e| e.to_string())?;
