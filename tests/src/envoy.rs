@@ -52,9 +52,9 @@ pub struct Shape {
     /// Both clusters speak HTTP/2 to their backends (gRPC needs it).
     pub upstream_http2: bool,
     /// A second gated service behind the same Envoy: listener `public-b`, filter `canary-gate-b`
-    /// (its configuration in `ecds/canary-gate-b.json`), clusters `stable-b` and `canary-b` at
-    /// these backends.
-    pub second: Option<(SocketAddr, SocketAddr)>,
+    /// (its configuration in `ecds/canary-gate-b.json`, written before start), clusters
+    /// `stable-b` and `canary-b` at these backends.
+    pub second: Option<(SocketAddr, SocketAddr, RouteConfig)>,
 }
 
 /// A running Envoy.
@@ -144,7 +144,8 @@ pub fn local_bootstrap(setup: &LocalSetup, root: &Path) -> Result<Value, String>
 const HCM: &str = "/filter_chains/0/filters/0/typed_config";
 
 fn reshape(v: &mut Value, shape: &Shape) -> Result<(), String> {
-    if let Some((stable, canary)) = shape.second {
+    if let Some((stable, canary, _)) = &shape.second {
+        let (stable, canary) = (*stable, *canary);
         let listener = named(v, "/static_resources/listeners", "public")?.clone();
         let mut b = listener;
         set_at(&mut b, "/name", "public-b".into())?;
@@ -294,6 +295,9 @@ impl Envoy {
             None => envoy.write_route(&setup.route),
         }
         .map_err(|e| format!("write the filter config: {e}"))?;
+        if let Some((_, _, second)) = &setup.shape.second {
+            envoy.write_route_b(second).map_err(|e| format!("write the second filter config: {e}"))?;
+        }
         envoy.wait_ready(&admin_path).await?;
         Ok(envoy)
     }
