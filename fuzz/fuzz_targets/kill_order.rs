@@ -7,8 +7,9 @@ use canary_core::KillOrder;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    // The filter reads `:path` as a string; bytes that are not UTF-8 never reach the parser.
-    let Ok(query) = std::str::from_utf8(data) else { return };
+    // The filter reads `:path` as bytes and treats one that is not UTF-8 as empty, as here.
+    let query = canary_core::split::header_text(Some(data.to_vec())).unwrap_or_default();
+    let query = query.as_str();
     match KillOrder::from_query(query) {
         Ok(order) => {
             let written = order.to_query();

@@ -872,3 +872,84 @@ fn json_output_has_the_documented_shape() {
         (Some("garbage.yaml"), true, Some(4))
     );
 }
+
+/// A VirtualService that sends `x-canary-subset: <value>` to subset v2, everything else to v1.
+fn label_vs(value: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: payment-svc
+  namespace: production
+spec:
+  hosts:
+  - payment-svc
+  http:
+  - name: canary
+    match:
+    - headers:
+        x-canary-subset:
+          exact: {value}
+    route:
+    - destination:
+        host: payment-svc
+        subset: v2
+  - name: stable
+    route:
+    - destination:
+        host: payment-svc
+        subset: v1
+"
+    )
+}
+
+#[test]
+fn the_route_must_match_the_label_the_filter_writes() {
+    let token = "    label_token: s3cret-t0ken-of-payment\n";
+    let cases = [
+        case(
+            "a secret label matched exactly",
+            vec![
+                inline("vs.yaml", &label_vs("v2.s3cret-t0ken-of-payment")),
+                inline("wp.yaml", &wasm_plugin("0", token)),
+            ],
+            EXIT_CLEAN,
+            vec![],
+        )
+        .live(dr()),
+        case(
+            "the bare subset name where the filter writes a secret: a client could name the canary",
+            vec![inline("vs.yaml", &label_vs("v2")), inline("wp.yaml", &wasm_plugin("0", token))],
+            EXIT_ERRORS,
+            vec![error(
+                Check::LabelMatch,
+                "spec.http[0].match[0].headers.x-canary-subset.exact",
+                &["never reach the canary", "a client sending v2", "v2.<label_token>"],
+            )],
+        )
+        .live(dr()),
+        case(
+            "another token than the filter's",
+            vec![inline("vs.yaml", &label_vs("v2.an-old-token-0123456")), inline("wp.yaml", &wasm_plugin("0", token))],
+            EXIT_ERRORS,
+            vec![error(
+                Check::LabelMatch,
+                "spec.http[0].match[0].headers.x-canary-subset.exact",
+                &["a different token"],
+            )],
+        )
+        .live(dr()),
+        case(
+            "without a token, the subset name",
+            vec![inline("vs.yaml", &label_vs("v2")), inline("wp.yaml", &wasm_plugin("0", ""))],
+            EXIT_CLEAN,
+            vec![],
+        )
+        .live(dr()),
+    ];
+    for c in &cases {
+        let report = c.check();
+        let text = report.to_text();
+        assert!(!text.contains("s3cret-t0ken-of-payment"), "{}: the token is a secret; never print it\n{text}", c.name);
+    }
+}

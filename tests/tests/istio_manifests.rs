@@ -379,7 +379,14 @@ fn the_virtual_service_sends_only_the_label_to_the_canary_and_everything_else_to
     assert!(default.get("match").is_none(), "the last route takes everything: {default}");
     assert_eq!(default["route"][0]["destination"]["subset"], stable, "the default route is stable");
     assert_eq!(labelled.len(), 1);
-    assert_eq!(labelled[0]["match"], json!([{ "headers": { label: { "exact": canary } }, "sourceLabels": clients }]));
+    // The label the filter writes, with its secret: a client's bare `v2` matches nothing.
+    assert!(route.label_token.is_some(), "the shipped filter config has a label_token");
+    let secret_label = route.label_value(&route.canary);
+    assert_ne!(secret_label, canary);
+    assert_eq!(
+        labelled[0]["match"],
+        json!([{ "headers": { label: { "exact": secret_label } }, "sourceLabels": clients }])
+    );
     assert_eq!(labelled[0]["route"][0]["destination"]["subset"], canary);
 }
 

@@ -23,6 +23,7 @@ pub(crate) fn run(l: &Loaded<'_>, out: &mut Findings) {
             route_weights(l, doc, vs, route, out);
         }
         subsets(l, doc, vs, out);
+        label_match(l, doc, vs, out);
     }
     for dr in l.destination_rules.iter().filter(|dr| l.origin(dr) == Origin::Input) {
         if let Some(doc) = l.doc(dr) {
@@ -582,6 +583,58 @@ fn filter_config(l: &Loaded<'_>, doc: &Doc<'_>, filter: &Obj<FilterConfig>, out:
             promoting,
         };
         step(&site, spec, &rollout, &change, out);
+    }
+}
+
+/// A route that sends the filter's label header to the canary subset must match exactly the
+/// label the filter writes. With a `label_token`, matching the bare subset name is the unsafe
+/// mistake: the filter's requests never match it, and where nothing strips a client's header (an
+/// Istio sidecar with the filter absent), a client sending the bare name reaches the canary.
+fn label_match(l: &Loaded<'_>, doc: &Doc<'_>, vs: &Obj<VirtualService>, out: &mut Findings) {
+    for filter in filters_in_order(l) {
+        let config = &filter.body.route;
+        let want = config.label_value(&config.canary);
+        for route in &vs.body.routes {
+            if !route.destinations.iter().any(|d| d.subset.as_deref() == Some(config.canary.as_str())) {
+                continue;
+            }
+            for (i, header, value) in &route.exact_headers {
+                if header != config.label_header.as_str() || *value == want {
+                    continue;
+                }
+                let path = format!("{}.match[{i}].headers.{header}.exact", route.path());
+                let (message, fix) = if config.label_token.is_some() && value == config.canary.as_str() {
+                    (
+                        format!(
+                            "matches {header}: {value}, but {} writes {}.<label_token>: its requests never reach the \
+                             canary, and where nothing strips the header a client sending {value} does",
+                            describe(l, filter),
+                            config.canary
+                        ),
+                        format!(
+                            "Match exactly {}.<label_token>, the same token as the filter configuration's.",
+                            config.canary
+                        ),
+                    )
+                } else {
+                    (
+                        format!(
+                            "matches {header}: {value}, but {} labels canary requests {}",
+                            describe(l, filter),
+                            if config.label_token.is_some() {
+                                format!("{}.<label_token> (a different token)", config.canary)
+                            } else {
+                                want.clone()
+                            }
+                        ),
+                        "Match exactly the label the filter writes: the canary subset's name, followed by `.` and the \
+                         filter's label_token when it has one."
+                            .to_owned(),
+                    )
+                };
+                out.error(&Site::new(doc, object(vs), path), Check::LabelMatch, message, fix);
+            }
+        }
     }
 }
 

@@ -131,6 +131,8 @@ pub(crate) struct Route {
     pub name: Option<String>,
     /// One of its conditions matches on headers (a dark launch, typically).
     pub header_match: bool,
+    /// Exact header matches: (condition index, header name, value).
+    pub exact_headers: Vec<(usize, String, String)>,
     pub destinations: Vec<Dest>,
     /// Every weight is a whole number Istio accepts; else the weight checks skip this route.
     pub weights_valid: bool,
@@ -695,7 +697,26 @@ fn virtual_service(spec: RawVsSpec, place: Place<'_, '_>, meta: &Meta, out: &mut
                 destinations.push(Dest { host: dest.destination.host, subset: dest.destination.subset, weight });
             }
             let header_match = raw.matches.iter().any(|m| m.get("headers").is_some_and(|h| !h.is_null()));
-            routes.push(Route { protocol, index, name: raw.name, header_match, destinations, weights_valid });
+            let exact_headers = raw
+                .matches
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| Some((i, m.get("headers")?.as_object()?)))
+                .flat_map(|(i, headers)| {
+                    headers.iter().filter_map(move |(name, v)| {
+                        Some((i, name.to_ascii_lowercase(), v.get("exact")?.as_str()?.to_owned()))
+                    })
+                })
+                .collect();
+            routes.push(Route {
+                protocol,
+                index,
+                name: raw.name,
+                header_match,
+                exact_headers,
+                destinations,
+                weights_valid,
+            });
         }
     }
     VirtualService { routes }

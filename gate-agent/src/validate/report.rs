@@ -67,6 +67,10 @@ pub enum Check {
     RolloutSpec,
     /// The filter config and the rollout spec name different subsets.
     SpecMismatch,
+    /// A route's label match is not the label the filter writes (`<canary>` or
+    /// `<canary>.<label_token>`): the filter's requests miss the canary, or a client's label
+    /// can reach it where nothing strips it.
+    LabelMatch,
 }
 
 impl Check {
@@ -85,6 +89,7 @@ impl Check {
             Check::PluginConfig => "plugin-config",
             Check::RolloutSpec => "rollout-spec",
             Check::SpecMismatch => "spec-mismatch",
+            Check::LabelMatch => "label-match",
         }
     }
 }
