@@ -607,6 +607,17 @@ pub fn parse_route(bytes: &[u8]) -> Result<RouteConfig, ConfigError> {
     }
 }
 
+/// Rollout `r` (v1 stable, v2 canary at 10%) with extra JSON fields (`,"sticky":{...}`), for the
+/// crate's unit tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_route(extra: &str) -> RouteConfig {
+    parse_route(
+        format!(r#"{{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10{extra}}}"#).as_bytes(),
+    )
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

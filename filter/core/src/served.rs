@@ -120,15 +120,7 @@ impl Misrouted {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_route;
-
-    fn cfg(extra: &str) -> RouteConfig {
-        parse_route(
-            format!(r#"{{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10{extra}}}"#)
-                .as_bytes(),
-        )
-        .unwrap()
-    }
+    use crate::config::test_route as cfg;
 
     #[test]
     fn istio_cluster_names_carry_the_subset() {

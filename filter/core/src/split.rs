@@ -157,15 +157,7 @@ pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_route;
-
-    fn cfg(extra: &str) -> RouteConfig {
-        parse_route(
-            format!(r#"{{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":10{extra}}}"#)
-                .as_bytes(),
-        )
-        .unwrap()
-    }
+    use crate::config::test_route as cfg;
 
     fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<Vec<u8>> + 'a {
         move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_bytes().to_vec())
