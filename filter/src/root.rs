@@ -5,6 +5,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use canary_core::config::{self, PluginConfig, RouteConfig, SnapshotEndpointConfig};
+use canary_core::guard;
 use canary_core::metrics;
 use canary_core::rng::SplitMix64;
 use canary_core::snapshot::InstanceInfo;
@@ -101,6 +102,13 @@ impl Root {
     }
 
     fn configure_route(&mut self, config: RouteConfig) -> bool {
+        // The typo guard compares with what this proxy applies now (any worker's last accepted
+        // configuration of the rollout); a failed read checks max_weight alone.
+        let applied = store::published_route(&SharedData, &config.rollout).ok().flatten();
+        if let Err(e) = guard::check(&config, applied.as_ref()) {
+            host::error(&format!("canary-gate: rejected configuration (revision {}): {e}", config.revision));
+            return false;
+        }
         let stable_key = store::counters_key(&config.rollout, &config.stable);
         let canary_key = store::counters_key(&config.rollout, &config.canary);
         let dark_launch_key = store::dark_launch_key(&config.rollout, &config.canary);

@@ -321,7 +321,7 @@ async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
     match args.router {
         RouterKind::File => {
             let path = args.config_file.clone().unwrap_or_default();
-            let router = FileRouter::new(&path);
+            let router = FileRouter::new(&path).with_guard(spec.guard());
             // A killed predecessor may have left a partial file in the staging directory.
             match router.remove_stale_temps() {
                 Ok(removed) if !removed.is_empty() => {

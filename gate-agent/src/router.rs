@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use canary_core::config::{RouteConfig, parse_route};
+use canary_core::guard::Guard;
 use canary_core::{RolloutRecord, Weight, ecds};
 
 /// Why a weight could not be read or written.
@@ -82,12 +83,20 @@ static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug, Clone)]
 pub struct FileRouter {
     path: PathBuf,
+    /// The typo guard written with every weight (`canary_core::guard`), from the rollout spec.
+    guard: Option<Guard>,
 }
 
 impl FileRouter {
     /// A router for the watched file at `path` (its directory is the watched directory).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        FileRouter { path: path.into() }
+        FileRouter { path: path.into(), guard: None }
+    }
+
+    /// Writes `guard` into the configuration with every weight, so the proxies refuse a
+    /// hand-typed weight outside the spec's bounds.
+    pub fn with_guard(self, guard: Guard) -> Self {
+        FileRouter { guard: Some(guard), ..self }
     }
 
     pub fn path(&self) -> &Path {
@@ -205,6 +214,7 @@ impl WeightRouter for FileRouter {
                 canary_weight: weight,
                 revision: current.revision.saturating_add(1),
                 rollout_state: Some(record),
+                guard: this.guard.or(current.guard),
                 ..current
             };
             this.write(&next, &wasm)?;

@@ -161,6 +161,20 @@ impl Spec {
     pub fn max_weight(&self) -> Weight {
         self.max_weight
     }
+    /// The proxies' typo guard for this spec: `maxWeight`, and the largest step (from 0 to the
+    /// first step, or between two steps) as the largest raise.
+    pub fn guard(&self) -> canary_core::guard::Guard {
+        let mut max_raise = Weight::ZERO;
+        let mut from = Weight::ZERO;
+        for &to in &self.steps {
+            let raise = to.basis_points().saturating_sub(from.basis_points());
+            if raise > max_raise.basis_points() {
+                max_raise = Weight::from_basis_points(raise).unwrap_or(Weight::FULL);
+            }
+            from = to;
+        }
+        canary_core::guard::Guard { max_weight: self.max_weight, max_raise }
+    }
     /// Canary requests needed on a step before it may advance.
     pub fn min_requests(&self) -> u64 {
         self.min_requests
@@ -425,6 +439,17 @@ impl RawMetric {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_proxies_guard_is_max_weight_and_the_largest_step() {
+        let spec = Spec::from_yaml_or_json(
+            "name: demo\nstable: v1\ncanary: v2\ninterval: 1s\nthreshold: 2\nstepWeights: [5, 25, 40]\nmaxWeight: 40\n",
+        )
+        .unwrap();
+        let g = spec.guard();
+        assert_eq!((g.max_weight.percent(), g.max_raise.percent()), (40.0, 20.0));
+    }
+
     use super::*;
 
     const FULL: &str = r#"

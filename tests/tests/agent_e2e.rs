@@ -219,3 +219,43 @@ async fn a_route_table_that_does_not_follow_the_label_holds_the_rollout_and_says
     let line = metrics.lines().find(|l| l.starts_with("canary_gate_agent_misrouted_requests_total{")).unwrap();
     assert!(line.rsplit(' ').next().unwrap().parse::<u64>().unwrap() > 0, "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_incident_replayed_the_proxy_refuses_a_hand_typed_99_percent() {
+    let fx = Fixture::start(route(0.0, 1, "").unwrap(), 2).await.unwrap();
+    // Slow steps, so the rollout sits at 10% while the typo lands.
+    let slow = spec("").replace("interval: 1s", "interval: 30s");
+    let agent = Agent::start(&fx.envoy, &slow, "250ms").await.unwrap();
+    let traffic = Steady::start(fx.envoy.http().clone(), fx.envoy.url("/"), RPS);
+    agent.wait_for(Duration::from_secs(15), "canary at 10%", |s| weight(s) == 10.0).await.unwrap();
+    let applied = durable(&fx);
+    let guard = applied.guard.expect("the agent writes the spec's guard with the weight");
+    assert_eq!((guard.max_weight.percent(), guard.max_raise.percent()), (60.0, 30.0));
+    let rejected = "extension_config_discovery.http_filter.canary-gate.update_rejected";
+    let before = fx.envoy.stat(rejected).await.unwrap_or(0);
+    let typed_at = traffic.elapsed();
+
+    // Someone edits the live file by hand: 1 and 99 swapped, a new revision, an atomic rename.
+    let mut typo = applied.clone();
+    typo.canary_weight = canary_core::Weight::from_percent(99.0).unwrap();
+    typo.revision += 1;
+    fx.envoy.write_route(&typo).unwrap();
+    fx.envoy.wait_for_stat(rejected, before + 1, Duration::from_secs(10)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let samples = traffic.stop(Duration::from_millis(300)).await;
+
+    let after: Vec<_> = samples.iter().filter(|s| s.sent >= typed_at).collect();
+    let lines = fx.envoy.log_lines("rejected configuration");
+    assert!(
+        lines.iter().any(|l| l.contains("99%") && l.contains("guard.max_weight 60%")),
+        "the log names the field and both values: {lines:#?}"
+    );
+    let snap = fx.envoy.snapshot().await.unwrap();
+    assert_eq!(snap.route.as_ref().unwrap().canary_weight.percent(), 10.0, "the previous weights keep serving");
+    // The canary's share never rose: 10% of ~600 requests is 60 (binomial sd ≈ 7.3).
+    assert!(after.len() >= 500, "load kept running: {} requests after the typo", after.len());
+    let canary = after.iter().filter(|s| s.served_by == "v2").count();
+    let expected = after.len() / 10;
+    assert!(canary <= expected + 40, "{canary} of {} requests reached the canary after the typo", after.len());
+    assert_eq!(weight(&agent.status().await.unwrap()), 10.0);
+}

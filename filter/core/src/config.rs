@@ -36,7 +36,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: &str, problem: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &str, problem: impl Into<String>) -> Self {
         ConfigError { field: field.to_owned(), problem: problem.into() }
     }
 }
@@ -104,6 +104,10 @@ pub struct RouteConfig {
     /// How the filter tells which subset really served a request, from the upstream cluster.
     #[serde(default)]
     pub served_by: ServedBy,
+    /// Bounds the weight must keep for the filter to accept this configuration (see
+    /// [`crate::guard`]); gate-agent writes them from the rollout spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<crate::guard::Guard>,
     /// Set by whoever writes the config (gate-agent increments it) and echoed in snapshots, so a
     /// writer can see when a proxy applies its change.
     #[serde(default)]
@@ -504,6 +508,9 @@ impl RouteConfig {
                     format!("is the same cluster as `stable` ({stable})"),
                 ));
             }
+        }
+        if let Some(g) = &self.guard {
+            g.validate()?;
         }
         if let Some(StickyKey::Header(h)) = &self.sticky
             && *h == self.label_header

@@ -78,3 +78,30 @@ proptest! {
         prop_assert_eq!(h.count(), ca.requests);
     }
 }
+
+proptest! {
+    /// Whatever the weights, an accepted configuration without a promotion keeps the guard's
+    /// bounds, and lowering the weight is always accepted.
+    #[test]
+    fn the_guard_accepts_exactly_what_keeps_its_bounds(
+        prev in 0u16..=10_000, next in 0u16..=10_000, max_w in 1u16..=10_000, raise in 1u16..=10_000,
+    ) {
+        prop_assume!(raise <= max_w);
+        let guard = canary_core::guard::Guard {
+            max_weight: Weight::from_basis_points(max_w).unwrap(),
+            max_raise: Weight::from_basis_points(raise).unwrap(),
+        };
+        let base = parse_route(br#"{"version":1,"rollout":"r","stable":"v1","canary":"v2","canary_weight":0}"#).unwrap();
+        let at = |bp| config::RouteConfig {
+            canary_weight: Weight::from_basis_points(bp).unwrap(),
+            guard: Some(guard),
+            ..base.clone()
+        };
+        let accepted = canary_core::guard::check(&at(next), Some(&at(prev))).is_ok();
+        let within = next <= max_w && next.saturating_sub(prev) <= raise;
+        prop_assert_eq!(accepted, within);
+        if next <= prev && next <= max_w {
+            prop_assert!(accepted);
+        }
+    }
+}
