@@ -132,7 +132,7 @@ impl BenchEnvoy {
             concurrency,
             route: route.clone(),
             raw_plugin_config: None,
-        shape: Default::default(),
+            shape: Default::default(),
         };
         let config = root.join("envoy.json");
         std::fs::write(&config, bootstrap(variant, &setup, root, &noop)?.to_string()).map_err(|e| e.to_string())?;
