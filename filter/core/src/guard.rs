@@ -8,7 +8,8 @@
 //! - its `canary_weight` is above `max_weight`, unless its `rollout_state` records a promotion
 //!   (`promoting` or `succeeded`); or
 //! - it raises the weight by more than `max_raise` over the configuration this proxy applies now
-//!   (for the same rollout id), again unless it records a promotion.
+//!   (for the same rollout id, when that one carried a guard too), again unless it records a
+//!   promotion.
 //!
 //! A rejection is the path of any bad configuration: `on_configure` returns false with one log
 //! line naming the field and both values, Envoy counts `update_rejected`, and the previous weights
@@ -69,8 +70,12 @@ pub fn check(config: &RouteConfig, applied: Option<&RouteConfig>) -> Result<(), 
             ),
         ));
     }
-    let Some(from) =
-        applied.filter(|a| a.effective_rollout_id() == config.effective_rollout_id()).map(|a| a.canary_weight)
+    // The raise is measured from a configuration the guard already vetted. One without a guard
+    // (the bootstrap's 0% default that a restarted Envoy applies before reading the durable file,
+    // or a rollout before the agent first wrote) is no baseline: against it only max_weight holds.
+    let Some(from) = applied
+        .filter(|a| a.guard.is_some() && a.effective_rollout_id() == config.effective_rollout_id())
+        .map(|a| a.canary_weight)
     else {
         return Ok(());
     };
@@ -123,6 +128,14 @@ mod tests {
         assert!(check(&at(100.0, promoting), Some(&at(50.0, ""))).is_ok());
         let paused = r#","rollout_state":{"phase":"paused"}"#;
         assert!(check(&at(100.0, paused), Some(&at(50.0, ""))).is_err());
+    }
+
+    #[test]
+    fn a_restarted_proxy_takes_the_durable_weight_over_its_unguarded_default() {
+        // Envoy starts on the bootstrap's 0% default (no guard), then reads the durable 50%.
+        let default = RouteConfig { canary_weight: Weight::ZERO, ..test_route("") };
+        assert!(check(&at(50.0, ""), Some(&default)).is_ok());
+        assert!(check(&at(99.0, ""), Some(&default)).is_err(), "max_weight still holds");
     }
 
     #[test]
