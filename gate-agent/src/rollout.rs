@@ -53,6 +53,8 @@ pub enum ChangeKind {
     OperatorPromotion,
     /// To 0%.
     Rollback,
+    /// Back down to the rollout's own weight after someone else raised it (a foreign write).
+    Revert,
 }
 
 /// A weight the router must apply.
@@ -125,6 +127,7 @@ pub fn guard(spec: &Spec, change: &WeightChange) -> Result<(), String> {
         ChangeKind::Promotion | ChangeKind::OperatorPromotion if to == Weight::FULL => Ok(()),
         ChangeKind::Promotion | ChangeKind::OperatorPromotion => Err(format!("a promotion goes to 100%, not {to}")),
         ChangeKind::Rollback => Err(format!("a rollback never raises the weight ({from} to {to})")),
+        ChangeKind::Revert => Err(format!("a revert never raises the weight ({from} to {to})")),
         ChangeKind::Step => {
             if to > spec.max_weight() {
                 return Err(format!("{to} is above maxWeight ({})", spec.max_weight()));
@@ -460,6 +463,59 @@ impl Rollout {
         }
     }
 
+    /// A weight someone else wrote is in force (a foreign write: a hand edit, `kubectl edit`, a
+    /// GitOps sync). The policy:
+    /// - a raise above the rollout's weight is reverted: the decision writes the rollout's weight
+    ///   again (the I/O layer also sends kill orders to the proxies that apply the raise);
+    /// - 0% is an operator rollback;
+    /// - a lower non-zero weight is a pause at that weight (`resume` continues from it);
+    /// - the same weight (only `revision` or `rollout_state` changed) is rewritten as the rollout
+    ///   has it.
+    ///
+    /// In every case the step's evidence starts again: requests served under a weight the rollout
+    /// did not choose never count toward a step passing. Final phases stay final.
+    pub fn foreign_write(&mut self, weight: Weight, revision: u64, now_ms: u64) -> Decision {
+        self.step_canary_requests = 0;
+        self.next_check_ms = now_ms.saturating_add(millis(self.spec.interval()));
+        let ours = self.weight;
+        let who = format!("a write gate-agent did not make (revision {revision})");
+        if self.phase.is_final() || weight > ours {
+            let change = WeightChange { from: weight, to: ours, kind: ChangeKind::Revert };
+            return Decision {
+                set_weight: Some(change),
+                phase_change: None,
+                reason: format!("reverted canary_weight {weight} from {who} to the rollout's {ours}"),
+                verdict: None,
+            };
+        }
+        if weight == Weight::ZERO {
+            return self.roll_back(format!("operator rollback: canary_weight 0 from {who}"));
+        }
+        if weight < ours {
+            self.weight = weight;
+            if matches!(self.phase, Phase::Initializing | Phase::Progressing) {
+                self.paused_from = self.phase;
+            }
+            let phase_change = self.enter(Phase::Paused);
+            return Decision {
+                set_weight: None,
+                phase_change,
+                reason: format!(
+                    "paused at {weight} by {who} (the rollout had {ours}); POST /resume continues from {weight}"
+                ),
+                verdict: None,
+            };
+        }
+        Decision {
+            set_weight: None,
+            phase_change: None,
+            reason: format!(
+                "{who} changed revision or rollout_state at {weight}; the rollout's state is written again"
+            ),
+            verdict: None,
+        }
+    }
+
     /// Operator: continue after a pause. The step must again last a full `interval`.
     pub fn resume(&mut self, now_ms: u64) -> Result<Decision, CommandRefused> {
         if self.phase != Phase::Paused {
@@ -735,6 +791,33 @@ metrics:
         // Fixed: the step's evidence starts again and the rollout moves on.
         assert_eq!(r.status().step_canary_requests, 0);
         assert_eq!(weights(&run(&mut r, 21, 26, healthy)), vec![(26, 25.0, ChangeKind::Step)]);
+    }
+
+    #[test]
+    fn foreign_writes_follow_the_policy() {
+        let mut r = Rollout::new(spec_with(""), 0);
+        run(&mut r, 1, 6, healthy);
+        assert_eq!(r.weight(), w(25.0));
+        r.tick(&healthy(7, r.weight()), 7 * S);
+        assert!(r.status().step_canary_requests > 0);
+        // A raise is reverted to the rollout's own weight, and the step's evidence restarts.
+        let d = r.foreign_write(w(99.0), 9, 8 * S);
+        assert_eq!(d.set_weight, Some(WeightChange { from: w(99.0), to: w(25.0), kind: ChangeKind::Revert }));
+        assert_eq!(guard(r.spec(), &d.set_weight.unwrap()), Ok(()));
+        assert_eq!((r.weight(), r.phase(), r.status().step_canary_requests), (w(25.0), Phase::Progressing, 0));
+        // A lower weight is a pause at that weight; resume continues from there.
+        let d = r.foreign_write(w(5.0), 10, 9 * S);
+        assert_eq!(d.phase_change, Some(PhaseChange { from: Phase::Progressing, to: Phase::Paused }));
+        assert!(d.set_weight.is_none() && d.reason.contains("paused at 5%"), "{}", d.reason);
+        assert_eq!(r.weight(), w(5.0));
+        assert!(r.resume(10 * S).is_ok());
+        // Zero is an operator rollback, which stays final: a later raise is reverted to 0.
+        let d = r.foreign_write(Weight::ZERO, 11, 11 * S);
+        assert_eq!(d.phase_change.map(|p| p.to), Some(Phase::RolledBack));
+        assert!(d.reason.contains("operator rollback"), "{}", d.reason);
+        let d = r.foreign_write(w(40.0), 12, 12 * S);
+        assert_eq!(d.set_weight.map(|c| c.to), Some(Weight::ZERO));
+        assert_eq!(r.phase(), Phase::RolledBack);
     }
 
     #[test]
