@@ -110,6 +110,11 @@ pub struct StatusView {
     pub proxy_resets_total: u64,
     /// Requests the route table did not send where their label said (see `canary_core::served`).
     pub misrouted_requests_total: u64,
+    /// Configurations the proxies applied that gate-agent did not write (a hand edit, `kubectl
+    /// edit`, a GitOps sync), each answered by the foreign-write policy.
+    pub foreign_writes_total: u64,
+    /// The latest of them, in words.
+    pub last_foreign_write: Option<String>,
     pub phase_changes_total: u64,
     /// The last events Flagger posted (oldest first, at most
     /// [`crate::integrations::FLAGGER_EVENTS_KEPT`]). Kept by the API, not the control loop,
@@ -315,6 +320,13 @@ pub fn render_metrics(v: &StatusView) -> String {
         "canary_gate_agent_misrouted_requests_total{{rollout=\"{rollout}\"}} {}",
         v.misrouted_requests_total
     );
+    family(
+        &mut out,
+        "canary_gate_agent_foreign_writes_total",
+        "counter",
+        "Configurations the proxies applied that gate-agent did not write; each is reverted, or taken as a rollback or a pause.",
+    );
+    let _ = writeln!(out, "canary_gate_agent_foreign_writes_total{{rollout=\"{rollout}\"}} {}", v.foreign_writes_total);
     family(&mut out, "canary_gate_agent_phase_changes_total", "counter", "Phase transitions.");
     let _ = writeln!(out, "canary_gate_agent_phase_changes_total{{rollout=\"{rollout}\"}} {}", v.phase_changes_total);
     out

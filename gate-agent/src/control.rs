@@ -164,6 +164,10 @@ pub struct Controller<S, R, N> {
     router_errors_total: u64,
     proxy_resets_total: u64,
     misrouted_requests_total: u64,
+    /// Configurations seen on the proxies that this agent did not write.
+    foreign_writes_total: u64,
+    last_foreign_revision: Option<u64>,
+    last_foreign_write: Option<String>,
     phase_changes_total: u64,
 }
 
@@ -234,6 +238,9 @@ where
             router_errors_total: 0,
             proxy_resets_total: 0,
             misrouted_requests_total: 0,
+            foreign_writes_total: 0,
+            last_foreign_revision: None,
+            last_foreign_write: None,
             phase_changes_total: 0,
         };
         tracing::info!(
@@ -294,10 +301,14 @@ where
         let now = self.now_ms();
         results.sort_by(|a, b| a.0.cmp(&b.0));
         let mut unkilled = Vec::new();
+        let mut foreign: Vec<(String, RouteConfig)> = Vec::new();
         for (target, result) in results {
             match result {
                 Ok(snapshot) => {
                     if let Some(route) = &snapshot.route {
+                        if self.is_foreign(route) {
+                            foreign.push((target.clone(), route.clone()));
+                        }
                         self.highest_revision_seen = self.highest_revision_seen.max(route.revision);
                         // A rolled-back rollout must not have canary traffic anywhere: a proxy
                         // that missed the kill (down, restarted) and still applies a weight gets
@@ -331,14 +342,80 @@ where
             tracing::warn!(rollout = %self.rollout.spec().name(), "kill order sent again: {reached} of {total} proxies still had canary weight");
         }
         let window = self.fleet.take_window(now);
-        let decision = self.rollout.tick(&window, now);
+        let mut decision = self.rollout.tick(&window, now);
         if window.misrouted > 0 {
             // A failed precondition holds without a weight or phase change; say why in /status.
             self.reason.clone_from(&decision.reason);
         }
         self.remember(&window, decision.verdict.as_ref(), now);
+        // A breach decided on this tick's traffic wins; otherwise a foreign write is answered now.
+        let breach = decision.set_weight.is_some_and(|c| c.kind == ChangeKind::Rollback);
+        if !breach && let Some(answer) = self.answer_foreign(foreign, now).await {
+            decision = answer;
+            self.reason.clone_from(&decision.reason);
+        }
         self.act(decision).await;
         self.publish();
+    }
+
+    /// Whether a proxy applies a configuration this agent did not write: a newer revision than
+    /// the durable one whose weight or phase is not the rollout's. (An older revision is a proxy
+    /// that has not caught up; the rollout's own weight at a newer revision is this agent's write
+    /// landing.)
+    fn is_foreign(&self, route: &RouteConfig) -> bool {
+        let status = self.rollout.status();
+        let phase = route.rollout_state.as_ref().map(|s| s.phase);
+        route.revision > self.durable.revision
+            && (route.canary_weight != status.canary_weight || phase != Some(status.phase))
+    }
+
+    /// The foreign-write policy (see [`Rollout::foreign_write`]): logs and counts each write,
+    /// holds the canary at 0% on the proxies that apply a raise (kill orders up to its revision,
+    /// until the rollout's own weight is written over it), and makes the rollout's state the
+    /// durable one again. `None` when nothing foreign was seen.
+    async fn answer_foreign(&mut self, foreign: Vec<(String, RouteConfig)>, now: u64) -> Option<Decision> {
+        let newest = foreign.iter().map(|(_, r)| r).max_by_key(|r| r.revision)?.clone();
+        let ours = self.rollout.weight();
+        for (target, route) in &foreign {
+            tracing::warn!(
+                rollout = %self.rollout.spec().name(),
+                proxy = %target,
+                revision = route.revision,
+                "foreign write: canary_weight {} -> {} (a write gate-agent did not make)",
+                self.durable.weight,
+                route.canary_weight
+            );
+        }
+        if self.last_foreign_revision != Some(newest.revision) {
+            self.foreign_writes_total = self.foreign_writes_total.saturating_add(1);
+            self.last_foreign_revision = Some(newest.revision);
+        }
+        self.last_foreign_write = Some(format!(
+            "revision {}: canary_weight {} (the rollout's: {ours}), seen on {} proxies",
+            newest.revision,
+            newest.canary_weight,
+            foreign.len()
+        ));
+        let raised: Vec<String> =
+            foreign.iter().filter(|(_, r)| r.canary_weight > ours).map(|(t, _)| t.clone()).collect();
+        let kill = (!raised.is_empty()).then(|| {
+            let order = KillOrder {
+                rollout: self.rollout.spec().name().clone(),
+                id: newest.effective_rollout_id().clone(),
+                revision: newest.revision,
+            };
+            tokio::spawn(kill_everywhere(Arc::clone(&self.source), raised, order, self.settings.kill_timeout))
+        });
+        let decision = self.rollout.foreign_write(newest.canary_weight, newest.revision, now);
+        // What is durable now is the foreign write: the rollout's own state is written over it.
+        self.durable = Durable { weight: newest.canary_weight, phase: None, ..Durable::of(&newest) };
+        self.highest_revision_seen = self.highest_revision_seen.max(newest.revision);
+        if let Some(kill) = kill
+            && let Ok((reached, total)) = kill.await
+        {
+            tracing::warn!(rollout = %self.rollout.spec().name(), "foreign raise held at 0% on {reached} of {total} proxies until the rollout's weight is written");
+        }
+        Some(decision)
     }
 
     /// Carries out an operator command; the answer is a sentence for the operator.
@@ -583,6 +660,8 @@ where
             router_errors_total: self.router_errors_total,
             proxy_resets_total: self.proxy_resets_total,
             misrouted_requests_total: self.misrouted_requests_total,
+            foreign_writes_total: self.foreign_writes_total,
+            last_foreign_write: self.last_foreign_write.clone(),
             phase_changes_total: self.phase_changes_total,
             // The API keeps Flagger's events and adds them to `/status`.
             flagger_events: Vec::new(),

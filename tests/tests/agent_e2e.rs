@@ -259,3 +259,72 @@ async fn the_incident_replayed_the_proxy_refuses_a_hand_typed_99_percent() {
     assert!(canary <= expected + 40, "{canary} of {} requests reached the canary after the typo", after.len());
     assert_eq!(weight(&agent.status().await.unwrap()), 10.0);
 }
+
+/// Writes `weight` into the watched file as a person would: the applied config, the weight
+/// changed, a new revision, with or without the guard block.
+fn hand_write(fx: &Fixture, weight: f64, keep_guard: bool) -> u64 {
+    let mut typed = durable(fx);
+    typed.canary_weight = canary_core::Weight::from_percent(weight).unwrap();
+    typed.revision += 1;
+    if !keep_guard {
+        typed.guard = None;
+    }
+    fx.envoy.write_route(&typed).unwrap();
+    typed.revision
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_raise_written_around_the_guard_is_reverted_within_a_tick_and_counts_for_nothing() {
+    let fx = Fixture::start(route(0.0, 1, "").unwrap(), 2).await.unwrap();
+    let slow = spec("").replace("interval: 1s", "interval: 30s");
+    let agent = Agent::start(&fx.envoy, &slow, "250ms").await.unwrap();
+    let traffic = Steady::start(fx.envoy.http().clone(), fx.envoy.url("/"), RPS);
+    agent.wait_for(Duration::from_secs(15), "canary at 10%", |s| weight(s) == 10.0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let typed_at = traffic.elapsed();
+    let revision = hand_write(&fx, 99.0, false);
+    let s = agent
+        .wait_for(Duration::from_secs(5), "the foreign write seen", |s| s["foreign_writes_total"].as_u64() >= Some(1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_tail(20)));
+    assert!(s["last_foreign_write"].as_str().unwrap().contains("99%"), "{s}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let samples = traffic.stop(Duration::from_millis(300)).await;
+    let d = durable(&fx);
+    assert!(d.revision > revision, "the rollout's weight was written over it");
+    assert_eq!(d.canary_weight.percent(), 10.0);
+    let s = agent.status().await.unwrap();
+    assert_eq!((phase(&s), weight(&s)), ("progressing", 10.0), "{s}");
+    // (That the step's evidence restarted is checked tick by tick in rollout.rs's unit tests.)
+    // From 1 s after the write on, 250-ms bins are back at or below the agent's weight.
+    let settled = typed_at + Duration::from_secs(1);
+    let late: Vec<_> = samples.iter().filter(|x| x.sent >= settled).collect();
+    assert!(late.len() >= 300, "{}", late.len());
+    for bin in late.chunks(50) {
+        let canary = bin.iter().filter(|x| x.served_by == "v2").count();
+        assert!(canary <= 5 + 8, "{canary} of {} on the canary a second after the write", bin.len());
+    }
+    let (_, metrics) = agent.get("/metrics").await.unwrap();
+    assert!(metrics.contains("canary_gate_agent_foreign_writes_total{rollout=\"demo\"} 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn foreign_writes_to_zero_and_to_a_lower_weight_are_a_rollback_and_a_pause() {
+    let fx = Fixture::start(route(0.0, 1, "").unwrap(), 2).await.unwrap();
+    let slow = spec("").replace("interval: 1s", "interval: 3s");
+    let agent = Agent::start(&fx.envoy, &slow, "250ms").await.unwrap();
+    let traffic = Steady::start(fx.envoy.http().clone(), fx.envoy.url("/"), RPS);
+    agent.wait_for(Duration::from_secs(20), "canary at 30%", |s| weight(s) == 30.0).await.unwrap();
+    hand_write(&fx, 5.0, true);
+    let s = agent.wait_for(Duration::from_secs(5), "paused", |s| phase(s) == "paused").await.unwrap();
+    assert_eq!(weight(&s), 5.0, "{s}");
+    assert!(s["reason"].as_str().unwrap().contains("paused at 5%"), "{s}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(weight(&agent.status().await.unwrap()), 5.0, "a pause holds");
+    assert_eq!(durable(&fx).rollout_state.map(|r| r.phase), Some(canary_core::RolloutPhase::Paused));
+    hand_write(&fx, 0.0, true);
+    let s = agent.wait_for(Duration::from_secs(5), "rolled back", |s| phase(s) == "rolled_back").await.unwrap();
+    assert!(s["reason"].as_str().unwrap().contains("operator rollback"), "{s}");
+    let _ = traffic.stop(Duration::from_millis(300)).await;
+    assert_eq!(durable(&fx).rollout_state.map(|r| r.phase), Some(canary_core::RolloutPhase::RolledBack));
+}
