@@ -374,6 +374,7 @@ fn the_virtual_service_sends_only_the_label_to_the_canary_and_everything_else_to
         assert!(destinations[0].get("weight").is_none(), "no weights: {r}");
         assert_eq!(destinations[0]["destination"]["host"], host);
         assert_eq!(r["headers"]["request"]["remove"], json!([label]), "the label does not leak to the next hop");
+        assert!(r["timeout"].as_str().is_some_and(|t| t != "0s"), "a hung canary ends in a counted timeout: {r}");
     }
     let (default, labelled) = routes.split_last().unwrap();
     assert!(default.get("match").is_none(), "the last route takes everything: {default}");
