@@ -183,6 +183,12 @@ where
         if settings.targets.is_empty() && settings.target_updates.is_none() {
             return Err(StartError::NoTargets);
         }
+        let mut settings = settings;
+        // Discovered targets are read from the first tick: the pods that exist now are the list's
+        // current value, not a change of it.
+        if let Some(updates) = &mut settings.target_updates {
+            settings.targets = updates.borrow_and_update().clone();
+        }
         let route = router.current().await?;
         check_matches(&spec, &route)?;
         let epoch = tokio::time::Instant::now();
@@ -529,6 +535,10 @@ where
             (None, 0) if !self.proxies_failing.is_empty() => {
                 Some(format!("no proxy answered: {}", self.proxies_failing.join("; ")))
             }
+            (None, 0) if self.settings.targets.is_empty() => {
+                Some("no proxy answered: there is no proxy to read (no ready pod behind the selector)".into())
+            }
+            (None, 0) => Some("no proxy answered yet".into()),
             _ => None,
         };
         let status = self.rollout.status();
@@ -634,6 +644,65 @@ pub struct Parts<S, R, N> {
     pub tick: Duration,
 }
 
+/// Starts this term's controller from the durable state. A failed read (the API server slow or
+/// down, a pluginConfig someone broke by hand) is retried with backoff while this replica leads,
+/// reported in `/status` and `/readyz`, and never ends the process: every replica would do the
+/// same, and a Deployment would crash-loop. `None` when leadership lapsed or `stop` came first.
+async fn take_over<S, R, N>(
+    p: &Parts<S, R, N>,
+    leadership: &mut Leadership,
+    commands: &mut mpsc::Receiver<CommandRequest>,
+    stop: &watch::Receiver<bool>,
+    lease: &str,
+) -> Option<Controller<S, R, N>>
+where
+    S: CounterSource + KillSwitch + 'static,
+    R: WeightRouter + Clone,
+    N: Notifier + 'static,
+{
+    let mut failures: u32 = 0;
+    loop {
+        let started = Controller::start(
+            p.spec.clone(),
+            Arc::clone(&p.source),
+            p.router.clone(),
+            Arc::clone(&p.notifier),
+            p.settings.clone(),
+            p.status.clone(),
+        )
+        .await;
+        let e = match started {
+            Ok(controller) => return Some(controller),
+            Err(e) => e,
+        };
+        failures = failures.saturating_add(1);
+        let doubling = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+        let backoff = p.settings.retry_min.saturating_mul(doubling).min(p.settings.retry_max);
+        let why = format!("cannot start the rollout: {e}; retrying in {backoff:?}");
+        tracing::error!(rollout = %p.spec.name(), %lease, "{why}");
+        p.status.send_replace(StatusView {
+            rollout: p.spec.name().to_string(),
+            phase: "starting".into(),
+            not_ready: Some(why.clone()),
+            router_errors_total: u64::from(failures),
+            ..StatusView::default()
+        });
+        let mut lost = leadership.clone();
+        let wait = tokio::time::sleep(backoff);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                () = &mut wait => break,
+                () = stopped(stop.clone()) => return None,
+                () = lost.lost() => return None,
+                Some((_, reply)) = commands.recv() => {
+                    let _ = reply.send(Err(format!("not ready: {why}")));
+                }
+            }
+        }
+    }
+}
+
 /// Resolves once `stop` turns true.
 pub async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -675,15 +744,12 @@ where
                 }
             }
         }
-        let controller = Controller::start(
-            p.spec.clone(),
-            Arc::clone(&p.source),
-            p.router.clone(),
-            Arc::clone(&p.notifier),
-            p.settings.clone(),
-            p.status.clone(),
-        )
-        .await?;
+        let Some(controller) = take_over(&p, &mut leadership, commands, &stop, lease).await else {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            continue; // leadership lapsed before the durable state could be read
+        };
         let mut lost = leadership.clone();
         let until = async {
             tokio::select! {

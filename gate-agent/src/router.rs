@@ -27,6 +27,9 @@ pub enum RouterError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a canary-gate watched file: {problem}")]
     Malformed { path: PathBuf, problem: String },
+    /// A remote store (the WasmPlugin) holds a configuration the filter would reject.
+    #[error("{what}: {problem}")]
+    Invalid { what: String, problem: String },
     #[error("serialising the route configuration: {0}")]
     Serialise(#[from] serde_json::Error),
     /// A call to a remote store (the Kubernetes API) failed or timed out.
@@ -45,7 +48,7 @@ impl RouterError {
     pub fn kind(&self) -> &'static str {
         match self {
             RouterError::Io { .. } => "io",
-            RouterError::Malformed { .. } => "malformed",
+            RouterError::Malformed { .. } | RouterError::Invalid { .. } => "malformed",
             RouterError::Serialise(_) => "serialise",
             RouterError::Remote { .. } => "remote",
             RouterError::Conflict { .. } => "conflict",

@@ -26,7 +26,7 @@ use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{bounded, bounded_unless_conflict};
+use super::{FIELD_MANAGER, bounded, bounded_unless_conflict};
 use crate::router::{RouterError, WeightRouter};
 
 /// Timings, with client-go's defaults.
@@ -188,6 +188,10 @@ fn lapse(tx: &watch::Sender<Option<Instant>>, settings: &LeaseSettings, why: &st
     }
 }
 
+fn post_params() -> PostParams {
+    PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() }
+}
+
 fn now() -> MicroTime {
     MicroTime(Timestamp::now())
 }
@@ -212,7 +216,7 @@ async fn try_acquire_or_renew(api: &Api<Lease>, s: &LeaseSettings, observed: &mu
             }),
         };
         // A conflict: another replica created it first.
-        let created = bounded_unless_conflict(s.call_timeout, api.create(&PostParams::default(), &lease)).await?;
+        let created = bounded_unless_conflict(s.call_timeout, api.create(&post_params(), &lease)).await?;
         return Ok(created.is_some());
     };
     let spec = lease.spec.clone().unwrap_or_default();
@@ -244,8 +248,7 @@ async fn try_acquire_or_renew(api: &Api<Lease>, s: &LeaseSettings, observed: &mu
         ..spec
     });
     // `replace` sends the resourceVersion read above: a stale write is a 409, not a takeover.
-    let replaced =
-        bounded_unless_conflict(s.call_timeout, api.replace(&s.name, &PostParams::default(), &lease)).await?;
+    let replaced = bounded_unless_conflict(s.call_timeout, api.replace(&s.name, &post_params(), &lease)).await?;
     Ok(replaced.is_some())
 }
 
@@ -259,7 +262,7 @@ async fn release(api: &Api<Lease>, s: &LeaseSettings) -> Result<(), String> {
     spec.holder_identity = None;
     spec.lease_duration_seconds = Some(1);
     spec.renew_time = Some(now());
-    bounded(s.call_timeout, api.replace(&s.name, &PostParams::default(), &lease)).await.map(|_| ())
+    bounded(s.call_timeout, api.replace(&s.name, &post_params(), &lease)).await.map(|_| ())
 }
 
 /// A router that writes only while this replica leads.

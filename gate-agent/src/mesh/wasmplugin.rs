@@ -8,6 +8,12 @@
 //! other field, of the pluginConfig or of the WasmPlugin, stays exactly as it was, including
 //! fields this type does not know.
 //!
+//! The three fields are the agent's alone: the shipped manifest (deploy/istio/wasmplugin.yaml)
+//! leaves them out, so re-applying it (`kubectl apply`, a GitOps sync, client- or server-side)
+//! never moves the weight or sends the revision backwards. Until the agent first writes, a
+//! missing `canary_weight` reads as 0 and a missing `revision` as 0. Writes carry the field manager
+//! [`super::FIELD_MANAGER`], so `metadata.managedFields` shows the agent as their owner.
+//!
 //! A WasmPlugin update takes seconds to reach the proxies and makes them reload the plugin; the
 //! kill path does not wait for it (see `canary_core::kill`).
 
@@ -21,7 +27,7 @@ use kube::{CustomResource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{bounded, bounded_unless_conflict};
+use super::{FIELD_MANAGER, bounded, bounded_unless_conflict};
 use crate::router::{RouterError, WeightRouter};
 
 /// Istio's WasmPlugin, as much of it as the agent reads; every other field is kept verbatim in
@@ -67,10 +73,21 @@ impl WasmPluginRouter {
     }
 
     fn malformed(&self, problem: impl Into<String>) -> RouterError {
-        RouterError::Malformed {
-            path: format!("WasmPlugin {} spec.pluginConfig", self.name).into(),
-            problem: problem.into(),
-        }
+        RouterError::Invalid { what: format!("WasmPlugin {} spec.pluginConfig", self.name), problem: problem.into() }
+    }
+
+    /// The WasmPlugin as an Event's `involvedObject`, with its uid (`kubectl describe` lists only
+    /// the Events whose `involvedObject.uid` is the object's).
+    pub async fn reference(&self) -> Result<k8s_openapi::api::core::v1::ObjectReference, RouterError> {
+        let plugin = bounded(self.timeout, self.api.get(&self.name)).await.map_err(|m| self.remote(m))?;
+        Ok(k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("extensions.istio.io/v1alpha1".into()),
+            kind: Some("WasmPlugin".into()),
+            name: Some(self.name.clone()),
+            namespace: plugin.metadata.namespace.clone(),
+            uid: plugin.metadata.uid.clone(),
+            ..k8s_openapi::api::core::v1::ObjectReference::default()
+        })
     }
 
     /// Reads the WasmPlugin: its route configuration and the resourceVersion it came with.
@@ -82,9 +99,20 @@ impl WasmPluginRouter {
     /// The route configuration in a WasmPlugin's pluginConfig, checked by the filter's parser.
     fn route_of(&self, plugin: &WasmPlugin) -> Result<RouteConfig, RouterError> {
         let config = plugin.spec.plugin_config.as_ref().ok_or_else(|| self.malformed("is missing"))?;
-        let bytes = serde_json::to_vec(config)?;
-        parse_route(&bytes).map_err(|e| self.malformed(e.to_string()))
+        route_config_of(config).map_err(|e| self.malformed(e))
     }
+}
+
+/// The route configuration in a WasmPlugin's `pluginConfig`, checked by the filter's parser. The
+/// agent's fields may be absent (the shipped manifest leaves them to the agent): no
+/// `canary_weight` is 0% until the agent writes one.
+pub fn route_config_of(plugin_config: &serde_json::Value) -> Result<RouteConfig, String> {
+    let mut config = plugin_config.clone();
+    if let Some(fields) = config.as_object_mut() {
+        fields.entry("canary_weight").or_insert(serde_json::json!(0));
+    }
+    let bytes = serde_json::to_vec(&config).map_err(|e| e.to_string())?;
+    parse_route(&bytes).map_err(|e| e.to_string())
 }
 
 /// The merge patch that sets the agent's three fields, guarded by `resource_version`.
@@ -114,7 +142,8 @@ impl WeightRouter for WasmPluginRouter {
             let (current, version) = self.read().await?;
             let revision = current.revision.saturating_add(1);
             let patch = weight_patch(version.as_deref(), weight, revision, &record)?;
-            let (params, merge) = (PatchParams::default(), Patch::Merge(&patch));
+            let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+            let merge = Patch::Merge(&patch);
             let patched = bounded_unless_conflict(self.timeout, self.api.patch(&self.name, &params, &merge))
                 .await
                 .map_err(|m| self.remote(m))?;
