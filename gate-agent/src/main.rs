@@ -380,7 +380,7 @@ async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
                 namespace = %ns, wasmplugin = %args.wasmplugin, lease = ?args.lease, identity = %identity,
                 pod_selector = ?args.pod_selector, "durable weights in the WasmPlugin"
             );
-            let router = LeaderGated::new(router, leadership.clone());
+            let router = LeaderGated::new(router.with_fence(leadership.clone()), leadership.clone());
             let notifier = Arc::new(Both(Some(events), webhook));
             let parts = Parts { spec, source, router, notifier, settings, status, tick: args.tick };
             let name = lease.as_ref().map(|(n, _)| n.clone()).unwrap_or_default();

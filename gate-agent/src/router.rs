@@ -41,6 +41,9 @@ pub enum RouterError {
     /// This replica does not hold the leader lease, so it must not write.
     #[error("not the leader: only the replica holding the lease writes weights")]
     NotLeader,
+    /// A newer leader's term wrote last: this replica's lead is over, whatever it believes.
+    #[error("{what} was last written in {theirs}, newer than this replica's {ours}: not overwriting it")]
+    Fenced { what: String, theirs: String, ours: String },
 }
 
 impl RouterError {
@@ -53,6 +56,7 @@ impl RouterError {
             RouterError::Remote { .. } => "remote",
             RouterError::Conflict { .. } => "conflict",
             RouterError::NotLeader => "not_leader",
+            RouterError::Fenced { .. } => "fenced",
         }
     }
 }

@@ -340,3 +340,72 @@ async fn re_applying_the_shipped_wasmplugin_mid_rollout_moves_neither_weight_nor
     let reset = router.current().await.unwrap();
     assert_eq!((reset.canary_weight, reset.revision), (Weight::ZERO, 1), "a manifest that sets them wins");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_leaders_across_a_lease_handover_never_interleave_writes() {
+    let (ns, _) = setup("fence").await;
+    let leases = || Api::<Lease>::namespaced(ns.agent.clone(), &ns.name);
+    let settings = |id: &str| LeaseSettings {
+        lease_duration: Duration::from_millis(4_000),
+        renew_deadline: Duration::from_millis(3_000),
+        retry_period: Duration::from_millis(200),
+        call_timeout: Duration::from_millis(400),
+        ..LeaseSettings::new("canary-gate-agent", id)
+    };
+    let (a, _ta) = spawn_election(leases(), settings("agent-a"), std::future::pending());
+    tokio::time::timeout(Duration::from_secs(3), a.clone().acquired()).await.unwrap();
+    let (b, _tb) = spawn_election(leases(), settings("agent-b"), std::future::pending());
+    let fenced = |l: &gate_agent::mesh::lease::Leadership| {
+        let router =
+            WasmPluginRouter::new(Api::namespaced(ns.agent.clone(), &ns.name), "canary-gate", Duration::from_secs(2));
+        LeaderGated::new(router.with_fence(l.clone()), l.clone())
+    };
+    // Both write as fast as they can for 4 s, each recording what became of every write.
+    let writes = Arc::new(std::sync::Mutex::new(Vec::<(Instant, &str, Result<u64, String>)>::new()));
+    let mut writers = Vec::new();
+    for (who, router) in [("agent-a", fenced(&a)), ("agent-b", fenced(&b))] {
+        let writes = Arc::clone(&writes);
+        writers.push(tokio::spawn(async move {
+            let end = Instant::now() + Duration::from_secs(4);
+            let mut pct = 1.0;
+            while Instant::now() < end {
+                let result = router.apply(w(pct), record(RolloutPhase::Progressing)).await;
+                let kind = result.map(|r| r.revision).map_err(|e| e.kind().to_owned());
+                writes.lock().unwrap().push((Instant::now(), who, kind));
+                pct = if pct >= 50.0 { 1.0 } else { pct + 1.0 };
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }));
+    }
+    // a stalls, as far as the Lease is concerned: b takes it over (what b's own election does once
+    // a's lease has expired), while a still believes it leads until its renew deadline.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let admin = Api::<Lease>::namespaced(ns.admin.clone(), &ns.name);
+    let mut lease = admin.get("canary-gate-agent").await.unwrap();
+    let spec = lease.spec.as_mut().unwrap();
+    let handover = Instant::now();
+    spec.holder_identity = Some("agent-b".into());
+    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+    spec.renew_time =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now()));
+    admin.replace("canary-gate-agent", &PostParams::default(), &lease).await.unwrap();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let writes = writes.lock().unwrap().clone();
+    let first_b = writes.iter().find(|(_, who, r)| *who == "agent-b" && r.is_ok()).map(|(t, _, _)| *t);
+    let first_b = first_b.unwrap_or_else(|| panic!("b never wrote: {writes:?}"));
+    assert!(writes.iter().any(|(t, who, r)| *who == "agent-a" && r.is_ok() && *t < handover), "a wrote in its term");
+    let late_a: Vec<_> = writes.iter().filter(|(t, who, r)| *who == "agent-a" && r.is_ok() && *t > first_b).collect();
+    assert!(late_a.is_empty(), "a wrote after b's term began: {late_a:?}");
+    let refused: Vec<_> = writes
+        .iter()
+        .filter(|(_, who, r)| *who == "agent-a" && r.as_ref().err().is_some_and(|k| k == "fenced"))
+        .collect();
+    assert!(!refused.is_empty(), "a still believed it led, and the fence refused it: {writes:?}");
+    // The revisions written only ever went up, and the object names b's term.
+    let revisions: Vec<u64> = writes.iter().filter_map(|(_, _, r)| r.as_ref().ok().copied()).collect();
+    assert!(revisions.windows(2).all(|p| p[0] < p[1]), "{revisions:?}");
+    let plugin = get_plugin(&ns).await;
+    assert_eq!(plugin["metadata"]["annotations"]["canary-gate.io/leader-term"], "1/agent-b");
+}

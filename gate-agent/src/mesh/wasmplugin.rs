@@ -14,6 +14,14 @@
 //! missing `canary_weight` reads as 0 and a missing `revision` as 0. Writes carry the field manager
 //! [`super::FIELD_MANAGER`], so `metadata.managedFields` shows the agent as their owner.
 //!
+//! Fencing: with an election, every write also sets the annotation [`TERM_ANNOTATION`] to the
+//! writer's [`Term`] (the Lease's `leaseTransitions` and holder), and the router refuses to write
+//! over an object whose annotation names a newer term: a replica that still believes it leads
+//! (its renewal deadline has not passed) cannot overwrite what a newer leader wrote. Each call is
+//! also bounded by the time left in this replica's lead, so no write is still in flight when the
+//! lead ends, which is well before the Lease can expire for anyone else (renew deadline 10 s,
+//! lease 15 s).
+//!
 //! A WasmPlugin update takes seconds to reach the proxies and makes them reload the plugin; the
 //! kill path does not wait for it (see `canary_core::kill`).
 
@@ -27,6 +35,7 @@ use kube::{CustomResource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::lease::{Leadership, Term};
 use super::{FIELD_MANAGER, bounded, bounded_unless_conflict};
 use crate::router::{RouterError, WeightRouter};
 
@@ -50,7 +59,12 @@ pub struct WasmPluginRouter {
     name: String,
     timeout: Duration,
     attempts: u32,
+    /// With an election: writes only while leading, within the lead, carrying its term.
+    fence: Option<Leadership>,
 }
+
+/// The annotation that carries the term of the leader that last wrote the agent's fields.
+pub const TERM_ANNOTATION: &str = "canary-gate.io/leader-term";
 
 impl std::fmt::Debug for WasmPluginRouter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,7 +75,26 @@ impl std::fmt::Debug for WasmPluginRouter {
 impl WasmPluginRouter {
     /// A router for WasmPlugin `name` through `api` (namespaced), bounding each call by `timeout`.
     pub fn new(api: Api<WasmPlugin>, name: &str, timeout: Duration) -> Self {
-        WasmPluginRouter { api, name: name.to_owned(), timeout, attempts: 5 }
+        WasmPluginRouter { api, name: name.to_owned(), timeout, attempts: 5, fence: None }
+    }
+
+    /// Fences every write with `leadership`: none outside the lead, each call bounded by the time
+    /// left in it, and the term written with the data (none written over a newer term's).
+    #[must_use]
+    pub fn with_fence(mut self, leadership: Leadership) -> Self {
+        self.fence = Some(leadership);
+        self
+    }
+
+    /// The bound on the next call, and the term to write: refused once the lead is over.
+    fn budget(&self) -> Result<(Duration, Option<Term>), RouterError> {
+        let Some(fence) = &self.fence else { return Ok((self.timeout, None)) };
+        let lead = fence.lead().ok_or(RouterError::NotLeader)?;
+        let left = lead.until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(RouterError::NotLeader);
+        }
+        Ok((self.timeout.min(left), lead.term))
     }
 
     fn what(&self) -> String {
@@ -115,15 +148,24 @@ pub fn route_config_of(plugin_config: &serde_json::Value) -> Result<RouteConfig,
     parse_route(&bytes).map_err(|e| e.to_string())
 }
 
-/// The merge patch that sets the agent's three fields, guarded by `resource_version`.
+/// The merge patch that sets the agent's three fields, guarded by `resource_version`, and the
+/// writer's `term` when there is an election.
 pub fn weight_patch(
     resource_version: Option<&str>,
     weight: Weight,
     revision: u64,
     record: &RolloutRecord,
+    term: Option<&Term>,
 ) -> Result<serde_json::Value, serde_json::Error> {
+    let metadata = match term {
+        Some(term) => serde_json::json!({
+            "resourceVersion": resource_version,
+            "annotations": { TERM_ANNOTATION: term.token() },
+        }),
+        None => serde_json::json!({ "resourceVersion": resource_version }),
+    };
     Ok(serde_json::json!({
-        "metadata": { "resourceVersion": resource_version },
+        "metadata": metadata,
         "spec": { "pluginConfig": {
             "canary_weight": serde_json::to_value(weight)?,
             "revision": revision,
@@ -139,12 +181,28 @@ impl WeightRouter for WasmPluginRouter {
 
     async fn apply(&self, weight: Weight, record: RolloutRecord) -> Result<RouteConfig, RouterError> {
         for _ in 0..self.attempts {
-            let (current, version) = self.read().await?;
+            let (budget, term) = self.budget()?;
+            let plugin = bounded(budget, self.api.get(&self.name)).await.map_err(|m| self.remote(m))?;
+            let current = self.route_of(&plugin)?;
+            let written_in = plugin.annotations().get(TERM_ANNOTATION).and_then(|t| Term::parse(t));
+            if let (Some(theirs), Some(ours)) = (written_in, &term)
+                && theirs.supersedes(ours)
+            {
+                return Err(RouterError::Fenced {
+                    what: self.what(),
+                    theirs: theirs.to_string(),
+                    ours: ours.to_string(),
+                });
+            }
             let revision = current.revision.saturating_add(1);
-            let patch = weight_patch(version.as_deref(), weight, revision, &record)?;
+            let version = plugin.resource_version();
+            let patch = weight_patch(version.as_deref(), weight, revision, &record, term.as_ref())?;
             let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
             let merge = Patch::Merge(&patch);
-            let patched = bounded_unless_conflict(self.timeout, self.api.patch(&self.name, &params, &merge))
+            // The resourceVersion makes the check above and this write one step: a newer term's
+            // write in between is a 409, and the next attempt sees its annotation.
+            let (budget, _) = self.budget()?;
+            let patched = bounded_unless_conflict(budget, self.api.patch(&self.name, &params, &merge))
                 .await
                 .map_err(|m| self.remote(m))?;
             match patched {
@@ -164,7 +222,7 @@ mod tests {
     #[test]
     fn the_patch_sets_only_the_agents_fields_and_the_version() {
         let record = RolloutRecord::new(canary_core::RolloutPhase::Progressing, 1, "step 2", 5);
-        let p = weight_patch(Some("42"), Weight::from_percent(25.0).unwrap(), 8, &record).unwrap();
+        let p = weight_patch(Some("42"), Weight::from_percent(25.0).unwrap(), 8, &record, None).unwrap();
         assert_eq!(p["metadata"], serde_json::json!({ "resourceVersion": "42" }));
         let cfg = p["spec"]["pluginConfig"].as_object().unwrap();
         let mut keys: Vec<&str> = cfg.keys().map(String::as_str).collect();
@@ -172,6 +230,21 @@ mod tests {
         assert_eq!(keys, ["canary_weight", "revision", "rollout_state"]);
         assert_eq!(cfg["canary_weight"], 25);
         assert_eq!(p["spec"].as_object().unwrap().len(), 1, "nothing else in spec");
+    }
+
+    #[test]
+    fn a_write_in_a_term_carries_it_and_a_newer_term_supersedes() {
+        let record = RolloutRecord::new(canary_core::RolloutPhase::Progressing, 1, "step 2", 5);
+        let term = Term { transitions: 3, holder: "agent-a".into() };
+        let p = weight_patch(Some("42"), Weight::from_percent(25.0).unwrap(), 8, &record, Some(&term)).unwrap();
+        assert_eq!(p["metadata"]["annotations"][TERM_ANNOTATION], "3/agent-a");
+        assert_eq!(Term::parse("3/agent-a"), Some(term.clone()));
+        assert_eq!(Term::parse("x/agent-a"), None);
+        let newer = Term { transitions: 4, holder: "agent-b".into() };
+        assert!(newer.supersedes(&term) && !term.supersedes(&newer));
+        assert!(!term.supersedes(&term), "a leader may overwrite its own term's writes");
+        let forged = Term { transitions: 3, holder: "agent-b".into() };
+        assert!(forged.supersedes(&term), "the same term number held by another: refused");
     }
 
     #[test]
