@@ -11,7 +11,10 @@
 //!    durable configuration agrees with it afterwards (its higher revision supersedes the kill);
 //! 4. writes the weight and the rollout record whenever they differ from what is durable — a
 //!    failed write is retried with exponential backoff until it lands, and meanwhile the step
-//!    is held (its traffic is still at the old weight);
+//!    is held (its traffic is still at the old weight). The write runs in a task of its own: the
+//!    tick waits for it at most `write_wait` (a healthy store answers well within it), so a slow
+//!    store (an API server brownout) never delays reading, judging or the kill path; a new
+//!    decision replaces a write still in flight;
 //! 5. publishes a [`StatusView`] for the API and posts phase changes to the notifier.
 //!
 //! Time comes from `tokio::time`, so tests run the loop with the clock paused.
@@ -51,6 +54,9 @@ pub struct Settings {
     pub kill_timeout: Duration,
     /// Bound on each durable write; a write that takes longer is retried later.
     pub write_timeout: Duration,
+    /// How long a tick waits for the write it started before going on without it (the write
+    /// carries on in its own task and is collected by a later tick).
+    pub write_wait: Duration,
     /// A failed write is retried after this delay, doubling on every further failure up to
     /// `retry_max` (a struggling API server is not hammered). A new decision is always tried
     /// at once.
@@ -69,6 +75,7 @@ impl Default for Settings {
             recent_verdicts: 20,
             kill_timeout: Duration::from_millis(500),
             write_timeout: Duration::from_secs(5),
+            write_wait: Duration::from_millis(100),
             retry_min: Duration::from_millis(500),
             retry_max: Duration::from_secs(8),
             target_updates: None,
@@ -155,6 +162,8 @@ pub struct Controller<S, R, N> {
     proxies_reporting: usize,
     proxies_failing: Vec<String>,
     router_error: Option<String>,
+    /// The durable write in flight, if any.
+    writing: Option<InFlight>,
     /// Failed writes in a row, and when the next retry is due (ms, the loop's clock).
     write_failures: u32,
     retry_at_ms: u64,
@@ -163,10 +172,21 @@ pub struct Controller<S, R, N> {
     phase_changes_total: u64,
 }
 
+/// What a durable write task returns: the configuration written, a router error, or a timeout.
+type WriteOutcome = Result<Result<RouteConfig, RouterError>, tokio::time::error::Elapsed>;
+
+/// A durable write running in its own task.
+#[derive(Debug)]
+struct InFlight {
+    /// (weight, phase, failed checks) being written.
+    want: (Weight, Option<Phase>, u32),
+    task: tokio::task::JoinHandle<WriteOutcome>,
+}
+
 impl<S, R, N> Controller<S, R, N>
 where
     S: CounterSource + KillSwitch + 'static,
-    R: WeightRouter,
+    R: WeightRouter + Clone + 'static,
     N: Notifier + 'static,
 {
     /// Reads the durable state, checks that `spec` describes the rollout the filter runs, and
@@ -230,6 +250,7 @@ where
             proxies_reporting: 0,
             proxies_failing: Vec::new(),
             router_error: None,
+            writing: None,
             write_failures: 0,
             retry_at_ms: 0,
             router_errors_total: 0,
@@ -267,6 +288,7 @@ where
 
     /// One cycle: read, judge, decide, act, publish.
     pub async fn tick(&mut self) {
+        self.collect_write().await;
         if let Some(updates) = &mut self.settings.target_updates
             && updates.has_changed().unwrap_or(false)
         {
@@ -395,7 +417,7 @@ where
         }
         let decided = decision.set_weight.is_some() || decision.phase_change.is_some();
         self.persist(decided).await;
-        if self.router_error.is_some() {
+        if self.router_error.is_some() || self.writing.is_some() {
             self.rollout.weight_pending();
         } else {
             self.rollout.weight_applied(self.now_ms());
@@ -418,9 +440,19 @@ where
     /// Writes the rollout's weight and record if they differ from what is durable. After a failed
     /// write, retries wait for the backoff unless `decided` (a new decision is tried at once).
     async fn persist(&mut self, decided: bool) {
+        self.collect_write().await;
         let status = self.rollout.status();
         let want = (status.canary_weight, Some(status.phase), status.failed_checks);
         let have = (self.durable.weight, self.durable.phase, self.durable.failed_checks);
+        if let Some(writing) = &self.writing {
+            if writing.want == want || !decided {
+                return; // already being written, or a retry that can wait for it
+            }
+            // A new decision supersedes the write in flight (the router reads again and
+            // recomputes, so whatever of it landed is not overwritten blindly).
+            writing.task.abort();
+            self.writing = None;
+        }
         if want == have && self.router_error.is_none() {
             return;
         }
@@ -438,16 +470,35 @@ where
             }
         }
         let record = self.rollout.record(&self.reason, unix_ms());
-        let write = self.router.apply(status.canary_weight, record);
-        match tokio::time::timeout(self.settings.write_timeout, write).await {
-            Ok(Ok(route)) => {
+        let (router, weight, timeout) = (self.router.clone(), status.canary_weight, self.settings.write_timeout);
+        let mut task = tokio::spawn(async move { tokio::time::timeout(timeout, router.apply(weight, record)).await });
+        // A healthy store answers within the wait, and the write is taken in in this tick.
+        match tokio::time::timeout(self.settings.write_wait, &mut task).await {
+            Ok(joined) => self.write_done(joined),
+            Err(_) => self.writing = Some(InFlight { want, task }),
+        }
+    }
+
+    /// Takes in the write in flight if it has finished.
+    async fn collect_write(&mut self) {
+        let Some(writing) = self.writing.take_if(|w| w.task.is_finished()) else { return };
+        let joined = writing.task.await;
+        self.write_done(joined);
+    }
+
+    /// The outcome of a durable write: on success the step starts (its weight is in force).
+    fn write_done(&mut self, joined: Result<WriteOutcome, tokio::task::JoinError>) {
+        match joined {
+            Ok(Ok(Ok(route))) => {
                 self.durable = Durable::of(&route);
                 self.highest_revision_seen = self.highest_revision_seen.max(route.revision);
                 self.router_error = None;
                 self.write_failures = 0;
+                self.rollout.weight_applied(self.now_ms());
             }
-            Ok(Err(e)) => self.router_failed(e.to_string()),
-            Err(_) => self.router_failed(format!("timed out after {:?}", self.settings.write_timeout)),
+            Ok(Ok(Err(e))) => self.router_failed(e.to_string()),
+            Ok(Err(_)) => self.router_failed(format!("timed out after {:?}", self.settings.write_timeout)),
+            Err(e) => self.router_failed(format!("the write task failed: {e}")),
         }
     }
 
@@ -657,7 +708,7 @@ async fn take_over<S, R, N>(
 ) -> Option<Controller<S, R, N>>
 where
     S: CounterSource + KillSwitch + 'static,
-    R: WeightRouter + Clone,
+    R: WeightRouter + Clone + 'static,
     N: Notifier + 'static,
 {
     let mut failures: u32 = 0;
@@ -721,7 +772,7 @@ pub async fn lead<S, R, N>(
 ) -> Result<(), StartError>
 where
     S: CounterSource + KillSwitch + 'static,
-    R: WeightRouter + Clone,
+    R: WeightRouter + Clone + 'static,
     N: Notifier + 'static,
 {
     loop {

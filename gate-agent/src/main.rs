@@ -395,7 +395,7 @@ async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
 }
 
 /// Serves the API and leads the rollout until SIGINT or SIGTERM.
-async fn serve_rollout<R: WeightRouter + Clone, N: Notifier + 'static>(
+async fn serve_rollout<R: WeightRouter + Clone + 'static, N: Notifier + 'static>(
     args: &RunArgs,
     parts: Parts<HttpSource, R, N>,
     status_rx: watch::Receiver<StatusView>,

@@ -9,7 +9,9 @@
 //!   writes show as `gate-agent` with the agent's User-Agent;
 //! * proxies behind `--pod-selector` that exist before the agent starts are read from the first
 //!   tick, and with none the agent is not ready;
-//! * a replica that becomes leader while the WasmPlugin cannot be read keeps running and retries.
+//! * a replica that becomes leader while the WasmPlugin cannot be read keeps running and retries;
+//! * with the API server slowed to a crawl (a delaying TCP proxy in front of it), a breach still
+//!   reaches the proxies as a kill order within a second: the durable write waits in its own task.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test code
 
 #[path = "support/kube.rs"]
@@ -394,4 +396,159 @@ async fn a_new_leader_that_cannot_read_the_wasmplugin_keeps_retrying_and_resumes
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(lease_holder(&ns).await.as_deref(), Some("agent-b"));
+}
+
+/// A TCP proxy in front of the API server that holds every chunk of the server's answers for
+/// `delay` milliseconds once set: an API server brownout (TLS passes through untouched).
+async fn slow_api(upstream: SocketAddr) -> (SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let delay = Arc::new(AtomicU64::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = Arc::clone(&delay);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { continue };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+            });
+            let held = Arc::clone(&held);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = server_read.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let ms = held.load(Ordering::SeqCst);
+                    if ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, delay)
+}
+
+/// A proxy whose canary fails every request once `failing` is set, recording when kill orders arrive.
+async fn breaching_proxy(
+    ns: &TestNamespace,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>, Arc<Mutex<Vec<Instant>>>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let failing = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(Mutex::new(Vec::new()));
+    let counters = Arc::new(Mutex::new((SubsetCounters::default(), SubsetCounters::default())));
+    let plugins = Api::<WasmPlugin>::namespaced(ns.admin.clone(), &ns.name);
+    let (f, k) = (Arc::clone(&failing), Arc::clone(&kills));
+    let app = axum::Router::new().fallback(move |method: axum::http::Method| {
+        let (plugins, counters, failing, kills) =
+            (plugins.clone(), Arc::clone(&counters), Arc::clone(&f), Arc::clone(&k));
+        async move {
+            if method == axum::http::Method::POST {
+                kills.lock().unwrap().push(Instant::now());
+                return String::from("{}");
+            }
+            let weight = plugins
+                .get("canary-gate")
+                .await
+                .ok()
+                .and_then(|p| p.spec.plugin_config)
+                .and_then(|c| c["canary_weight"].as_f64())
+                .unwrap_or(0.0);
+            let mut c = counters.lock().unwrap();
+            let canary = weight.round() as u64;
+            for _ in 0..100 - canary {
+                c.0.record(Outcome::Success, 2_000);
+            }
+            let outcome = if failing.load(Ordering::SeqCst) { Outcome::Failure } else { Outcome::Success };
+            for _ in 0..canary {
+                c.1.record(outcome, 2_000);
+            }
+            let name = |s: &str| SubsetName::try_from(s).unwrap();
+            let snap = Snapshot {
+                format: SNAPSHOT_FORMAT.into(),
+                instance: InstanceInfo { id: "proxy-1".into(), started_at_unix_ms: 1 },
+                taken_at_unix_ms: 2,
+                route: None,
+                subsets: vec![
+                    SubsetSnapshot { subset: name("v1"), role: Role::Stable, counters: c.0.clone() },
+                    SubsetSnapshot { subset: name("v2"), role: Role::Canary, counters: c.1.clone() },
+                ],
+                kill: None,
+            };
+            serde_json::to_string(&snap).unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, failing, kills)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breach_reaches_the_proxies_within_a_second_while_the_api_server_is_slow() {
+    use std::sync::atomic::Ordering;
+    let cp = ControlPlane::shared();
+    let ns = cp.namespace("brownout").await;
+    create_plugin(&ns).await;
+    // On a step already: the agent resumes at 10%.
+    let record = json!({ "phase": "progressing", "failed_checks": 0, "reason": "test", "at_unix_ms": 1 });
+    patch_plugin_config(&ns, json!({ "canary_weight": 10, "revision": 2, "rollout_state": record })).await;
+    let upstream: SocketAddr = cp.url.trim_start_matches("https://").parse().unwrap();
+    let (api, delay) = slow_api(upstream).await;
+    let kubeconfig = cp.dir.join(format!("{}-slow.kubeconfig", ns.name));
+    let text = std::fs::read_to_string(&ns.agent_kubeconfig).unwrap().replace(&cp.url, &format!("https://{api}"));
+    std::fs::write(&kubeconfig, text).unwrap();
+    let (proxy, failing, kills) = breaching_proxy(&ns).await;
+    let args = strings(&["--target", &proxy.to_string(), "--kube-timeout", "5s"]);
+    let agent = AgentProcess::start("agent-a", &ns, &kubeconfig, &args).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = agent.status().await;
+        if s["phase"] == "progressing" && s["proxies_reporting"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s}\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The API server slows to a crawl: every answer takes 10 s, so each write the agent tries (the
+    // next step, after 1 s) runs into its 5 s timeout.
+    delay.store(10_000, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let breach = Instant::now();
+    failing.store(true, Ordering::SeqCst);
+    let deadline = breach + Duration::from_secs(10);
+    let first_kill = loop {
+        if let Some(t) = kills.lock().unwrap().first().copied() {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "no kill order\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let took = first_kill.saturating_duration_since(breach);
+    assert!(took < Duration::from_secs(1), "the kill order took {took:?} with the API server slow\n{}", agent.log());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let s = agent.status().await;
+        if s["phase"] == "rolled_back" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s}\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The durable 0% lands once the API server answers again.
+    delay.store(0, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while weight(&ns).await != 0.0 {
+        assert!(Instant::now() < deadline, "the durable weight never went to 0\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
