@@ -13,8 +13,10 @@
 //!    failed write is retried with exponential backoff until it lands, and meanwhile the step
 //!    is held (its traffic is still at the old weight). The write runs in a task of its own: the
 //!    tick waits for it at most `write_wait` (a healthy store answers well within it), so a slow
-//!    store (an API server brownout) never delays reading, judging or the kill path; a new
-//!    decision replaces a write still in flight;
+//!    store (an API server brownout) never delays reading, judging or the kill path. One write
+//!    at a time: a new decision is written once the write in flight has ended (landed, failed or
+//!    timed out after `write_timeout`), and a landed write is taken in after the tick's decision,
+//!    so the next step is decided at least a tick after its weight landed;
 //! 5. publishes a [`StatusView`] for the API and posts phase changes to the notifier.
 //!
 //! Time comes from `tokio::time`, so tests run the loop with the clock paused.
@@ -162,8 +164,8 @@ pub struct Controller<S, R, N> {
     proxies_reporting: usize,
     proxies_failing: Vec<String>,
     router_error: Option<String>,
-    /// The durable write in flight, if any.
-    writing: Option<InFlight>,
+    /// The durable write running in its own task, if any.
+    writing: Option<tokio::task::JoinHandle<WriteOutcome>>,
     /// Failed writes in a row, and when the next retry is due (ms, the loop's clock).
     write_failures: u32,
     retry_at_ms: u64,
@@ -174,14 +176,6 @@ pub struct Controller<S, R, N> {
 
 /// What a durable write task returns: the configuration written, a router error, or a timeout.
 type WriteOutcome = Result<Result<RouteConfig, RouterError>, tokio::time::error::Elapsed>;
-
-/// A durable write running in its own task.
-#[derive(Debug)]
-struct InFlight {
-    /// (weight, phase, failed checks) being written.
-    want: (Weight, Option<Phase>, u32),
-    task: tokio::task::JoinHandle<WriteOutcome>,
-}
 
 impl<S, R, N> Controller<S, R, N>
 where
@@ -288,7 +282,6 @@ where
 
     /// One cycle: read, judge, decide, act, publish.
     pub async fn tick(&mut self) {
-        self.collect_write().await;
         if let Some(updates) = &mut self.settings.target_updates
             && updates.has_changed().unwrap_or(false)
         {
@@ -444,14 +437,10 @@ where
         let status = self.rollout.status();
         let want = (status.canary_weight, Some(status.phase), status.failed_checks);
         let have = (self.durable.weight, self.durable.phase, self.durable.failed_checks);
-        if let Some(writing) = &self.writing {
-            if writing.want == want || !decided {
-                return; // already being written, or a retry that can wait for it
-            }
-            // A new decision supersedes the write in flight (the router reads again and
-            // recomputes, so whatever of it landed is not overwritten blindly).
-            writing.task.abort();
-            self.writing = None;
+        if self.writing.is_some() {
+            // One write at a time: this one is written once the write in flight has ended (the
+            // kill path does not wait for either).
+            return;
         }
         if want == have && self.router_error.is_none() {
             return;
@@ -475,14 +464,14 @@ where
         // A healthy store answers within the wait, and the write is taken in in this tick.
         match tokio::time::timeout(self.settings.write_wait, &mut task).await {
             Ok(joined) => self.write_done(joined),
-            Err(_) => self.writing = Some(InFlight { want, task }),
+            Err(_) => self.writing = Some(task),
         }
     }
 
     /// Takes in the write in flight if it has finished.
     async fn collect_write(&mut self) {
-        let Some(writing) = self.writing.take_if(|w| w.task.is_finished()) else { return };
-        let joined = writing.task.await;
+        let Some(task) = self.writing.take_if(|t| t.is_finished()) else { return };
+        let joined = task.await;
         self.write_done(joined);
     }
 
