@@ -112,7 +112,7 @@ impl ControlPlane {
             assert!(
                 bin(name).exists(),
                 "{} is missing: the tests run a real Kubernetes control plane that `make tools` builds into \
-                 .tools/kube (about 7 minutes the first time); run `make tools` (or `make tools-kube`), or set \
+                 .tools/kube (a build of up to ~20 minutes the first time, cached after); run `make tools` (or `make tools-kube`), or set \
                  CANARY_GATE_KUBE_TOOLS to a directory with bin/etcd, bin/kube-apiserver, bin/kubectl and crds/",
                 bin(name).display()
             );
