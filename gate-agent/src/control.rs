@@ -11,7 +11,12 @@
 //!    durable configuration agrees with it afterwards (its higher revision supersedes the kill);
 //! 4. writes the weight and the rollout record whenever they differ from what is durable — a
 //!    failed write is retried with exponential backoff until it lands, and meanwhile the step
-//!    is held (its traffic is still at the old weight);
+//!    is held (its traffic is still at the old weight). The write runs in a task of its own: the
+//!    tick waits for it at most `write_wait` (a healthy store answers well within it), so a slow
+//!    store (an API server brownout) never delays reading, judging or the kill path. One write
+//!    at a time: a new decision is written once the write in flight has ended (landed, failed or
+//!    timed out after `write_timeout`), and a landed write is taken in after the tick's decision,
+//!    so the next step is decided at least a tick after its weight landed;
 //! 5. publishes a [`StatusView`] for the API and posts phase changes to the notifier.
 //!
 //! Time comes from `tokio::time`, so tests run the loop with the clock paused.
@@ -51,6 +56,9 @@ pub struct Settings {
     pub kill_timeout: Duration,
     /// Bound on each durable write; a write that takes longer is retried later.
     pub write_timeout: Duration,
+    /// How long a tick waits for the write it started before going on without it (the write
+    /// carries on in its own task and is collected by a later tick).
+    pub write_wait: Duration,
     /// A failed write is retried after this delay, doubling on every further failure up to
     /// `retry_max` (a struggling API server is not hammered). A new decision is always tried
     /// at once.
@@ -69,6 +77,7 @@ impl Default for Settings {
             recent_verdicts: 20,
             kill_timeout: Duration::from_millis(500),
             write_timeout: Duration::from_secs(5),
+            write_wait: Duration::from_millis(100),
             retry_min: Duration::from_millis(500),
             retry_max: Duration::from_secs(8),
             target_updates: None,
@@ -158,6 +167,8 @@ pub struct Controller<S, R, N> {
     proxies_reporting: usize,
     proxies_failing: Vec<String>,
     router_error: Option<String>,
+    /// The durable write running in its own task, if any.
+    writing: Option<tokio::task::JoinHandle<WriteOutcome>>,
     /// Failed writes in a row, and when the next retry is due (ms, the loop's clock).
     write_failures: u32,
     retry_at_ms: u64,
@@ -171,10 +182,13 @@ pub struct Controller<S, R, N> {
     phase_changes_total: u64,
 }
 
+/// What a durable write task returns: the configuration written, a router error, or a timeout.
+type WriteOutcome = Result<Result<RouteConfig, RouterError>, tokio::time::error::Elapsed>;
+
 impl<S, R, N> Controller<S, R, N>
 where
     S: CounterSource + KillSwitch + 'static,
-    R: WeightRouter,
+    R: WeightRouter + Clone + 'static,
     N: Notifier + 'static,
 {
     /// Reads the durable state, checks that `spec` describes the rollout the filter runs, and
@@ -190,6 +204,12 @@ where
     ) -> Result<Self, StartError> {
         if settings.targets.is_empty() && settings.target_updates.is_none() {
             return Err(StartError::NoTargets);
+        }
+        let mut settings = settings;
+        // Discovered targets are read from the first tick: the pods that exist now are the list's
+        // current value, not a change of it.
+        if let Some(updates) = &mut settings.target_updates {
+            settings.targets = updates.borrow_and_update().clone();
         }
         let route = router.current().await?;
         check_matches(&spec, &route)?;
@@ -233,6 +253,7 @@ where
             proxies_reporting: 0,
             proxies_failing: Vec::new(),
             router_error: None,
+            writing: None,
             write_failures: 0,
             retry_at_ms: 0,
             router_errors_total: 0,
@@ -479,7 +500,7 @@ where
         }
         let decided = decision.set_weight.is_some() || decision.phase_change.is_some();
         self.persist(decided).await;
-        if self.router_error.is_some() {
+        if self.router_error.is_some() || self.writing.is_some() {
             self.rollout.weight_pending();
         } else {
             self.rollout.weight_applied(self.now_ms());
@@ -503,9 +524,15 @@ where
     /// Writes the rollout's weight and record if they differ from what is durable. After a failed
     /// write, retries wait for the backoff unless `decided` (a new decision is tried at once).
     async fn persist(&mut self, decided: bool) {
+        self.collect_write().await;
         let status = self.rollout.status();
         let want = (status.canary_weight, Some(status.phase), status.failed_checks);
         let have = (self.durable.weight, self.durable.phase, self.durable.failed_checks);
+        if self.writing.is_some() {
+            // One write at a time: this one is written once the write in flight has ended (the
+            // kill path does not wait for either).
+            return;
+        }
         if want == have && self.router_error.is_none() {
             return;
         }
@@ -523,17 +550,36 @@ where
             }
         }
         let record = self.rollout.record(&self.reason, unix_ms());
-        let write = self.router.apply(status.canary_weight, record);
-        match tokio::time::timeout(self.settings.write_timeout, write).await {
-            Ok(Ok(route)) => {
+        let (router, weight, timeout) = (self.router.clone(), status.canary_weight, self.settings.write_timeout);
+        let mut task = tokio::spawn(async move { tokio::time::timeout(timeout, router.apply(weight, record)).await });
+        // A healthy store answers within the wait, and the write is taken in in this tick.
+        match tokio::time::timeout(self.settings.write_wait, &mut task).await {
+            Ok(joined) => self.write_done(joined),
+            Err(_) => self.writing = Some(task),
+        }
+    }
+
+    /// Takes in the write in flight if it has finished.
+    async fn collect_write(&mut self) {
+        let Some(task) = self.writing.take_if(|t| t.is_finished()) else { return };
+        let joined = task.await;
+        self.write_done(joined);
+    }
+
+    /// The outcome of a durable write: on success the step starts (its weight is in force).
+    fn write_done(&mut self, joined: Result<WriteOutcome, tokio::task::JoinError>) {
+        match joined {
+            Ok(Ok(Ok(route))) => {
                 self.durable = Durable::of(&route);
                 self.highest_revision_seen = self.highest_revision_seen.max(route.revision);
                 self.rollout_id = route.effective_rollout_id().clone();
                 self.router_error = None;
                 self.write_failures = 0;
+                self.rollout.weight_applied(self.now_ms());
             }
-            Ok(Err(e)) => self.router_failed(e.to_string()),
-            Err(_) => self.router_failed(format!("timed out after {:?}", self.settings.write_timeout)),
+            Ok(Ok(Err(e))) => self.router_failed(e.to_string()),
+            Ok(Err(_)) => self.router_failed(format!("timed out after {:?}", self.settings.write_timeout)),
+            Err(e) => self.router_failed(format!("the write task failed: {e}")),
         }
     }
 
@@ -630,6 +676,10 @@ where
             (None, 0) if !self.proxies_failing.is_empty() => {
                 Some(format!("no proxy answered: {}", self.proxies_failing.join("; ")))
             }
+            (None, 0) if self.settings.targets.is_empty() => {
+                Some("no proxy answered: there is no proxy to read (no ready pod behind the selector)".into())
+            }
+            (None, 0) => Some("no proxy answered yet".into()),
             _ => None,
         };
         let status = self.rollout.status();
@@ -738,6 +788,65 @@ pub struct Parts<S, R, N> {
     pub tick: Duration,
 }
 
+/// Starts this term's controller from the durable state. A failed read (the API server slow or
+/// down, a pluginConfig someone broke by hand) is retried with backoff while this replica leads,
+/// reported in `/status` and `/readyz`, and never ends the process: every replica would do the
+/// same, and a Deployment would crash-loop. `None` when leadership lapsed or `stop` came first.
+async fn take_over<S, R, N>(
+    p: &Parts<S, R, N>,
+    leadership: &mut Leadership,
+    commands: &mut mpsc::Receiver<CommandRequest>,
+    stop: &watch::Receiver<bool>,
+    lease: &str,
+) -> Option<Controller<S, R, N>>
+where
+    S: CounterSource + KillSwitch + 'static,
+    R: WeightRouter + Clone + 'static,
+    N: Notifier + 'static,
+{
+    let mut failures: u32 = 0;
+    loop {
+        let started = Controller::start(
+            p.spec.clone(),
+            Arc::clone(&p.source),
+            p.router.clone(),
+            Arc::clone(&p.notifier),
+            p.settings.clone(),
+            p.status.clone(),
+        )
+        .await;
+        let e = match started {
+            Ok(controller) => return Some(controller),
+            Err(e) => e,
+        };
+        failures = failures.saturating_add(1);
+        let doubling = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+        let backoff = p.settings.retry_min.saturating_mul(doubling).min(p.settings.retry_max);
+        let why = format!("cannot start the rollout: {e}; retrying in {backoff:?}");
+        tracing::error!(rollout = %p.spec.name(), %lease, "{why}");
+        p.status.send_replace(StatusView {
+            rollout: p.spec.name().to_string(),
+            phase: "starting".into(),
+            not_ready: Some(why.clone()),
+            router_errors_total: u64::from(failures),
+            ..StatusView::default()
+        });
+        let mut lost = leadership.clone();
+        let wait = tokio::time::sleep(backoff);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                () = &mut wait => break,
+                () = stopped(stop.clone()) => return None,
+                () = lost.lost() => return None,
+                Some((_, reply)) = commands.recv() => {
+                    let _ = reply.send(Err(format!("not ready: {why}")));
+                }
+            }
+        }
+    }
+}
+
 /// Resolves once `stop` turns true.
 pub async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -756,7 +865,7 @@ pub async fn lead<S, R, N>(
 ) -> Result<(), StartError>
 where
     S: CounterSource + KillSwitch + 'static,
-    R: WeightRouter + Clone,
+    R: WeightRouter + Clone + 'static,
     N: Notifier + 'static,
 {
     loop {
@@ -779,15 +888,12 @@ where
                 }
             }
         }
-        let controller = Controller::start(
-            p.spec.clone(),
-            Arc::clone(&p.source),
-            p.router.clone(),
-            Arc::clone(&p.notifier),
-            p.settings.clone(),
-            p.status.clone(),
-        )
-        .await?;
+        let Some(controller) = take_over(&p, &mut leadership, commands, &stop, lease).await else {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            continue; // leadership lapsed before the durable state could be read
+        };
         let mut lost = leadership.clone();
         let until = async {
             tokio::select! {

@@ -337,7 +337,7 @@ async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
             serve_rollout(&args, parts, status_rx, (Leadership::always(), ""), stop).await
         }
         RouterKind::Wasmplugin => {
-            let client = kube::Client::try_default()
+            let client = gate_agent::mesh::client()
                 .await
                 .map_err(|e| Failure::Runtime(format!("Kubernetes client (in-cluster or KUBECONFIG): {e}")))?;
             let ns = args.namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned());
@@ -366,19 +366,23 @@ async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
                 });
                 settings.target_updates = Some(pods.spawn(first, args.discovery_interval));
             }
-            let regarding = ObjectReference {
-                api_version: Some("extensions.istio.io/v1alpha1".into()),
-                kind: Some("WasmPlugin".into()),
-                name: Some(args.wasmplugin.clone()),
-                namespace: Some(ns.clone()),
-                ..ObjectReference::default()
-            };
+            // With its uid, so `kubectl describe wasmplugin` lists the Events.
+            let regarding = router.reference().await.unwrap_or_else(|e| {
+                tracing::warn!("{e}: Events will name the WasmPlugin without its uid");
+                ObjectReference {
+                    api_version: Some("extensions.istio.io/v1alpha1".into()),
+                    kind: Some("WasmPlugin".into()),
+                    name: Some(args.wasmplugin.clone()),
+                    namespace: Some(ns.clone()),
+                    ..ObjectReference::default()
+                }
+            });
             let events = KubeEvents::new(Api::namespaced(client, &ns), regarding, &identity, args.kube_timeout);
             tracing::info!(
                 namespace = %ns, wasmplugin = %args.wasmplugin, lease = ?args.lease, identity = %identity,
                 pod_selector = ?args.pod_selector, "durable weights in the WasmPlugin"
             );
-            let router = LeaderGated::new(router, leadership.clone());
+            let router = LeaderGated::new(router.with_fence(leadership.clone()), leadership.clone());
             let notifier = Arc::new(Both(Some(events), webhook));
             let parts = Parts { spec, source, router, notifier, settings, status, tick: args.tick };
             let name = lease.as_ref().map(|(n, _)| n.clone()).unwrap_or_default();
@@ -393,7 +397,7 @@ async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
 }
 
 /// Serves the API and leads the rollout until SIGINT or SIGTERM.
-async fn serve_rollout<R: WeightRouter + Clone, N: Notifier + 'static>(
+async fn serve_rollout<R: WeightRouter + Clone + 'static, N: Notifier + 'static>(
     args: &RunArgs,
     parts: Parts<HttpSource, R, N>,
     status_rx: watch::Receiver<StatusView>,
@@ -465,8 +469,15 @@ async fn shutdown_signal() {
 }
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GATE_AGENT_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("GATE_AGENT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // kube warns "Server cert bypassed" on every connection when the kubeconfig skips TLS
+    // verification; the agent says so once at start instead (gate_agent::mesh::client).
+    if !std::env::var("GATE_AGENT_LOG").is_ok_and(|v| v.contains("kube_client"))
+        && let Ok(quiet) = "kube_client::client::tls=error".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

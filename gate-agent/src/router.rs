@@ -28,6 +28,9 @@ pub enum RouterError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a canary-gate watched file: {problem}")]
     Malformed { path: PathBuf, problem: String },
+    /// A remote store (the WasmPlugin) holds a configuration the filter would reject.
+    #[error("{what}: {problem}")]
+    Invalid { what: String, problem: String },
     #[error("serialising the route configuration: {0}")]
     Serialise(#[from] serde_json::Error),
     /// A call to a remote store (the Kubernetes API) failed or timed out.
@@ -39,6 +42,9 @@ pub enum RouterError {
     /// This replica does not hold the leader lease, so it must not write.
     #[error("not the leader: only the replica holding the lease writes weights")]
     NotLeader,
+    /// A newer leader's term wrote last: this replica's lead is over, whatever it believes.
+    #[error("{what} was last written in {theirs}, newer than this replica's {ours}: not overwriting it")]
+    Fenced { what: String, theirs: String, ours: String },
 }
 
 impl RouterError {
@@ -46,11 +52,12 @@ impl RouterError {
     pub fn kind(&self) -> &'static str {
         match self {
             RouterError::Io { .. } => "io",
-            RouterError::Malformed { .. } => "malformed",
+            RouterError::Malformed { .. } | RouterError::Invalid { .. } => "malformed",
             RouterError::Serialise(_) => "serialise",
             RouterError::Remote { .. } => "remote",
             RouterError::Conflict { .. } => "conflict",
             RouterError::NotLeader => "not_leader",
+            RouterError::Fenced { .. } => "fenced",
         }
     }
 }

@@ -131,6 +131,8 @@ struct RouterState {
     config: RouteConfig,
     writes: Vec<Write>,
     fail_next: u32,
+    /// How long each write takes (a slow API server).
+    delay: Duration,
 }
 
 /// A [`WeightRouter`] over shared state: clones see the same configuration, so a test keeps one
@@ -143,7 +145,15 @@ struct RecordingRouter {
 
 impl RecordingRouter {
     fn new(clock: Clock, config: RouteConfig) -> Self {
-        RecordingRouter { clock, state: Arc::new(Mutex::new(RouterState { config, writes: Vec::new(), fail_next: 0 })) }
+        RecordingRouter {
+            clock,
+            state: Arc::new(Mutex::new(RouterState {
+                config,
+                writes: Vec::new(),
+                fail_next: 0,
+                delay: Duration::ZERO,
+            })),
+        }
     }
 
     fn config(&self) -> RouteConfig {
@@ -153,6 +163,11 @@ impl RecordingRouter {
     /// The next `n` writes fail (an unwritable file).
     fn fail_next(&self, n: u32) {
         self.state.lock().unwrap().fail_next = n;
+    }
+
+    /// From now on every write takes `delay`.
+    fn slow(&self, delay: Duration) {
+        self.state.lock().unwrap().delay = delay;
     }
 
     /// Every `apply` call, failed ones included.
@@ -173,6 +188,10 @@ impl WeightRouter for RecordingRouter {
 
     async fn apply(&self, weight: Weight, record: RolloutRecord) -> Result<RouteConfig, RouterError> {
         let at = self.clock.now();
+        let delay = self.state.lock().unwrap().delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let mut s = self.state.lock().unwrap();
         if s.fail_next > 0 {
             s.fail_next -= 1;
@@ -684,6 +703,43 @@ async fn a_decisive_breach_kills_every_proxy_and_writes_zero() {
     assert!(rig.router.writes()[writes_before..].iter().all(|w| w.weight == Weight::ZERO));
     assert_eq!(rig.notifier.phases().last().unwrap(), &("progressing".to_owned(), "rolled_back".to_owned()));
     assert_eq!((status(&rx).phase.as_str(), status(&rx).canary_weight_percent), ("rolled_back", 0.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_store_holds_neither_the_tick_nor_the_kill() {
+    let rig = Rig::new(route());
+    let (mut agent, rx) = rig.start(spec(2, 3)).await;
+    let on_step_2 = rig.until(&mut agent, 30, |_| rig.fleet.weights() == [w(25.0); 2]).await;
+    assert!(on_step_2.is_some(), "never reached 25%: {:?}", summary(&rig.router.writes()));
+    // From now on the durable store takes 30 s to answer (an API server brownout).
+    rig.router.slow(secs(30));
+    let mut longest = Duration::ZERO;
+    for _ in 0..6 {
+        tokio::time::advance(secs(1)).await;
+        rig.fleet.serve_one_second();
+        let started = tokio::time::Instant::now();
+        agent.tick().await;
+        longest = longest.max(started.elapsed());
+        settle().await;
+    }
+    let s = status(&rx);
+    assert!(s.canary_weight_percent > s.applied_weight_percent, "the next step's write hangs: {s:?}");
+    assert!(longest <= Duration::from_millis(100), "a tick waited {longest:?} for the store");
+    // The canary breaches while a write hangs: the kill goes out in the tick that decides.
+    rig.fleet.set_traffic(|t| t.canary_fail_per_mille = 200);
+    let took = rig.until(&mut agent, 2, phase_is(Phase::RolledBack)).await;
+    assert!(took.is_some(), "not rolled back within two ticks: {:?}", status(&rx).recent_verdicts);
+    let rolled_back_at = rig.clock.now();
+    let kills = rig.fleet.kills();
+    assert_eq!(kills.len(), TARGETS.len(), "{kills:?}");
+    // Sent before the tick's short wait for the (new, hanging) durable write.
+    assert!(kills.iter().all(|k| rolled_back_at.saturating_sub(k.at) <= Duration::from_millis(100)), "{kills:?}");
+    // The store answers again: the 0% lands, nothing else after it.
+    rig.router.slow(Duration::ZERO);
+    rig.seconds(&mut agent, 40).await;
+    let last = rig.router.landed().last().cloned().unwrap();
+    assert_eq!((last.weight, last.record.phase), (Weight::ZERO, Phase::RolledBack));
+    assert_eq!(status(&rx).applied_weight_percent, 0.0);
 }
 
 #[tokio::test(start_paused = true)]

@@ -6,8 +6,13 @@
 //! pluginConfig parses with the filter's own parser, the rollout spec with gate-agent's, the RBAC grants exactly the
 //! calls gate-agent makes, the Deployment's flags exist, and the snapshot port is open to the agent alone.
 //!
-//! Tools: yamllint, kubectl (its built-in kustomize), node, Envoy, and what `make tools` installs:
-//! `.venv/bin/kubernetes-validate` and `.tools/node_modules/@kubernetes-models/istio`.
+//! Backing the schema checks, every manifest also passes `kubectl apply --dry-run=server` on a real kube-apiserver
+//! with Istio's CRDs from istio.io/api installed (gate-agent/tests/support/kube.rs), which rejects what a cluster
+//! would reject.
+//!
+//! Tools: yamllint, node, Envoy, and what `make tools` installs: `.venv/bin/kubernetes-validate`,
+//! `.tools/node_modules/@kubernetes-models/istio`, and the control plane in `.tools/kube` (kubectl with its built-in
+//! kustomize, kube-apiserver, etcd, the CRDs).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test code
 
 use std::collections::BTreeSet;
@@ -15,8 +20,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+#[path = "../../gate-agent/tests/support/kube.rs"]
+mod kube_support;
+
 use canary_core::config::{PluginConfig, RouteConfig};
 use canary_e2e::paths;
+use kube_support::ControlPlane;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -129,10 +138,11 @@ fn installed(relative: &str, what: &str) -> PathBuf {
     path
 }
 
-/// The route-role plugin's configuration, through the filter's own parser.
+/// The route-role plugin's configuration as gate-agent reads it (the filter's own parser, with the agent's
+/// fields, which the manifest leaves out, at their starting values).
 fn route_config(m: &Manifests) -> RouteConfig {
     let config = &m.get("WasmPlugin", "canary-gate")["spec"]["pluginConfig"];
-    canary_core::config::parse_route(&serde_json::to_vec(config).unwrap())
+    gate_agent::mesh::wasmplugin::route_config_of(config)
         .unwrap_or_else(|e| panic!("the canary-gate WasmPlugin's pluginConfig is rejected by the filter: {e}"))
 }
 
@@ -185,19 +195,7 @@ fn the_kustomization_applies_every_manifest_in_one_namespace() {
         yaml_files().iter().map(|p| file_name(p)).filter(|n| !NOT_RESOURCES.contains(&n.as_str())).collect();
     assert_eq!(listed, present, "kustomization.yaml lists every manifest but the example, and no other file");
 
-    // kubectl is not something `make tools` can install here (no registry carries it); where it
-    // is missing the render check is skipped with a message, and the list check above still runs.
-    if Command::new("kubectl").arg("version").arg("--client").output().is_err() {
-        eprintln!("kubectl not found: skipped rendering deploy/istio with `kubectl kustomize`");
-        return;
-    }
-    let out = run(
-        Command::new("kubectl").args(["kustomize"]).arg(istio_dir()),
-        None,
-        "kubectl (with its built-in kustomize) is part of the machine image",
-    );
-    assert!(out.status.success(), "kubectl kustomize deploy/istio failed:\n{}", text(&out));
-    let rendered = documents(&String::from_utf8(out.stdout).unwrap());
+    let rendered = kustomize();
     let m = Manifests::load();
     let expected: BTreeSet<(String, String)> =
         m.0.iter().filter(|(file, _)| !NOT_RESOURCES.contains(&file.as_str())).map(|(_, o)| kind_and_name(o)).collect();
@@ -219,6 +217,65 @@ fn the_kustomization_applies_every_manifest_in_one_namespace() {
     before(("WasmPlugin", "canary-gate"), ("Deployment", "canary-gate-agent"));
     let binding = rendered.iter().find(|o| o["kind"] == "RoleBinding").unwrap();
     assert_eq!(binding["subjects"][0]["namespace"], NAMESPACE, "kustomize sets the ServiceAccount subject's namespace");
+}
+
+/// deploy/istio rendered by `kubectl kustomize`, with the kubectl `make tools` builds (.tools/kube/bin/kubectl).
+fn kustomize() -> Vec<Value> {
+    let kubectl = installed(".tools/kube/bin/kubectl", "kubectl (built by `make tools`, target tools-kube)");
+    let out = run(Command::new(kubectl).args(["kustomize"]).arg(istio_dir()), None, "run `make tools`");
+    assert!(out.status.success(), "kubectl kustomize deploy/istio failed:\n{}", text(&out));
+    documents(&String::from_utf8(out.stdout).unwrap())
+}
+
+/// `kubectl apply --dry-run=server` of `objects` on the real API server with Istio's CRDs installed.
+fn server_dry_run(cp: &ControlPlane, namespace: &str, objects: &[Value]) -> Output {
+    let list = json!({ "apiVersion": "v1", "kind": "List", "items": objects });
+    run(
+        cp.kubectl().args(["apply", "--dry-run=server", "--namespace", namespace, "-f", "-"]),
+        Some(&serde_json::to_vec(&list).unwrap()),
+        "run `make tools`",
+    )
+}
+
+#[tokio::test]
+async fn every_manifest_passes_a_server_side_dry_run_on_a_real_api_server_with_istios_crds() {
+    let cp = ControlPlane::shared();
+    // The kustomization as rendered (namespace shop), and the example client workload on its own.
+    let out = run(cp.kubectl().args(["create", "namespace", NAMESPACE]), None, "run `make tools`");
+    assert!(out.status.success(), "{}", text(&out));
+    let rendered = kustomize();
+    let out = server_dry_run(cp, NAMESPACE, &rendered);
+    assert!(out.status.success(), "the API server rejects deploy/istio:\n{}", text(&out));
+    let report = text(&out);
+    for o in &rendered {
+        let (kind, name) = kind_and_name(o);
+        let line = format!("/{name} created (server dry run)");
+        assert!(
+            report.lines().any(|l| l.ends_with(&line) && l.to_lowercase().contains(&kind.to_lowercase())),
+            "{kind} {name} is in the report:\n{report}"
+        );
+    }
+    let example = documents(&std::fs::read_to_string(istio_dir().join("client-workload-example.yaml")).unwrap());
+    let out = server_dry_run(cp, NAMESPACE, &example);
+    assert!(out.status.success(), "the API server rejects client-workload-example.yaml:\n{}", text(&out));
+}
+
+#[tokio::test]
+async fn the_real_crds_reject_what_istio_would_reject() {
+    let cp = ControlPlane::shared();
+    let namespace = cp.namespace("crds").await.name;
+    let m = Manifests::load();
+    let mut typo = m.get("WasmPlugin", "canary-gate").clone();
+    typo["spec"]["phase"] = json!("STATZ");
+    let mut short_pin = m.get("WasmPlugin", "canary-gate").clone();
+    short_pin["spec"]["sha256"] = json!("c4abe553");
+    let mut unknown_field = m.get("DestinationRule", "payment-svc").clone();
+    unknown_field["spec"]["subsetz"] = json!([]);
+    for (broken, field) in [(typo, "phase"), (short_pin, "sha256"), (unknown_field, "subsetz")] {
+        let out = server_dry_run(cp, &namespace, &[broken]);
+        assert!(!out.status.success(), "the API server accepted a broken {field}:\n{}", text(&out));
+        assert!(text(&out).contains(field), "the rejection names {field}:\n{}", text(&out));
+    }
 }
 
 #[test]
@@ -320,13 +377,20 @@ fn the_route_plugin_config_is_what_the_filter_and_the_agent_accept() {
     let m = Manifests::load();
     let route = route_config(&m);
     assert_eq!((route.rollout.as_str(), route.stable.as_str(), route.canary.as_str()), ("payment-svc", "v1", "v2"));
+    // The agent's fields are the agent's alone: left out, so re-applying the manifest (kubectl apply, a GitOps
+    // sync) never moves the weight or sends the revision backwards (gate-agent/tests/mesh.rs shows it on a real
+    // API server).
+    let config = m.get("WasmPlugin", "canary-gate")["spec"]["pluginConfig"].as_object().unwrap();
+    for owned in ["canary_weight", "revision", "rollout_state"] {
+        assert!(!config.contains_key(owned), "the manifest sets `{owned}`, which gate-agent owns");
+    }
     assert_eq!(route.canary_weight.percent(), 0.0, "nothing on the canary until gate-agent starts");
-    assert_eq!(route.revision, 1);
+    assert_eq!(route.revision, 0);
     assert!(route.rollout_state.is_none(), "a new rollout carries no agent state");
     // gate-agent reads the object with its own type and finds the same configuration.
     let typed: gate_agent::mesh::wasmplugin::WasmPlugin =
         serde_json::from_value(m.get("WasmPlugin", "canary-gate").clone()).unwrap();
-    let seen = canary_core::config::parse_route(&serde_json::to_vec(&typed.spec.plugin_config).unwrap()).unwrap();
+    let seen = gate_agent::mesh::wasmplugin::route_config_of(&typed.spec.plugin_config.unwrap()).unwrap();
     assert_eq!(seen, route);
 }
 

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 
-use super::bounded;
+use super::{FIELD_MANAGER, bounded};
 use crate::notify::{Notice, Notifier};
 
 /// Component name in every Event.
@@ -75,7 +75,8 @@ pub fn event_for(notice: &Notice, regarding: &ObjectReference, instance: &str, n
 impl Notifier for KubeEvents {
     async fn post(&self, notice: &Notice) -> Result<(), String> {
         let event = event_for(notice, &self.regarding, &self.instance, Timestamp::now());
-        bounded(self.timeout, self.api.create(&PostParams::default(), &event)).await.map(|_| ())
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+        bounded(self.timeout, self.api.create(&params, &event)).await.map(|_| ())
     }
 }
 

@@ -12,8 +12,11 @@
 //!   over.
 //! * On shutdown the leader releases the Lease (empty holder), so a successor need not wait.
 //!
-//! [`Leadership`] is the shared answer to "may I write now?"; [`LeaderGated`] wraps a router so
-//! that a write is refused the moment leadership lapses, whatever the control loop is doing.
+//! [`Leadership`] is the shared answer to "may I write now, until when, and in which term?";
+//! [`LeaderGated`] wraps a router so that a write is refused the moment leadership lapses,
+//! whatever the control loop is doing. The [`Term`] (the Lease's `leaseTransitions` and holder) is
+//! the fencing token a router writes with its data, so that a write from an older term is refused
+//! even from a replica that still believes it leads (see `super::wasmplugin`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +29,7 @@ use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{bounded, bounded_unless_conflict};
+use super::{FIELD_MANAGER, bounded, bounded_unless_conflict};
 use crate::router::{RouterError, WeightRouter};
 
 /// Timings, with client-go's defaults.
@@ -70,11 +73,50 @@ impl LeaseSettings {
     }
 }
 
+/// A leader's term: how many times the Lease had changed hands when this holder took it, and
+/// the holder. Terms only grow while the Lease exists; deleting the Lease starts again from 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Term {
+    pub transitions: i32,
+    pub holder: String,
+}
+
+impl Term {
+    /// Whether a write made in `self` must not be overwritten by one made in `ours`: a later term,
+    /// or the same term number held by someone else (the Lease was edited by hand).
+    pub fn supersedes(&self, ours: &Term) -> bool {
+        self.transitions > ours.transitions || (self.transitions == ours.transitions && self.holder != ours.holder)
+    }
+
+    /// `transitions/holder`, as written into the object (parsed back by [`Term::parse`]).
+    pub fn token(&self) -> String {
+        format!("{}/{}", self.transitions, self.holder)
+    }
+
+    pub fn parse(token: &str) -> Option<Term> {
+        let (transitions, holder) = token.split_once('/')?;
+        Some(Term { transitions: transitions.parse().ok()?, holder: holder.to_owned() })
+    }
+}
+
+impl std::fmt::Display for Term {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "term {} ({})", self.transitions, self.holder)
+    }
+}
+
+/// This replica's lead: until when it may write, and in which term (none without an election).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lead {
+    pub until: Instant,
+    pub term: Option<Term>,
+}
+
 /// Whether this replica may write right now.
 #[derive(Debug, Clone)]
 pub struct Leadership {
-    /// Leader until this instant; `None` when not leading.
-    until: watch::Receiver<Option<Instant>>,
+    /// The current lead; `None` when not leading.
+    until: watch::Receiver<Option<Lead>>,
 }
 
 impl Leadership {
@@ -82,12 +124,17 @@ impl Leadership {
     /// the start: the value never changes.
     pub fn always() -> Leadership {
         let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-        let (_, rx) = watch::channel(Some(far));
+        let (_, rx) = watch::channel(Some(Lead { until: far, term: None }));
         Leadership { until: rx }
     }
 
     pub fn is_leader(&self) -> bool {
-        self.until.borrow().is_some_and(|until| Instant::now() < until)
+        self.until.borrow().as_ref().is_some_and(|lead| Instant::now() < lead.until)
+    }
+
+    /// The lead, while this replica has one.
+    pub fn lead(&self) -> Option<Lead> {
+        self.until.borrow().clone().filter(|lead| Instant::now() < lead.until)
     }
 
     /// Waits until this replica leads.
@@ -107,7 +154,7 @@ impl Leadership {
     /// Waits until this replica no longer leads.
     pub async fn lost(&mut self) {
         loop {
-            let until = *self.until.borrow_and_update();
+            let until = self.until.borrow_and_update().as_ref().map(|lead| lead.until);
             match until {
                 None => return,
                 Some(t) if Instant::now() >= t => return,
@@ -143,21 +190,22 @@ pub fn spawn_election(
     settings: LeaseSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> (Leadership, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = watch::channel(None);
+    let (tx, rx) = watch::channel::<Option<Lead>>(None);
     let task = tokio::spawn(async move {
         let mut observed = Observed::default();
         tokio::pin!(shutdown);
         loop {
             let started = Instant::now();
             match try_acquire_or_renew(&api, &settings, &mut observed).await {
-                Ok(true) => {
-                    let was = tx.borrow().is_some_and(|t| started < t);
+                Ok(Some(transitions)) => {
+                    let term = Term { transitions, holder: settings.identity.clone() };
+                    let was = tx.borrow().as_ref().is_some_and(|lead| started < lead.until);
                     if !was {
-                        tracing::info!(lease = %settings.name, identity = %settings.identity, "became the leader");
+                        tracing::info!(lease = %settings.name, identity = %settings.identity, %term, "became the leader");
                     }
-                    tx.send_replace(Some(started + settings.renew_deadline));
+                    tx.send_replace(Some(Lead { until: started + settings.renew_deadline, term: Some(term) }));
                 }
-                Ok(false) => lapse(&tx, &settings, "another replica holds the lease"),
+                Ok(None) => lapse(&tx, &settings, "another replica holds the lease"),
                 Err(e) => {
                     tracing::warn!(lease = %settings.name, "lease: {e}");
                     lapse(&tx, &settings, "the lease could not be renewed in time");
@@ -168,7 +216,7 @@ pub fn spawn_election(
                 () = tokio::time::sleep(settings.retry_period) => {}
             }
         }
-        let leading = tx.borrow().is_some_and(|t| Instant::now() < t);
+        let leading = tx.borrow().as_ref().is_some_and(|lead| Instant::now() < lead.until);
         tx.send_replace(None);
         if leading && let Err(e) = release(&api, &settings).await {
             tracing::warn!(lease = %settings.name, "releasing the lease: {e}");
@@ -178,14 +226,18 @@ pub fn spawn_election(
 }
 
 /// Clears leadership once its deadline has passed (it is never extended without a renewal).
-fn lapse(tx: &watch::Sender<Option<Instant>>, settings: &LeaseSettings, why: &str) {
-    let until = *tx.borrow();
+fn lapse(tx: &watch::Sender<Option<Lead>>, settings: &LeaseSettings, why: &str) {
+    let until = tx.borrow().as_ref().map(|lead| lead.until);
     if let Some(t) = until
         && Instant::now() >= t
     {
         tracing::warn!(lease = %settings.name, identity = %settings.identity, "no longer the leader: {why}");
         tx.send_replace(None);
     }
+}
+
+fn post_params() -> PostParams {
+    PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() }
 }
 
 fn now() -> MicroTime {
@@ -196,8 +248,13 @@ fn seconds(d: Duration) -> i32 {
     i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
 }
 
-/// One round of client-go's `tryAcquireOrRenew`. `Ok(true)`: this replica holds the lease now.
-async fn try_acquire_or_renew(api: &Api<Lease>, s: &LeaseSettings, observed: &mut Observed) -> Result<bool, String> {
+/// One round of client-go's `tryAcquireOrRenew`. `Ok(Some(leaseTransitions))`: this replica holds
+/// the lease now, in that term.
+async fn try_acquire_or_renew(
+    api: &Api<Lease>,
+    s: &LeaseSettings,
+    observed: &mut Observed,
+) -> Result<Option<i32>, String> {
     let current = bounded(s.call_timeout, api.get_opt(&s.name)).await?;
     let Some(mut lease) = current else {
         let lease = Lease {
@@ -212,8 +269,8 @@ async fn try_acquire_or_renew(api: &Api<Lease>, s: &LeaseSettings, observed: &mu
             }),
         };
         // A conflict: another replica created it first.
-        let created = bounded_unless_conflict(s.call_timeout, api.create(&PostParams::default(), &lease)).await?;
-        return Ok(created.is_some());
+        let created = bounded_unless_conflict(s.call_timeout, api.create(&post_params(), &lease)).await?;
+        return Ok(created.map(|_| 0));
     };
     let spec = lease.spec.clone().unwrap_or_default();
     let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
@@ -230,23 +287,23 @@ async fn try_acquire_or_renew(api: &Api<Lease>, s: &LeaseSettings, observed: &mu
         let valid_for = duration.unwrap_or(s.lease_duration);
         if observed.at.is_some_and(|at| Instant::now() < at + valid_for) {
             tracing::debug!(lease = %s.name, holder = %other, "lease held by another replica");
-            return Ok(false);
+            return Ok(None);
         }
         tracing::info!(lease = %s.name, holder = %other, "lease expired; taking over");
     }
     let transitions = spec.lease_transitions.unwrap_or(0);
+    let term = if ours { transitions } else { transitions.saturating_add(1) };
     lease.spec = Some(LeaseSpec {
         holder_identity: Some(s.identity.clone()),
         lease_duration_seconds: Some(seconds(s.lease_duration)),
         acquire_time: if ours { spec.acquire_time.clone() } else { Some(now()) },
         renew_time: Some(now()),
-        lease_transitions: Some(if ours { transitions } else { transitions.saturating_add(1) }),
+        lease_transitions: Some(term),
         ..spec
     });
     // `replace` sends the resourceVersion read above: a stale write is a 409, not a takeover.
-    let replaced =
-        bounded_unless_conflict(s.call_timeout, api.replace(&s.name, &PostParams::default(), &lease)).await?;
-    Ok(replaced.is_some())
+    let replaced = bounded_unless_conflict(s.call_timeout, api.replace(&s.name, &post_params(), &lease)).await?;
+    Ok(replaced.map(|_| term))
 }
 
 /// Gives the lease up: empty holder, so the next candidate takes over without waiting.
@@ -259,7 +316,7 @@ async fn release(api: &Api<Lease>, s: &LeaseSettings) -> Result<(), String> {
     spec.holder_identity = None;
     spec.lease_duration_seconds = Some(1);
     spec.renew_time = Some(now());
-    bounded(s.call_timeout, api.replace(&s.name, &PostParams::default(), &lease)).await.map(|_| ())
+    bounded(s.call_timeout, api.replace(&s.name, &post_params(), &lease)).await.map(|_| ())
 }
 
 /// A router that writes only while this replica leads.
@@ -300,7 +357,7 @@ mod tests {
         assert!(always.is_leader());
         assert!(tokio::time::timeout(Duration::from_secs(3600), always.lost()).await.is_err());
 
-        let (tx, rx) = watch::channel(Some(Instant::now() + Duration::from_secs(5)));
+        let (tx, rx) = watch::channel(Some(Lead { until: Instant::now() + Duration::from_secs(5), term: None }));
         let mut ending = Leadership { until: rx };
         drop(tx);
         let started = Instant::now();

@@ -13,6 +13,29 @@ pub mod wasmplugin;
 
 use std::time::Duration;
 
+/// The field manager of every write the agent makes (`metadata.managedFields`, server-side apply).
+pub const FIELD_MANAGER: &str = "gate-agent";
+
+/// The User-Agent of every API call: the API server's audit log and metrics name the agent.
+pub const USER_AGENT: &str = concat!("gate-agent/", env!("CARGO_PKG_VERSION"));
+
+/// A client from the kubeconfig (`KUBECONFIG`, `~/.kube/config`) or the pod's service account,
+/// sending [`USER_AGENT`]. A kubeconfig that turns off TLS verification is said once, here: kube
+/// would otherwise warn on every connection (`Server cert bypassed`), and the agent's log filter
+/// keeps that line out.
+pub async fn client() -> Result<kube::Client, String> {
+    let mut config = kube::Config::infer().await.map_err(|e| e.to_string())?;
+    config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static(USER_AGENT)));
+    if config.accept_invalid_certs {
+        tracing::warn!(
+            server = %config.cluster_url,
+            "the kubeconfig turns off TLS verification of the API server (insecure-skip-tls-verify): \
+             set its certificate-authority instead"
+        );
+    }
+    kube::Client::try_from(config).map_err(|e| e.to_string())
+}
+
 /// Runs `call` with a timeout, turning both failure kinds into one message.
 pub(crate) async fn bounded<T>(
     timeout: Duration,

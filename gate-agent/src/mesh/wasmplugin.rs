@@ -8,6 +8,20 @@
 //! other field, of the pluginConfig or of the WasmPlugin, stays exactly as it was, including
 //! fields this type does not know.
 //!
+//! The three fields are the agent's alone: the shipped manifest (deploy/istio/wasmplugin.yaml)
+//! leaves them out, so re-applying it (`kubectl apply`, a GitOps sync, client- or server-side)
+//! never moves the weight or sends the revision backwards. Until the agent first writes, a
+//! missing `canary_weight` reads as 0 and a missing `revision` as 0. Writes carry the field manager
+//! [`super::FIELD_MANAGER`], so `metadata.managedFields` shows the agent as their owner.
+//!
+//! Fencing: with an election, every write also sets the annotation [`TERM_ANNOTATION`] to the
+//! writer's [`Term`] (the Lease's `leaseTransitions` and holder), and the router refuses to write
+//! over an object whose annotation names a newer term: a replica that still believes it leads
+//! (its renewal deadline has not passed) cannot overwrite what a newer leader wrote. Each call is
+//! also bounded by the time left in this replica's lead, so no write is still in flight when the
+//! lead ends, which is well before the Lease can expire for anyone else (renew deadline 10 s,
+//! lease 15 s).
+//!
 //! A WasmPlugin update takes seconds to reach the proxies and makes them reload the plugin; the
 //! kill path does not wait for it (see `canary_core::kill`).
 
@@ -21,7 +35,8 @@ use kube::{CustomResource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{bounded, bounded_unless_conflict};
+use super::lease::{Leadership, Term};
+use super::{FIELD_MANAGER, bounded, bounded_unless_conflict};
 use crate::router::{RouterError, WeightRouter};
 
 /// Istio's WasmPlugin, as much of it as the agent reads; every other field is kept verbatim in
@@ -44,7 +59,12 @@ pub struct WasmPluginRouter {
     name: String,
     timeout: Duration,
     attempts: u32,
+    /// With an election: writes only while leading, within the lead, carrying its term.
+    fence: Option<Leadership>,
 }
+
+/// The annotation that carries the term of the leader that last wrote the agent's fields.
+pub const TERM_ANNOTATION: &str = "canary-gate.io/leader-term";
 
 impl std::fmt::Debug for WasmPluginRouter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,7 +75,26 @@ impl std::fmt::Debug for WasmPluginRouter {
 impl WasmPluginRouter {
     /// A router for WasmPlugin `name` through `api` (namespaced), bounding each call by `timeout`.
     pub fn new(api: Api<WasmPlugin>, name: &str, timeout: Duration) -> Self {
-        WasmPluginRouter { api, name: name.to_owned(), timeout, attempts: 5 }
+        WasmPluginRouter { api, name: name.to_owned(), timeout, attempts: 5, fence: None }
+    }
+
+    /// Fences every write with `leadership`: none outside the lead, each call bounded by the time
+    /// left in it, and the term written with the data (none written over a newer term's).
+    #[must_use]
+    pub fn with_fence(mut self, leadership: Leadership) -> Self {
+        self.fence = Some(leadership);
+        self
+    }
+
+    /// The bound on the next call, and the term to write: refused once the lead is over.
+    fn budget(&self) -> Result<(Duration, Option<Term>), RouterError> {
+        let Some(fence) = &self.fence else { return Ok((self.timeout, None)) };
+        let lead = fence.lead().ok_or(RouterError::NotLeader)?;
+        let left = lead.until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(RouterError::NotLeader);
+        }
+        Ok((self.timeout.min(left), lead.term))
     }
 
     fn what(&self) -> String {
@@ -67,10 +106,21 @@ impl WasmPluginRouter {
     }
 
     fn malformed(&self, problem: impl Into<String>) -> RouterError {
-        RouterError::Malformed {
-            path: format!("WasmPlugin {} spec.pluginConfig", self.name).into(),
-            problem: problem.into(),
-        }
+        RouterError::Invalid { what: format!("WasmPlugin {} spec.pluginConfig", self.name), problem: problem.into() }
+    }
+
+    /// The WasmPlugin as an Event's `involvedObject`, with its uid (`kubectl describe` lists only
+    /// the Events whose `involvedObject.uid` is the object's).
+    pub async fn reference(&self) -> Result<k8s_openapi::api::core::v1::ObjectReference, RouterError> {
+        let plugin = bounded(self.timeout, self.api.get(&self.name)).await.map_err(|m| self.remote(m))?;
+        Ok(k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("extensions.istio.io/v1alpha1".into()),
+            kind: Some("WasmPlugin".into()),
+            name: Some(self.name.clone()),
+            namespace: plugin.metadata.namespace.clone(),
+            uid: plugin.metadata.uid.clone(),
+            ..k8s_openapi::api::core::v1::ObjectReference::default()
+        })
     }
 
     /// Reads the WasmPlugin: its route configuration and the resourceVersion it came with.
@@ -82,20 +132,40 @@ impl WasmPluginRouter {
     /// The route configuration in a WasmPlugin's pluginConfig, checked by the filter's parser.
     fn route_of(&self, plugin: &WasmPlugin) -> Result<RouteConfig, RouterError> {
         let config = plugin.spec.plugin_config.as_ref().ok_or_else(|| self.malformed("is missing"))?;
-        let bytes = serde_json::to_vec(config)?;
-        parse_route(&bytes).map_err(|e| self.malformed(e.to_string()))
+        route_config_of(config).map_err(|e| self.malformed(e))
     }
 }
 
-/// The merge patch that sets the agent's three fields, guarded by `resource_version`.
+/// The route configuration in a WasmPlugin's `pluginConfig`, checked by the filter's parser. The
+/// agent's fields may be absent (the shipped manifest leaves them to the agent): no
+/// `canary_weight` is 0% until the agent writes one.
+pub fn route_config_of(plugin_config: &serde_json::Value) -> Result<RouteConfig, String> {
+    let mut config = plugin_config.clone();
+    if let Some(fields) = config.as_object_mut() {
+        fields.entry("canary_weight").or_insert(serde_json::json!(0));
+    }
+    let bytes = serde_json::to_vec(&config).map_err(|e| e.to_string())?;
+    parse_route(&bytes).map_err(|e| e.to_string())
+}
+
+/// The merge patch that sets the agent's three fields, guarded by `resource_version`, and the
+/// writer's `term` when there is an election.
 pub fn weight_patch(
     resource_version: Option<&str>,
     weight: Weight,
     revision: u64,
     record: &RolloutRecord,
+    term: Option<&Term>,
 ) -> Result<serde_json::Value, serde_json::Error> {
+    let metadata = match term {
+        Some(term) => serde_json::json!({
+            "resourceVersion": resource_version,
+            "annotations": { TERM_ANNOTATION: term.token() },
+        }),
+        None => serde_json::json!({ "resourceVersion": resource_version }),
+    };
     Ok(serde_json::json!({
-        "metadata": { "resourceVersion": resource_version },
+        "metadata": metadata,
         "spec": { "pluginConfig": {
             "canary_weight": serde_json::to_value(weight)?,
             "revision": revision,
@@ -111,11 +181,28 @@ impl WeightRouter for WasmPluginRouter {
 
     async fn apply(&self, weight: Weight, record: RolloutRecord) -> Result<RouteConfig, RouterError> {
         for _ in 0..self.attempts {
-            let (current, version) = self.read().await?;
+            let (budget, term) = self.budget()?;
+            let plugin = bounded(budget, self.api.get(&self.name)).await.map_err(|m| self.remote(m))?;
+            let current = self.route_of(&plugin)?;
+            let written_in = plugin.annotations().get(TERM_ANNOTATION).and_then(|t| Term::parse(t));
+            if let (Some(theirs), Some(ours)) = (written_in, &term)
+                && theirs.supersedes(ours)
+            {
+                return Err(RouterError::Fenced {
+                    what: self.what(),
+                    theirs: theirs.to_string(),
+                    ours: ours.to_string(),
+                });
+            }
             let revision = current.revision.saturating_add(1);
-            let patch = weight_patch(version.as_deref(), weight, revision, &record)?;
-            let (params, merge) = (PatchParams::default(), Patch::Merge(&patch));
-            let patched = bounded_unless_conflict(self.timeout, self.api.patch(&self.name, &params, &merge))
+            let version = plugin.resource_version();
+            let patch = weight_patch(version.as_deref(), weight, revision, &record, term.as_ref())?;
+            let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+            let merge = Patch::Merge(&patch);
+            // The resourceVersion makes the check above and this write one step: a newer term's
+            // write in between is a 409, and the next attempt sees its annotation.
+            let (budget, _) = self.budget()?;
+            let patched = bounded_unless_conflict(budget, self.api.patch(&self.name, &params, &merge))
                 .await
                 .map_err(|m| self.remote(m))?;
             match patched {
@@ -135,7 +222,7 @@ mod tests {
     #[test]
     fn the_patch_sets_only_the_agents_fields_and_the_version() {
         let record = RolloutRecord::new(canary_core::RolloutPhase::Progressing, 1, "step 2", 5);
-        let p = weight_patch(Some("42"), Weight::from_percent(25.0).unwrap(), 8, &record).unwrap();
+        let p = weight_patch(Some("42"), Weight::from_percent(25.0).unwrap(), 8, &record, None).unwrap();
         assert_eq!(p["metadata"], serde_json::json!({ "resourceVersion": "42" }));
         let cfg = p["spec"]["pluginConfig"].as_object().unwrap();
         let mut keys: Vec<&str> = cfg.keys().map(String::as_str).collect();
@@ -143,6 +230,21 @@ mod tests {
         assert_eq!(keys, ["canary_weight", "revision", "rollout_state"]);
         assert_eq!(cfg["canary_weight"], 25);
         assert_eq!(p["spec"].as_object().unwrap().len(), 1, "nothing else in spec");
+    }
+
+    #[test]
+    fn a_write_in_a_term_carries_it_and_a_newer_term_supersedes() {
+        let record = RolloutRecord::new(canary_core::RolloutPhase::Progressing, 1, "step 2", 5);
+        let term = Term { transitions: 3, holder: "agent-a".into() };
+        let p = weight_patch(Some("42"), Weight::from_percent(25.0).unwrap(), 8, &record, Some(&term)).unwrap();
+        assert_eq!(p["metadata"]["annotations"][TERM_ANNOTATION], "3/agent-a");
+        assert_eq!(Term::parse("3/agent-a"), Some(term.clone()));
+        assert_eq!(Term::parse("x/agent-a"), None);
+        let newer = Term { transitions: 4, holder: "agent-b".into() };
+        assert!(newer.supersedes(&term) && !term.supersedes(&newer));
+        assert!(!term.supersedes(&term), "a leader may overwrite its own term's writes");
+        let forged = Term { transitions: 3, holder: "agent-b".into() };
+        assert!(forged.supersedes(&term), "the same term number held by another: refused");
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! A **test double** of the Kubernetes API server: an in-process HTTP server on loopback that the
-//! real `kube` client talks to. It is not Kubernetes. It behaves like the API server only where
-//! gate-agent depends on it:
+//! real `kube` client talks to. It is not Kubernetes, and it is used only for faults a real API
+//! server cannot be made to produce on cue: `tests/mesh_faults.rs` (a 500, answers slower than the
+//! client's timeout, an edit landing exactly between the router's read and its write, a leader
+//! whose renewals are refused). Everything else (router, Lease, discovery, Events, agent
+//! processes, RBAC, re-applied manifests, fencing, a slow API server) runs against a real
+//! kube-apiserver: `tests/mesh.rs` and `tests/mesh_agents.rs` with `tests/support/kube.rs`.
+//! It behaves like the API server only where gate-agent depends on it:
 //!
 //! * every object carries a `metadata.resourceVersion` from one global counter, bumped on every
 //!   write; `uid`, `creationTimestamp` and `generateName` are filled in on create;
