@@ -67,7 +67,9 @@ pub struct RouteConfig {
     /// Subset that serves when nothing else applies (the route table's default route).
     pub stable: SubsetName,
     pub canary: SubsetName,
-    /// Percent of requests for the canary; the stable subset gets the rest.
+    /// Percent of requests for the canary; the stable subset gets the rest. 0 when absent: the
+    /// shipped WasmPlugin leaves it out, so that re-applying it never resets gate-agent's weight.
+    #[serde(default)]
     pub canary_weight: Weight,
     /// Header the filter writes with the chosen subset name; the route table matches on it.
     #[serde(default = "default_label_header")]
