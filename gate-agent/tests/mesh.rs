@@ -7,6 +7,8 @@
 //! exactly between a read and a write, a refused renewal) are in mesh_faults.rs, on the test double.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test code
 
+#[path = "support/fixtures.rs"]
+mod fixtures;
 #[path = "support/kube.rs"]
 mod kube_support;
 
@@ -15,7 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use canary_core::{RolloutPhase, RolloutRecord, Weight};
+use canary_core::{RolloutPhase, Weight};
+use fixtures::{record, w};
 use gate_agent::mesh::discovery::PodTargets;
 use gate_agent::mesh::events::KubeEvents;
 use gate_agent::mesh::lease::{LeaderGated, LeaseSettings, spawn_election};
@@ -30,29 +33,7 @@ use kube_support::{ControlPlane, TestNamespace};
 use serde_json::{Value, json};
 
 fn wasmplugin(weight: u32, revision: u64) -> Value {
-    json!({
-        "apiVersion": "extensions.istio.io/v1alpha1",
-        "kind": "WasmPlugin",
-        "metadata": { "name": "canary-gate", "labels": { "team": "web" } },
-        "spec": {
-            "url": "oci://registry.example/canary-gate/filter@sha256:0123",
-            "failStrategy": "FAIL_OPEN",
-            "phase": "AUTHN",
-            "match": [{ "mode": "CLIENT" }],
-            "pluginConfig": {
-                "version": 1, "rollout": "demo", "stable": "v1", "canary": "v2",
-                "canary_weight": weight, "sticky": { "header": "x-user-id" }, "revision": revision
-            }
-        }
-    })
-}
-
-fn record(phase: RolloutPhase) -> RolloutRecord {
-    RolloutRecord::new(phase, 0, "test", 1)
-}
-
-fn w(p: f64) -> Weight {
-    Weight::from_percent(p).unwrap()
+    fixtures::wasmplugin(None, weight, revision)
 }
 
 async fn create_plugin(ns: &TestNamespace, plugin: Value) {

@@ -105,22 +105,7 @@ async fn fake_proxy(ns: &TestNamespace, addr: SocketAddr) -> SocketAddr {
             for _ in 0..canary {
                 c.1.record(Outcome::Success, 2_000);
             }
-            let name = |s: &str| SubsetName::try_from(s).unwrap();
-            let snap = Snapshot {
-                format: SNAPSHOT_FORMAT.into(),
-                instance: InstanceInfo { id, started_at_unix_ms: 1 },
-                taken_at_unix_ms: 2,
-                route: None,
-                subsets: vec![
-                    SubsetSnapshot { subset: name("v1"), role: Role::Stable, counters: c.0.clone() },
-                    SubsetSnapshot { subset: name("v2"), role: Role::Canary, counters: c.1.clone() },
-                ],
-                kill: None,
-                misrouted: None,
-                dark_launch: None,
-                rollouts: Vec::new(),
-            };
-            serde_json::to_string(&snap).unwrap()
+            snapshot_json(id, &c.0, &c.1)
         }
     });
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
@@ -473,22 +458,7 @@ async fn breaching_proxy(
             for _ in 0..canary {
                 c.1.record(outcome, 2_000);
             }
-            let name = |s: &str| SubsetName::try_from(s).unwrap();
-            let snap = Snapshot {
-                format: SNAPSHOT_FORMAT.into(),
-                instance: InstanceInfo { id: "proxy-1".into(), started_at_unix_ms: 1 },
-                taken_at_unix_ms: 2,
-                route: None,
-                subsets: vec![
-                    SubsetSnapshot { subset: name("v1"), role: Role::Stable, counters: c.0.clone() },
-                    SubsetSnapshot { subset: name("v2"), role: Role::Canary, counters: c.1.clone() },
-                ],
-                kill: None,
-                misrouted: None,
-                dark_launch: None,
-                rollouts: Vec::new(),
-            };
-            serde_json::to_string(&snap).unwrap()
+            snapshot_json("proxy-1".into(), &c.0, &c.1)
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -557,4 +527,24 @@ async fn a_breach_reaches_the_proxies_within_a_second_while_the_api_server_is_sl
         assert!(Instant::now() < deadline, "the durable weight never went to 0\n{}", agent.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A snapshot of rollout `demo` from proxy instance `id`, as the snapshot endpoint serves it.
+fn snapshot_json(id: String, stable: &SubsetCounters, canary: &SubsetCounters) -> String {
+    let name = |s: &str| SubsetName::try_from(s).unwrap();
+    let snap = Snapshot {
+        format: SNAPSHOT_FORMAT.into(),
+        instance: InstanceInfo { id, started_at_unix_ms: 1 },
+        taken_at_unix_ms: 2,
+        route: None,
+        subsets: vec![
+            SubsetSnapshot { subset: name("v1"), role: Role::Stable, counters: stable.clone() },
+            SubsetSnapshot { subset: name("v2"), role: Role::Canary, counters: canary.clone() },
+        ],
+        kill: None,
+        misrouted: None,
+        dark_launch: None,
+        rollouts: Vec::new(),
+    };
+    serde_json::to_string(&snap).unwrap()
 }

@@ -6,12 +6,15 @@
 
 #[path = "support/apiserver.rs"]
 mod apiserver;
+#[path = "support/fixtures.rs"]
+mod fixtures;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apiserver::FakeApiServer;
-use canary_core::{RolloutPhase, RolloutRecord, Weight};
+use canary_core::RolloutPhase;
+use fixtures::{record, w};
 use gate_agent::mesh::lease::{LeaseSettings, spawn_election};
 use gate_agent::mesh::wasmplugin::WasmPluginRouter;
 use gate_agent::router::{RouterError, WeightRouter};
@@ -25,29 +28,7 @@ const PLUGIN: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/shop/wasmplu
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/shop/leases";
 
 fn wasmplugin(weight: u32, revision: u64) -> Value {
-    json!({
-        "apiVersion": "extensions.istio.io/v1alpha1",
-        "kind": "WasmPlugin",
-        "metadata": { "name": "canary-gate", "namespace": NS, "labels": { "team": "web" } },
-        "spec": {
-            "url": "oci://registry.example/canary-gate/filter@sha256:0123",
-            "failStrategy": "FAIL_OPEN",
-            "phase": "AUTHN",
-            "match": [{ "mode": "CLIENT" }],
-            "pluginConfig": {
-                "version": 1, "rollout": "demo", "stable": "v1", "canary": "v2",
-                "canary_weight": weight, "sticky": { "header": "x-user-id" }, "revision": revision
-            }
-        }
-    })
-}
-
-fn record(phase: RolloutPhase) -> RolloutRecord {
-    RolloutRecord::new(phase, 0, "test", 1)
-}
-
-fn w(p: f64) -> Weight {
-    Weight::from_percent(p).unwrap()
+    fixtures::wasmplugin(Some(NS), weight, revision)
 }
 
 async fn setup() -> (FakeApiServer, WasmPluginRouter) {

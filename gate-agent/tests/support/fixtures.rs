@@ -1,0 +1,38 @@
+//! Objects and values the mesh tests share, whichever API server they run against (the real one
+//! in `mesh.rs`, the fault-injecting double in `mesh_faults.rs`).
+#![allow(dead_code)] // each test binary uses a different part of it
+
+use canary_core::{RolloutPhase, RolloutRecord, Weight};
+use serde_json::{Value, json};
+
+/// canary-gate's route WasmPlugin for rollout `demo` at `weight` and `revision`, in `namespace`
+/// when given (the real server's tests create it through a namespaced API instead).
+pub fn wasmplugin(namespace: Option<&str>, weight: u32, revision: u64) -> Value {
+    let mut metadata = json!({ "name": "canary-gate", "labels": { "team": "web" } });
+    if let Some(ns) = namespace {
+        metadata["namespace"] = ns.into();
+    }
+    json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": metadata,
+        "spec": {
+            "url": "oci://registry.example/canary-gate/filter@sha256:0123",
+            "failStrategy": "FAIL_OPEN",
+            "phase": "AUTHN",
+            "match": [{ "mode": "CLIENT" }],
+            "pluginConfig": {
+                "version": 1, "rollout": "demo", "stable": "v1", "canary": "v2",
+                "canary_weight": weight, "sticky": { "header": "x-user-id" }, "revision": revision
+            }
+        }
+    })
+}
+
+pub fn record(phase: RolloutPhase) -> RolloutRecord {
+    RolloutRecord::new(phase, 0, "test", 1)
+}
+
+pub fn w(p: f64) -> Weight {
+    Weight::from_percent(p).unwrap_or(Weight::ZERO)
+}
