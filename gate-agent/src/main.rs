@@ -343,7 +343,8 @@ async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
             let ns = args.namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned());
             let identity = args.identity.clone().unwrap_or_else(|| format!("gate-agent-{}", std::process::id()));
             let router =
-                WasmPluginRouter::new(Api::namespaced(client.clone(), &ns), &args.wasmplugin, args.kube_timeout);
+                WasmPluginRouter::new(Api::namespaced(client.clone(), &ns), &args.wasmplugin, args.kube_timeout)
+                    .with_guard(spec.guard());
             preflight(&spec, &router).await.map_err(start_failure)?;
             let (leadership, lease) = match &args.lease {
                 Some(lease) => {

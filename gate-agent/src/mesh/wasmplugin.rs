@@ -2,7 +2,8 @@
 //!
 //! istiod pushes the plugin configuration to every proxy that runs the filter, so the
 //! WasmPlugin is the durable state of the whole fleet. Each write is a JSON merge patch of the
-//! three fields the agent owns (`canary_weight`, `revision`, `rollout_state`) carrying the
+//! fields the agent owns (`canary_weight`, `revision`, `rollout_state`, and the proxies' typo
+//! `guard` from the spec when the router has one) carrying the
 //! `resourceVersion` it read: the API server applies it only to the version it was computed from
 //! (a newer version answers 409 Conflict, and the router reads again and recomputes), and every
 //! other field, of the pluginConfig or of the WasmPlugin, stays exactly as it was, including
@@ -27,6 +28,8 @@
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+use canary_core::guard::Guard;
 
 use canary_core::config::{RouteConfig, parse_route};
 use canary_core::{RolloutRecord, Weight};
@@ -61,6 +64,8 @@ pub struct WasmPluginRouter {
     attempts: u32,
     /// With an election: writes only while leading, within the lead, carrying its term.
     fence: Option<Leadership>,
+    /// The proxies' typo guard (`canary_core::guard`), written with every weight.
+    guard: Option<Guard>,
 }
 
 /// The annotation that carries the term of the leader that last wrote the agent's fields.
@@ -75,7 +80,15 @@ impl std::fmt::Debug for WasmPluginRouter {
 impl WasmPluginRouter {
     /// A router for WasmPlugin `name` through `api` (namespaced), bounding each call by `timeout`.
     pub fn new(api: Api<WasmPlugin>, name: &str, timeout: Duration) -> Self {
-        WasmPluginRouter { api, name: name.to_owned(), timeout, attempts: 5, fence: None }
+        WasmPluginRouter { api, name: name.to_owned(), timeout, attempts: 5, fence: None, guard: None }
+    }
+
+    /// Writes `guard` into the pluginConfig with every weight, so the proxies refuse a weight
+    /// someone types outside the spec's bounds (`kubectl edit`), with or without an agent.
+    #[must_use]
+    pub fn with_guard(mut self, guard: Guard) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     /// Fences every write with `leadership`: none outside the lead, each call bounded by the time
@@ -148,14 +161,15 @@ pub fn route_config_of(plugin_config: &serde_json::Value) -> Result<RouteConfig,
     parse_route(&bytes).map_err(|e| e.to_string())
 }
 
-/// The merge patch that sets the agent's three fields, guarded by `resource_version`, and the
-/// writer's `term` when there is an election.
+/// The merge patch that sets the agent's fields (with the typo `guard` when it writes one),
+/// guarded by `resource_version`, and the writer's `term` when there is an election.
 pub fn weight_patch(
     resource_version: Option<&str>,
     weight: Weight,
     revision: u64,
     record: &RolloutRecord,
     term: Option<&Term>,
+    guard: Option<&Guard>,
 ) -> Result<serde_json::Value, serde_json::Error> {
     let metadata = match term {
         Some(term) => serde_json::json!({
@@ -164,14 +178,14 @@ pub fn weight_patch(
         }),
         None => serde_json::json!({ "resourceVersion": resource_version }),
     };
-    Ok(serde_json::json!({
-        "metadata": metadata,
-        "spec": { "pluginConfig": {
-            "canary_weight": serde_json::to_value(weight)?,
-            "revision": revision,
-            "rollout_state": serde_json::to_value(record)?,
-        }},
-    }))
+    let mut config = serde_json::Map::new();
+    config.insert("canary_weight".into(), serde_json::to_value(weight)?);
+    config.insert("revision".into(), revision.into());
+    config.insert("rollout_state".into(), serde_json::to_value(record)?);
+    if let Some(guard) = guard {
+        config.insert("guard".into(), serde_json::to_value(guard)?);
+    }
+    Ok(serde_json::json!({ "metadata": metadata, "spec": { "pluginConfig": config } }))
 }
 
 impl WeightRouter for WasmPluginRouter {
@@ -196,7 +210,8 @@ impl WeightRouter for WasmPluginRouter {
             }
             let revision = current.revision.saturating_add(1);
             let version = plugin.resource_version();
-            let patch = weight_patch(version.as_deref(), weight, revision, &record, term.as_ref())?;
+            let patch =
+                weight_patch(version.as_deref(), weight, revision, &record, term.as_ref(), self.guard.as_ref())?;
             let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
             let merge = Patch::Merge(&patch);
             // The resourceVersion makes the check above and this write one step: a newer term's
@@ -222,7 +237,7 @@ mod tests {
     #[test]
     fn the_patch_sets_only_the_agents_fields_and_the_version() {
         let record = RolloutRecord::new(canary_core::RolloutPhase::Progressing, 1, "step 2", 5);
-        let p = weight_patch(Some("42"), Weight::from_percent(25.0).unwrap(), 8, &record, None).unwrap();
+        let p = weight_patch(Some("42"), Weight::from_percent(25.0).unwrap(), 8, &record, None, None).unwrap();
         assert_eq!(p["metadata"], serde_json::json!({ "resourceVersion": "42" }));
         let cfg = p["spec"]["pluginConfig"].as_object().unwrap();
         let mut keys: Vec<&str> = cfg.keys().map(String::as_str).collect();
@@ -233,10 +248,19 @@ mod tests {
     }
 
     #[test]
+    fn the_patch_carries_the_guard_when_the_router_writes_one() {
+        let record = RolloutRecord::new(canary_core::RolloutPhase::Progressing, 1, "step 2", 5);
+        let guard =
+            Guard { max_weight: Weight::from_percent(50.0).unwrap(), max_raise: Weight::from_percent(25.0).unwrap() };
+        let p = weight_patch(None, Weight::from_percent(25.0).unwrap(), 8, &record, None, Some(&guard)).unwrap();
+        assert_eq!(p["spec"]["pluginConfig"]["guard"], serde_json::json!({ "max_weight": 50, "max_raise": 25 }));
+    }
+
+    #[test]
     fn a_write_in_a_term_carries_it_and_a_newer_term_supersedes() {
         let record = RolloutRecord::new(canary_core::RolloutPhase::Progressing, 1, "step 2", 5);
         let term = Term { transitions: 3, holder: "agent-a".into() };
-        let p = weight_patch(Some("42"), Weight::from_percent(25.0).unwrap(), 8, &record, Some(&term)).unwrap();
+        let p = weight_patch(Some("42"), Weight::from_percent(25.0).unwrap(), 8, &record, Some(&term), None).unwrap();
         assert_eq!(p["metadata"]["annotations"][TERM_ANNOTATION], "3/agent-a");
         assert_eq!(Term::parse("3/agent-a"), Some(term.clone()));
         assert_eq!(Term::parse("x/agent-a"), None);
