@@ -35,7 +35,7 @@ use crate::judge::Verdict;
 use crate::latency::SlidingLatency;
 use crate::mesh::lease::Leadership;
 use crate::notify::{Notice, Notifier};
-use crate::rollout::{ChangeKind, Decision, Phase, Rollout, WeightChange, guard};
+use crate::rollout::{ChangeKind, Decision, Phase, Rollout, RolloutStatus, WeightChange, guard};
 use crate::router::{RouterError, WeightRouter};
 use crate::source::{CounterSource, KillSwitch};
 use crate::spec::Spec;
@@ -323,11 +323,12 @@ where
         results.sort_by(|a, b| a.0.cmp(&b.0));
         let mut unkilled = Vec::new();
         let mut foreign: Vec<(String, RouteConfig)> = Vec::new();
+        let ours = self.rollout.status();
         for (target, result) in results {
             match result {
                 Ok(snapshot) => {
                     if let Some(route) = &snapshot.route {
-                        if self.is_foreign(route) {
+                        if self.is_foreign(route, &ours) {
                             foreign.push((target.clone(), route.clone()));
                         }
                         self.highest_revision_seen = self.highest_revision_seen.max(route.revision);
@@ -383,8 +384,7 @@ where
     /// the durable one whose weight or phase is not the rollout's. (An older revision is a proxy
     /// that has not caught up; the rollout's own weight at a newer revision is this agent's write
     /// landing.)
-    fn is_foreign(&self, route: &RouteConfig) -> bool {
-        let status = self.rollout.status();
+    fn is_foreign(&self, route: &RouteConfig, status: &RolloutStatus) -> bool {
         let phase = route.rollout_state.as_ref().map(|s| s.phase);
         route.revision > self.durable.revision
             && (route.canary_weight != status.canary_weight || phase != Some(status.phase))

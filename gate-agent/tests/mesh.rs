@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use canary_core::{RolloutPhase, Weight};
-use fixtures::{record, w};
+use fixtures::{lease_settings, record, w};
 use gate_agent::mesh::discovery::PodTargets;
 use gate_agent::mesh::events::KubeEvents;
 use gate_agent::mesh::lease::{LeaderGated, LeaseSettings, spawn_election};
@@ -112,16 +112,6 @@ async fn a_missing_wasmplugin_and_a_config_the_filter_rejects_are_errors_naming_
     let e = router.current().await.unwrap_err();
     assert!(matches!(e, RouterError::Remote { .. }), "{e}");
     assert!(e.to_string().contains("WasmPlugin canary-gate") && e.to_string().contains("404"), "{e}");
-}
-
-fn lease_settings(identity: &str) -> LeaseSettings {
-    LeaseSettings {
-        lease_duration: Duration::from_millis(2_000),
-        renew_deadline: Duration::from_millis(1_200),
-        retry_period: Duration::from_millis(200),
-        call_timeout: Duration::from_millis(400),
-        ..LeaseSettings::new("canary-gate-agent", identity)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

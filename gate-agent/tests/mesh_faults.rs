@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use apiserver::FakeApiServer;
 use canary_core::RolloutPhase;
-use fixtures::{record, w};
-use gate_agent::mesh::lease::{LeaseSettings, spawn_election};
+use fixtures::{lease_settings, record, w};
+use gate_agent::mesh::lease::spawn_election;
 use gate_agent::mesh::wasmplugin::WasmPluginRouter;
 use gate_agent::router::{RouterError, WeightRouter};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -76,16 +76,6 @@ async fn api_errors_and_timeouts_change_nothing_and_say_why() {
     assert!(e.to_string().contains("within"), "{e}");
     api.set_delay(Duration::ZERO);
     assert_eq!(api.get(PLUGIN).unwrap()["spec"]["pluginConfig"]["canary_weight"], 10);
-}
-
-fn lease_settings(identity: &str) -> LeaseSettings {
-    LeaseSettings {
-        lease_duration: Duration::from_millis(2_000),
-        renew_deadline: Duration::from_millis(1_200),
-        retry_period: Duration::from_millis(200),
-        call_timeout: Duration::from_millis(400),
-        ..LeaseSettings::new("canary-gate-agent", identity)
-    }
 }
 
 #[tokio::test]

@@ -109,6 +109,25 @@ fn split_vs(annotations: &str, dark_launch_to: Option<&str>, (a, wa): (&str, &st
 "
         )
     });
+    payment_vs(
+        annotations,
+        &format!(
+            "{dark}  - route:
+    - destination:
+        host: payment-svc
+        subset: {a}
+      weight: {wa}
+    - destination:
+        host: payment-svc
+        subset: {b}
+      weight: {wb}
+"
+        ),
+    )
+}
+
+/// VirtualService `production/payment-svc` with `annotations` (metadata lines) and `http` routes.
+fn payment_vs(annotations: &str, http: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -119,16 +138,7 @@ metadata:
   hosts:
   - payment-svc
   http:
-{dark}  - route:
-    - destination:
-        host: payment-svc
-        subset: {a}
-      weight: {wa}
-    - destination:
-        host: payment-svc
-        subset: {b}
-      weight: {wb}
-"
+{http}"
     )
 }
 
@@ -875,17 +885,10 @@ fn json_output_has_the_documented_shape() {
 
 /// A VirtualService that sends `x-canary-subset: <value>` to subset v2, everything else to v1.
 fn label_vs(value: &str) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata:
-  name: payment-svc
-  namespace: production
-spec:
-  hosts:
-  - payment-svc
-  http:
-  - name: canary
+    payment_vs(
+        "",
+        &format!(
+            "  - name: canary
     match:
     - headers:
         x-canary-subset:
@@ -900,6 +903,7 @@ spec:
         host: payment-svc
         subset: v1
 "
+        ),
     )
 }
 

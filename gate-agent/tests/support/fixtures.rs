@@ -2,7 +2,10 @@
 //! in `mesh.rs`, the fault-injecting double in `mesh_faults.rs`).
 #![allow(dead_code)] // each test binary uses a different part of it
 
+use std::time::Duration;
+
 use canary_core::{RolloutPhase, RolloutRecord, Weight};
+use gate_agent::mesh::lease::LeaseSettings;
 use serde_json::{Value, json};
 
 /// canary-gate's route WasmPlugin for rollout `demo` at `weight` and `revision`, in `namespace`
@@ -35,4 +38,15 @@ pub fn record(phase: RolloutPhase) -> RolloutRecord {
 
 pub fn w(p: f64) -> Weight {
     Weight::from_percent(p).unwrap_or(Weight::ZERO)
+}
+
+/// Lease timings short enough for a test to see a handover in seconds.
+pub fn lease_settings(identity: &str) -> LeaseSettings {
+    LeaseSettings {
+        lease_duration: Duration::from_millis(2_000),
+        renew_deadline: Duration::from_millis(1_200),
+        retry_period: Duration::from_millis(200),
+        call_timeout: Duration::from_millis(400),
+        ..LeaseSettings::new("canary-gate-agent", identity)
+    }
 }
