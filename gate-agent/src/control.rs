@@ -31,11 +31,12 @@ use tokio::task::JoinSet;
 
 use crate::api::{Command, CommandRequest, EvidenceView, StatusView, SubsetView, VerdictView};
 use crate::collect::{Fleet, Observation, Window};
+use crate::foreign::{self, Foreign, Written};
 use crate::judge::Verdict;
 use crate::latency::SlidingLatency;
 use crate::mesh::lease::Leadership;
-use crate::notify::{Notice, Notifier};
-use crate::rollout::{ChangeKind, Decision, Phase, Rollout, RolloutStatus, WeightChange, guard};
+use crate::notify::{Notice, NoticeKind, Notifier};
+use crate::rollout::{ChangeKind, Decision, Phase, Rollout, WeightChange, guard, written_weight};
 use crate::router::{RouterError, WeightRouter};
 use crate::source::{CounterSource, KillSwitch};
 use crate::spec::Spec;
@@ -128,6 +129,10 @@ struct Durable {
 }
 
 impl Durable {
+    fn written(&self) -> Written {
+        Written { revision: self.revision, weight: self.weight, phase: self.phase }
+    }
+
     fn of(route: &RouteConfig) -> Durable {
         let state = route.rollout_state.as_ref();
         Durable {
@@ -175,11 +180,39 @@ pub struct Controller<S, R, N> {
     router_errors_total: u64,
     proxy_resets_total: u64,
     misrouted_requests_total: u64,
-    /// Configurations seen on the proxies that this agent did not write.
+    /// Configurations seen on the proxies or in the durable store that this agent did not write.
     foreign_writes_total: u64,
-    last_foreign_revision: Option<u64>,
+    /// The foreign configurations already answered (newest last): each is answered once, however
+    /// many proxies apply it and for however many ticks.
+    answered_foreign: VecDeque<ForeignKey>,
     last_foreign_write: Option<String>,
+    /// The read of the durable configuration running in its own task, taken in by a later tick.
+    reading: Option<tokio::task::JoinHandle<Result<RouteConfig, String>>>,
     phase_changes_total: u64,
+}
+
+/// How many answered foreign configurations are remembered.
+const ANSWERED_KEPT: usize = 16;
+
+/// A foreign configuration, as far as answering it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ForeignKey {
+    revision: u64,
+    weight: Weight,
+    phase: Option<Phase>,
+    stamp: Option<Weight>,
+}
+
+impl ForeignKey {
+    fn of(route: &RouteConfig) -> ForeignKey {
+        let state = route.rollout_state.as_ref();
+        ForeignKey {
+            revision: route.revision,
+            weight: route.canary_weight,
+            phase: state.map(|s| s.phase),
+            stamp: state.and_then(|s| s.weight),
+        }
+    }
 }
 
 /// What a durable write task returns: the configuration written, a router error, or a timeout.
@@ -215,7 +248,11 @@ where
         check_matches(&spec, &route)?;
         let epoch = tokio::time::Instant::now();
         let fleet = Fleet::new(spec.name().clone(), settings.staleness);
-        let rollout = Rollout::restore(spec, route.canary_weight, route.rollout_state.as_ref(), 0);
+        // The weight the last agent wrote, as its record shows it: a different weight in the
+        // configuration was written by someone else while no agent watched, and is answered by the
+        // foreign-write policy below (never resumed as if it were a step).
+        let written = written_weight(&spec, route.canary_weight, route.rollout_state.as_ref());
+        let rollout = Rollout::restore(spec, written, route.rollout_state.as_ref(), 0);
         let reason = route.rollout_state.as_ref().map_or_else(
             || format!("started with the canary at {}", route.canary_weight),
             |s| format!("resumed {} at {}: {}", s.phase, route.canary_weight, s.reason),
@@ -260,8 +297,9 @@ where
             proxy_resets_total: 0,
             misrouted_requests_total: 0,
             foreign_writes_total: 0,
-            last_foreign_revision: None,
+            answered_foreign: VecDeque::new(),
             last_foreign_write: None,
+            reading: None,
             phase_changes_total: 0,
         };
         tracing::info!(
@@ -280,6 +318,15 @@ where
                 verdict: None,
             };
             c.act(d).await;
+        } else if written != route.canary_weight {
+            let kind = route
+                .rollout_state
+                .as_ref()
+                .and_then(|s| s.weight)
+                .map_or(Foreign::NewerRevision, |w| Foreign::WeightEdited { written: w });
+            if let Some(d) = c.answer_foreign(vec![("the durable configuration".into(), route.clone(), kind)], 0) {
+                c.act(d).await;
+            }
         }
         c.publish();
         Ok(c)
@@ -322,25 +369,36 @@ where
         let now = self.now_ms();
         results.sort_by(|a, b| a.0.cmp(&b.0));
         let mut unkilled = Vec::new();
-        let mut foreign: Vec<(String, RouteConfig)> = Vec::new();
-        let ours = self.rollout.status();
+        let mut raised = Vec::new();
+        let mut foreign = self.durable_foreign().await;
+        let (written, ours) = (self.durable.written(), (self.rollout.weight(), self.rollout.phase()));
         for (target, result) in results {
             match result {
                 Ok(snapshot) => {
                     if let Some(route) = &snapshot.route {
-                        if self.is_foreign(route, &ours) {
-                            foreign.push((target.clone(), route.clone()));
+                        if let Some(kind) = foreign::classify(route, &written, ours) {
+                            foreign.push((target.clone(), route.clone(), kind));
                         }
                         self.highest_revision_seen = self.highest_revision_seen.max(route.revision);
-                        // A rolled-back rollout must not have canary traffic anywhere: a proxy
-                        // that missed the kill (down, restarted) and still applies a weight gets
-                        // the order again, until the durable weight 0 reaches it.
                         let held = snapshot
                             .kill
                             .as_ref()
                             .is_some_and(|k| k.holds(route.effective_rollout_id(), route.revision));
                         if self.rollout.phase() == Phase::RolledBack && route.canary_weight > Weight::ZERO && !held {
+                            // A rolled-back rollout must not have canary traffic anywhere: a proxy
+                            // that missed the kill (down, restarted) and still applies a weight
+                            // gets the order again, until the durable weight 0 reaches it.
                             unkilled.push(target.clone());
+                        } else if route.canary_weight > self.rollout.weight() && !held {
+                            // Above the rollout's weight (a foreign raise, or a proxy that has
+                            // not caught up with a lower weight): held at 0% up to the revision
+                            // it applies, until the rollout's own weight is written over it.
+                            let order = KillOrder {
+                                rollout: self.rollout.spec().name().clone(),
+                                id: route.effective_rollout_id().clone(),
+                                revision: route.revision,
+                            };
+                            raised.push((target.clone(), order));
                         }
                     }
                     if self.fleet.observe(&target, &snapshot, now) == Observation::Reset {
@@ -363,6 +421,18 @@ where
                     .await;
             tracing::warn!(rollout = %self.rollout.spec().name(), "kill order sent again: {reached} of {total} proxies still had canary weight");
         }
+        for (target, order) in raised {
+            let (reached, _) =
+                kill_everywhere(Arc::clone(&self.source), vec![target.clone()], order, self.settings.kill_timeout)
+                    .await;
+            tracing::warn!(
+                rollout = %self.rollout.spec().name(),
+                proxy = %target,
+                "canary weight above the rollout's {}: held at 0% ({})",
+                self.rollout.weight(),
+                if reached == 1 { "kill order taken" } else { "kill order not taken; sent again next tick" }
+            );
+        }
         let window = self.fleet.take_window(now);
         let mut decision = self.rollout.tick(&window, now);
         if window.misrouted > 0 {
@@ -372,7 +442,7 @@ where
         self.remember(&window, decision.verdict.as_ref(), now);
         // A breach decided on this tick's traffic wins; otherwise a foreign write is answered now.
         let breach = decision.set_weight.is_some_and(|c| c.kind == ChangeKind::Rollback);
-        if !breach && let Some(answer) = self.answer_foreign(foreign, now).await {
+        if !breach && let Some(answer) = self.answer_foreign(foreign, now) {
             decision = answer;
             self.reason.clone_from(&decision.reason);
         }
@@ -380,62 +450,93 @@ where
         self.publish();
     }
 
-    /// Whether a proxy applies a configuration this agent did not write: a newer revision than
-    /// the durable one whose weight or phase is not the rollout's. (An older revision is a proxy
-    /// that has not caught up; the rollout's own weight at a newer revision is this agent's write
-    /// landing.)
-    fn is_foreign(&self, route: &RouteConfig, status: &RolloutStatus) -> bool {
-        let phase = route.rollout_state.as_ref().map(|s| s.phase);
-        route.revision > self.durable.revision
-            && (route.canary_weight != status.canary_weight || phase != Some(status.phase))
+    /// Takes in the last read of the durable configuration (the watched file, or the WasmPlugin
+    /// from the API) and starts the next one. The read runs in its own task, so a slow store
+    /// never delays the tick; a foreign write found there is answered even before any proxy
+    /// applies it (or when every proxy's guard rejects it, so it lingers in the store).
+    async fn durable_foreign(&mut self) -> Vec<(String, RouteConfig, Foreign)> {
+        let mut found = Vec::new();
+        if let Some(task) = self.reading.take_if(|t| t.is_finished()) {
+            match task.await {
+                // A read that raced the agent's own write in flight is recognised by `classify`
+                // (the rollout's weight and phase at a newer revision).
+                Ok(Ok(route)) if self.writing.is_none() => {
+                    let ours = (self.rollout.weight(), self.rollout.phase());
+                    if let Some(kind) = foreign::classify(&route, &self.durable.written(), ours) {
+                        found.push(("the durable configuration".to_owned(), route, kind));
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(rollout = %self.rollout.spec().name(), "reading the durable configuration: {e}")
+                }
+                Err(e) => {
+                    tracing::debug!(rollout = %self.rollout.spec().name(), "reading the durable configuration: {e}")
+                }
+            }
+        }
+        if self.reading.is_none() && self.writing.is_none() {
+            let (router, timeout) = (self.router.clone(), self.settings.write_timeout);
+            self.reading = Some(tokio::spawn(async move {
+                match tokio::time::timeout(timeout, router.current()).await {
+                    Ok(read) => read.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("timed out after {timeout:?}")),
+                }
+            }));
+        }
+        found
     }
 
-    /// The foreign-write policy (see [`Rollout::foreign_write`]): logs and counts each write,
-    /// holds the canary at 0% on the proxies that apply a raise (kill orders up to its revision,
-    /// until the rollout's own weight is written over it), and makes the rollout's state the
-    /// durable one again. `None` when nothing foreign was seen.
-    async fn answer_foreign(&mut self, foreign: Vec<(String, RouteConfig)>, now: u64) -> Option<Decision> {
-        let newest = foreign.iter().map(|(_, r)| r).max_by_key(|r| r.revision)?.clone();
+    /// The foreign-write policy (see [`Rollout::foreign_write`]) for configurations this agent did
+    /// not write: each is logged per proxy, and the newest one not answered before is counted,
+    /// noticed (a Warning Event in mesh mode) and answered: the rollout decides, and its own state
+    /// is written over the foreign one. Proxies applying a raise are held at 0% by the tick (see
+    /// `raised`). `None` when there is nothing new to answer.
+    fn answer_foreign(&mut self, foreign: Vec<(String, RouteConfig, Foreign)>, now: u64) -> Option<Decision> {
+        let fresh: Vec<_> =
+            foreign.into_iter().filter(|(_, r, _)| !self.answered_foreign.contains(&ForeignKey::of(r))).collect();
+        let (_, newest, kind) = fresh.iter().max_by_key(|(_, r, _)| r.revision)?.clone();
         let ours = self.rollout.weight();
-        for (target, route) in &foreign {
+        for (target, route, kind) in &fresh {
             tracing::warn!(
                 rollout = %self.rollout.spec().name(),
                 proxy = %target,
                 revision = route.revision,
-                "foreign write: canary_weight {} -> {} (a write gate-agent did not make)",
+                "foreign write: canary_weight {} -> {} ({kind}; a write gate-agent did not make)",
                 self.durable.weight,
                 route.canary_weight
             );
         }
-        if self.last_foreign_revision != Some(newest.revision) {
-            self.foreign_writes_total = self.foreign_writes_total.saturating_add(1);
-            self.last_foreign_revision = Some(newest.revision);
+        self.foreign_writes_total = self.foreign_writes_total.saturating_add(1);
+        self.answered_foreign.push_back(ForeignKey::of(&newest));
+        while self.answered_foreign.len() > ANSWERED_KEPT {
+            self.answered_foreign.pop_front();
         }
-        self.last_foreign_write = Some(format!(
-            "revision {}: canary_weight {} (the rollout's: {ours}), seen on {} proxies",
+        let seen_on: Vec<&str> = fresh.iter().map(|(t, _, _)| t.as_str()).collect();
+        let line = format!(
+            "revision {}: canary_weight {} (the rollout's: {ours}); {kind}; seen on {}",
             newest.revision,
             newest.canary_weight,
-            foreign.len()
-        ));
-        let raised: Vec<String> =
-            foreign.iter().filter(|(_, r)| r.canary_weight > ours).map(|(t, _)| t.clone()).collect();
-        let kill = (!raised.is_empty()).then(|| {
-            let order = KillOrder {
-                rollout: self.rollout.spec().name().clone(),
-                id: newest.effective_rollout_id().clone(),
-                revision: newest.revision,
-            };
-            tokio::spawn(kill_everywhere(Arc::clone(&self.source), raised, order, self.settings.kill_timeout))
-        });
+            seen_on.join(", ")
+        );
+        let notice = Notice {
+            kind: NoticeKind::ForeignWrite,
+            rollout: self.rollout.spec().name().to_string(),
+            from: self.rollout.phase().to_string(),
+            to: self.rollout.phase().to_string(),
+            weight_percent: newest.canary_weight.percent(),
+            reason: format!("foreign write: {line}"),
+        };
+        if self.notices.send(notice).is_err() {
+            tracing::warn!(rollout = %self.rollout.spec().name(), "the notifier task has stopped");
+        }
+        self.last_foreign_write = Some(line);
         let decision = self.rollout.foreign_write(newest.canary_weight, newest.revision, now);
         // What is durable now is the foreign write: the rollout's own state is written over it.
-        self.durable = Durable { weight: newest.canary_weight, phase: None, ..Durable::of(&newest) };
-        self.highest_revision_seen = self.highest_revision_seen.max(newest.revision);
-        if let Some(kill) = kill
-            && let Ok((reached, total)) = kill.await
-        {
-            tracing::warn!(rollout = %self.rollout.spec().name(), "foreign raise held at 0% on {reached} of {total} proxies until the rollout's weight is written");
+        if newest.revision >= self.durable.revision {
+            self.durable = Durable { weight: newest.canary_weight, phase: None, ..Durable::of(&newest) };
         }
+        self.highest_revision_seen = self.highest_revision_seen.max(newest.revision);
         Some(decision)
     }
 
@@ -488,6 +589,7 @@ where
             self.phase_changes_total = self.phase_changes_total.saturating_add(1);
             tracing::info!(rollout = %rollout_name, from = %pc.from, to = %pc.to, "phase: {}", decision.reason);
             let notice = Notice {
+                kind: NoticeKind::PhaseChange,
                 rollout: rollout_name.to_string(),
                 from: pc.from.to_string(),
                 to: pc.to.to_string(),

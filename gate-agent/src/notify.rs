@@ -1,12 +1,24 @@
-//! Telling people: an optional webhook for phase changes.
+//! Telling people: an optional webhook for phase changes and foreign writes.
 
 use std::time::Duration;
 
 use serde::Serialize;
 
+/// What a notice is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// The rollout moved from one phase to another.
+    PhaseChange,
+    /// Someone else wrote the rollout's weight, revision or record (`from` and `to` are then the
+    /// phase the rollout was in, and the weight is the foreign one).
+    ForeignWrite,
+}
+
 /// One notification: which rollout, what changed, and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Notice {
+    pub kind: NoticeKind,
     pub rollout: String,
     pub from: String,
     pub to: String,
@@ -54,10 +66,13 @@ impl WebhookNotifier {
 
 impl Notifier for WebhookNotifier {
     async fn post(&self, notice: &Notice) -> Result<(), String> {
-        let text = format!(
-            "canary-gate {}: {} -> {} at {}% ({})",
-            notice.rollout, notice.from, notice.to, notice.weight_percent, notice.reason
-        );
+        let text = match notice.kind {
+            NoticeKind::PhaseChange => format!(
+                "canary-gate {}: {} -> {} at {}% ({})",
+                notice.rollout, notice.from, notice.to, notice.weight_percent, notice.reason
+            ),
+            NoticeKind::ForeignWrite => format!("canary-gate {}: {}", notice.rollout, notice.reason),
+        };
         let body = serde_json::json!({ "text": text, "notice": notice });
         let resp = self.client.post(&self.url).json(&body).send().await.map_err(|e| e.to_string())?;
         if resp.status().is_success() { Ok(()) } else { Err(format!("webhook answered {}", resp.status())) }

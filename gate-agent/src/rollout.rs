@@ -161,6 +161,31 @@ pub struct Rollout {
     applied: bool,
 }
 
+/// The weight the last agent wrote, as the durable state shows it, for a restarted agent to
+/// resume from. A configuration whose `canary_weight` differs was written by someone else while
+/// no agent watched, and is answered by [`Rollout::foreign_write`] instead of being resumed as if
+/// it were a step (a hand-raised 99% resumed on the last step would be promoted by the next
+/// passing check: the incident turned into a promotion).
+/// * recorded [`Phase::RolledBack`]: the configuration's weight ([`Rollout::pending`] puts a
+///   raised one back to 0% with kill orders);
+/// * recorded [`Phase::Succeeded`]: 100%, which is final;
+/// * a record stamped with the weight written beside it: that weight;
+/// * otherwise (no record, or one written by an older agent or by hand): the configuration's
+///   weight, unless it is above `maxWeight` short of 100% with no promotion recorded, which no
+///   step can have written: then the highest step at or below `maxWeight`.
+pub fn written_weight(spec: &Spec, current: Weight, record: Option<&RolloutRecord>) -> Weight {
+    match record {
+        Some(r) if r.phase == Phase::RolledBack => current,
+        Some(r) if r.phase == Phase::Succeeded => Weight::FULL,
+        Some(RolloutRecord { weight: Some(stamp), .. }) => *stamp,
+        Some(r) if r.phase == Phase::Promoting => current,
+        _ if current > spec.max_weight() && current < Weight::FULL => {
+            spec.steps().iter().rev().find(|s| **s <= spec.max_weight()).copied().unwrap_or(Weight::ZERO)
+        }
+        _ => current,
+    }
+}
+
 impl Rollout {
     /// A new rollout with the canary at 0%, in [`Phase::Initializing`].
     pub fn new(spec: Spec, now_ms: u64) -> Rollout {
@@ -191,7 +216,8 @@ impl Rollout {
     /// * otherwise, at a weight on or between steps: [`Phase::Progressing`] on the highest step at
     ///   or below the weight, with the recorded failed checks; it must gather `interval` and
     ///   `minRequests` again before advancing. The weight itself is left alone, even above
-    ///   `maxWeight` (where the only way up is promotion).
+    ///   `maxWeight` (where the only way up is promotion): callers pass the weight the agent
+    ///   wrote ([`written_weight`]) and answer a different one as a foreign write.
     /// * with no record at 0%: [`Phase::Initializing`] (the rollout has not started).
     pub fn restore(spec: Spec, current: Weight, record: Option<&RolloutRecord>, now_ms: u64) -> Rollout {
         let mut r = Rollout::new(spec, now_ms);
@@ -247,7 +273,7 @@ impl Rollout {
 
     /// The durable record of this rollout, to be written beside the weight.
     pub fn record(&self, reason: &str, now_unix_ms: u64) -> RolloutRecord {
-        RolloutRecord::new(self.phase, self.failed_checks, reason, now_unix_ms)
+        RolloutRecord::new(self.phase, self.failed_checks, reason, now_unix_ms).written_with(self.weight)
     }
 
     pub fn phase(&self) -> Phase {
@@ -904,6 +930,27 @@ metrics:
         // Above maxWeight: only promotion goes up, after a full passing step.
         let mut r = Rollout::restore(spec, w(80.0), None, 0);
         assert_eq!(weights(&run(&mut r, 1, 5, healthy)), vec![(5, 100.0, ChangeKind::Promotion)]);
+    }
+
+    #[test]
+    fn a_restarted_agent_resumes_from_the_weight_it_wrote_not_from_a_hand_edit() {
+        let spec = spec_with("");
+        let stamped = |phase, weight| RolloutRecord::new(phase, 0, "test", 0).written_with(w(weight));
+        // The record says 10% was written; 99% in the configuration is someone else's.
+        assert_eq!(written_weight(&spec, w(99.0), Some(&stamped(Phase::Progressing, 10.0))), w(10.0));
+        assert_eq!(written_weight(&spec, w(5.0), Some(&stamped(Phase::Paused, 25.0))), w(25.0));
+        assert_eq!(written_weight(&spec, w(25.0), Some(&stamped(Phase::Progressing, 25.0))), w(25.0));
+        // Final phases: succeeded means 100%; rolled back keeps its own path (pending, with kills).
+        let succeeded = RolloutRecord::new(Phase::Succeeded, 0, "test", 0);
+        assert_eq!(written_weight(&spec, w(40.0), Some(&succeeded)), Weight::FULL);
+        let rolled_back = RolloutRecord::new(Phase::RolledBack, 0, "test", 0);
+        assert_eq!(written_weight(&spec, w(40.0), Some(&rolled_back)), w(40.0));
+        // No stamp proves nothing, except a weight no step can have written.
+        assert_eq!(written_weight(&spec, w(30.0), None), w(30.0));
+        assert_eq!(written_weight(&spec, w(99.0), None), w(50.0));
+        assert_eq!(written_weight(&spec, Weight::FULL, None), Weight::FULL);
+        let promoting = RolloutRecord::new(Phase::Promoting, 0, "test", 0);
+        assert_eq!(written_weight(&spec, Weight::FULL, Some(&promoting)), Weight::FULL);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use canary_core::{
 };
 use gate_agent::api::{Command, StatusView};
 use gate_agent::control::{Controller, Settings, StartError};
-use gate_agent::notify::{Notice, Notifier};
+use gate_agent::notify::{Notice, NoticeKind, Notifier};
 use gate_agent::router::{RouterError, WeightRouter};
 use gate_agent::source::{CounterSource, FetchError, KillSwitch};
 use gate_agent::{Phase, Spec};
@@ -168,6 +168,12 @@ impl RecordingRouter {
     /// From now on every write takes `delay`.
     fn slow(&self, delay: Duration) {
         self.state.lock().unwrap().delay = delay;
+    }
+
+    /// Someone other than the agent changes the durable configuration (`kubectl patch`, an
+    /// editor): not recorded as a write.
+    fn hand_edit(&self, edit: impl FnOnce(&mut RouteConfig)) {
+        edit(&mut self.state.lock().unwrap().config);
     }
 
     /// Every `apply` call, failed ones included.
@@ -470,7 +476,13 @@ struct RecordingNotifier {
 impl RecordingNotifier {
     /// The phase changes posted, in order: (from, to).
     fn phases(&self) -> Vec<(String, String)> {
-        self.notices.lock().unwrap().iter().map(|n| (n.from.clone(), n.to.clone())).collect()
+        let notices = self.notices.lock().unwrap();
+        notices.iter().filter(|n| n.kind == NoticeKind::PhaseChange).map(|n| (n.from.clone(), n.to.clone())).collect()
+    }
+
+    /// The foreign writes posted (a Warning Event each in mesh mode).
+    fn foreign(&self) -> Vec<Notice> {
+        self.notices().into_iter().filter(|n| n.kind == NoticeKind::ForeignWrite).collect()
     }
 
     fn notices(&self) -> Vec<Notice> {
@@ -1172,4 +1184,110 @@ async fn start_refuses_a_spec_for_another_rollout_or_no_targets() {
     let err = rig.try_start(spec(2, 3), &[]).await.expect_err("no targets must be refused");
     assert!(matches!(err, StartError::NoTargets), "{err}");
     assert!(rig.router.writes().is_empty() && rig.fleet.kills().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Writes the agent did not make
+// ---------------------------------------------------------------------------------------------
+
+/// Runs a rollout to its first step (10%) and one more second on it.
+async fn on_first_step(rig: &Rig) -> (Agent, watch::Receiver<StatusView>) {
+    let (mut agent, rx) = rig.start(spec(4, 3)).await;
+    let on_step = rig.until(&mut agent, 30, |a| a.rollout().weight() == w(10.0)).await;
+    assert!(on_step.is_some(), "never reached the first step: {:?}", summary(&rig.router.writes()));
+    rig.seconds(&mut agent, 1).await;
+    (agent, rx)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_weight_patched_in_place_is_caught_held_at_zero_and_reverted() {
+    let rig = Rig::new(route());
+    let (mut agent, rx) = on_first_step(&rig).await;
+    let writes = rig.router.writes().len();
+    // `kubectl patch` of canary_weight alone: same revision, the agent's record (stamped 10%) kept.
+    rig.router.hand_edit(|c| c.canary_weight = w(99.0));
+    let revision = rig.router.config().revision;
+    rig.second(&mut agent).await;
+
+    let s = status(&rx);
+    assert_eq!(s.foreign_writes_total, 1, "{s:?}");
+    let seen = s.last_foreign_write.unwrap_or_default();
+    assert!(seen.contains("canary_weight 99%") && seen.contains("edited"), "{seen}");
+    assert_eq!(s.canary_weight_percent, 10.0, "the rollout keeps its own weight");
+    // Every proxy applying the raise is held at 0% up to its revision, and the rollout's own
+    // weight is written over the edit with a higher revision.
+    let kills = rig.fleet.kills();
+    assert_eq!(kills.len(), TARGETS.len(), "{kills:?}");
+    assert!(kills.iter().all(|k| k.order.revision == revision), "{kills:?}");
+    assert!(rig.fleet.weights().iter().all(|w| *w <= Weight::from_percent(10.0).unwrap()));
+    let reverted = &rig.router.landed()[writes..];
+    assert_eq!(summary(reverted), vec![(10.0, Phase::Progressing, 0)]);
+    assert_eq!(rig.router.config().revision, revision + 1);
+    let foreign = rig.notifier.foreign();
+    assert_eq!(foreign.len(), 1, "noticed once: {foreign:?}");
+    assert!(foreign[0].reason.contains("revision") && foreign[0].reason.contains("99%"), "{:?}", foreign[0]);
+
+    // Answered once: the following ticks neither count nor write it again, and the step goes on
+    // from its restarted evidence.
+    rig.seconds(&mut agent, 3).await;
+    assert_eq!((status(&rx).foreign_writes_total, rig.notifier.foreign().len()), (1, 1));
+    assert_eq!(rig.router.landed().len(), writes + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_foreign_write_no_proxy_applies_is_still_reverted_in_the_store() {
+    let rig = Rig::new(route());
+    let (mut agent, rx) = on_first_step(&rig).await;
+    let writes = rig.router.writes().len();
+    // Every proxy's guard rejects it (here: propagation frozen), so only the store holds it.
+    rig.fleet.set_traffic(|t| t.frozen = true);
+    rig.router.hand_edit(|c| {
+        c.canary_weight = w(99.0);
+        c.revision += 1;
+        c.rollout_state = None;
+    });
+    let took = rig.until(&mut agent, 3, |_| !rig.router.landed()[writes..].is_empty()).await;
+    assert!(took.is_some(), "the store kept the foreign write: {:?}", rig.router.config());
+    assert_eq!(summary(&rig.router.landed()[writes..]), vec![(10.0, Phase::Progressing, 0)]);
+    let s = status(&rx);
+    assert_eq!(s.foreign_writes_total, 1);
+    assert!(s.last_foreign_write.clone().is_some_and(|l| l.contains("durable configuration")), "{s:?}");
+    assert!(rig.fleet.kills().is_empty(), "no proxy applied it: nothing to kill");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hand_raised_weight_found_at_restart_is_reverted_and_never_promoted() {
+    let rig = Rig::new(route());
+    let (agent, _rx) = on_first_step(&rig).await;
+    drop(agent);
+    // While no agent runs, someone raises the weight by hand and keeps the agent's record.
+    rig.router.hand_edit(|c| {
+        c.canary_weight = w(99.0);
+        c.revision += 1;
+    });
+    rig.idle(2).await;
+    let writes = rig.router.writes().len();
+
+    let (mut agent, rx) = rig.start(spec(4, 3)).await;
+    let s = status(&rx);
+    assert_eq!((s.phase.as_str(), s.canary_weight_percent, s.foreign_writes_total), ("progressing", 10.0, 1));
+    assert_eq!(summary(&rig.router.landed()[writes..]), vec![(10.0, Phase::Progressing, 0)]);
+    assert_eq!(rig.notifier.foreign().len(), 1);
+    // The proxies are back at 10% and the rollout walks its steps from there, never jumping.
+    rig.second(&mut agent).await;
+    assert!(rig.fleet.weights().iter().all(|x| *x == w(10.0)), "{:?}", rig.fleet.weights());
+    let done = rig.until(&mut agent, 60, phase_is(Phase::Succeeded)).await;
+    assert!(done.is_some());
+    let weights: Vec<f64> = summary(&rig.router.landed()[writes..]).iter().map(|(w, _, _)| *w).collect();
+    assert_eq!(weights, vec![10.0, 25.0, 50.0, 100.0, 100.0], "stepped from the agent's weight");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_succeeded_rollout_stays_succeeded_after_a_restart() {
+    let record = RolloutRecord::new(Phase::Succeeded, 0, "promoted", UNIX_START_MS).written_with(Weight::FULL);
+    let rig = Rig::new(RouteConfig { canary_weight: w(40.0), revision: 9, rollout_state: Some(record), ..route() });
+    let (_agent, rx) = rig.start(spec(4, 3)).await;
+    let s = status(&rx);
+    assert_eq!((s.phase.as_str(), s.canary_weight_percent, s.foreign_writes_total), ("succeeded", 100.0, 1));
+    assert_eq!(summary(&rig.router.landed()), vec![(100.0, Phase::Succeeded, 0)]);
 }

@@ -23,7 +23,7 @@ use gate_agent::mesh::discovery::PodTargets;
 use gate_agent::mesh::events::KubeEvents;
 use gate_agent::mesh::lease::{LeaderGated, LeaseSettings, spawn_election};
 use gate_agent::mesh::wasmplugin::{WasmPlugin, WasmPluginRouter};
-use gate_agent::notify::{Notice, Notifier};
+use gate_agent::notify::{Notice, NoticeKind, Notifier};
 use gate_agent::router::{RouterError, WeightRouter};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Event;
@@ -217,6 +217,7 @@ async fn phase_changes_become_events_that_kubectl_describe_lists() {
     let events =
         KubeEvents::new(Api::namespaced(ns.agent.clone(), &ns.name), regarding, "agent-a", Duration::from_secs(2));
     let notice = Notice {
+        kind: NoticeKind::PhaseChange,
         rollout: "demo".into(),
         from: "progressing".into(),
         to: "rolled_back".into(),

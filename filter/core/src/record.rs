@@ -10,6 +10,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::weight::Weight;
+
 /// The longest `reason` kept in a record; longer reasons are cut at a character boundary.
 pub const MAX_REASON_BYTES: usize = 1024;
 
@@ -72,12 +74,34 @@ pub struct RolloutRecord {
     /// When the record was written (Unix ms, the writer's clock).
     #[serde(default)]
     pub at_unix_ms: u64,
+    /// The `canary_weight` gate-agent wrote beside this record. A configuration whose weight
+    /// differs was edited by someone else (a `kubectl patch` of the weight alone keeps the
+    /// record): gate-agent treats it as a foreign write, also when it finds it at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<Weight>,
 }
 
 impl RolloutRecord {
     /// A record with `reason` cut to [`MAX_REASON_BYTES`].
     pub fn new(phase: RolloutPhase, failed_checks: u32, reason: &str, at_unix_ms: u64) -> Self {
-        RolloutRecord { phase, failed_checks, reason: truncate(reason, MAX_REASON_BYTES).to_owned(), at_unix_ms }
+        RolloutRecord {
+            phase,
+            failed_checks,
+            reason: truncate(reason, MAX_REASON_BYTES).to_owned(),
+            at_unix_ms,
+            weight: None,
+        }
+    }
+
+    /// The record stamped with the weight written beside it.
+    pub fn written_with(self, weight: Weight) -> Self {
+        RolloutRecord { weight: Some(weight), ..self }
+    }
+
+    /// Whether `canary_weight` differs from the weight this record was written with (a record
+    /// without a stamp, written by an older agent or by hand, proves nothing).
+    pub fn weight_edited(&self, canary_weight: Weight) -> bool {
+        self.weight.is_some_and(|w| w != canary_weight)
     }
 }
 

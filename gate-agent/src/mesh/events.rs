@@ -9,7 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 
 use super::{FIELD_MANAGER, bounded};
-use crate::notify::{Notice, Notifier};
+use crate::notify::{Notice, NoticeKind, Notifier};
 
 /// Component name in every Event.
 pub const COMPONENT: &str = "canary-gate-agent";
@@ -38,18 +38,22 @@ impl KubeEvents {
     }
 }
 
-/// The Event for one notice: Warning for a rollback, Normal otherwise.
+/// The Event for one notice: Warning for a rollback or a foreign write, Normal otherwise.
 pub fn event_for(notice: &Notice, regarding: &ObjectReference, instance: &str, now: Timestamp) -> Event {
-    let (kind, reason) = match notice.to.as_str() {
-        "rolled_back" => ("Warning", "RolledBack"),
-        "succeeded" => ("Normal", "Promoted"),
-        "paused" => ("Normal", "Paused"),
+    let (kind, reason) = match (notice.kind, notice.to.as_str()) {
+        (NoticeKind::ForeignWrite, _) => ("Warning", "ForeignWrite"),
+        (_, "rolled_back") => ("Warning", "RolledBack"),
+        (_, "succeeded") => ("Normal", "Promoted"),
+        (_, "paused") => ("Normal", "Paused"),
         _ => ("Normal", "PhaseChanged"),
     };
-    let message = format!(
-        "rollout {}: {} -> {} at {}% canary: {}",
-        notice.rollout, notice.from, notice.to, notice.weight_percent, notice.reason
-    );
+    let message = match notice.kind {
+        NoticeKind::ForeignWrite => format!("rollout {}: {}", notice.rollout, notice.reason),
+        NoticeKind::PhaseChange => format!(
+            "rollout {}: {} -> {} at {}% canary: {}",
+            notice.rollout, notice.from, notice.to, notice.weight_percent, notice.reason
+        ),
+    };
     Event {
         metadata: ObjectMeta {
             generate_name: Some(format!("{}-", regarding.name.as_deref().unwrap_or("canary-gate"))),
@@ -64,7 +68,10 @@ pub fn event_for(notice: &Notice, regarding: &ObjectReference, instance: &str, n
         first_timestamp: Some(Time(now)),
         last_timestamp: Some(Time(now)),
         event_time: Some(MicroTime(now)),
-        action: Some(format!("{}To{}", notice.from, notice.to)),
+        action: Some(match notice.kind {
+            NoticeKind::ForeignWrite => "RevertForeignWrite".to_owned(),
+            NoticeKind::PhaseChange => format!("{}To{}", notice.from, notice.to),
+        }),
         reporting_component: Some(COMPONENT.to_owned()),
         reporting_instance: Some(instance.to_owned()),
         source: Some(EventSource { component: Some(COMPONENT.to_owned()), host: None }),
@@ -102,6 +109,7 @@ mod tests {
     #[test]
     fn a_rollback_is_a_warning_with_the_reason() {
         let notice = Notice {
+            kind: NoticeKind::PhaseChange,
             rollout: "demo".into(),
             from: "progressing".into(),
             to: "rolled_back".into(),
@@ -120,5 +128,14 @@ mod tests {
         assert!(e.message.as_deref().unwrap().contains("decisive breach"));
         assert_eq!(e.involved_object.kind.as_deref(), Some("WasmPlugin"));
         assert_eq!(e.metadata.namespace.as_deref(), Some("shop"));
+        let foreign = Notice {
+            kind: NoticeKind::ForeignWrite,
+            to: "progressing".into(),
+            reason: "foreign write: revision 9: canary_weight 99% (the rollout's: 10%)".into(),
+            ..notice
+        };
+        let e = event_for(&foreign, &regarding, "agent-0", Timestamp::UNIX_EPOCH);
+        assert_eq!((e.type_.as_deref(), e.reason.as_deref()), (Some("Warning"), Some("ForeignWrite")));
+        assert!(e.message.as_deref().unwrap().contains("canary_weight 99%"));
     }
 }
