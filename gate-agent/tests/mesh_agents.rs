@@ -23,8 +23,9 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use canary_core::config::parse_route;
 use canary_core::snapshot::SNAPSHOT_FORMAT;
-use canary_core::{InstanceInfo, Outcome, Role, Snapshot, SubsetCounters, SubsetName, SubsetSnapshot};
+use canary_core::{InstanceInfo, Outcome, Role, RouteConfig, Snapshot, SubsetCounters, SubsetName, SubsetSnapshot};
 use gate_agent::mesh::wasmplugin::WasmPlugin;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Event;
@@ -83,7 +84,7 @@ async fn patch_plugin_config(ns: &TestNamespace, config: Value) {
 }
 
 /// A proxy on `addr` that serves 100 healthy requests between two snapshot reads, split at the
-/// weight the WasmPlugin holds.
+/// weight the WasmPlugin holds, and reports the WasmPlugin's configuration as the one it applies.
 async fn fake_proxy(ns: &TestNamespace, addr: SocketAddr) -> SocketAddr {
     let counters = Arc::new(Mutex::new((SubsetCounters::default(), SubsetCounters::default())));
     let plugins = Api::<WasmPlugin>::namespaced(ns.admin.clone(), &ns.name);
@@ -91,12 +92,13 @@ async fn fake_proxy(ns: &TestNamespace, addr: SocketAddr) -> SocketAddr {
     let app = axum::Router::new().fallback(move || {
         let (plugins, counters, id) = (plugins.clone(), Arc::clone(&counters), id.clone());
         async move {
-            let plugin = plugins.get("canary-gate").await.ok();
-            let weight = plugin
-                .and_then(|p| p.spec.plugin_config)
+            let config = plugins.get("canary-gate").await.ok().and_then(|p| p.spec.plugin_config);
+            let weight = config
+                .as_ref()
                 .and_then(|c| c["canary_weight"].as_f64())
                 .filter(|w| (0.0..=100.0).contains(w))
                 .unwrap_or(0.0);
+            let route = config.and_then(|c| parse_route(&serde_json::to_vec(&c).unwrap()).ok());
             let mut c = counters.lock().unwrap();
             let canary = weight.round() as u64;
             for _ in 0..100 - canary {
@@ -105,7 +107,7 @@ async fn fake_proxy(ns: &TestNamespace, addr: SocketAddr) -> SocketAddr {
             for _ in 0..canary {
                 c.1.record(Outcome::Success, 2_000);
             }
-            snapshot_json(id, &c.0, &c.1)
+            snapshot_json(id, route, &c.0, &c.1)
         }
     });
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
@@ -315,6 +317,77 @@ async fn proxies_that_exist_before_the_agent_starts_are_read_from_the_first_tick
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_patched_weight_is_reverted_with_a_warning_event_and_nothing_else_is_touched() {
+    let ns = ControlPlane::shared().namespace("foreign").await;
+    create_plugin(&ns).await;
+    let proxy = fake_proxy(&ns, "127.0.0.1:0".parse().unwrap()).await;
+    ns.pod("frontend-1", json!({ "app": "frontend" }), "127.0.0.1", true).await;
+    let args = strings(&["--pod-selector", "app=frontend", "--pod-port", &proxy.port().to_string()]);
+    let agent = AgentProcess::start("agent-a", &ns, &ns.agent_kubeconfig, &args).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while weight(&ns).await < 10.0 {
+        assert!(Instant::now() < deadline, "the rollout never started\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // What `kubectl patch --type merge` of the weight alone sends, plus fields the agent does not
+    // own, changed by someone else at the same time.
+    let before = plugin(&ns).await;
+    let patch = json!({
+        "metadata": { "labels": { "team": "payments" } },
+        "spec": { "priority": 7, "pluginConfig": { "canary_weight": 99, "label_header": "x-route-to" } }
+    });
+    Api::<WasmPlugin>::namespaced(ns.admin.clone(), &ns.name)
+        .patch("canary-gate", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let patched_at = Instant::now();
+    let s = loop {
+        let s = agent.status().await;
+        if s["foreign_writes_total"].as_u64() >= Some(1) && weight(&ns).await < 99.0 {
+            break s;
+        }
+        assert!(patched_at.elapsed() < Duration::from_secs(3), "not reverted: {s}\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let last = s["last_foreign_write"].as_str().unwrap_or_default();
+    assert!(last.contains("canary_weight 99%"), "{s}");
+    let after = plugin(&ns).await;
+    let config = &after["spec"]["pluginConfig"];
+    assert!(config["canary_weight"].as_f64().unwrap() <= 60.0, "{after}");
+    assert!(
+        config["revision"].as_u64() > before["spec"]["pluginConfig"]["revision"].as_u64(),
+        "the revert is a newer revision: {after}"
+    );
+    assert_eq!(config["rollout_state"]["weight"], config["canary_weight"], "{after}");
+    // Everything the agent does not own is as the other writer left it.
+    assert_eq!(after["metadata"]["labels"]["team"], "payments");
+    assert_eq!(after["spec"]["priority"], 7);
+    assert_eq!(config["label_header"], "x-route-to");
+    assert_eq!(after["spec"]["url"], before["spec"]["url"]);
+
+    // A Warning Event on the WasmPlugin, where `kubectl describe wasmplugin` lists it.
+    let uid = after["metadata"]["uid"].as_str().unwrap().to_owned();
+    let selector = format!("involvedObject.uid={uid}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let events = Api::<Event>::namespaced(ns.admin.clone(), &ns.name)
+            .list(&ListParams::default().fields(&selector))
+            .await
+            .unwrap();
+        let foreign: Vec<&Event> =
+            events.items.iter().filter(|e| e.reason.as_deref() == Some("ForeignWrite")).collect();
+        if let Some(e) = foreign.first() {
+            assert_eq!(e.type_.as_deref(), Some("Warning"));
+            assert!(e.message.as_deref().unwrap_or_default().contains("99%"), "{e:?}");
+            assert_eq!(foreign.len(), 1, "one Event per foreign write: {foreign:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no ForeignWrite Event: {:?}\n{}", events.items, agent.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_proxy_to_read_the_agent_is_not_ready() {
     let cp = ControlPlane::shared();
     let ns = cp.namespace("noproxy").await;
@@ -458,7 +531,7 @@ async fn breaching_proxy(
             for _ in 0..canary {
                 c.1.record(outcome, 2_000);
             }
-            snapshot_json("proxy-1".into(), &c.0, &c.1)
+            snapshot_json("proxy-1".into(), None, &c.0, &c.1)
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -530,13 +603,13 @@ async fn a_breach_reaches_the_proxies_within_a_second_while_the_api_server_is_sl
 }
 
 /// A snapshot of rollout `demo` from proxy instance `id`, as the snapshot endpoint serves it.
-fn snapshot_json(id: String, stable: &SubsetCounters, canary: &SubsetCounters) -> String {
+fn snapshot_json(id: String, route: Option<RouteConfig>, stable: &SubsetCounters, canary: &SubsetCounters) -> String {
     let name = |s: &str| SubsetName::try_from(s).unwrap();
     let snap = Snapshot {
         format: SNAPSHOT_FORMAT.into(),
         instance: InstanceInfo { id, started_at_unix_ms: 1 },
         taken_at_unix_ms: 2,
-        route: None,
+        route,
         subsets: vec![
             SubsetSnapshot { subset: name("v1"), role: Role::Stable, counters: stable.clone() },
             SubsetSnapshot { subset: name("v2"), role: Role::Canary, counters: canary.clone() },

@@ -131,6 +131,19 @@ mod tests {
     }
 
     #[test]
+    fn the_weight_stamp_round_trips_and_tells_a_hand_edit() {
+        let record = RolloutRecord::new(RolloutPhase::Progressing, 0, "step 1", 7).written_with(Weight::FULL);
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(json.contains("\"weight\":100"), "{json}");
+        assert_eq!(serde_json::from_str::<RolloutRecord>(&json).unwrap(), record);
+        assert!(record.weight_edited(Weight::ZERO) && !record.weight_edited(Weight::FULL));
+        // Records written before the stamp existed still parse, and prove nothing.
+        let old: RolloutRecord = serde_json::from_str(r#"{"phase":"progressing"}"#).unwrap();
+        assert!(old.weight.is_none() && !old.weight_edited(Weight::FULL));
+        assert!(!serde_json::to_string(&old).unwrap().contains("weight"));
+    }
+
+    #[test]
     fn reasons_are_cut_at_a_character_boundary() {
         let long = "é".repeat(MAX_REASON_BYTES);
         let r = RolloutRecord::new(RolloutPhase::RolledBack, 2, &long, 7);
