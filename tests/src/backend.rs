@@ -223,7 +223,12 @@ async fn serve(listener: tokio::net::TcpListener, app: Router) {
 impl Backend {
     /// Starts a backend named `name` on a free loopback port, on the current tokio runtime.
     pub async fn start(name: &str) -> std::io::Result<Backend> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// The same on `addr` (the container image listens on `0.0.0.0:8080`).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> std::io::Result<Backend> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Behaviour::default());
         let app = Router::new()

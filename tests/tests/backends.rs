@@ -234,3 +234,43 @@ async fn grpc_to_a_closed_port_is_unavailable() {
     let ch = channel(&format!("http://127.0.0.1:{port}")).unwrap();
     assert_eq!(grpc_unary(&ch, &[]).await.unwrap().code, Code::Unavailable);
 }
+
+/// A free loopback port (bound, read and released: another process could take it in between,
+/// which on a test machine does not happen in practice).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The compose setup's backend image runs this binary; its control port makes the canary fail.
+#[tokio::test]
+async fn the_backend_binary_fails_on_demand_through_its_control_port() {
+    let (port, control) = (free_port(), free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backend"))
+        .args(["--name", "v2", "--listen", &format!("127.0.0.1:{port}"), "--control", &format!("127.0.0.1:{control}")])
+        .spawn()
+        .unwrap();
+    let c = client();
+    let (url, ctl) = (format!("http://127.0.0.1:{port}/"), format!("http://127.0.0.1:{control}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        match c.get(&url).send().await {
+            Ok(r) => break r,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "the backend never answered: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!((first.status().as_u16(), first.headers()["x-served-by"].to_str().unwrap()), (200, "v2"));
+    let told = c.post(format!("{ctl}/fail?per_mille=1000")).send().await.unwrap();
+    assert_eq!(told.status(), 200, "{:?}", told.text().await);
+    for _ in 0..5 {
+        assert_eq!(c.get(&url).send().await.unwrap().status(), 500);
+    }
+    assert_eq!(c.post(format!("{ctl}/fail?per_mille=0")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(c.post(format!("{ctl}/fail?per_mille=5000")).send().await.unwrap().status(), 400);
+    assert_eq!(c.get(format!("{ctl}/received")).send().await.unwrap().text().await.unwrap(), "7\n");
+    child.kill().unwrap();
+    let _ = child.wait();
+}

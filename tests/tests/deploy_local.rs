@@ -118,3 +118,55 @@ fn the_shipped_rollout_spec_is_valid_and_matches_the_shipped_filter_config() {
     let expected = format!("rollout {} ({} -> {})", route.rollout, route.stable, route.canary);
     assert!(text.contains(&expected), "the spec names the filter's rollout and subsets: {text}");
 }
+
+/// docker-compose.yaml as a first `up` needs it (issue 16). No container engine runs here, so this
+/// and `docker-compose config` (make test-deploy) are all that is checked of it.
+#[test]
+fn the_compose_setup_writes_weights_to_a_volume_and_builds_the_projects_own_backends() {
+    let dir = paths::deploy_local();
+    let compose: serde_yaml_ng::Value =
+        serde_yaml_ng::from_slice(&std::fs::read(dir.join("docker-compose.yaml")).unwrap()).unwrap();
+    let services = compose["services"].as_mapping().unwrap();
+    let service = |name: &str| &compose["services"][name];
+    let volumes = |name: &str| -> Vec<String> {
+        service(name)["volumes"]
+            .as_sequence()
+            .map_or(Vec::new(), |v| v.iter().map(|m| m.as_str().unwrap().to_owned()).collect())
+    };
+    // The tracked ./ecds is only ever read: the weights live in the named volume.
+    for (name, _) in services {
+        for m in volumes(name.as_str().unwrap()) {
+            assert!(!m.starts_with("./ecds") || m.ends_with(":ro"), "{name:?} mounts the tracked ./ecds writable: {m}");
+        }
+    }
+    for name in ["ecds-init", "envoy", "gate-agent"] {
+        assert!(volumes(name).contains(&"ecds:/etc/canary-gate/ecds".to_owned()), "{name} shares the ecds volume");
+    }
+    assert!(compose["volumes"]["ecds"].is_mapping(), "ecds is a named volume");
+    let init = service("ecds-init")["command"].as_sequence().unwrap().last().unwrap().as_str().unwrap();
+    assert!(init.contains("cp /seed/canary-gate.json") && init.contains("chown -R 65532:65532"), "{init}");
+    for name in ["envoy", "gate-agent"] {
+        assert_eq!(
+            service(name)["depends_on"]["ecds-init"]["condition"].as_str(),
+            Some("service_completed_successfully"),
+            "{name} starts after the volume is seeded"
+        );
+    }
+    // Every image built here has its Dockerfile, and the backends run the project's own binary
+    // with the subset names of the shipped rollout.
+    for (name, s) in services {
+        if let Some(build) = s.get("build") {
+            let file = dir.join(build["context"].as_str().unwrap()).join(build["dockerfile"].as_str().unwrap());
+            assert!(file.is_file(), "{name:?}: {} is missing", file.display());
+        }
+    }
+    let dockerfile = std::fs::read_to_string(dir.join("backend.Dockerfile")).unwrap();
+    assert!(dockerfile.contains("-p canary-e2e --bin backend"), "{dockerfile}");
+    assert!(paths::workspace_root().join("tests/src/bin/backend.rs").is_file());
+    for (name, subset) in [("stable", "v1"), ("canary", "v2")] {
+        assert_eq!(service(name)["build"]["dockerfile"].as_str(), Some("deploy/local/backend.Dockerfile"));
+        let args: Vec<&str> =
+            service(name)["command"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        assert_eq!(args[..2], ["--name", subset], "{name}");
+    }
+}
