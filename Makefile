@@ -209,6 +209,7 @@ bench: tools-rust tools-envoy tools-bench wasm
 	$(BENCH_ENV) $(BENCH_BIN)/breach $(BENCH_OUT)
 	$(BENCH_ENV) $(BENCH_BIN)/decisions $(BENCH_OUT)
 	$(BENCH_ENV) $(BENCH_BIN)/agent_scale $(BENCH_OUT)
+	$(BENCH_ENV) $(BENCH_BIN)/typo $(BENCH_OUT)
 	$(BENCH_ENV) $(BENCH_BIN)/report $(BENCH_OUT)
 
 # wrk, the cost benchmark's load generator (Debian).
