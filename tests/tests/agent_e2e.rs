@@ -137,7 +137,8 @@ async fn a_killed_and_restarted_agent_resumes_the_same_step() {
     assert_eq!(before.canary_weight.basis_points(), 3000);
 
     let agent = Agent::start(&fx.envoy, &slow, "250ms").await.unwrap();
-    let s = agent.status().await.unwrap();
+    // The API answers before the rollout has read the durable state (the first status is empty).
+    let s = agent.wait_for(Duration::from_secs(5), "resumed", |s| !matches!(phase(s), "" | "starting")).await.unwrap();
     assert_eq!((phase(&s), weight(&s), s["step"].as_u64()), ("progressing", 30.0, Some(1)), "{s}");
     // It never goes back to 10% or 0%, and moves on to 60% after a full interval.
     let resumed = std::time::Instant::now();
