@@ -806,17 +806,15 @@ fn reach_of(
 ) -> Reach {
     let mut reach = Reach { revision, ..Reach::default() };
     for (target, a) in applied.iter().filter(|(t, _)| targets.contains(t)) {
-        if a.revision.is_some_and(|r| r >= revision) {
-            reach.applying += 1;
-            continue;
+        match a.revision {
+            None => reach.silent += 1,
+            Some(r) if r >= revision => reach.applying += 1,
+            Some(r) => {
+                let for_ms = now_ms.saturating_sub(landed_at_ms.max(a.since_ms));
+                let rejected = for_ms >= apply_timeout_ms;
+                reach.behind.push(Behind { target: target.clone(), revision: r, for_ms, rejected });
+            }
         }
-        let for_ms = now_ms.saturating_sub(landed_at_ms.max(a.since_ms));
-        reach.behind.push(Behind {
-            target: target.clone(),
-            revision: a.revision,
-            for_ms,
-            rejected: for_ms >= apply_timeout_ms,
-        });
     }
     reach
 }

@@ -157,6 +157,9 @@ pub struct Reach {
     pub revision: u64,
     /// Reporting proxies that apply it (or a newer one).
     pub applying: usize,
+    /// Reporting proxies whose snapshot names no configuration (none accepted yet, or a source
+    /// that does not say): they neither confirm a revision nor hold one.
+    pub silent: usize,
     /// Reporting proxies that still apply an older one.
     pub behind: Vec<Behind>,
 }
@@ -165,8 +168,8 @@ pub struct Reach {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Behind {
     pub target: String,
-    /// The revision it applies; `None` before it accepted any configuration.
-    pub revision: Option<u64>,
+    /// The revision it applies.
+    pub revision: u64,
     /// How long it has been behind (ms).
     pub for_ms: u64,
     /// Behind for longer than proxies take to pick a configuration up: it refused it (the
@@ -305,7 +308,8 @@ impl Rollout {
     /// full `interval` and `minRequests` are gathered from here.
     fn confirm(&mut self, reach: &Reach, now_ms: u64) {
         let Awaiting::Proxies { revision } = self.awaiting else { return };
-        if reach.revision < revision || reach.applying == 0 || !reach.behind.is_empty() {
+        let answered = reach.applying.saturating_add(reach.silent) > 0;
+        if reach.revision < revision || !answered || !reach.behind.is_empty() {
             return;
         }
         self.awaiting = Awaiting::Nothing;
@@ -331,10 +335,7 @@ impl Rollout {
     /// Why the step holds for the weight to be in force, in words.
     fn waiting(&self, reach: &Reach) -> String {
         let (rejected, slow): (Vec<&Behind>, Vec<&Behind>) = reach.behind.iter().partition(|b| b.rejected);
-        let applies = |b: &&Behind| match b.revision {
-            Some(r) => format!("{} applies revision {r}", b.target),
-            None => format!("{} applies no configuration", b.target),
-        };
+        let applies = |b: &&Behind| format!("{} applies revision {}", b.target, b.revision);
         let of = reach.applying.saturating_add(reach.behind.len());
         if !rejected.is_empty() {
             let names: Vec<String> = rejected.iter().map(applies).collect();
@@ -907,13 +908,13 @@ metrics:
 
     /// Both proxies apply `revision`.
     fn applied(revision: u64) -> Reach {
-        Reach { revision, applying: 2, behind: Vec::new() }
+        Reach { revision, applying: 2, ..Reach::default() }
     }
 
     /// Of two proxies, `proxy-b:9902` applies `old` instead of `revision`, for `for_s` seconds.
     fn b_behind(revision: u64, old: u64, for_s: u64, rejected: bool) -> Reach {
-        let b = Behind { target: "proxy-b:9902".into(), revision: Some(old), for_ms: for_s * S, rejected };
-        Reach { revision, applying: 1, behind: vec![b] }
+        let b = Behind { target: "proxy-b:9902".into(), revision: old, for_ms: for_s * S, rejected };
+        Reach { revision, applying: 1, silent: 0, behind: vec![b] }
     }
 
     /// Ticks from `from` to `to` seconds on healthy traffic with `reach(t)`; the decisions that
