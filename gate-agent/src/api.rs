@@ -103,6 +103,10 @@ pub struct StatusView {
     pub recent_verdicts: Vec<VerdictView>,
     pub proxies_reporting: usize,
     pub proxies_failing: Vec<String>,
+    /// Proxies that answer but still apply an older revision than the durable one, and those of
+    /// them that rejected it (behind for longer than `apply_timeout`). The step holds while any
+    /// is listed.
+    pub proxies_behind: Vec<crate::rollout::Behind>,
     /// Set when the agent cannot do its job (no proxy reachable, config unwritable).
     pub not_ready: Option<String>,
     pub router_errors_total: u64,

@@ -93,6 +93,19 @@ pub struct Window {
     /// The cluster of the latest misrouted request, for the operator.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub misrouted_cluster: Option<String>,
+    /// The configuration revision each target applies, as its latest snapshot in the staleness
+    /// period said (a proxy whose read fails now and then is still known to apply it).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub applied: BTreeMap<String, AppliedRevision>,
+}
+
+/// The configuration revision one proxy applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AppliedRevision {
+    /// `None` before the proxy accepted any configuration.
+    pub revision: Option<u64>,
+    /// Since when it has reported this revision (ms, the caller's clock).
+    pub since_ms: u64,
 }
 
 impl Window {
@@ -125,6 +138,7 @@ struct Proxy {
     last_ok_ms: Option<u64>,
     failing: Option<ProxyProblem>,
     reported_in_window: bool,
+    applied: Option<AppliedRevision>,
 }
 
 #[derive(Debug)]
@@ -228,6 +242,10 @@ impl Fleet {
         instance.last_seen_ms = now_ms;
         proxy.last_taken_at_unix_ms =
             Some(proxy.last_taken_at_unix_ms.map_or(snapshot.taken_at_unix_ms, |t| t.max(snapshot.taken_at_unix_ms)));
+        let revision = snapshot.route.as_ref().map(|r| r.revision);
+        if proxy.applied.is_none_or(|a| a.revision != revision) {
+            proxy.applied = Some(AppliedRevision { revision, since_ms: now_ms });
+        }
         proxy.last_ok_ms = Some(now_ms);
         proxy.failing = None;
         proxy.reported_in_window = true;
@@ -252,10 +270,15 @@ impl Fleet {
         let mut stale = Vec::new();
         let mut failing = Vec::new();
         let mut reporting = 0;
+        let mut applied = BTreeMap::new();
         for (target, proxy) in &mut self.proxies {
             proxy.instances.retain(|_, i| now_ms.saturating_sub(i.last_seen_ms) < staleness);
             if proxy.last_ok_ms.is_some_and(|t| now_ms.saturating_sub(t) >= staleness) {
                 stale.push(target.clone());
+                proxy.applied = None;
+            }
+            if let Some(a) = proxy.applied {
+                applied.insert(target.clone(), a);
             }
             if let Some(p) = &proxy.failing {
                 failing.push(p.clone());
@@ -279,6 +302,7 @@ impl Fleet {
             resets: std::mem::take(&mut self.resets),
             misrouted: std::mem::take(&mut self.pending_misrouted),
             misrouted_cluster: self.misrouted_cluster.take(),
+            applied,
         }
     }
 

@@ -16,7 +16,10 @@
 //!    store (an API server brownout) never delays reading, judging or the kill path. One write
 //!    at a time: a new decision is written once the write in flight has ended (landed, failed or
 //!    timed out after `write_timeout`), and a landed write is taken in after the tick's decision,
-//!    so the next step is decided at least a tick after its weight landed;
+//!    so the next step is decided at least a tick after its weight landed. A landed write is not
+//!    yet in force: the step's clock and evidence start on the tick every reporting proxy's
+//!    snapshot shows its revision, and the step holds while any reporting proxy applies an older
+//!    one (past `apply_timeout`, it is reported as having rejected it; see [`Reach`]);
 //! 5. publishes a [`StatusView`] for the API and posts phase changes to the notifier.
 //!
 //! Time comes from `tokio::time`, so tests run the loop with the clock paused.
@@ -30,13 +33,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::api::{Command, CommandRequest, EvidenceView, StatusView, SubsetView, VerdictView};
-use crate::collect::{Fleet, Observation, Window};
+use crate::collect::{AppliedRevision, Fleet, Observation, Window};
 use crate::foreign::{self, Foreign, Written};
 use crate::judge::Verdict;
 use crate::latency::SlidingLatency;
 use crate::mesh::lease::Leadership;
 use crate::notify::{Notice, NoticeKind, Notifier};
-use crate::rollout::{ChangeKind, Decision, Phase, Rollout, WeightChange, guard, written_weight};
+use crate::rollout::{Behind, ChangeKind, Decision, Phase, Reach, Rollout, WeightChange, guard, written_weight};
 use crate::router::{RouterError, WeightRouter};
 use crate::source::{CounterSource, KillSwitch};
 use crate::spec::Spec;
@@ -67,6 +70,9 @@ pub struct Settings {
     pub retry_max: Duration,
     /// When set, the targets follow this channel (pod discovery) instead of staying fixed.
     pub target_updates: Option<watch::Receiver<Vec<String>>>,
+    /// A proxy that answers but still applies an older revision this long after a write landed
+    /// (or after it first answered, for a new proxy) is reported as having rejected it.
+    pub apply_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -82,6 +88,7 @@ impl Default for Settings {
             retry_min: Duration::from_millis(500),
             retry_max: Duration::from_secs(8),
             target_updates: None,
+            apply_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -171,6 +178,12 @@ pub struct Controller<S, R, N> {
     latency: Option<[SlidingLatency; 2]>,
     proxies_reporting: usize,
     proxies_failing: Vec<String>,
+    /// How far the durable revision has reached the proxies, as of the last tick.
+    reach: Reach,
+    /// When the durable revision landed (ms, the loop's clock).
+    landed_at_ms: u64,
+    /// Whether `reason` names proxies that rejected the durable revision.
+    reason_names_rejects: bool,
     router_error: Option<String>,
     /// The durable write running in its own task, if any.
     writing: Option<tokio::task::JoinHandle<WriteOutcome>>,
@@ -186,6 +199,10 @@ pub struct Controller<S, R, N> {
     /// many proxies apply it and for however many ticks.
     answered_foreign: VecDeque<ForeignKey>,
     last_foreign_write: Option<String>,
+    /// The records of this agent's recent writes that did not land as far as it knows: a write it
+    /// stopped waiting for may land late, at a revision it never learnt, and is its own, not a
+    /// foreign one.
+    attempted: VecDeque<canary_core::RolloutRecord>,
     /// The read of the durable configuration running in its own task, taken in by a later tick.
     reading: Option<tokio::task::JoinHandle<Result<RouteConfig, String>>>,
     phase_changes_total: u64,
@@ -289,6 +306,9 @@ where
             latency,
             proxies_reporting: 0,
             proxies_failing: Vec::new(),
+            reach: Reach::default(),
+            landed_at_ms: 0,
+            reason_names_rejects: false,
             router_error: None,
             writing: None,
             write_failures: 0,
@@ -298,6 +318,7 @@ where
             misrouted_requests_total: 0,
             foreign_writes_total: 0,
             answered_foreign: VecDeque::new(),
+            attempted: VecDeque::new(),
             last_foreign_write: None,
             reading: None,
             phase_changes_total: 0,
@@ -376,7 +397,7 @@ where
             match result {
                 Ok(snapshot) => {
                     if let Some(route) = &snapshot.route {
-                        if let Some(kind) = foreign::classify(route, &written, ours) {
+                        if let Some(kind) = self.foreign_kind(route, &written, ours) {
                             foreign.push((target.clone(), route.clone(), kind));
                         }
                         self.highest_revision_seen = self.highest_revision_seen.max(route.revision);
@@ -434,11 +455,20 @@ where
             );
         }
         let window = self.fleet.take_window(now);
-        let mut decision = self.rollout.tick(&window, now);
+        let reach = reach_of(
+            &window.applied,
+            &self.settings.targets,
+            self.durable.revision,
+            self.landed_at_ms,
+            millis(self.settings.apply_timeout),
+            now,
+        );
+        let mut decision = self.rollout.tick_reached(&window, &reach, now);
         if window.misrouted > 0 {
             // A failed precondition holds without a weight or phase change; say why in /status.
             self.reason.clone_from(&decision.reason);
         }
+        self.report_rejects(reach, &decision);
         self.remember(&window, decision.verdict.as_ref(), now);
         // A breach decided on this tick's traffic wins; otherwise a foreign write is answered now.
         let breach = decision.set_weight.is_some_and(|c| c.kind == ChangeKind::Rollback);
@@ -462,7 +492,7 @@ where
                 // (the rollout's weight and phase at a newer revision).
                 Ok(Ok(route)) if self.writing.is_none() => {
                     let ours = (self.rollout.weight(), self.rollout.phase());
-                    if let Some(kind) = foreign::classify(&route, &self.durable.written(), ours) {
+                    if let Some(kind) = self.foreign_kind(&route, &self.durable.written(), ours) {
                         found.push(("the durable configuration".to_owned(), route, kind));
                     }
                 }
@@ -485,6 +515,37 @@ where
             }));
         }
         found
+    }
+
+    /// [`foreign::classify`], except that a configuration carrying the record of one of this
+    /// agent's writes that it gave up on (with the weight it was written with) is that write
+    /// landing late.
+    fn foreign_kind(&self, route: &RouteConfig, written: &Written, ours: (Weight, Phase)) -> Option<Foreign> {
+        let kind = foreign::classify(route, written, ours)?;
+        let own = route.rollout_state.as_ref().is_some_and(|r| self.attempted.contains(r));
+        match kind {
+            Foreign::WeightEdited { .. } => Some(kind),
+            _ if own => None,
+            _ => Some(kind),
+        }
+    }
+
+    /// Says in `/status` (and once in the log) why the step holds when a proxy rejected the
+    /// durable revision, and that it is over once every proxy applies it.
+    fn report_rejects(&mut self, reach: Reach, decision: &Decision) {
+        let rejected: Vec<&Behind> = reach.behind.iter().filter(|b| b.rejected).collect();
+        if !rejected.is_empty() && self.rollout.held_by_proxies(&reach) {
+            if !self.reason_names_rejects {
+                tracing::warn!(rollout = %self.rollout.spec().name(), revision = reach.revision, "{}", decision.reason);
+            }
+            self.reason.clone_from(&decision.reason);
+            self.reason_names_rejects = true;
+        } else if self.reason_names_rejects && reach.behind.is_empty() {
+            self.reason = format!("every reporting proxy applies revision {} now", reach.revision);
+            tracing::info!(rollout = %self.rollout.spec().name(), "{}", self.reason);
+            self.reason_names_rejects = false;
+        }
+        self.reach = reach;
     }
 
     /// The foreign-write policy (see [`Rollout::foreign_write`]) for configurations this agent did
@@ -605,7 +666,7 @@ where
         if self.router_error.is_some() || self.writing.is_some() {
             self.rollout.weight_pending();
         } else {
-            self.rollout.weight_applied(self.now_ms());
+            self.rollout.weight_written(self.durable.revision);
         }
         if let Some(kill) = kill
             && let Ok((reached, total)) = kill.await
@@ -652,6 +713,10 @@ where
             }
         }
         let record = self.rollout.record(&self.reason, unix_ms());
+        self.attempted.push_back(record.clone());
+        while self.attempted.len() > ANSWERED_KEPT {
+            self.attempted.pop_front();
+        }
         let (router, weight, timeout) = (self.router.clone(), status.canary_weight, self.settings.write_timeout);
         let mut task = tokio::spawn(async move { tokio::time::timeout(timeout, router.apply(weight, record)).await });
         // A healthy store answers within the wait, and the write is taken in in this tick.
@@ -668,16 +733,18 @@ where
         self.write_done(joined);
     }
 
-    /// The outcome of a durable write: on success the step starts (its weight is in force).
+    /// The outcome of a durable write: on success the step waits for the proxies to apply it.
     fn write_done(&mut self, joined: Result<WriteOutcome, tokio::task::JoinError>) {
         match joined {
             Ok(Ok(Ok(route))) => {
+                // Landed at a known revision: seen again at another one, it is someone's copy.
+                self.attempted.retain(|r| Some(r) != route.rollout_state.as_ref());
                 self.durable = Durable::of(&route);
                 self.highest_revision_seen = self.highest_revision_seen.max(route.revision);
                 self.rollout_id = route.effective_rollout_id().clone();
                 self.router_error = None;
                 self.write_failures = 0;
-                self.rollout.weight_applied(self.now_ms());
+                self.landed_at_ms = self.now_ms();
             }
             Ok(Ok(Err(e))) => self.router_failed(e.to_string()),
             Ok(Err(_)) => self.router_failed(format!("timed out after {:?}", self.settings.write_timeout)),
@@ -808,6 +875,7 @@ where
             recent_verdicts: self.recent.iter().cloned().collect(),
             proxies_reporting: self.proxies_reporting,
             proxies_failing: self.proxies_failing.clone(),
+            proxies_behind: self.reach.behind.clone(),
             not_ready,
             router_errors_total: self.router_errors_total,
             proxy_resets_total: self.proxy_resets_total,
@@ -848,6 +916,33 @@ where
             "stopping; the rollout resumes from the durable configuration on the next start"
         );
     }
+}
+
+/// How far `revision`, landed at `landed_at_ms`, has reached the proxies among `targets` (a target
+/// discovery dropped no longer counts), from the revision each last reported. A proxy is behind
+/// from when the revision landed or from when it started reporting what it applies, whichever is
+/// later: a new proxy gets the full `apply_timeout_ms` to load the configuration.
+fn reach_of(
+    applied: &std::collections::BTreeMap<String, AppliedRevision>,
+    targets: &[String],
+    revision: u64,
+    landed_at_ms: u64,
+    apply_timeout_ms: u64,
+    now_ms: u64,
+) -> Reach {
+    let mut reach = Reach { revision, ..Reach::default() };
+    for (target, a) in applied.iter().filter(|(t, _)| targets.contains(t)) {
+        match a.revision {
+            None => reach.silent += 1,
+            Some(r) if r >= revision => reach.applying += 1,
+            Some(r) => {
+                let for_ms = now_ms.saturating_sub(landed_at_ms.max(a.since_ms));
+                let rejected = for_ms >= apply_timeout_ms;
+                reach.behind.push(Behind { target: target.clone(), revision: r, for_ms, rejected });
+            }
+        }
+    }
+    reach
 }
 
 /// Sends the kill order to every target at once; returns (reached, total).

@@ -5,6 +5,14 @@
 //! The rollout assumes a decided weight is applied; if the router fails, keep applying
 //! [`Rollout::weight`] until it succeeds.
 //!
+//! A step counts from when the proxies apply its weight, not from when it was written: the I/O
+//! layer says when the write is pending ([`Rollout::weight_pending`]) and the revision it landed
+//! in ([`Rollout::weight_written`]), and each tick what the proxies apply ([`Reach`], given to
+//! [`Rollout::tick_reached`]). The step's clock and evidence start on the tick every reporting
+//! proxy applies that revision; until then, and while any reporting proxy applies an older one
+//! (it is slow, or it rejected the configuration), nothing advances, no check counts and no
+//! promotion completes. Rollbacks never wait.
+//!
 //! Phases:
 //! * [`Phase::Initializing`]: canary at 0% (dark launch only). The first tick on which a proxy
 //!   reports moves the canary to the first step.
@@ -141,6 +149,45 @@ pub fn guard(spec: &Spec, change: &WeightChange) -> Result<(), String> {
     }
 }
 
+/// How far the durable configuration has reached the proxies on one tick: what each reporting
+/// proxy's snapshot said, against the durable revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Reach {
+    /// The durable configuration's revision.
+    pub revision: u64,
+    /// Reporting proxies that apply it (or a newer one).
+    pub applying: usize,
+    /// Reporting proxies whose snapshot names no configuration (none accepted yet, or a source
+    /// that does not say): they neither confirm a revision nor hold one.
+    pub silent: usize,
+    /// Reporting proxies that still apply an older one.
+    pub behind: Vec<Behind>,
+}
+
+/// A proxy that answers but applies an older configuration than the durable one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Behind {
+    pub target: String,
+    /// The revision it applies.
+    pub revision: u64,
+    /// How long it has been behind (ms).
+    pub for_ms: u64,
+    /// Behind for longer than proxies take to pick a configuration up: it refused it (the
+    /// filter's typo guard, or a configuration Envoy would not load).
+    pub rejected: bool,
+}
+
+/// What the weight last decided waits for before it counts as in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaiting {
+    /// Nothing: without word from the I/O layer, a decided weight is taken as applied.
+    Nothing,
+    /// The write is in flight or failing.
+    Write,
+    /// Written in this revision; every reporting proxy must apply it.
+    Proxies { revision: u64 },
+}
+
 /// One rollout of a canary, from 0% to promotion or rollback.
 #[derive(Debug)]
 pub struct Rollout {
@@ -156,9 +203,15 @@ pub struct Rollout {
     next_check_ms: u64,
     failed_checks: u32,
     no_data_since_ms: Option<u64>,
-    /// Whether the weight last decided is in force. While it is not, the step is not judged (its
-    /// traffic is still at the old weight) and nothing advances; rollbacks still happen.
-    applied: bool,
+    /// While the weight last decided is not in force, the step is not judged (its traffic is
+    /// still at the old weight) and nothing advances; rollbacks still happen.
+    awaiting: Awaiting,
+    /// The weight, and the revision, the proxies were last seen to apply, all of them.
+    in_force: Weight,
+    confirmed_revision: u64,
+    /// When the step's evidence started: a window that began earlier mixes in traffic at the
+    /// old weight and does not count toward the step.
+    step_started_ms: u64,
 }
 
 /// The weight the last agent wrote, as the durable state shows it, for a restarted agent to
@@ -202,7 +255,10 @@ impl Rollout {
             next_check_ms,
             failed_checks: 0,
             no_data_since_ms: None,
-            applied: true,
+            awaiting: Awaiting::Nothing,
+            in_force: Weight::ZERO,
+            confirmed_revision: 0,
+            step_started_ms: 0,
         }
     }
 
@@ -222,6 +278,7 @@ impl Rollout {
     pub fn restore(spec: Spec, current: Weight, record: Option<&RolloutRecord>, now_ms: u64) -> Rollout {
         let mut r = Rollout::new(spec, now_ms);
         r.weight = current;
+        r.in_force = current;
         r.failed_checks = record.map_or(0, |rec| rec.failed_checks);
         r.step = r.spec.steps().iter().rposition(|s| *s <= current).filter(|_| current > Weight::ZERO);
         let recorded = record.map(|rec| rec.phase);
@@ -256,18 +313,88 @@ impl Rollout {
         }
     }
 
-    /// The I/O layer could not apply [`Rollout::weight`] yet: hold the step (see `applied`).
+    /// The I/O layer could not make [`Rollout::weight`] durable yet: hold the step.
     pub fn weight_pending(&mut self) {
-        self.applied = false;
+        self.awaiting = Awaiting::Write;
     }
 
-    /// [`Rollout::weight`] is in force. If it was pending, the step starts now: a full `interval`
-    /// and `minRequests` are gathered from here.
-    pub fn weight_applied(&mut self, now_ms: u64) {
-        if !self.applied {
-            self.applied = true;
-            self.next_check_ms = now_ms.saturating_add(millis(self.spec.interval()));
-            self.step_canary_requests = 0;
+    /// The rollout's state is durable in `revision`: the step holds until every reporting proxy
+    /// applies it (see [`Rollout::tick_reached`]). A revision the proxies were already seen to
+    /// apply changes nothing, so the I/O layer may say it after every action.
+    pub fn weight_written(&mut self, revision: u64) {
+        self.awaiting = match self.awaiting {
+            Awaiting::Nothing if revision <= self.confirmed_revision => Awaiting::Nothing,
+            Awaiting::Proxies { revision: waited } => Awaiting::Proxies { revision: waited.max(revision) },
+            _ => Awaiting::Proxies { revision },
+        };
+    }
+
+    /// Takes in what the proxies apply. Once every reporting proxy applies the revision the
+    /// rollout waits for, its weight is in force; if that weight is new, the step starts now: a
+    /// full `interval` and `minRequests` are gathered from here.
+    fn confirm(&mut self, reach: &Reach, now_ms: u64) {
+        let Awaiting::Proxies { revision } = self.awaiting else { return };
+        let answered = reach.applying.saturating_add(reach.silent) > 0;
+        if reach.revision < revision || !answered || !reach.behind.is_empty() {
+            return;
+        }
+        self.awaiting = Awaiting::Nothing;
+        self.confirmed_revision = reach.revision;
+        if self.weight != self.in_force {
+            self.in_force = self.weight;
+            self.start_step(now_ms);
+        }
+    }
+
+    fn start_step(&mut self, now_ms: u64) {
+        self.step_canary_requests = 0;
+        self.next_check_ms = now_ms.saturating_add(millis(self.spec.interval()));
+        self.step_started_ms = now_ms;
+    }
+
+    /// Whether proxies that apply an older revision than `reach`'s hold this rollout (they do in
+    /// every phase that can still advance or promote).
+    pub fn held_by_proxies(&self, reach: &Reach) -> bool {
+        !reach.behind.is_empty() && matches!(self.phase, Phase::Initializing | Phase::Progressing | Phase::Promoting)
+    }
+
+    /// Why the step holds for the weight to be in force, in words.
+    fn waiting(&self, reach: &Reach) -> String {
+        let (rejected, slow): (Vec<&Behind>, Vec<&Behind>) = reach.behind.iter().partition(|b| b.rejected);
+        let applies = |b: &&Behind| format!("{} applies revision {}", b.target, b.revision);
+        let of = reach.applying.saturating_add(reach.behind.len());
+        if !rejected.is_empty() {
+            let names: Vec<String> = rejected.iter().map(applies).collect();
+            let longest = rejected.iter().map(|b| b.for_ms).max().unwrap_or(0);
+            return format!(
+                "{} of {of} proxies rejected revision {} (canary weight {}): {} after {}; the filter's typo guard or \
+                 Envoy refused the configuration (see the proxy's log). The step holds until every proxy applies it; \
+                 decisive breaches still roll back",
+                rejected.len(),
+                reach.revision,
+                self.weight,
+                names.join(", "),
+                human_duration(std::time::Duration::from_millis(longest)),
+            );
+        }
+        if !slow.is_empty() {
+            let names: Vec<String> = slow.iter().map(applies).collect();
+            return format!(
+                "waiting for {} of {of} proxies to apply revision {} ({}); decisive breaches still roll back",
+                slow.len(),
+                reach.revision,
+                names.join(", ")
+            );
+        }
+        match self.awaiting {
+            Awaiting::Proxies { revision } => format!(
+                "waiting for the proxies to apply revision {revision} (canary weight {}); decisive breaches still roll back",
+                self.weight
+            ),
+            _ => format!(
+                "waiting for the canary weight {} to be written; decisive breaches still roll back",
+                self.weight
+            ),
         }
     }
 
@@ -307,23 +434,33 @@ impl Rollout {
         }
     }
 
-    /// Judges one window and decides. Call once per tick with the fleet's window.
+    /// Judges one window and decides, taking every decided weight as applied. Call once per tick
+    /// with the fleet's window.
     pub fn tick(&mut self, window: &Window, now_ms: u64) -> Decision {
+        self.tick_reached(window, &Reach::default(), now_ms)
+    }
+
+    /// [`Rollout::tick`], with what the proxies apply (see the module doc).
+    pub fn tick_reached(&mut self, window: &Window, reach: &Reach, now_ms: u64) -> Decision {
+        self.confirm(reach, now_ms);
         let verdict = self.judge.assess(window);
-        self.step_canary_requests = self.step_canary_requests.saturating_add(window.canary().requests);
-        let mut decision = self.decide(&verdict, window, now_ms);
+        if window.from_ms >= self.step_started_ms {
+            self.step_canary_requests = self.step_canary_requests.saturating_add(window.canary().requests);
+        }
+        let mut decision = self.decide(&verdict, window, reach, now_ms);
         decision.verdict = Some(verdict);
         decision
     }
 
-    fn decide(&mut self, verdict: &Verdict, window: &Window, now_ms: u64) -> Decision {
+    fn decide(&mut self, verdict: &Verdict, window: &Window, reach: &Reach, now_ms: u64) -> Decision {
         match self.phase {
             Phase::Succeeded | Phase::RolledBack => Decision::hold(format!("rollout {}", self.phase)),
             _ if verdict.is_decisive() => self.roll_back(format!("decisive breach: {}", verdict.summary())),
-            Phase::Initializing | Phase::Progressing | Phase::Promoting if !self.applied => Decision::hold(format!(
-                "waiting for the canary weight {} to be applied; decisive breaches still roll back",
-                self.weight
-            )),
+            Phase::Initializing | Phase::Progressing | Phase::Promoting
+                if self.awaiting != Awaiting::Nothing || !reach.behind.is_empty() =>
+            {
+                Decision::hold(self.waiting(reach))
+            }
             Phase::Paused => {
                 Decision::hold(format!("paused by the operator at {}; decisive breaches still roll back", self.weight))
             }
@@ -416,8 +553,7 @@ impl Rollout {
                 }
                 self.weight = to;
                 self.step = Some(next);
-                self.step_canary_requests = 0;
-                self.next_check_ms = now_ms.saturating_add(millis(self.spec.interval()));
+                self.start_step(now_ms);
                 let phase_change = self.enter(Phase::Progressing);
                 let steps = self.spec.steps().len();
                 Decision {
@@ -783,8 +919,10 @@ metrics:
         assert_eq!(r.weight(), w(10.0));
         r.weight_pending();
         // Ten healthy seconds while 10% is not in force: no check counts, nothing advances.
-        assert!(run(&mut r, 2, 12, healthy).is_empty());
-        r.weight_applied(12 * S);
+        assert!(run(&mut r, 2, 11, healthy).is_empty());
+        // It lands in revision 3, which both proxies apply at 12 s.
+        r.weight_written(3);
+        r.tick_reached(&healthy(12, r.weight()), &applied(3), 12 * S);
         assert_eq!(r.status().step_canary_requests, 0, "the step's requests count from when it applied");
         // The step now lasts a full interval from 12 s.
         assert_eq!(weights(&run(&mut r, 13, 17, healthy)), vec![(17, 25.0, ChangeKind::Step)]);
@@ -792,6 +930,87 @@ metrics:
         r.weight_pending();
         let d = r.tick(&traffic(18, r.weight(), 200, 25), 18 * S);
         assert_eq!(d.set_weight.map(|c| c.to), Some(Weight::ZERO), "{}", d.reason);
+    }
+
+    /// Both proxies apply `revision`.
+    fn applied(revision: u64) -> Reach {
+        Reach { revision, applying: 2, ..Reach::default() }
+    }
+
+    /// Of two proxies, `proxy-b:9902` applies `old` instead of `revision`, for `for_s` seconds.
+    fn b_behind(revision: u64, old: u64, for_s: u64, rejected: bool) -> Reach {
+        let b = Behind { target: "proxy-b:9902".into(), revision: old, for_ms: for_s * S, rejected };
+        Reach { revision, applying: 1, silent: 0, behind: vec![b] }
+    }
+
+    /// Ticks from `from` to `to` seconds on healthy traffic with `reach(t)`; the decisions that
+    /// changed something.
+    fn run_reached(r: &mut Rollout, from: u64, to: u64, reach: impl Fn(u64) -> Reach) -> Vec<(u64, Decision)> {
+        (from..=to)
+            .map(|t| (t, r.tick_reached(&healthy(t, r.weight()), &reach(t), t * S)))
+            .filter(|(_, d)| d.set_weight.is_some() || d.phase_change.is_some())
+            .collect()
+    }
+
+    #[test]
+    fn a_step_starts_when_every_proxy_applies_its_revision_not_when_it_is_written() {
+        let mut r = Rollout::new(spec_with(""), 0);
+        // At 1 s the first step is decided; its write lands at once, in revision 2.
+        assert_eq!(weights(&run_reached(&mut r, 1, 1, |_| applied(1))), vec![(1, 10.0, ChangeKind::Step)]);
+        r.weight_written(2);
+        // The proxies pick it up slowly: still revision 1 at 2 s and 3 s. Nothing counts.
+        for t in 2..=3 {
+            let d = r.tick_reached(&healthy(t, r.weight()), &b_behind(2, 1, t - 1, false), t * S);
+            assert!(d.set_weight.is_none(), "{}", d.reason);
+            assert!(d.reason.starts_with("waiting for 1 of 2 proxies to apply revision 2"), "{}", d.reason);
+            assert!(d.reason.contains("proxy-b:9902 applies revision 1"), "{}", d.reason);
+        }
+        // Both apply it from 4 s: the step's 5 s interval runs from there, not from 1 s.
+        let changes = run_reached(&mut r, 4, 9, |_| applied(2));
+        assert_eq!(weights(&changes), vec![(9, 25.0, ChangeKind::Step)]);
+        // A write that keeps the weight (a recorded pause, a failed check) holds the step until the
+        // proxies apply it, but does not restart it: 25% lands in 3 and applies at 10 s; a
+        // record-only revision 4 lands at 12 s and applies at 13 s; the step still ends at 15 s.
+        r.weight_written(3);
+        assert!(run_reached(&mut r, 10, 11, |_| applied(3)).is_empty());
+        r.weight_written(4);
+        let d = r.tick_reached(&healthy(12, r.weight()), &applied(3), 12 * S);
+        assert!(d.reason.starts_with("waiting for the proxies to apply revision 4"), "{}", d.reason);
+        assert_eq!(weights(&run_reached(&mut r, 13, 15, |_| applied(4))), vec![(15, 50.0, ChangeKind::Step)]);
+    }
+
+    #[test]
+    fn a_proxy_that_rejects_the_revision_holds_the_step_and_is_named_but_never_the_rollback() {
+        let mut r = Rollout::new(spec_with(""), 0);
+        run_reached(&mut r, 1, 1, |_| applied(1));
+        r.weight_written(2);
+        // proxy-b's filter refuses revision 2 (its typo guard); it keeps applying revision 1.
+        let rejecting = |t: u64| b_behind(2, 1, t - 1, t > 11);
+        for t in 2..=40 {
+            let d = r.tick_reached(&healthy(t, r.weight()), &rejecting(t), t * S);
+            assert!(d.set_weight.is_none() && d.phase_change.is_none(), "moved at {t} s: {}", d.reason);
+            assert!(r.held_by_proxies(&rejecting(t)));
+            if t > 11 {
+                assert!(d.reason.starts_with("1 of 2 proxies rejected revision 2 (canary weight 10%)"), "{}", d.reason);
+                assert!(d.reason.contains("proxy-b:9902 applies revision 1 after "), "{}", d.reason);
+            }
+        }
+        assert_eq!((r.weight(), r.phase(), r.status().failed_checks), (w(10.0), Phase::Progressing, 0));
+        // A decisive breach rolls back at once, rejecting proxy or not.
+        let d = r.tick_reached(&traffic(41, r.weight(), 200, 25), &rejecting(41), 41 * S);
+        assert_eq!(d.set_weight.map(|c| c.kind), Some(ChangeKind::Rollback), "{}", d.reason);
+        assert!(!r.held_by_proxies(&rejecting(42)), "nothing is held once rolled back");
+    }
+
+    #[test]
+    fn a_new_proxy_on_an_older_revision_holds_the_next_step_until_it_catches_up() {
+        let mut r = Rollout::new(spec_with(""), 0);
+        run_reached(&mut r, 1, 1, |_| applied(1));
+        r.weight_written(2);
+        // The step applies at 2 s; its check is due at 7 s. Discovery adds proxy-b at 5 s, which
+        // still loads revision 1 until 9 s.
+        let reach = |t: u64| if (5..9).contains(&t) { b_behind(2, 1, t - 5, false) } else { applied(2) };
+        assert_eq!(weights(&run_reached(&mut r, 2, 12, reach)), vec![(9, 25.0, ChangeKind::Step)]);
     }
 
     #[test]

@@ -12,9 +12,16 @@
 //! filesystem and mount, so the rename is atomic (a sibling directory would not be, under a
 //! container bind mount of just the watched directory). A killed agent can leave a partial file in
 //! staging; [`FileRouter::remove_stale_temps`] clears them at start-up.
+//!
+//! Writes land in the order they were decided. A write the control loop gave up on (timed out)
+//! goes on in its blocking task, so [`FileRouter`] runs one write at a time (a newer write starts
+//! once the older one has ended, and reads what it left), and refuses the rename when the file on
+//! disk already holds the revision being written or a newer one ([`RouterError::Superseded`]): an
+//! older decision never replaces a newer one, such as a rollback, on disk.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use canary_core::config::{RouteConfig, parse_route};
@@ -45,6 +52,9 @@ pub enum RouterError {
     /// A newer leader's term wrote last: this replica's lead is over, whatever it believes.
     #[error("{what} was last written in {theirs}, newer than this replica's {ours}: not overwriting it")]
     Fenced { what: String, theirs: String, ours: String },
+    /// The file already holds this revision or a newer one: a later write landed first.
+    #[error("{path} already holds revision {on_disk}, not older than this write's {revision}: not overwriting it")]
+    Superseded { path: PathBuf, on_disk: u64, revision: u64 },
 }
 
 impl RouterError {
@@ -58,6 +68,7 @@ impl RouterError {
             RouterError::Conflict { .. } => "conflict",
             RouterError::NotLeader => "not_leader",
             RouterError::Fenced { .. } => "fenced",
+            RouterError::Superseded { .. } => "superseded",
         }
     }
 }
@@ -92,12 +103,24 @@ pub struct FileRouter {
     path: PathBuf,
     /// The typo guard written with every weight (`canary_core::guard`), from the rollout spec.
     guard: Option<Guard>,
+    /// Held by each `apply` from before it reads the file until its blocking write has ended,
+    /// even when the caller stopped waiting for it; clones share it.
+    writing: Arc<tokio::sync::Mutex<()>>,
+    /// Tests only: each write waits here for a go-ahead just before the rename (a stalled disk).
+    #[cfg(test)]
+    stall: Option<Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>>,
 }
 
 impl FileRouter {
     /// A router for the watched file at `path` (its directory is the watched directory).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        FileRouter { path: path.into(), guard: None }
+        FileRouter {
+            path: path.into(),
+            guard: None,
+            writing: Arc::default(),
+            #[cfg(test)]
+            stall: None,
+        }
     }
 
     /// Writes `guard` into the configuration with every weight, so the proxies refuse a
@@ -144,7 +167,9 @@ impl FileRouter {
 
     /// Writes `route` to a fresh file in the staging directory, flushes it to disk, then renames it
     /// over the watched file: Envoy sees either the old file or the new one, never a part, and the
-    /// watched directory never holds a file that is still being written.
+    /// watched directory never holds a file that is still being written. Refused
+    /// ([`RouterError::Superseded`]) when the watched file already holds `route.revision` or a newer
+    /// one, checked just before the rename.
     pub fn write(&self, route: &RouteConfig, wasm_path: &str) -> Result<(), RouterError> {
         let (dir, name) = self.place()?;
         let staging = dir.join(STAGING_DIR);
@@ -153,18 +178,47 @@ impl FileRouter {
         let body = serde_json::to_vec_pretty(&ecds::discovery_file(wasm_path, route)?)?;
         std::fs::create_dir_all(&staging).map_err(|source| RouterError::Io { path: staging.clone(), source })?;
         let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
+            let io = |e| self.io(e);
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&body).map_err(io)?;
+            f.sync_all().map_err(io)?;
+            self.wait_if_stalled();
+            self.refuse_superseded(route.revision)?;
+            std::fs::rename(&tmp, &self.path).map_err(io)?;
             // Make the rename itself durable before reporting success.
-            std::fs::File::open(dir)?.sync_all()
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        result.map_err(|e| self.io(e))
+        result
     }
+
+    /// Whether the watched file holds `revision` or a newer one. No file yet, or one that is not a
+    /// canary-gate configuration, has no revision to protect. (Another process could still rename
+    /// between this read and ours; within this process `apply` runs one write at a time.)
+    fn refuse_superseded(&self, revision: u64) -> Result<(), RouterError> {
+        match self.read() {
+            Ok((on_disk, _)) if on_disk.revision >= revision => {
+                Err(RouterError::Superseded { path: self.path.clone(), on_disk: on_disk.revision, revision })
+            }
+            Err(RouterError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(_) | Err(RouterError::Malformed { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    #[cfg(test)]
+    fn wait_if_stalled(&self) {
+        if let Some(stall) = &self.stall
+            && let Ok(go) = stall.lock()
+        {
+            let _ = go.recv();
+        }
+    }
+
+    #[cfg(not(test))]
+    fn wait_if_stalled(&self) {}
 
     /// Removes the temporary files a killed agent left behind: its partial files in the staging
     /// directory, and those that agents before the staging directory left in the watched directory
@@ -214,8 +268,12 @@ impl WeightRouter for FileRouter {
     }
 
     async fn apply(&self, weight: Weight, record: RolloutRecord) -> Result<RouteConfig, RouterError> {
+        // The guard moves into the blocking task: a write the caller gave up on keeps it until the
+        // write has ended, so the next one reads what it left and writes a higher revision.
+        let one_at_a_time = Arc::clone(&self.writing).lock_owned().await;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = one_at_a_time;
             let (current, wasm) = this.read()?;
             let next = RouteConfig {
                 canary_weight: weight,
@@ -235,6 +293,7 @@ impl WeightRouter for FileRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use canary_core::RolloutPhase;
 
     fn seed(dir: &Path) -> FileRouter {
         let route = parse_route(
@@ -287,7 +346,11 @@ mod tests {
                     scope.spawn(move || {
                         for i in 0..200 {
                             let next = RouteConfig { revision: 10 + w * 1000 + i, ..current.clone() };
-                            router.write(&next, &wasm).unwrap();
+                            match router.write(&next, &wasm) {
+                                // The other writer's higher revision landed first.
+                                Ok(()) | Err(RouterError::Superseded { .. }) => {}
+                                Err(e) => panic!("{e}"),
+                            }
                         }
                     })
                 })
@@ -311,6 +374,74 @@ mod tests {
             assert!(watcher.join().unwrap() > 0);
         });
         assert!(entries(&dir.path().join(STAGING_DIR)).is_empty(), "every temp file was renamed");
+    }
+
+    /// `router`, whose writes each wait for a go-ahead on the returned sender before the rename.
+    fn stalled(router: FileRouter) -> (FileRouter, std::sync::mpsc::Sender<()>) {
+        let (go, wait) = std::sync::mpsc::channel();
+        (FileRouter { stall: Some(Arc::new(std::sync::Mutex::new(wait))), ..router }, go)
+    }
+
+    fn record(phase: canary_core::RolloutPhase, reason: &str) -> RolloutRecord {
+        RolloutRecord::new(phase, 0, reason, 9)
+    }
+
+    const GIVE_UP: std::time::Duration = std::time::Duration::from_millis(50);
+
+    #[tokio::test]
+    async fn a_timed_out_step_lands_before_the_rollback_that_followed_it_never_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (router, go) = stalled(seed(dir.path()));
+        // The step to 25% stalls on a slow disk, and the control loop stops waiting for it.
+        let step = router.apply(Weight::from_percent(25.0).unwrap(), record(RolloutPhase::Progressing, "step 2"));
+        assert!(tokio::time::timeout(GIVE_UP, step).await.is_err(), "the step's write stalled");
+        // The rollback decided next waits for the stalled write, which is still running.
+        let rollback = tokio::spawn({
+            let router = router.clone();
+            async move { router.apply(Weight::ZERO, record(RolloutPhase::RolledBack, "rollback")).await }
+        });
+        tokio::time::sleep(GIVE_UP).await;
+        assert!(!rollback.is_finished(), "the rollback started while the step was still being written");
+        assert_eq!(router.read().unwrap().0.revision, 4, "nothing landed yet");
+        // The disk answers: the step lands, then the rollback over it, at the next revision.
+        go.send(()).unwrap();
+        go.send(()).unwrap();
+        let written = rollback.await.unwrap().unwrap();
+        assert_eq!((written.canary_weight, written.revision), (Weight::ZERO, 6));
+        assert_eq!(router.read().unwrap().0, written, "the rollback is on disk");
+        assert!(entries(&dir.path().join(STAGING_DIR)).is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_older_revision_is_never_renamed_over_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (router, go) = stalled(seed(dir.path()));
+        // The step to 25% reads revision 4 and stalls before its rename, as revision 5.
+        let step = tokio::spawn({
+            let router = router.clone();
+            async move {
+                router.apply(Weight::from_percent(25.0).unwrap(), record(RolloutPhase::Progressing, "step 2")).await
+            }
+        });
+        tokio::time::sleep(GIVE_UP).await;
+        // Meanwhile a writer that does not share this router's turn (another process) writes a
+        // rollback as revision 5.
+        let (current, wasm) = router.read().unwrap();
+        let rollback = RouteConfig { canary_weight: Weight::ZERO, revision: 5, ..current };
+        FileRouter::new(router.path()).write(&rollback, &wasm).unwrap();
+        go.send(()).unwrap();
+        let refused = step.await.unwrap().unwrap_err();
+        assert!(
+            matches!(refused, RouterError::Superseded { on_disk: 5, revision: 5, .. }),
+            "the stalled write was not refused: {refused}"
+        );
+        assert_eq!(refused.kind(), "superseded");
+        assert_eq!(router.read().unwrap().0, rollback, "the rollback stays on disk");
+        assert!(entries(&dir.path().join(STAGING_DIR)).is_empty(), "the refused temp file was removed");
+        // An older revision written directly is refused the same way.
+        let older = RouteConfig { revision: 3, ..rollback.clone() };
+        go.send(()).unwrap();
+        assert_eq!(router.write(&older, &wasm).unwrap_err().kind(), "superseded");
     }
 
     #[test]

@@ -262,6 +262,9 @@ struct FakeProxy {
     canary: SubsetCounters,
     /// Set when the snapshot listener refuses connections (reads and kill orders fail).
     down: Option<String>,
+    /// Set when the proxy refuses every new configuration (its filter's typo guard, a
+    /// configuration Envoy will not load) and keeps the one it has.
+    rejecting: bool,
 }
 
 impl FakeProxy {
@@ -349,6 +352,7 @@ impl FakeFleet {
                     stable: SubsetCounters::default(),
                     canary: SubsetCounters::default(),
                     down: None,
+                    rejecting: false,
                 };
                 ((*t).to_owned(), proxy)
             })
@@ -366,7 +370,7 @@ impl FakeFleet {
             return;
         }
         let config = self.router.config();
-        for p in s.proxies.values_mut() {
+        for p in s.proxies.values_mut().filter(|p| !p.rejecting) {
             p.config.clone_from(&config);
         }
     }
@@ -390,6 +394,11 @@ impl FakeFleet {
     /// Makes `target`'s snapshot listener fail (`Some(error)`) or answer again (`None`).
     fn set_down(&self, target: &str, error: Option<&str>) {
         self.state.lock().unwrap().proxies.get_mut(target).unwrap().down = error.map(str::to_owned);
+    }
+
+    /// Makes `target` refuse every new configuration (`true`) or accept them again (`false`).
+    fn set_rejecting(&self, target: &str, rejecting: bool) {
+        self.state.lock().unwrap().proxies.get_mut(target).unwrap().rejecting = rejecting;
     }
 
     /// `target` restarts: a new instance, started now, whose counters and kill records start
@@ -907,6 +916,43 @@ async fn no_step_is_skipped_or_shortened_when_writes_fail() {
     }
 }
 
+/// A step counts from when the proxies apply it. One proxy refuses the 25% configuration (its
+/// typo guard, say): the step holds, at the weight it had, the proxy is named in `/status` as
+/// having rejected the revision, and the step's full interval runs once it applies it.
+#[tokio::test(start_paused = true)]
+async fn a_proxy_that_rejects_a_step_holds_it_and_is_reported() {
+    let rig = Rig::new(route());
+    let (mut agent, rx) = rig.start(spec(2, 3)).await;
+    rig.second(&mut agent).await;
+    assert_eq!(summary(&rig.router.landed()), vec![(10.0, Phase::Progressing, 0)]);
+    rig.second(&mut agent).await; // both apply 10%
+    rig.fleet.set_rejecting(TARGETS[1], true);
+    let on_step_2 = rig.until(&mut agent, 10, |a| a.rollout().weight() == w(25.0)).await;
+    assert!(on_step_2.is_some(), "never decided 25%: {:?}", summary(&rig.router.writes()));
+    let step_2 = rig.router.config().revision;
+    rig.seconds(&mut agent, 20).await;
+    assert_eq!(rig.router.config().canary_weight, w(25.0), "no step while a proxy rejects the last one");
+    let s = status(&rx);
+    assert_eq!((s.phase.as_str(), s.proxies_reporting), ("progressing", 2));
+    let behind: Vec<(&str, u64, bool)> =
+        s.proxies_behind.iter().map(|b| (b.target.as_str(), b.revision, b.rejected)).collect();
+    assert_eq!(behind, vec![(TARGETS[1], step_2 - 1, true)]);
+    let want = format!("1 of 2 proxies rejected revision {step_2} (canary weight 25%): {} applies", TARGETS[1]);
+    assert!(s.reason.starts_with(&want), "{}", s.reason);
+
+    // It takes the configuration: the step starts on the tick it reports it.
+    rig.fleet.set_rejecting(TARGETS[1], false);
+    rig.second(&mut agent).await;
+    let applied_at = rig.clock.now();
+    let s = status(&rx);
+    assert!(s.proxies_behind.is_empty(), "{:?}", s.proxies_behind);
+    assert_eq!(s.reason, format!("every reporting proxy applies revision {step_2} now"));
+    let next = rig.until(&mut agent, 10, |a| a.rollout().weight() == w(50.0)).await;
+    assert!(next.is_some(), "never moved on once every proxy applied 25%");
+    let moved = rig.router.landed().last().cloned().unwrap();
+    assert!(moved.at - applied_at >= secs(2), "the step lasted {:?}, less than an interval", moved.at - applied_at);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Restarts
 // ---------------------------------------------------------------------------------------------
@@ -946,14 +992,15 @@ async fn proxies_down_and_restarted_mid_step_hold_the_step_and_count_from_zero()
     let (mut agent, rx) = rig.start(spec(4, 3)).await;
     let on_step_2 = rig.until(&mut agent, 30, |a| a.rollout().status().step == Some(1)).await;
     assert!(on_step_2.is_some(), "never reached the second step: {:?}", summary(&rig.router.writes()));
-    // Two seconds on the step meet `minRequests`; its check is due two seconds later, while every
-    // proxy is down. With no data the check must hold, not pass on what it saw before.
+    // The step starts when the proxies report its revision, a second after the write. Two seconds
+    // meet `minRequests`; its check is due three seconds later, while every proxy is down. With
+    // no data the check must hold, not pass on what it saw before.
     rig.seconds(&mut agent, 2).await;
     let writes = rig.router.writes().len();
     for t in TARGETS {
         rig.fleet.set_down(t, Some("connection refused"));
     }
-    for _ in 0..6 {
+    for _ in 0..5 {
         rig.second(&mut agent).await;
         let s = status(&rx);
         assert_eq!((s.phase.as_str(), s.canary_weight_percent, s.step), ("progressing", 25.0, Some(1)));
