@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use canary_core::Weight;
-use gate_agent::spec::{MetricKind, Spec, parse_duration};
+use canary_rollout::spec::{MetricKind, Spec, parse_duration};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

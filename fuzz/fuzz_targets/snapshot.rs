@@ -10,7 +10,7 @@ use std::time::Duration;
 use canary_core::SubsetName;
 use canary_core::counters::SubsetCounters;
 use canary_core::snapshot::Snapshot;
-use gate_agent::collect::Fleet;
+use canary_rollout::collect::Fleet;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,7 @@
 //! the file, and both renderings work.
 #![no_main]
 
-use gate_agent::validate::{EXIT_CLEAN, EXIT_ERRORS, Input, Inputs, Severity, validate};
+use canary_manifests::{EXIT_CLEAN, EXIT_ERRORS, Input, Inputs, Severity, validate};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,36 +1,30 @@
-//! gate-agent: decisions free of I/O, and the thin I/O pieces that carry them out.
+//! gate-agent: the I/O that carries out canary-rollout's decisions.
 //!
-//! The decision modules ([`collect`], [`stats`], [`judge`], [`spec`], [`rollout`]) use no sockets,
-//! files, clocks or async runtime. The acting modules sit behind small traits: [`source`] reads
-//! snapshots ([`source::CounterSource`]), [`router`] applies weights ([`router::WeightRouter`]),
-//! [`notify`] posts phase changes ([`notify::Notifier`]), and [`api`] serves HTTP.
+//! The decisions live in crates with no I/O, which this crate re-exports under their old paths:
+//! `canary-rollout` ([`collect`], [`stats`], [`judge`], [`spec`], [`rollout`], [`foreign`],
+//! [`latency`]) and `canary-manifests` ([`validate`]). Dependencies point one way: gate-agent →
+//! canary-manifests → canary-rollout → canary-core.
 //!
-//! The agent reads canary-filter snapshots from every proxy, turns them into one fleet-wide
-//! [`Window`] of deltas per tick ([`collect`]), judges the canary with anytime-valid sequential
-//! tests and Flagger-style window checks ([`stats`], [`judge`]), and steps a [`Rollout`] through
-//! its [`Phase`]s, returning [`Decision`]s that the I/O layer applies through its router. Time is
-//! always passed in as milliseconds since an arbitrary epoch, so every rule here is tested by
-//! stepping fabricated windows tick by tick.
+//! Here, each effect sits behind a small trait: [`source`] reads snapshots and sends kill orders
+//! ([`source::CounterSource`], [`source::KillSwitch`]), [`router`] applies weights
+//! ([`router::WeightRouter`]; the WasmPlugin one is in [`mesh`]), [`notify`] posts phase changes
+//! and foreign writes ([`notify::Notifier`]). [`control`] runs the loop (read, judge, decide, act)
+//! and [`api`] serves HTTP, with the Flagger, Prometheus and Argo endpoints in [`integrations`].
 
 pub mod api;
-pub mod collect;
 pub mod control;
-pub mod foreign;
 pub mod integrations;
-pub mod judge;
-pub mod latency;
 pub mod mesh;
 pub mod notify;
-pub mod rollout;
 pub mod router;
 pub mod source;
-pub mod spec;
-pub mod stats;
 pub mod time;
-pub mod validate;
 
-pub use collect::{ByRole, Fleet, Observation, ProxyProblem, Window};
-pub use judge::{Finding, Judge, Reason, Verdict, VerdictKind};
-pub use rollout::{ChangeKind, CommandRefused, Decision, Phase, PhaseChange, Rollout, RolloutStatus, WeightChange};
-pub use spec::{Metric, MetricKind, NoDataPolicy, Spec, SpecError};
-pub use stats::{ComparisonTest, Count, Evidence, SloTest};
+pub use canary_manifests as validate;
+pub use canary_rollout::{collect, foreign, judge, latency, rollout, spec, stats};
+
+pub use canary_rollout::{
+    ByRole, ChangeKind, CommandRefused, ComparisonTest, Count, Decision, Evidence, Finding, Fleet, Judge, Metric,
+    MetricKind, NoDataPolicy, Observation, Phase, PhaseChange, ProxyProblem, Reason, Rollout, RolloutStatus, SloTest,
+    Spec, SpecError, Verdict, VerdictKind, WeightChange, Window,
+};

@@ -1,7 +1,7 @@
 //! Agent scale: what one tick over 1,000 proxies costs, and what the real agent holds in memory
 //! while it reads 1,000 proxies.
 //!
-//! 1. Runs the criterion benchmark `gate-agent/benches/tick.rs` (`cargo bench -p gate-agent
+//! 1. Runs the criterion benchmark `gate-agent/rollout/benches/tick.rs` (`cargo bench -p canary-rollout
 //!    --bench tick`, bounded measurement time) and reads its `estimates.json`: one tick that
 //!    merges 1,000 snapshots and judges them, from parsed snapshots and from their JSON bytes.
 //! 2. Serves 1,000 snapshot listeners from this process (one loopback port each, axum), each a
@@ -93,16 +93,16 @@ fn target_dir() -> PathBuf {
 fn criterion_tick(measurement_s: u64) -> Result<Criterion, String> {
     let root = paths::workspace_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("agent_scale: cargo bench -p gate-agent --bench tick ({measurement_s} s per benchmark)");
+    eprintln!("agent_scale: cargo bench -p canary-rollout --bench tick ({measurement_s} s per benchmark)");
     let status = Command::new(&cargo)
         .current_dir(&root)
-        .args(["bench", "-p", "gate-agent", "--bench", "tick", "--", "--noplot", "--warm-up-time", "1"])
+        .args(["bench", "-p", "canary-rollout", "--bench", "tick", "--", "--noplot", "--warm-up-time", "1"])
         .args(["--measurement-time", &measurement_s.to_string()])
         .stdin(Stdio::null())
         .status()
         .map_err(|e| format!("running cargo bench in {}: {e}", root.display()))?;
     if !status.success() {
-        return Err(format!("cargo bench -p gate-agent --bench tick failed ({status})"));
+        return Err(format!("cargo bench -p canary-rollout --bench tick failed ({status})"));
     }
     let mut json = serde_json::Map::new();
     let mut mean_ms = Vec::new();
@@ -453,7 +453,7 @@ async fn sample(
 fn markdown(criterion: Option<&Criterion>, m: &Memory) -> String {
     let mut md = String::from("## 4. Agent scale\n\n");
     md.push_str(&format!(
-        "One tick over {PROXIES} proxies, measured by criterion (`gate-agent/benches/tick.rs`): each proxy's \
+        "One tick over {PROXIES} proxies, measured by criterion (`gate-agent/rollout/benches/tick.rs`): each proxy's \
          snapshot holds cumulative counters with latency histograms in the filter's buckets (a few hundred \
          buckets per subset), the fleet merges all of them into one window of deltas, and the rollout (the shipped \
          `deploy/local/rollout.yaml`, with a full 30-s window history at 250-ms ticks) judges it and decides. \

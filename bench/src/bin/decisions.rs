@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use canary_core::rng::SplitMix64;
 use canary_core::snapshot::SNAPSHOT_FORMAT;
 use canary_core::{InstanceInfo, Outcome, Role, Snapshot, SubsetCounters, SubsetName, SubsetSnapshot, Weight};
-use gate_agent::{Decision, Finding, Fleet, Phase, Rollout, Spec};
+use canary_rollout::{Decision, Finding, Fleet, Phase, Rollout, Spec};
 use serde_json::{Value, json};
 
 /// Proxies in the simulated fleet; each request lands on one of them at random.
@@ -389,7 +389,6 @@ fn simulate(spec: &Spec, traffic: &Traffic, latency: &Latency, seed: u64) -> Run
                 canary_from = Some(now);
             }
         }
-        rollout.weight_applied(now);
         let since = now.saturating_sub(canary_from.unwrap_or(now));
         match rollout.phase() {
             Phase::RolledBack => {

@@ -10,7 +10,7 @@
 //! default. The rollout runs the shipped spec (`deploy/local/rollout.yaml`) and keeps judging
 //! across iterations, so its window history (30 s of 250-ms ticks) is full as in a long rollout.
 //!
-//! `cargo bench -p gate-agent --bench tick`; `make bench` reads criterion's `estimates.json`.
+//! `cargo bench -p canary-rollout --bench tick`; `make bench` reads criterion's `estimates.json`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // bench code
 
 use std::hint::black_box;
@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 use canary_core::rng::SplitMix64;
 use canary_core::snapshot::SNAPSHOT_FORMAT;
 use canary_core::{InstanceInfo, Outcome, Role, RouteConfig, Snapshot, SubsetCounters, SubsetName, SubsetSnapshot};
+use canary_rollout::{Fleet, Rollout, Spec};
 use criterion::{Criterion, criterion_group, criterion_main};
-use gate_agent::{Fleet, Rollout, Spec};
 
 const PROXIES: usize = 1_000;
 const TICK_MS: u64 = 250;
-const SPEC: &str = include_str!("../../deploy/local/rollout.yaml");
+const SPEC: &str = include_str!("../../../deploy/local/rollout.yaml");
 
 /// The simulated fleet: each proxy's cumulative [stable, canary] counters.
 struct Proxies {

@@ -6,11 +6,11 @@
 
 use canary_core::{RolloutPhase, Weight};
 
-use super::manifest::{DestinationRule, Doc, FilterConfig, HashKey, Loaded, Obj, Origin, Route, VirtualService};
-use super::report::{Check, Findings, Site};
-use super::weights::{above, as_percentages, meant, percent, share};
-use crate::rollout::{ChangeKind, WeightChange, guard};
-use crate::spec::Spec;
+use crate::manifest::{DestinationRule, Doc, FilterConfig, HashKey, Loaded, Obj, Origin, Route, VirtualService};
+use crate::report::{Check, Findings, Site};
+use crate::weights::{above, as_percentages, meant, percent, share};
+use canary_rollout::rollout::{ChangeKind, WeightChange, guard};
+use canary_rollout::spec::Spec;
 
 /// Annotation on a VirtualService that declares a deliberate promotion (canary above stable).
 pub const PROMOTION_ANNOTATION: &str = "canary-gate.dev/promotion";
@@ -336,7 +336,7 @@ fn subset_def<'l>(
     vs: &Obj<VirtualService>,
     route: &Route,
     id: &str,
-) -> Option<(&'l Obj<DestinationRule>, &'l super::manifest::SubsetDef)> {
+) -> Option<(&'l Obj<DestinationRule>, &'l crate::manifest::SubsetDef)> {
     let dest = route.destinations.iter().find(|d| d.subset.as_deref() == Some(id))?;
     l.destination_rules
         .iter()
@@ -534,7 +534,7 @@ fn sticky_hash(l: &Loaded<'_>, doc: &Doc<'_>, dr: &Obj<DestinationRule>, out: &m
 
 fn filter_config(l: &Loaded<'_>, doc: &Doc<'_>, filter: &Obj<FilterConfig>, out: &mut Findings) {
     let config = &filter.body.route;
-    let at = |field: &str| super::manifest::join(&filter.body.at, field);
+    let at = |field: &str| crate::manifest::join(&filter.body.at, field);
     let named = specs_in_order(l).find(|s| *s.body.name() == config.rollout);
     if let Some(spec) = named {
         for (field, want, have) in

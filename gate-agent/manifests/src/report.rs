@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::locate;
-use super::manifest::Doc;
+use crate::locate;
+use crate::manifest::Doc;
 
 /// Exit code: no errors (warnings and notes allowed).
 pub const EXIT_CLEAN: u8 = 0;

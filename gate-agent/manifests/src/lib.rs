@@ -21,7 +21,7 @@
 //!   `apiVersion: canary-gate.dev/v1`, `kind: Rollout`, with the spec fields under `spec`
 //!   (`spec.name` defaults to `metadata.name`); the bare form is the document `gate-agent run
 //!   --spec` reads: no `apiVersion`/`kind`, with `stable` and `canary` (and the other spec
-//!   fields). Both are read by [`Spec::from_yaml_or_json`](crate::spec::Spec::from_yaml_or_json).
+//!   fields). Both are read by [`Spec::from_yaml_or_json`](canary_rollout::spec::Spec::from_yaml_or_json).
 //! * A bare filter config (what `gate-agent check-config` reads): no `apiVersion`/`kind`, with
 //!   `version` and `rollout`, `role` or `canary_weight`.
 //!

@@ -13,8 +13,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use super::report::{Check, Findings, Severity, Site};
-use crate::spec::Spec;
+use crate::report::{Check, Findings, Severity, Site};
+use canary_rollout::spec::Spec;
 
 /// The Istio networking versions whose VirtualService and DestinationRule are read.
 const NETWORKING_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
