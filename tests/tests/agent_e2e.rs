@@ -131,7 +131,7 @@ async fn a_killed_and_restarted_agent_resumes_the_same_step() {
     let mut agent = Agent::start(&fx.envoy, &slow, "250ms").await.unwrap();
     let traffic = Steady::start(fx.envoy.http().clone(), fx.envoy.url("/"), RPS);
     // Durable at 30% (the write runs in its own task: the decided weight can be ahead of it).
-    agent.wait_for(Duration::from_secs(20), "second step", |s| s["applied_weight_percent"] == 30.0).await.unwrap();
+    agent.wait_for(Duration::from_secs(20), "second step", |s| s["written_weight_percent"] == 30.0).await.unwrap();
     agent.kill(); // SIGKILL: no chance to write anything on the way out
     let before = durable(&fx);
     assert_eq!(before.canary_weight.basis_points(), 3000);
