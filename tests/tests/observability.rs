@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use canary_e2e::{Fixture, paths, route};
-use gate_agent::api::{EvidenceView, StatusView, SubsetView, VerdictView, render_metrics};
+use gate_agent::api::{EvidenceView, ObservedWeight, StatusView, SubsetView, VerdictView, render_metrics};
 use serde_json::Value;
 
 fn deploy(path: &str) -> PathBuf {
@@ -213,6 +213,8 @@ fn populated() -> StatusView {
         rollout: "demo".into(),
         phase: "progressing".into(),
         canary_weight_percent: 10.0,
+        written_weight_percent: 10.0,
+        observed_weight_percent: Some(ObservedWeight { min_percent: 10.0, max_percent: 10.0 }),
         max_weight_percent: 50.0,
         step: Some(0),
         steps: 3,
