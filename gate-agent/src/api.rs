@@ -103,6 +103,9 @@ pub struct StatusView {
     pub max_weight_percent: f64,
     /// The durable configuration's revision.
     pub revision: u64,
+    /// When the control loop published this status (Unix ms); 0 before it ever did. Queries for
+    /// a time before it cannot be answered: the agent keeps no history.
+    pub published_at_unix_ms: u64,
     /// Index into the steps; `None` before the first step.
     pub step: Option<usize>,
     pub steps: usize,

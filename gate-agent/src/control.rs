@@ -706,6 +706,7 @@ where
                 .map(|(lo, hi)| ObservedWeight { min_percent: lo.percent(), max_percent: hi.percent() }),
             max_weight_percent: spec.max_weight().percent(),
             revision: self.durable.revision,
+            published_at_unix_ms: unix_ms(),
             step: status.step,
             steps: status.steps,
             failed_checks: status.failed_checks,

@@ -297,8 +297,9 @@ async fn every_metric_the_dashboard_and_the_rules_query_is_exported_by_the_filte
     // The shipped bucket bounds reach Prometheus: a bound at a common SLO bound (200 ms) that Envoy's
     // defaults lack.
     assert!(
-        envoy_text.lines().any(|l| l.starts_with("canary_gate_request_duration_microseconds_bucket{")
-            && l.contains("le=\"200000\"")),
+        envoy_text
+            .lines()
+            .any(|l| l.starts_with("canary_gate_request_duration_microseconds_bucket{") && l.contains("le=\"200000\"")),
         "no 200 ms bucket bound:\n{envoy_text}"
     );
     let envoy = exported(&envoy_text);
