@@ -94,10 +94,16 @@ async fn a_healthy_canary_is_promoted_through_every_step() {
     assert!(last.len() >= 50, "{}", last.len());
     assert!(last.iter().all(|s| s.served_by == "v2"), "{last:?}");
     assert!(samples.iter().all(|s| s.status == 200));
-    // /metrics reflects it.
     let (code, metrics) = agent.get("/metrics").await.unwrap();
     assert_eq!(code, 200);
-    assert!(metrics.contains("canary_gate_agent_canary_weight_ratio{rollout=\"demo\"} 1"), "{metrics}");
+    // /metrics reflects it: the weight written, and the weight the proxy reports it applies.
+    for line in [
+        "canary_gate_agent_written_canary_weight_ratio{rollout=\"demo\"} 1",
+        "canary_gate_agent_canary_weight_ratio{rollout=\"demo\",observed=\"max\"} 1",
+        "canary_gate_agent_canary_weight_ratio{rollout=\"demo\",observed=\"min\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
