@@ -77,6 +77,14 @@ pub struct FlaggerEventView {
     pub message: String,
 }
 
+/// The canary weight the proxies apply, over those whose snapshot was read on one tick. A proxy
+/// whose kill order holds its configuration applies 0%, whatever the configuration says.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct ObservedWeight {
+    pub min_percent: f64,
+    pub max_percent: f64,
+}
+
 /// What the control loop last published.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct StatusView {
@@ -84,13 +92,20 @@ pub struct StatusView {
     pub phase: String,
     /// The rollout's weight: where the agent has decided the canary should be.
     pub canary_weight_percent: f64,
-    /// The weight in the durable configuration, the one the proxies apply. Below
-    /// `canary_weight_percent` while a write is failing or not yet done.
-    pub applied_weight_percent: f64,
+    /// The weight in the durable configuration as the agent last wrote (or, at start, read) it.
+    /// Below `canary_weight_percent` while a write is failing or not yet done. What the proxies
+    /// apply is `observed_weight_percent`: a hand edit or a proxy that has not caught up differs.
+    pub written_weight_percent: f64,
+    /// The weight the proxies apply, as they reported it on the last tick; `None` when no proxy
+    /// reported.
+    pub observed_weight_percent: Option<ObservedWeight>,
     /// The spec's `maxWeight`: no step goes above it (only a promotion, to 100%).
     pub max_weight_percent: f64,
     /// The durable configuration's revision.
     pub revision: u64,
+    /// When the control loop published this status (Unix ms); 0 before it ever did. Queries for
+    /// a time before it cannot be answered: the agent keeps no history.
+    pub published_at_unix_ms: u64,
     /// Index into the steps; `None` before the first step.
     pub step: Option<usize>,
     pub steps: usize,
@@ -201,22 +216,40 @@ async fn action(State(s): State<ApiState>, headers: HeaderMap, command: Command)
 pub fn render_metrics(v: &StatusView) -> String {
     let mut out = String::new();
     let rollout = escape(&v.rollout);
+    // Three weights, because they differ exactly when something is wrong: the agent decided a
+    // step it could not write (desired above written), or the proxies apply a configuration the
+    // agent did not write or have not caught up (observed apart from written).
     family(
         &mut out,
         "canary_gate_agent_canary_weight_ratio",
         "gauge",
-        "Canary weight in the durable configuration the proxies apply, 0 to 1.",
+        "Canary weight the proxies apply, 0 to 1, as read from their snapshots on the last tick: the highest (observed=\"max\") and lowest (observed=\"min\") over the proxies that answered; 0 for a proxy held by a kill order. No sample when none answered.",
+    );
+    if let Some(observed) = v.observed_weight_percent {
+        for (label, percent) in [("max", observed.max_percent), ("min", observed.min_percent)] {
+            let _ = writeln!(
+                out,
+                "canary_gate_agent_canary_weight_ratio{{rollout=\"{rollout}\",observed=\"{label}\"}} {}",
+                percent / 100.0
+            );
+        }
+    }
+    family(
+        &mut out,
+        "canary_gate_agent_written_canary_weight_ratio",
+        "gauge",
+        "Canary weight in the durable configuration as the agent last wrote it (or read it at start), 0 to 1.",
     );
     let _ = writeln!(
         out,
-        "canary_gate_agent_canary_weight_ratio{{rollout=\"{rollout}\"}} {}",
-        v.applied_weight_percent / 100.0
+        "canary_gate_agent_written_canary_weight_ratio{{rollout=\"{rollout}\"}} {}",
+        v.written_weight_percent / 100.0
     );
     family(
         &mut out,
         "canary_gate_agent_desired_canary_weight_ratio",
         "gauge",
-        "The rollout's canary weight, 0 to 1; above the applied weight while a write is failing.",
+        "Canary weight the rollout has decided, 0 to 1; above the written weight while a write is failing or in flight.",
     );
     let _ = writeln!(
         out,
@@ -366,6 +399,8 @@ mod tests {
             rollout: "demo".into(),
             phase: "progressing".into(),
             canary_weight_percent: 10.0,
+            written_weight_percent: 10.0,
+            observed_weight_percent: Some(ObservedWeight { min_percent: 0.0, max_percent: 10.0 }),
             subsets: vec![SubsetView {
                 subset: "v2".into(),
                 role: "canary".into(),
@@ -459,22 +494,58 @@ mod tests {
         assert!(text.contains("canary_gate_agent_verdict{rollout=\"demo\",verdict=\"decisive_fail\"} 1"), "{text}");
     }
 
+    fn weight_lines(text: &str) -> Vec<&str> {
+        text.lines().filter(|l| !l.starts_with('#') && l.contains("canary_weight_ratio")).collect()
+    }
+
     #[test]
-    fn the_weight_gauge_is_what_the_proxies_apply_and_the_desired_one_is_apart() {
-        // A write of the step to 25% is failing: the proxies still apply the durable 10%.
+    fn a_hand_edit_shows_in_the_observed_weight_while_the_written_and_desired_stay_the_rollouts() {
+        // Someone wrote 99% by hand: one proxy applies it, the other has not picked it up yet.
+        let view = StatusView {
+            rollout: "demo".into(),
+            canary_weight_percent: 10.0,
+            written_weight_percent: 10.0,
+            observed_weight_percent: Some(ObservedWeight { min_percent: 10.0, max_percent: 99.0 }),
+            ..StatusView::default()
+        };
+        assert_eq!(
+            weight_lines(&render_metrics(&view)),
+            [
+                "canary_gate_agent_canary_weight_ratio{rollout=\"demo\",observed=\"max\"} 0.99",
+                "canary_gate_agent_canary_weight_ratio{rollout=\"demo\",observed=\"min\"} 0.1",
+                "canary_gate_agent_written_canary_weight_ratio{rollout=\"demo\"} 0.1",
+                "canary_gate_agent_desired_canary_weight_ratio{rollout=\"demo\"} 0.1",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failing_write_shows_the_desired_weight_above_the_written_and_observed_ones() {
+        // The step to 25% cannot be written: the proxies still apply the durable 10%.
         let view = StatusView {
             rollout: "demo".into(),
             canary_weight_percent: 25.0,
-            applied_weight_percent: 10.0,
+            written_weight_percent: 10.0,
+            observed_weight_percent: Some(ObservedWeight { min_percent: 10.0, max_percent: 10.0 }),
             ..StatusView::default()
         };
         let text = render_metrics(&view);
         for line in [
-            "canary_gate_agent_canary_weight_ratio{rollout=\"demo\"} 0.1",
+            "canary_gate_agent_canary_weight_ratio{rollout=\"demo\",observed=\"max\"} 0.1",
+            "canary_gate_agent_written_canary_weight_ratio{rollout=\"demo\"} 0.1",
             "canary_gate_agent_desired_canary_weight_ratio{rollout=\"demo\"} 0.25",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn no_proxy_reporting_means_no_observed_weight_sample_rather_than_a_made_up_one() {
+        let view = StatusView { rollout: "demo".into(), written_weight_percent: 10.0, ..StatusView::default() };
+        let text = render_metrics(&view);
+        assert!(text.contains("# TYPE canary_gate_agent_canary_weight_ratio gauge"), "the family is still described");
+        assert!(!text.lines().any(|l| l.starts_with("canary_gate_agent_canary_weight_ratio{")), "{text}");
+        assert!(text.contains("canary_gate_agent_written_canary_weight_ratio{rollout=\"demo\"} 0.1"), "{text}");
     }
 
     #[test]

@@ -28,11 +28,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use canary_core::{KillOrder, Role, RouteConfig, SubsetName, Weight};
+use canary_core::{KillOrder, Role, RouteConfig, Snapshot, SubsetName, Weight};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::api::{Command, CommandRequest, EvidenceView, StatusView, SubsetView, VerdictView};
+use crate::api::{Command, CommandRequest, EvidenceView, ObservedWeight, StatusView, SubsetView, VerdictView};
 use crate::collect::{AppliedRevision, Fleet, Observation, Window};
 use crate::foreign::{self, Foreign, Written};
 use crate::judge::Verdict;
@@ -184,6 +184,9 @@ pub struct Controller<S, R, N> {
     landed_at_ms: u64,
     /// Whether `reason` names proxies that rejected the durable revision.
     reason_names_rejects: bool,
+    /// (lowest, highest) canary weight the proxies read on the last tick apply; `None` when
+    /// none was read.
+    observed: Option<(Weight, Weight)>,
     router_error: Option<String>,
     /// The durable write running in its own task, if any.
     writing: Option<tokio::task::JoinHandle<WriteOutcome>>,
@@ -309,6 +312,7 @@ where
             reach: Reach::default(),
             landed_at_ms: 0,
             reason_names_rejects: false,
+            observed: None,
             router_error: None,
             writing: None,
             write_failures: 0,
@@ -393,6 +397,7 @@ where
         let mut raised = Vec::new();
         let mut foreign = self.durable_foreign().await;
         let (written, ours) = (self.durable.written(), (self.rollout.weight(), self.rollout.phase()));
+        let mut observed: Option<(Weight, Weight)> = None;
         for (target, result) in results {
             match result {
                 Ok(snapshot) => {
@@ -422,7 +427,14 @@ where
                             raised.push((target.clone(), order));
                         }
                     }
-                    if self.fleet.observe(&target, &snapshot, now) == Observation::Reset {
+                    let observation = self.fleet.observe(&target, &snapshot, now);
+                    // A snapshot of another rollout says nothing about this one's weight.
+                    if !matches!(observation, Observation::Rejected(_))
+                        && let Some(w) = applied_weight(&snapshot)
+                    {
+                        observed = Some(observed.map_or((w, w), |(lo, hi)| (lo.min(w), hi.max(w))));
+                    }
+                    if observation == Observation::Reset {
                         self.proxy_resets_total = self.proxy_resets_total.saturating_add(1);
                         tracing::warn!(
                             rollout = %self.rollout.spec().name(),
@@ -436,6 +448,7 @@ where
                 Err(e) => self.fleet.observe_failure(&target, &e, now),
             }
         }
+        self.observed = observed;
         if !unkilled.is_empty() {
             let (reached, total) =
                 kill_everywhere(Arc::clone(&self.source), unkilled, self.kill_order(), self.settings.kill_timeout)
@@ -856,9 +869,13 @@ where
             rollout: spec.name().to_string(),
             phase: status.phase.to_string(),
             canary_weight_percent: status.canary_weight.percent(),
-            applied_weight_percent: self.durable.weight.percent(),
+            written_weight_percent: self.durable.weight.percent(),
+            observed_weight_percent: self
+                .observed
+                .map(|(lo, hi)| ObservedWeight { min_percent: lo.percent(), max_percent: hi.percent() }),
             max_weight_percent: spec.max_weight().percent(),
             revision: self.durable.revision,
+            published_at_unix_ms: unix_ms(),
             step: status.step,
             steps: status.steps,
             failed_checks: status.failed_checks,
@@ -943,6 +960,15 @@ fn reach_of(
         }
     }
     reach
+}
+
+/// The canary weight a proxy applies by its snapshot: its configuration's, or 0% while a kill
+/// order holds that configuration (the filter then sends all of the rollout's traffic to
+/// stable). `None` before the proxy has accepted a configuration.
+fn applied_weight(snapshot: &Snapshot) -> Option<Weight> {
+    let route = snapshot.route.as_ref()?;
+    let held = snapshot.kill.as_ref().is_some_and(|k| k.holds(route.effective_rollout_id(), route.revision));
+    Some(if held { Weight::ZERO } else { route.canary_weight })
 }
 
 /// Sends the kill order to every target at once; returns (reached, total).

@@ -20,7 +20,11 @@
 //!   `canary_gate_latency_p99_ms{...}` (ms; `subset` is `canary`, `stable` or a subset name;
 //!   optional `rollout="..."` and `namespace="..."` matchers) and `canary_gate_verdict` (1 pass,
 //!   0 fail or rolled back, no sample without enough data); see [`parse_query`]. Answers are
-//!   Prometheus's instant-vector JSON; anything else is 400 `bad_data`.
+//!   Prometheus's instant-vector JSON; anything else is 400 `bad_data`. `time=` (RFC 3339 or Unix
+//!   seconds) is honoured as far as the agent can: it holds only its latest status, so a time
+//!   before that status was published, or after now, is 400 `bad_data` (see [`eval_time`]).
+//! * `/api/v1/query_range`: 422 `execution`, as Prometheus in agent mode answers it: the agent
+//!   has no history to give a range of; the Prometheus that scrapes its `/metrics` has.
 //! * `GET /v1/verdict?rollout=NAME[&namespace=NS]`: [`ArgoVerdict`] as JSON, errors as
 //!   `{"error": ...}` with a 4xx.
 //!
@@ -100,6 +104,7 @@ pub fn routes() -> Router<ApiState> {
     router
         .route("/flagger/event", post(flagger_event).fallback(not_allowed))
         .route("/api/v1/query", get(prometheus_get).post(prometheus_post).fallback(prometheus_not_allowed))
+        .route("/api/v1/query_range", get(range_refused).post(range_refused).fallback(prometheus_not_allowed))
         .route("/v1/verdict", get(argo).fallback(not_allowed))
 }
 
@@ -760,8 +765,73 @@ pub fn parse_form(text: &str) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
-/// The answer to `/api/v1/query` with these (decoded) parameters. Only `query` is read; the
-/// answer is always about now (`time` and `timeout` are ignored).
+/// How far a query's `time` may lie outside what the agent holds (its latest status, published
+/// at most a tick ago, up to now) and still be answered from it: the client's and the agent's
+/// clocks differ, and a client may round `time` down to whole seconds. Figures are over a 10 s
+/// trailing window, so a time this much earlier reads almost the same.
+pub const TIME_SLACK_MS: i64 = 5_000;
+
+/// A query's evaluation time in Unix ms, as Prometheus reads `time=`: RFC 3339, or Unix
+/// seconds with optional decimals (rounded to the millisecond).
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    let bad = || {
+        format!(
+            "invalid parameter \"time\": cannot parse {text:?} to a valid timestamp \
+             (RFC 3339 such as 2024-05-01T12:00:00Z, or Unix seconds such as 1714564800.5)"
+        )
+    };
+    if let Ok(seconds) = text.parse::<f64>() {
+        // ±1e14 s is far beyond any clock; it keeps the conversion exact and in range.
+        if !seconds.is_finite() || seconds.abs() > 1e14 {
+            return Err(bad());
+        }
+        #[allow(clippy::cast_possible_truncation)] // bounded just above
+        return Ok((seconds * 1000.0).round() as i64);
+    }
+    text.parse::<jiff::Timestamp>().map(jiff::Timestamp::as_millisecond).map_err(|_| bad())
+}
+
+/// Unix ms as RFC 3339, for error sentences.
+fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map_or_else(|_| format!("{ms} ms"), |t| t.to_string())
+}
+
+/// The time a query is evaluated at: `time=` when given, else now. The agent holds only its
+/// latest status, which stands from when it was published until now; a time in that span (give
+/// or take [`TIME_SLACK_MS`]) is answered from it. Earlier, the answer would be an older status
+/// the agent no longer has, and later, one it does not have yet: both are `bad_data` with a
+/// sentence, rather than today's figures stamped with another time.
+pub fn eval_time(params: &[(String, String)], view: &StatusView, now_unix_ms: u64) -> Result<u64, PromError> {
+    let mut times = params.iter().filter(|(k, _)| k == "time").map(|(_, t)| t);
+    let text = match (times.next(), times.next()) {
+        (None, _) => return Ok(now_unix_ms),
+        (Some(t), None) => t,
+        (Some(_), Some(_)) => return Err(PromError::bad_data("invalid parameter \"time\": given more than once")),
+    };
+    let at = parse_time(text).map_err(PromError::bad_data)?;
+    let now = i64::try_from(now_unix_ms).unwrap_or(i64::MAX);
+    let published = i64::try_from(view.published_at_unix_ms).unwrap_or(i64::MAX).min(now);
+    if at < published.saturating_sub(TIME_SLACK_MS) {
+        return Err(PromError::bad_data(format!(
+            "invalid parameter \"time\": {} is before this agent's latest status ({}): it keeps no \
+             history; query the Prometheus that scrapes its /metrics (canary_gate_agent_*) for the past",
+            rfc3339(at),
+            rfc3339(published)
+        )));
+    }
+    if at > now.saturating_add(TIME_SLACK_MS) {
+        return Err(PromError::bad_data(format!(
+            "invalid parameter \"time\": {} is after now ({}): this agent answers about its latest status only",
+            rfc3339(at),
+            rfc3339(now)
+        )));
+    }
+    Ok(u64::try_from(at).unwrap_or(0))
+}
+
+/// The answer to `/api/v1/query` with these (decoded) parameters: `query`, evaluated at `time`
+/// (see [`eval_time`]) and stamped with it, as Prometheus stamps an instant vector. `timeout`
+/// is ignored: the answer is read from memory.
 pub fn prometheus_answer(
     params: &[(String, String)],
     view: &StatusView,
@@ -775,7 +845,8 @@ pub fn prometheus_answer(
         (Some(_), Some(_)) => return Err(PromError::bad_data("invalid parameter \"query\": given more than once")),
     };
     let parsed = parse_query(query).map_err(|e| PromError::bad_data(format!("invalid parameter \"query\": {e}")))?;
-    Ok(vector_json(&evaluate(&parsed, view, expected_namespace)?, now_unix_ms))
+    let at = eval_time(params, view, now_unix_ms)?;
+    Ok(vector_json(&evaluate(&parsed, view, expected_namespace)?, at))
 }
 
 fn prometheus_reply(
@@ -824,6 +895,23 @@ async fn prometheus_post(
         Ok(params)
     });
     prometheus_reply(&s, ns.as_ref(), params)
+}
+
+/// `/api/v1/query_range`. Prometheus in agent mode, which has no history either, answers range
+/// queries with 422 `execution`; so does the agent, saying what to use instead.
+pub fn range_refusal() -> PromError {
+    PromError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        error_type: "execution",
+        error: "range queries are not supported: gate-agent holds only its latest status, so it answers \
+                instant queries (/api/v1/query) only; for a range, query the Prometheus that scrapes its \
+                /metrics (canary_gate_agent_* series)"
+            .into(),
+    }
+}
+
+async fn range_refused() -> PromError {
+    range_refusal()
 }
 
 async fn prometheus_not_allowed(method: Method) -> PromError {
@@ -1221,6 +1309,47 @@ mod tests {
         assert!(prometheus_answer(&twice, &passing(), None, 0).is_err());
     }
 
+    /// `query` at `time` against a status published at 1700000000 s, asked half a second later.
+    fn ask_at(query: &str, time: &str) -> Result<Value, PromError> {
+        let view = StatusView { published_at_unix_ms: 1_700_000_000_000, ..passing() };
+        let params = [("query".to_string(), query.to_string()), ("time".to_string(), time.to_string())];
+        prometheus_answer(&params, &view, None, 1_700_000_000_500)
+    }
+
+    #[test]
+    fn a_time_within_the_latest_status_is_answered_and_stamped_with_that_time() {
+        let stamp = |time: &str| ask_at("canary_gate_verdict", time).unwrap()["data"]["result"][0]["value"][0].clone();
+        // Unix seconds with decimals, and RFC 3339 in UTC or with an offset: the same instant.
+        for time in ["1700000000.25", "2023-11-14T22:13:20.25Z", "2023-11-14T23:13:20.250+01:00"] {
+            assert_eq!(stamp(time), json!(1_700_000_000.25), "{time}");
+        }
+        // A client whose clock is a few seconds behind, or that rounds down to whole seconds.
+        assert_eq!(stamp("1699999997"), json!(1_699_999_997.0));
+        let no_time = ask("canary_gate_verdict", &passing()).unwrap();
+        assert_eq!(no_time["data"]["result"][0]["value"][0], json!(1_700_000_000.5), "no time: now");
+    }
+
+    #[test]
+    fn a_time_the_agent_holds_no_status_for_is_bad_data_saying_where_to_look() {
+        let e = ask_at("canary_gate_verdict", "1699990000").unwrap_err();
+        assert_eq!((e.status, e.error_type), (StatusCode::BAD_REQUEST, "bad_data"));
+        assert!(e.error.contains("2023-11-14T19:26:40Z is before this agent's latest status"), "{}", e.error);
+        assert!(e.error.contains("the Prometheus that scrapes its /metrics"), "{}", e.error);
+        let e = ask_at("canary_gate_verdict", "2023-11-14T23:00:00Z").unwrap_err();
+        assert!(e.error.contains("is after now (2023-11-14T22:13:20.5Z)"), "{}", e.error);
+        for junk in ["yesterday", "NaN", "inf", "1e300", "2023-11-14 22:13:20", ""] {
+            let e = ask_at("canary_gate_verdict", junk).unwrap_err();
+            assert_eq!(e.error_type, "bad_data", "{junk:?}");
+            assert!(e.error.contains("cannot parse") && e.error.contains("RFC 3339"), "{junk:?}: {}", e.error);
+        }
+        let twice = [
+            ("query".to_string(), "vector(1)".to_string()),
+            ("time".to_string(), "1700000000".to_string()),
+            ("time".to_string(), "1700000000".to_string()),
+        ];
+        assert!(prometheus_answer(&twice, &passing(), None, 1_700_000_000_500).is_err());
+    }
+
     #[test]
     fn form_encoding_is_decoded_as_prometheus_clients_send_it() {
         let form = parse_form("query=canary_gate_success_rate%7Bsubset%3D%22canary%22%7D&time=1.5&&x").unwrap();
@@ -1382,6 +1511,46 @@ mod tests {
         assert_eq!((code, body["errorType"].as_str()), (400, Some("bad_data")), "{body}");
         let (code, body) = call(&app, Request::delete("/api/v1/query").body(Body::empty()).unwrap()).await;
         assert_eq!((code, body["status"].as_str()), (405, Some("error")));
+    }
+
+    #[tokio::test]
+    async fn range_queries_are_refused_in_prometheus_json_as_prometheus_agent_refuses_them() {
+        let (app, _tx, _rx) = app_with(passing());
+        let get =
+            Request::get("/api/v1/query_range?query=vector%281%29&start=1&end=2&step=1").body(Body::empty()).unwrap();
+        let post = Request::post("/api/v1/query_range")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from("query=vector%281%29&start=1&end=2&step=1"))
+            .unwrap();
+        for req in [get, post] {
+            let (code, body) = call(&app, req).await;
+            assert_eq!(
+                (code, body["status"].as_str(), body["errorType"].as_str()),
+                (422, Some("error"), Some("execution"))
+            );
+            let error = body["error"].as_str().unwrap();
+            assert!(error.contains("instant queries (/api/v1/query) only") && error.contains("Prometheus"), "{error}");
+        }
+        let (code, body) = call(&app, Request::delete("/api/v1/query_range").body(Body::empty()).unwrap()).await;
+        assert_eq!((code, body["errorType"].as_str()), (405, Some("bad_data")));
+    }
+
+    #[tokio::test]
+    async fn the_query_endpoint_refuses_a_time_in_the_past_over_http() {
+        let (app, tx, _rx) = app_with(passing());
+        let req = Request::get("/api/v1/query?query=vector%281%29&time=2020-01-01T00%3A00%3A00Z")
+            .body(Body::empty())
+            .unwrap();
+        let (code, body) = call(&app, req).await;
+        // The status was never published (0): any past time is within it, as for `vector(1)`.
+        assert_eq!(code, 200, "{body}");
+        tx.send_modify(|v| v.published_at_unix_ms = crate::time::unix_ms());
+        let req = Request::get("/api/v1/query?query=vector%281%29&time=2020-01-01T00%3A00%3A00Z")
+            .body(Body::empty())
+            .unwrap();
+        let (code, body) = call(&app, req).await;
+        assert_eq!((code, body["errorType"].as_str()), (400, Some("bad_data")), "{body}");
+        assert!(body["error"].as_str().unwrap().contains("2020-01-01T00:00:00Z is before"), "{body}");
     }
 
     #[tokio::test]

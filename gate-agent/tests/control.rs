@@ -387,6 +387,13 @@ impl FakeFleet {
         }
     }
 
+    /// `target` alone picks up the durable configuration (the others lag while propagation is
+    /// frozen).
+    fn deliver(&self, target: &str) {
+        let config = self.router.config();
+        self.state.lock().unwrap().proxies.get_mut(target).unwrap().config = config;
+    }
+
     fn set_traffic(&self, change: impl FnOnce(&mut Traffic)) {
         change(&mut self.state.lock().unwrap().traffic);
     }
@@ -744,7 +751,7 @@ async fn a_slow_store_holds_neither_the_tick_nor_the_kill() {
         settle().await;
     }
     let s = status(&rx);
-    assert!(s.canary_weight_percent > s.applied_weight_percent, "the next step's write hangs: {s:?}");
+    assert!(s.canary_weight_percent > s.written_weight_percent, "the next step's write hangs: {s:?}");
     assert!(longest <= Duration::from_millis(100), "a tick waited {longest:?} for the store");
     // The canary breaches while a write hangs: the kill goes out in the tick that decides.
     rig.fleet.set_traffic(|t| t.canary_fail_per_mille = 200);
@@ -760,7 +767,7 @@ async fn a_slow_store_holds_neither_the_tick_nor_the_kill() {
     rig.seconds(&mut agent, 40).await;
     let last = rig.router.landed().last().cloned().unwrap();
     assert_eq!((last.weight, last.record.phase), (Weight::ZERO, Phase::RolledBack));
-    assert_eq!(status(&rx).applied_weight_percent, 0.0);
+    assert_eq!(status(&rx).written_weight_percent, 0.0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -877,7 +884,7 @@ async fn a_failed_write_is_retried_with_backoff_until_it_lands() {
         assert!(not_ready.starts_with("cannot write the weight") && not_ready.contains("read-only file system"));
         assert_eq!(s.router_errors_total, errors);
         assert_eq!(s.canary_weight_percent, 25.0, "the rollout's weight, not yet durable");
-        assert_eq!(s.applied_weight_percent, 10.0, "the weight the proxies apply");
+        assert_eq!(s.written_weight_percent, 10.0, "the weight the proxies apply");
         assert_eq!(rig.fleet.weights(), vec![w(10.0); 2], "the proxies still apply the durable 10%");
         rig.second(&mut agent).await;
     }
@@ -1217,6 +1224,48 @@ async fn the_status_shows_the_rollout_its_traffic_and_the_proxies() {
     rig.second(&mut agent).await;
     let s = status(&rx);
     assert_eq!((s.proxies_reporting, s.proxies_failing.len(), s.not_ready), (2, 0, None));
+}
+
+/// (lowest, highest) weight the proxies apply, in percent, as the last tick observed it.
+fn observed(rx: &watch::Receiver<StatusView>) -> Option<(f64, f64)> {
+    status(rx).observed_weight_percent.map(|o| (o.min_percent, o.max_percent))
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_observed_weight_is_what_the_proxies_apply_not_what_the_agent_wrote() {
+    let rig = Rig::new(route());
+    let (mut agent, rx) = rig.start(spec(2, 3)).await;
+    assert_eq!(observed(&rx), None, "no proxy read before the first tick");
+    // Propagation stalls: the first step's 10% is written, but no proxy has picked it up.
+    rig.fleet.set_traffic(|t| t.frozen = true);
+    rig.second(&mut agent).await;
+    rig.second(&mut agent).await;
+    let s = status(&rx);
+    assert_eq!((s.canary_weight_percent, s.written_weight_percent, observed(&rx)), (10.0, 10.0, Some((0.0, 0.0))));
+
+    // One proxy catches up: the fleet spans 0% to 10%.
+    rig.fleet.deliver(TARGETS[0]);
+    rig.second(&mut agent).await;
+    assert_eq!(observed(&rx), Some((0.0, 10.0)));
+
+    // Only the proxies that answer are observed; with none answering there is no observation.
+    rig.fleet.set_down(TARGETS[1], Some("connection refused"));
+    rig.second(&mut agent).await;
+    assert_eq!(observed(&rx), Some((10.0, 10.0)));
+    rig.fleet.set_down(TARGETS[0], Some("connection refused"));
+    rig.second(&mut agent).await;
+    assert_eq!(observed(&rx), None);
+    rig.fleet.set_down(TARGETS[0], None);
+    rig.fleet.set_down(TARGETS[1], None);
+
+    // A rollback while the 0% has not propagated: both proxies still hold 10% in their
+    // configuration, but the kill order holds it, so they apply 0%.
+    rig.fleet.deliver(TARGETS[1]);
+    agent.command(Command::Rollback).await.unwrap();
+    rig.second(&mut agent).await;
+    assert!(rig.fleet.configs().iter().all(|c| c.canary_weight == w(10.0)), "the 0% has not propagated");
+    assert_eq!(rig.fleet.weights(), vec![Weight::ZERO; 2]);
+    assert_eq!(observed(&rx), Some((0.0, 0.0)));
 }
 
 // ---------------------------------------------------------------------------------------------

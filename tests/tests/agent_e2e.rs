@@ -94,10 +94,16 @@ async fn a_healthy_canary_is_promoted_through_every_step() {
     assert!(last.len() >= 50, "{}", last.len());
     assert!(last.iter().all(|s| s.served_by == "v2"), "{last:?}");
     assert!(samples.iter().all(|s| s.status == 200));
-    // /metrics reflects it.
     let (code, metrics) = agent.get("/metrics").await.unwrap();
     assert_eq!(code, 200);
-    assert!(metrics.contains("canary_gate_agent_canary_weight_ratio{rollout=\"demo\"} 1"), "{metrics}");
+    // /metrics reflects it: the weight written, and the weight the proxy reports it applies.
+    for line in [
+        "canary_gate_agent_written_canary_weight_ratio{rollout=\"demo\"} 1",
+        "canary_gate_agent_canary_weight_ratio{rollout=\"demo\",observed=\"max\"} 1",
+        "canary_gate_agent_canary_weight_ratio{rollout=\"demo\",observed=\"min\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -131,7 +137,7 @@ async fn a_killed_and_restarted_agent_resumes_the_same_step() {
     let mut agent = Agent::start(&fx.envoy, &slow, "250ms").await.unwrap();
     let traffic = Steady::start(fx.envoy.http().clone(), fx.envoy.url("/"), RPS);
     // Durable at 30% (the write runs in its own task: the decided weight can be ahead of it).
-    agent.wait_for(Duration::from_secs(20), "second step", |s| s["applied_weight_percent"] == 30.0).await.unwrap();
+    agent.wait_for(Duration::from_secs(20), "second step", |s| s["written_weight_percent"] == 30.0).await.unwrap();
     agent.kill(); // SIGKILL: no chance to write anything on the way out
     let before = durable(&fx);
     assert_eq!(before.canary_weight.basis_points(), 3000);

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use canary_e2e::{Fixture, paths, route};
-use gate_agent::api::{EvidenceView, StatusView, SubsetView, VerdictView, render_metrics};
+use gate_agent::api::{EvidenceView, ObservedWeight, StatusView, SubsetView, VerdictView, render_metrics};
 use serde_json::Value;
 
 fn deploy(path: &str) -> PathBuf {
@@ -213,6 +213,8 @@ fn populated() -> StatusView {
         rollout: "demo".into(),
         phase: "progressing".into(),
         canary_weight_percent: 10.0,
+        written_weight_percent: 10.0,
+        observed_weight_percent: Some(ObservedWeight { min_percent: 10.0, max_percent: 10.0 }),
         max_weight_percent: 50.0,
         step: Some(0),
         steps: 3,
@@ -291,7 +293,16 @@ fn rule_queries(rules: &serde_yaml_ng::Value) -> (Vec<String>, BTreeSet<String>)
 async fn every_metric_the_dashboard_and_the_rules_query_is_exported_by_the_filter_or_the_agent() {
     let mut known = exported(&render_metrics(&populated()));
     let agent_names: Vec<String> = known.keys().cloned().collect();
-    let envoy = exported(&envoy_exports().await);
+    let envoy_text = envoy_exports().await;
+    // The shipped bucket bounds reach Prometheus: a bound at a common SLO bound (200 ms) that Envoy's
+    // defaults lack.
+    assert!(
+        envoy_text
+            .lines()
+            .any(|l| l.starts_with("canary_gate_request_duration_microseconds_bucket{") && l.contains("le=\"200000\"")),
+        "no 200 ms bucket bound:\n{envoy_text}"
+    );
+    let envoy = exported(&envoy_text);
     for (name, labels) in envoy.into_iter().filter(|(n, _)| n.starts_with("canary_gate_")) {
         known.entry(name).or_default().extend(labels);
     }
