@@ -30,9 +30,9 @@
 //!
 //! The agent serves one rollout (`StatusView::rollout`): a request must name it (Flagger's
 //! `name`, Argo's `rollout=`), or it is answered 404 with a JSON error. A namespace is recorded,
-//! and checked only when the router carries an [`ExpectedNamespace`] extension.
+//! and checked only when the router carries an [`crate::status::ExpectedNamespace`] extension.
 //!
-//! How the latest status reads, most serious first ([`standing`]), and what each endpoint says:
+//! How the latest status reads, most serious first ([`crate::status::standing`]), and what each endpoint says:
 //!
 //! | standing | confirm-rollout | confirm-traffic-increase, confirm-promotion | rollback | Argo `result` |
 //! |---|---|---|---|---|
@@ -52,7 +52,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -60,20 +60,18 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::api::{ApiState, EvidenceView, FlaggerEventView, StatusView, SubsetView};
 use crate::judge::VerdictKind;
 use crate::rollout::Phase;
+use crate::status::{
+    EvidenceView, ExpectedNamespace, FlaggerEventView, LatestStatus, Refusal, Standing, StatusView, SubsetView,
+    check_target, expected, latest_reasons, latest_verdict, not_allowed, standing,
+};
 use crate::time::unix_ms;
 
 /// How many of Flagger's events `/status` keeps.
 pub const FLAGGER_EVENTS_KEPT: usize = 20;
 /// Longest event message kept (bytes); Flagger's are a sentence.
 const EVENT_MESSAGE_MAX: usize = 1024;
-
-/// Set on the router (`app(state).layer(Extension(ExpectedNamespace(..)))`) to require Flagger
-/// payloads, Argo's `namespace=` and queries' `namespace="..."` to name this namespace.
-#[derive(Debug, Clone)]
-pub struct ExpectedNamespace(pub Arc<str>);
 
 /// The last [`FLAGGER_EVENTS_KEPT`] events Flagger posted, shared by the handlers and `/status`.
 #[derive(Debug, Clone, Default)]
@@ -94,8 +92,13 @@ impl FlaggerEvents {
     }
 }
 
-/// The routes; `api::app` merges them and provides the [`FlaggerEvents`] extension.
-pub fn routes() -> Router<ApiState> {
+/// The routes, for any router state that hands out the [`LatestStatus`]; `api::app` merges them
+/// and provides the [`FlaggerEvents`] extension.
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    LatestStatus: FromRef<S>,
+{
     let mut router = Router::new();
     for hook in Hook::ALL {
         router =
@@ -106,85 +109,6 @@ pub fn routes() -> Router<ApiState> {
         .route("/api/v1/query", get(prometheus_get).post(prometheus_post).fallback(prometheus_not_allowed))
         .route("/api/v1/query_range", get(range_refused).post(range_refused).fallback(prometheus_not_allowed))
         .route("/v1/verdict", get(argo).fallback(not_allowed))
-}
-
-// ---------------------------------------------------------------------------------------------
-// What the latest status says
-// ---------------------------------------------------------------------------------------------
-
-/// Where the canary stands according to the latest status, most serious first. Each carries a
-/// sentence for people.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Standing {
-    /// Nothing published yet, or a standby replica: this agent knows nothing about the canary.
-    Unavailable(String),
-    /// Rolled back, or the latest verdict is a decisive failure.
-    Breach(String),
-    /// An operator paused the rollout at the agent.
-    Paused(String),
-    /// No proxy answers, or the weight cannot be written.
-    NotReady(String),
-    /// The latest verdict failed a check that is not decisive.
-    Failing(String),
-    /// Not enough data, or no verdict yet.
-    NoData(String),
-    Passing(String),
-}
-
-impl Standing {
-    pub fn sentence(&self) -> &str {
-        match self {
-            Standing::Unavailable(s)
-            | Standing::Breach(s)
-            | Standing::Paused(s)
-            | Standing::NotReady(s)
-            | Standing::Failing(s)
-            | Standing::NoData(s)
-            | Standing::Passing(s) => s,
-        }
-    }
-}
-
-/// The latest verdict's kind: the last entry of `recent_verdicts` is always the latest verdict
-/// (the control loop drops only repeats of it).
-pub fn latest_verdict(view: &StatusView) -> Option<VerdictKind> {
-    view.recent_verdicts.last()?.kind
-}
-
-fn latest_reasons(view: &StatusView) -> &[String] {
-    view.recent_verdicts.last().map_or(&[], |v| v.reasons.as_slice())
-}
-
-pub fn standing(view: &StatusView) -> Standing {
-    if view.rollout.is_empty() {
-        return Standing::Unavailable("the agent has not published a status yet".into());
-    }
-    if view.phase == "standby" {
-        let why = view.not_ready.as_deref().unwrap_or("another replica leads");
-        return Standing::Unavailable(format!("this replica is a standby ({why}); ask the leader"));
-    }
-    let latest = latest_verdict(view);
-    if view.phase == Phase::RolledBack.as_str() {
-        return Standing::Breach(format!("rolled back: {}", view.reason));
-    }
-    if latest == Some(VerdictKind::Fail { decisive: true }) {
-        return Standing::Breach("the latest verdict is a decisive failure".into());
-    }
-    if view.phase == Phase::Paused.as_str() {
-        return Standing::Paused(format!("paused by an operator: {}", view.reason));
-    }
-    if let Some(why) = &view.not_ready {
-        return Standing::NotReady(format!("the agent is not ready: {why}"));
-    }
-    match latest {
-        Some(VerdictKind::Pass) => Standing::Passing("the latest verdict passed".into()),
-        Some(VerdictKind::Fail { .. }) => Standing::Failing(format!(
-            "the latest verdict failed a check ({} of {} failed checks so far)",
-            view.failed_checks, view.threshold
-        )),
-        Some(VerdictKind::NotEnoughData) => Standing::NoData("not enough data to judge the canary yet".into()),
-        None => Standing::NoData("no verdict yet".into()),
-    }
 }
 
 /// The standing's sentence followed by the latest verdict's reasons.
@@ -208,64 +132,6 @@ pub fn verdict_value(view: &StatusView) -> Option<f64> {
         VerdictKind::Fail { .. } => Some(0.0),
         VerdictKind::NotEnoughData => None,
     }
-}
-
-/// Why a request is not answered: a status and a sentence, sent as `{"error": ...}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub status: StatusCode,
-    pub error: String,
-}
-
-impl Refusal {
-    fn new(status: StatusCode, error: impl Into<String>) -> Refusal {
-        Refusal { status, error: error.into() }
-    }
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.error }))).into_response()
-    }
-}
-
-/// Whether a request naming `name` (and `namespace`, when it gives one) is for this agent's
-/// rollout.
-pub fn check_target(
-    view: &StatusView,
-    name: &str,
-    namespace: Option<&str>,
-    expected_namespace: Option<&str>,
-) -> Result<(), Refusal> {
-    if view.rollout.is_empty() {
-        return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "the agent has not published a status yet"));
-    }
-    if name.is_empty() {
-        return Err(Refusal::new(StatusCode::BAD_REQUEST, "the request names no rollout"));
-    }
-    if name != view.rollout {
-        return Err(Refusal::new(
-            StatusCode::NOT_FOUND,
-            format!("this agent serves rollout {:?}, not {name:?}", view.rollout),
-        ));
-    }
-    if let (Some(want), Some(got)) = (expected_namespace, namespace)
-        && want != got
-    {
-        return Err(Refusal::new(
-            StatusCode::NOT_FOUND,
-            format!("this agent serves rollout {:?} in namespace {want:?}, not in {got:?}", view.rollout),
-        ));
-    }
-    Ok(())
-}
-
-fn expected(ns: Option<&Extension<ExpectedNamespace>>) -> Option<&str> {
-    ns.map(|Extension(ExpectedNamespace(ns))| &**ns)
-}
-
-async fn not_allowed(method: Method, uri: Uri) -> Refusal {
-    Refusal::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} {} is not supported", uri.path()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -378,12 +244,12 @@ pub fn answer_hook(hook: Hook, view: &StatusView) -> HookAnswer {
 }
 
 async fn flagger_hook(
-    State(s): State<ApiState>,
+    State(s): State<LatestStatus>,
     ns: Option<Extension<ExpectedNamespace>>,
     body: Bytes,
     hook: Hook,
 ) -> Response {
-    let view = s.status.borrow().clone();
+    let view = s.snapshot();
     let answered = parse_payload(&body).and_then(|p| {
         check_target(&view, &p.name, Some(&p.namespace), expected(ns.as_ref()))?;
         Ok((answer_hook(hook, &view), p))
@@ -431,12 +297,12 @@ fn clip(s: &str, max: usize) -> String {
 }
 
 async fn flagger_event(
-    State(s): State<ApiState>,
+    State(s): State<LatestStatus>,
     ns: Option<Extension<ExpectedNamespace>>,
     Extension(events): Extension<FlaggerEvents>,
     body: Bytes,
 ) -> Response {
-    let view = s.status.borrow().clone();
+    let view = s.snapshot();
     let payload = match parse_payload(&body)
         .and_then(|p| check_target(&view, &p.name, Some(&p.namespace), expected(ns.as_ref())).map(|()| p))
     {
@@ -850,12 +716,12 @@ pub fn prometheus_answer(
 }
 
 fn prometheus_reply(
-    s: &ApiState,
+    s: &LatestStatus,
     ns: Option<&Extension<ExpectedNamespace>>,
     params: Result<Vec<(String, String)>, String>,
 ) -> Response {
     let answer = params.map_err(PromError::bad_data).and_then(|params| {
-        let view = s.status.borrow().clone();
+        let view = s.snapshot();
         prometheus_answer(&params, &view, expected(ns), unix_ms())
     });
     match answer {
@@ -867,13 +733,13 @@ fn prometheus_reply(
     }
 }
 
-async fn prometheus_get(State(s): State<ApiState>, ns: Option<Extension<ExpectedNamespace>>, uri: Uri) -> Response {
+async fn prometheus_get(State(s): State<LatestStatus>, ns: Option<Extension<ExpectedNamespace>>, uri: Uri) -> Response {
     prometheus_reply(&s, ns.as_ref(), parse_form(uri.query().unwrap_or_default()))
 }
 
 /// As Prometheus: parameters in the URL and, when form-encoded, in the body.
 async fn prometheus_post(
-    State(s): State<ApiState>,
+    State(s): State<LatestStatus>,
     ns: Option<Extension<ExpectedNamespace>>,
     uri: Uri,
     headers: HeaderMap,
@@ -1010,8 +876,8 @@ pub fn argo_answer(
     argo_verdict(view)
 }
 
-async fn argo(State(s): State<ApiState>, ns: Option<Extension<ExpectedNamespace>>, uri: Uri) -> Response {
-    let view = s.status.borrow().clone();
+async fn argo(State(s): State<LatestStatus>, ns: Option<Extension<ExpectedNamespace>>, uri: Uri) -> Response {
+    let view = s.snapshot();
     match argo_answer(uri.query(), &view, expected(ns.as_ref())) {
         Ok(verdict) => Json(verdict).into_response(),
         Err(refused) => refused.into_response(),
@@ -1021,96 +887,16 @@ async fn argo(State(s): State<ApiState>, ns: Option<Extension<ExpectedNamespace>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{CommandRequest, VerdictView, app};
+    use crate::api::{ApiState, CommandRequest, app};
+    use crate::status::fixtures::*;
     use axum::body::Body;
     use axum::http::Request;
     use tokio::sync::{mpsc, watch};
     use tower::ServiceExt;
 
-    fn subset(name: &str, role: &str, rate: Option<f64>) -> SubsetView {
-        SubsetView {
-            subset: name.into(),
-            role: role.into(),
-            requests_total: 1000,
-            failures_total: 3,
-            success_rate_percent: rate,
-            p50_ms: rate.map(|_| 1.5),
-            p99_ms: rate.map(|_| 12.25),
-        }
-    }
-
-    fn verdict(kind: VerdictKind, reasons: &[&str]) -> VerdictView {
-        VerdictView {
-            at_unix_ms: 1,
-            verdict: kind.to_string(),
-            reasons: reasons.iter().map(|r| (*r).to_string()).collect(),
-            kind: Some(kind),
-        }
-    }
-
-    const VERDICT_KINDS: [VerdictKind; 4] = [
-        VerdictKind::Pass,
-        VerdictKind::Fail { decisive: false },
-        VerdictKind::Fail { decisive: true },
-        VerdictKind::NotEnoughData,
-    ];
-
-    /// A rollout on its first step whose latest verdict passed.
-    fn passing() -> StatusView {
-        StatusView {
-            rollout: "demo".into(),
-            phase: "progressing".into(),
-            canary_weight_percent: 10.0,
-            max_weight_percent: 60.0,
-            step: Some(0),
-            steps: 3,
-            threshold: 3,
-            subsets: vec![subset("v1", "stable", Some(100.0)), subset("v2", "canary", Some(99.5))],
-            evidence: vec![EvidenceView {
-                test: "errors: canary vs stable".into(),
-                log_evidence: 0.5,
-                log_threshold: 6.0,
-            }],
-            recent_verdicts: vec![verdict(VerdictKind::Pass, &["request-success-rate 99.50% >= 99%"])],
-            proxies_reporting: 1,
-            ..StatusView::default()
-        }
-    }
-
-    fn with(f: impl FnOnce(&mut StatusView)) -> StatusView {
-        let mut v = passing();
-        f(&mut v);
-        v
-    }
-
-    fn decisive() -> StatusView {
-        with(|v| {
-            v.recent_verdicts.push(verdict(VerdictKind::Fail { decisive: true }, &["errors: evidence ln 7 >= ln 6"]));
-        })
-    }
-
-    fn rolled_back() -> StatusView {
-        with(|v| {
-            v.phase = "rolled_back".into();
-            v.canary_weight_percent = 0.0;
-            v.reason = "decisive breach: errors".into();
-            v.recent_verdicts.push(verdict(VerdictKind::NotEnoughData, &["no canary requests"]));
-        })
-    }
-
     fn codes(view: &StatusView) -> [u16; 4] {
         Hook::ALL.map(|h| answer_hook(h, view).status.as_u16())
     }
-
-    #[test]
-    fn the_latest_verdict_is_the_last_one_published() {
-        for kind in VERDICT_KINDS {
-            let v = with(|v| v.recent_verdicts.push(verdict(kind, &[])));
-            assert_eq!(latest_verdict(&v), Some(kind));
-        }
-        assert_eq!(latest_verdict(&StatusView::default()), None);
-    }
-
     #[test]
     fn the_rollback_hook_says_200_on_a_breach_and_404_otherwise_never_204() {
         // [confirm-rollout, confirm-traffic-increase, confirm-promotion, rollback]
@@ -1153,19 +939,6 @@ mod tests {
             v.recent_verdicts.push(verdict(VerdictKind::Fail { decisive: true }, &[]));
         });
         assert_eq!(codes(&paused_breach), [403, 403, 403, 200]);
-    }
-
-    #[test]
-    fn a_request_for_another_rollout_or_namespace_is_refused() {
-        let v = passing();
-        assert_eq!(check_target(&v, "demo", Some("shop"), None), Ok(()));
-        let other = check_target(&v, "payments", Some("shop"), None).unwrap_err();
-        assert_eq!(other.status, StatusCode::NOT_FOUND);
-        assert!(other.error.contains("\"demo\"") && other.error.contains("\"payments\""), "{}", other.error);
-        assert_eq!(check_target(&v, "", None, None).unwrap_err().status, StatusCode::BAD_REQUEST);
-        assert_eq!(check_target(&v, "demo", Some("shop"), Some("shop")), Ok(()));
-        assert_eq!(check_target(&v, "demo", Some("web"), Some("shop")).unwrap_err().status, StatusCode::NOT_FOUND);
-        assert_eq!(check_target(&v, "demo", None, Some("shop")), Ok(()), "Argo may leave the namespace out");
     }
 
     #[test]
