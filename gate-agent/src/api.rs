@@ -66,7 +66,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/resume", post(|s, h| action(s, h, Command::Resume)))
         // Flagger, Argo Rollouts and Prometheus-shaped reads: no token, nothing they do decides.
         .merge(crate::integrations::routes())
-        .layer(Extension(crate::integrations::FlaggerEvents::default()))
+        .layer(Extension(crate::integrations::flagger::FlaggerEvents::default()))
         .with_state(state)
 }
 
@@ -79,7 +79,7 @@ async fn readyz(State(s): State<ApiState>) -> Response {
 
 async fn status(
     State(s): State<ApiState>,
-    Extension(flagger): Extension<crate::integrations::FlaggerEvents>,
+    Extension(flagger): Extension<crate::integrations::flagger::FlaggerEvents>,
 ) -> Json<StatusView> {
     let mut view = s.status.borrow().clone();
     view.flagger_events = flagger.recent();

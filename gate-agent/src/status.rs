@@ -133,8 +133,8 @@ pub struct StatusView {
 }
 
 /// The latest status the control loop published, as the read-only endpoints hold it. A router's
-/// state hands it out through [`axum::extract::FromRef`], so an endpoint that only reads the status needs no
-/// more of the API's state than this.
+/// state hands it out through [`axum::extract::FromRef`], so an endpoint that only reads the
+/// status needs no more of the API's state than this.
 #[derive(Debug, Clone)]
 pub struct LatestStatus(pub watch::Receiver<StatusView>);
 
