@@ -1,14 +1,16 @@
-//! The agent's HTTP API: health, Prometheus metrics, status, and operator actions.
+//! The agent's HTTP API: health, Prometheus metrics, status, and operator actions; it composes
+//! these with the integrations' routes ([`crate::integrations::routes`]) into one router.
 //!
-//! Handlers only read the latest [`StatusView`] the control loop publishes and forward actions
-//! to it over a channel; they never decide anything themselves.
+//! This module owns the API's state ([`ApiState`]), the operator's [`Command`]s and
+//! [`render_metrics`]. Handlers only read the latest [`StatusView`] the control loop publishes
+//! and forward actions to it over a channel; they never decide anything themselves.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,6 +19,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::judge::VerdictKind;
+use crate::status::{LatestStatus, latest_verdict};
+// The views live in `status`, which the control loop and the integrations share; they stay
+// reachable under their old paths here.
+pub use crate::status::{EvidenceView, FlaggerEventView, ObservedWeight, StatusView, SubsetView, VerdictView};
 
 /// An operator action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -31,116 +37,6 @@ pub enum Command {
 /// An action and where to send its outcome (a sentence for the operator, or why it was refused).
 pub type CommandRequest = (Command, oneshot::Sender<Result<String, String>>);
 
-/// Figures for one subset over the judging window.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct SubsetView {
-    pub subset: String,
-    pub role: String,
-    pub requests_total: u64,
-    pub failures_total: u64,
-    pub success_rate_percent: Option<f64>,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-}
-
-/// One verdict with its reasons, for people.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct VerdictView {
-    pub at_unix_ms: u64,
-    /// The verdict in words (`fail (decisive)`).
-    pub verdict: String,
-    pub reasons: Vec<String>,
-    /// The same verdict for code that acts on it (the integrations); not in the JSON.
-    #[serde(skip)]
-    pub kind: Option<crate::judge::VerdictKind>,
-}
-
-/// A sequential test's evidence against its threshold (both in natural log units).
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct EvidenceView {
-    pub test: String,
-    pub log_evidence: f64,
-    pub log_threshold: f64,
-}
-
-/// An event Flagger posted to `/flagger/event`, as kept for `/status`.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct FlaggerEventView {
-    /// Flagger's `timestamp` (ms) when it sent one, else when the agent received the event.
-    pub at_unix_ms: u64,
-    pub name: String,
-    pub namespace: String,
-    /// The Flagger canary's phase (`Progressing`, `Failed`, ...).
-    pub phase: String,
-    /// `Normal` or `Warning`.
-    pub event_type: String,
-    pub message: String,
-}
-
-/// The canary weight the proxies apply, over those whose snapshot was read on one tick. A proxy
-/// whose kill order holds its configuration applies 0%, whatever the configuration says.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
-pub struct ObservedWeight {
-    pub min_percent: f64,
-    pub max_percent: f64,
-}
-
-/// What the control loop last published.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct StatusView {
-    pub rollout: String,
-    pub phase: String,
-    /// The rollout's weight: where the agent has decided the canary should be.
-    pub canary_weight_percent: f64,
-    /// The weight in the durable configuration as the agent last wrote (or, at start, read) it.
-    /// Below `canary_weight_percent` while a write is failing or not yet done. What the proxies
-    /// apply is `observed_weight_percent`: a hand edit or a proxy that has not caught up differs.
-    pub written_weight_percent: f64,
-    /// The weight the proxies apply, as they reported it on the last tick; `None` when no proxy
-    /// reported.
-    pub observed_weight_percent: Option<ObservedWeight>,
-    /// The spec's `maxWeight`: no step goes above it (only a promotion, to 100%).
-    pub max_weight_percent: f64,
-    /// The durable configuration's revision.
-    pub revision: u64,
-    /// When the control loop published this status (Unix ms); 0 before it ever did. Queries for
-    /// a time before it cannot be answered: the agent keeps no history.
-    pub published_at_unix_ms: u64,
-    /// Index into the steps; `None` before the first step.
-    pub step: Option<usize>,
-    pub steps: usize,
-    pub failed_checks: u32,
-    pub threshold: u32,
-    /// Why the rollout is where it is: the last decision that changed something.
-    pub reason: String,
-    pub subsets: Vec<SubsetView>,
-    pub evidence: Vec<EvidenceView>,
-    pub recent_verdicts: Vec<VerdictView>,
-    pub proxies_reporting: usize,
-    pub proxies_failing: Vec<String>,
-    /// Proxies that answer but still apply an older revision than the durable one, and those of
-    /// them that rejected it (behind for longer than `apply_timeout`). The step holds while any
-    /// is listed.
-    pub proxies_behind: Vec<crate::rollout::Behind>,
-    /// Set when the agent cannot do its job (no proxy reachable, config unwritable).
-    pub not_ready: Option<String>,
-    pub router_errors_total: u64,
-    /// Proxy restarts and counter resets seen (counters that started again from zero).
-    pub proxy_resets_total: u64,
-    /// Requests the route table did not send where their label said (see `canary_core::served`).
-    pub misrouted_requests_total: u64,
-    /// Configurations the proxies applied that gate-agent did not write (a hand edit, `kubectl
-    /// edit`, a GitOps sync), each answered by the foreign-write policy.
-    pub foreign_writes_total: u64,
-    /// The latest of them, in words.
-    pub last_foreign_write: Option<String>,
-    pub phase_changes_total: u64,
-    /// The last events Flagger posted (oldest first, at most
-    /// [`crate::integrations::FLAGGER_EVENTS_KEPT`]). Kept by the API, not the control loop,
-    /// which publishes this empty; `/status` fills it in.
-    pub flagger_events: Vec<FlaggerEventView>,
-}
-
 /// Shared by all handlers.
 #[derive(Debug, Clone)]
 pub struct ApiState {
@@ -148,6 +44,13 @@ pub struct ApiState {
     pub commands: mpsc::Sender<CommandRequest>,
     /// Required as `Authorization: Bearer <token>` on actions when set.
     pub token: Option<Arc<str>>,
+}
+
+/// The integrations read only the status.
+impl FromRef<ApiState> for LatestStatus {
+    fn from_ref(s: &ApiState) -> LatestStatus {
+        LatestStatus(s.status.clone())
+    }
 }
 
 /// The router; tests call it with `oneshot` and no socket.
@@ -163,7 +66,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/resume", post(|s, h| action(s, h, Command::Resume)))
         // Flagger, Argo Rollouts and Prometheus-shaped reads: no token, nothing they do decides.
         .merge(crate::integrations::routes())
-        .layer(Extension(crate::integrations::FlaggerEvents::default()))
+        .layer(Extension(crate::integrations::flagger::FlaggerEvents::default()))
         .with_state(state)
 }
 
@@ -176,7 +79,7 @@ async fn readyz(State(s): State<ApiState>) -> Response {
 
 async fn status(
     State(s): State<ApiState>,
-    Extension(flagger): Extension<crate::integrations::FlaggerEvents>,
+    Extension(flagger): Extension<crate::integrations::flagger::FlaggerEvents>,
 ) -> Json<StatusView> {
     let mut view = s.status.borrow().clone();
     view.flagger_events = flagger.recent();
@@ -314,7 +217,7 @@ pub fn render_metrics(v: &StatusView) -> String {
         }
     }
     family(&mut out, "canary_gate_agent_verdict", "gauge", "1 for the latest verdict's kind; all 0 before the first.");
-    let latest = crate::integrations::latest_verdict(v);
+    let latest = latest_verdict(v);
     for (label, kind) in [
         ("pass", VerdictKind::Pass),
         ("fail", VerdictKind::Fail { decisive: false }),

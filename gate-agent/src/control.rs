@@ -32,7 +32,7 @@ use canary_core::{KillOrder, Role, RouteConfig, Snapshot, SubsetName, Weight};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::api::{Command, CommandRequest, EvidenceView, ObservedWeight, StatusView, SubsetView, VerdictView};
+use crate::api::{Command, CommandRequest};
 use crate::collect::{AppliedRevision, Fleet, Observation, Window};
 use crate::foreign::{self, Foreign, Written};
 use crate::judge::Verdict;
@@ -43,6 +43,7 @@ use crate::rollout::{Behind, ChangeKind, Decision, Phase, Reach, Rollout, Weight
 use crate::router::{RouterError, WeightRouter};
 use crate::source::{CounterSource, KillSwitch};
 use crate::spec::Spec;
+use crate::status::{EvidenceView, ObservedWeight, StatusView, SubsetView, VerdictView};
 use crate::time::{millis, unix_ms};
 
 /// How the loop runs; the defaults suit a sidecar next to one proxy.

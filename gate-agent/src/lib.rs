@@ -9,7 +9,9 @@
 //! ([`source::CounterSource`], [`source::KillSwitch`]), [`router`] applies weights
 //! ([`router::WeightRouter`]; the WasmPlugin one is in [`mesh`]), [`notify`] posts phase changes
 //! and foreign writes ([`notify::Notifier`]). [`control`] runs the loop (read, judge, decide, act)
-//! and [`api`] serves HTTP, with the Flagger, Prometheus and Argo endpoints in [`integrations`].
+//! and publishes a [`status::StatusView`]; [`api`] serves HTTP and composes the Flagger,
+//! Prometheus and Argo endpoints of [`integrations`]. Both read the status only through
+//! [`status`], so the modules point one way: api → integrations → status ← control.
 
 pub mod api;
 pub mod control;
@@ -18,6 +20,7 @@ pub mod mesh;
 pub mod notify;
 pub mod router;
 pub mod source;
+pub mod status;
 pub mod time;
 
 pub use canary_manifests as validate;

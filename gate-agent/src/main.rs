@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use gate_agent::api::{self, ApiState, StatusView};
+use gate_agent::api::{self, ApiState};
 use gate_agent::control::{Parts, Settings, StartError, lead, preflight, stopped};
 use gate_agent::mesh::discovery::PodTargets;
 use gate_agent::mesh::events::{Both, KubeEvents};
@@ -27,6 +27,7 @@ use gate_agent::notify::{Notifier, WebhookNotifier};
 use gate_agent::router::{FileRouter, WeightRouter};
 use gate_agent::source::HttpSource;
 use gate_agent::spec::{Spec, parse_duration};
+use gate_agent::status::StatusView;
 use gate_agent::validate::{self, Input, Inputs};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Api;
@@ -420,7 +421,7 @@ async fn serve_rollout<R: WeightRouter + Clone + 'static, N: Notifier + 'static>
     let mut app = api::app(state);
     if let Some(ns) = &args.namespace {
         // Flagger's payloads name a namespace: with one configured, a Canary elsewhere is refused.
-        app = app.layer(axum::Extension(gate_agent::integrations::ExpectedNamespace(Arc::from(ns.as_str()))));
+        app = app.layer(axum::Extension(gate_agent::status::ExpectedNamespace(Arc::from(ns.as_str()))));
     }
     let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
     let server = tokio::spawn(async move { server.await });

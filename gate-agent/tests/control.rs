@@ -31,11 +31,12 @@ use canary_core::{
     InstanceInfo, KillOrder, KillRecord, Outcome, Role, RolloutRecord, RouteConfig, Snapshot, SubsetCounters,
     SubsetSnapshot, Weight,
 };
-use gate_agent::api::{Command, StatusView};
+use gate_agent::api::Command;
 use gate_agent::control::{Controller, Settings, StartError};
 use gate_agent::notify::{Notice, NoticeKind, Notifier};
 use gate_agent::router::{RouterError, WeightRouter};
 use gate_agent::source::{CounterSource, FetchError, KillSwitch};
+use gate_agent::status::StatusView;
 use gate_agent::{Phase, Spec};
 use tokio::sync::watch;
 use tokio::time::Instant;

@@ -10,7 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use canary_e2e::{Fixture, paths, route};
-use gate_agent::api::{EvidenceView, ObservedWeight, StatusView, SubsetView, VerdictView, render_metrics};
+use gate_agent::api::render_metrics;
+use gate_agent::status::{EvidenceView, ObservedWeight, StatusView, SubsetView, VerdictView};
 use serde_json::Value;
 
 fn deploy(path: &str) -> PathBuf {
