@@ -98,6 +98,8 @@ impl HttpContext for RouteStream {
         {
             host::warn(&format!("canary-gate: cannot set the affinity cookie: {s:?}"));
         }
+        #[cfg(feature = "host-call-count")]
+        host::report_calls();
         Action::Continue
     }
 
