@@ -21,7 +21,6 @@ enum Call {
     SetHeader,
     AddHeader,
     Property,
-    ForeignFunction,
     SendResponse,
     DefineMetric,
     IncrementMetric,
@@ -33,7 +32,7 @@ enum Call {
 // Read only by a counting build.
 #[cfg_attr(not(feature = "host-call-count"), allow(dead_code))]
 impl Call {
-    const ALL: [Call; 14] = [
+    const ALL: [Call; 13] = [
         Call::Log,
         Call::Configuration,
         Call::Clock,
@@ -41,7 +40,6 @@ impl Call {
         Call::SetHeader,
         Call::AddHeader,
         Call::Property,
-        Call::ForeignFunction,
         Call::SendResponse,
         Call::DefineMetric,
         Call::IncrementMetric,
@@ -59,7 +57,6 @@ impl Call {
             Call::SetHeader => "set_header",
             Call::AddHeader => "add_header",
             Call::Property => "get_property",
-            Call::ForeignFunction => "call_foreign_function",
             Call::SendResponse => "send_local_response",
             Call::DefineMetric => "define_metric",
             Call::IncrementMetric => "increment_metric",
@@ -177,13 +174,6 @@ pub fn add_response_header(name: &str, value: &str) -> Result<(), Status> {
 pub fn property(path: &[&str]) -> Option<Vec<u8>> {
     count(Call::Property);
     hostcalls::get_property(path.to_vec()).ok().flatten()
-}
-
-/// Makes the router re-match the route after a header change. proxy-wasm 0.2.5 has no method
-/// for it; Envoy answers the foreign function `clear_route_cache`.
-pub fn clear_route_cache() -> Result<(), Status> {
-    count(Call::ForeignFunction);
-    hostcalls::call_foreign_function("clear_route_cache", None).map(|_| ())
 }
 
 /// A numeric stream property (Envoy encodes integers as 8 little-endian bytes).
