@@ -201,6 +201,8 @@ BENCH_BIN := target/bench-driver
 BENCH_ENV := GATE_AGENT_BIN=$(CURDIR)/target/release/gate-agent
 bench: tools-rust tools-envoy tools-bench wasm
 	cargo build --release -p noop-filter --target wasm32-wasip1
+	cargo build --release -p canary-filter --target wasm32-wasip1 --features host-call-count \
+	  --target-dir target/host-call-count
 	cargo build --release -p gate-agent
 	cargo build --profile bench-driver -p canary-bench
 	cargo bench -p canary-rollout --bench tick --no-run
@@ -210,14 +212,19 @@ bench: tools-rust tools-envoy tools-bench wasm
 	$(BENCH_ENV) $(BENCH_BIN)/decisions $(BENCH_OUT)
 	$(BENCH_ENV) $(BENCH_BIN)/agent_scale $(BENCH_OUT)
 	$(BENCH_ENV) $(BENCH_BIN)/typo $(BENCH_OUT)
+	$(BENCH_ENV) $(BENCH_BIN)/instructions $(BENCH_OUT)
 	$(BENCH_ENV) $(BENCH_BIN)/report $(BENCH_OUT)
 
-# wrk, the cost benchmark's load generator (Debian).
+# wrk, the cost benchmark's load generator, and valgrind, which counts its instructions (Debian).
 tools-bench:
-	@command -v wrk >/dev/null || { \
+	@missing=""; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
+	if [ -n "$$missing" ]; then \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	  $$sudo apt-get update -qq; \
-	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends wrk; }
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 # Fuzzing: the cargo-fuzz (libFuzzer) targets in fuzz/, a workspace of its own. Nightly when
 # rustup has it, else the pinned stable with RUSTC_BOOTSTRAP=1 (cargo-fuzz passes -Z flags);

@@ -40,6 +40,23 @@ impl Variant {
     }
 }
 
+/// How a benchmark Envoy is started, beyond its variant: the defaults are what the wrk part runs.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// A program and its arguments that Envoy runs under (valgrind), or none.
+    pub wrapper: Vec<String>,
+    /// canary-filter's `.wasm`, if not the release build `make wasm` writes.
+    pub filter_wasm: Option<PathBuf>,
+    /// How long Envoy may take to serve its first request (much longer under valgrind).
+    pub ready_within: Duration,
+}
+
+impl Default for Launch {
+    fn default() -> Self {
+        Launch { wrapper: Vec::new(), filter_wasm: None, ready_within: Duration::from_secs(30) }
+    }
+}
+
 /// A running benchmark Envoy, killed by its PID on drop.
 #[derive(Debug)]
 pub struct BenchEnvoy {
@@ -116,12 +133,28 @@ impl BenchEnvoy {
         route: &RouteConfig,
         base_id: u32,
     ) -> Result<BenchEnvoy, String> {
+        Self::launch(variant, upstream, concurrency, route, base_id, &Launch::default()).await
+    }
+
+    /// [`BenchEnvoy::start`] with the options in `launch`.
+    pub async fn launch(
+        variant: Variant,
+        upstream: SocketAddr,
+        concurrency: u32,
+        route: &RouteConfig,
+        base_id: u32,
+        launch: &Launch,
+    ) -> Result<BenchEnvoy, String> {
         let bin = canary_e2e::paths::envoy_bin()?;
         let dir = tempfile::Builder::new().prefix("canary-gate-bench").tempdir().map_err(|e| e.to_string())?;
         let root = dir.path();
         let wasm = root.join("canary_filter.wasm");
         let noop = root.join("noop_filter.wasm");
-        copy(&canary_e2e::paths::filter_wasm()?, &wasm)?;
+        let filter = match &launch.filter_wasm {
+            Some(p) => p.clone(),
+            None => canary_e2e::paths::filter_wasm()?,
+        };
+        copy(&filter, &wasm)?;
         copy(&noop_wasm()?, &noop)?;
         std::fs::create_dir_all(root.join("ecds")).map_err(|e| e.to_string())?;
         let ecds = canary_core::ecds::discovery_file(&wasm.to_string_lossy(), route).map_err(|e| e.to_string())?;
@@ -138,7 +171,15 @@ impl BenchEnvoy {
         std::fs::write(&config, bootstrap(variant, &setup, root, &noop)?.to_string()).map_err(|e| e.to_string())?;
         let admin_path = root.join("admin-address");
         let log = root.join("envoy.log");
-        let child = Command::new(&bin)
+        let mut command = match launch.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = command
             .arg("-c")
             .arg(&config)
             .args(["--base-id", &base_id.to_string(), "--concurrency", &concurrency.to_string()])
@@ -152,7 +193,7 @@ impl BenchEnvoy {
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut envoy = BenchEnvoy { child, _dir: dir, variant, public: unbound, admin: unbound, log };
-        (envoy.admin, envoy.public) = envoy.wait_public(&admin_path).await?;
+        (envoy.admin, envoy.public) = envoy.wait_public(&admin_path, launch.ready_within).await?;
         Ok(envoy)
     }
 
@@ -175,9 +216,14 @@ impl BenchEnvoy {
         Ok((!values.is_empty()).then(|| values.iter().sum()))
     }
 
-    async fn wait_public(&mut self, admin_path: &Path) -> Result<(SocketAddr, SocketAddr), String> {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+    async fn wait_public(
+        &mut self,
+        admin_path: &Path,
+        ready_within: Duration,
+    ) -> Result<(SocketAddr, SocketAddr), String> {
+        // Per call: generous, since an Envoy under valgrind answers its first requests slowly.
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + ready_within;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("{} exited with {status}: {}", self.variant.name(), self.log_text()));
@@ -190,7 +236,7 @@ impl BenchEnvoy {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(format!("{} did not serve within 30 s: {}", self.variant.name(), self.log_text()))
+        Err(format!("{} did not serve within {ready_within:?}: {}", self.variant.name(), self.log_text()))
     }
 
     fn log_text(&self) -> String {

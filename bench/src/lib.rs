@@ -1,10 +1,10 @@
 //! Shared plumbing for `make bench`.
 //!
-//! Each part of the benchmark is its own binary (`envoy_cost`, `breach`, `decisions`, `agent_scale`)
-//! that writes two files into the output directory given as its first argument: `<part>.json`
-//! (every figure it measured, machine-readable) and `<part>.md` (its section of `bench/RESULTS.md`:
-//! tables and a short reading, including any goal it misses). The `report` binary puts the parts
-//! together with the machine they ran on.
+//! Each part of the benchmark is its own binary (`envoy_cost`, `breach`, `decisions`, `agent_scale`,
+//! `typo`, `instructions`) that writes two files into the output directory given as its first
+//! argument: `<part>.json` (every figure it measured, machine-readable) and `<part>.md` (its section
+//! of `bench/RESULTS.md`: tables and a short reading, including any goal it misses). The `report`
+//! binary puts the parts together with the machine they ran on.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -64,12 +64,12 @@ impl HttpContext for RouteStream {
         }
         let label = cfg.label_value(choice.subset(cfg));
         // Overwrites any value the client sent: a client cannot pick its subset with the label.
+        // Envoy clears its route cache when wasm writes a request header, so the router matches
+        // the route again with this label (labels_e2e.rs proves it with a route matched before
+        // the filter ran); no separate `clear_route_cache` call is needed.
         if let Err(s) = host::set_request_header(cfg.label_header.as_str(), &label) {
             host::error(&format!("canary-gate: cannot set {}: {s:?}; the request is not counted", cfg.label_header));
             return Action::Continue;
-        }
-        if let Err(s) = host::clear_route_cache() {
-            host::warn(&format!("canary-gate: clear_route_cache failed: {s:?}"));
         }
         self.chosen = Some(Chosen {
             choice,
@@ -98,6 +98,8 @@ impl HttpContext for RouteStream {
         {
             host::warn(&format!("canary-gate: cannot set the affinity cookie: {s:?}"));
         }
+        #[cfg(feature = "host-call-count")]
+        host::report_calls();
         Action::Continue
     }
 

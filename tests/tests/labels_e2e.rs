@@ -51,6 +51,28 @@ async fn in_the_sidecar_shape_the_filter_labels_with_the_secret() {
     assert_eq!(snap.subset(Role::Canary).unwrap().counters.requests, t.served("v2"));
 }
 
+/// Envoy matches a request's route when its headers arrive, before the filter runs. In the sidecar
+/// shape nothing strips a client's label first, so a client that sends the exact label of one
+/// subset has that subset's route matched already. The filter's label must still decide: writing a
+/// request header from wasm clears Envoy's route cache, which is why the filter makes no
+/// `clear_route_cache` call of its own (issue 20).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_matched_before_the_filter_runs_follows_the_label_the_filter_writes() {
+    let shape = Shape { mesh_label_token: Some(TOKEN.into()), ..Shape::default() };
+    let extra = format!(r#","label_token":"{TOKEN}""#);
+    let f = Fixture::start_shaped(route(0.0, 1, &extra).unwrap(), 1, shape).await.unwrap();
+    let t = f.send(30, &label(&format!("v2.{TOKEN}"))).await;
+    assert_eq!(t.served("v1"), 30, "at 0% the canary's own label, matched before the filter, is overridden: {t:?}");
+    assert_eq!(f.canary.received(), 0);
+    f.envoy.write_route(&route(100.0, 2, &extra).unwrap()).unwrap();
+    f.envoy.wait_for_revision(2, std::time::Duration::from_secs(10)).await.unwrap();
+    let t = f.send(30, &label("v1")).await;
+    assert_eq!(t.served("v2"), 30, "at 100% a request first matched to stable reaches the canary: {t:?}");
+    let snap = f.envoy.snapshot().await.unwrap();
+    assert_eq!(snap.subset(Role::Canary).unwrap().counters.requests, 30);
+    assert_eq!(snap.subset(Role::Stable).unwrap().counters.requests, 30);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_affinity_cookie_keeps_an_anonymous_session_on_one_version() {
     let cfg = route(50.0, 1, r#","affinity_cookie":{"name":"cg-demo","max_age_s":600}"#).unwrap();
