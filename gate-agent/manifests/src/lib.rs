@@ -121,7 +121,7 @@ mod report;
 mod weights;
 
 pub use checks::PROMOTION_ANNOTATION;
-pub use manifest::ROLLOUT_API_VERSION;
+pub use manifest::{KindError, KindReader, ROLLOUT_API_VERSION};
 pub use report::{Check, EXIT_CLEAN, EXIT_ERRORS, EXIT_USAGE, Finding, Report, Severity};
 
 use manifest::{Loaded, Origin};
@@ -147,8 +147,13 @@ pub struct Inputs {
 
 /// Checks the manifests. Pure: never reads a file, never panics, whatever the text.
 pub fn validate(inputs: &Inputs) -> Report {
+    validate_with(inputs, &[])
+}
+
+/// [`validate`], with kinds the caller reads (see [`KindReader`]).
+pub fn validate_with(inputs: &Inputs, readers: &[&dyn KindReader]) -> Report {
     let mut out = Findings::default();
-    let mut loaded = Loaded::default();
+    let mut loaded = Loaded { readers: readers.to_vec(), ..Loaded::default() };
     for file in &inputs.files {
         loaded.read_file(&file.name, &file.text, Origin::Input, &mut out);
     }
@@ -174,4 +179,53 @@ pub fn validate(inputs: &Inputs) -> Report {
     }
     checks::run(&loaded, &mut out);
     Report::new(loaded.files, loaded.docs.len(), out.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canary_rollout::Spec;
+    use serde_json::Value;
+
+    /// Reads `kind: Widget` (`example.com`): its `spec.analysis` is a rollout spec.
+    #[derive(Debug)]
+    struct Widgets;
+
+    impl KindReader for Widgets {
+        fn kind(&self) -> (&'static str, &'static str) {
+            ("Widget", "example.com")
+        }
+        fn spec_at(&self) -> &'static str {
+            "spec.analysis"
+        }
+        fn read(&self, object: &Value) -> Result<Spec, KindError> {
+            let analysis = &object["spec"]["analysis"];
+            Spec::from_yaml_or_json(&analysis.to_string()).map_err(|e| KindError {
+                field: format!("spec.analysis.{}", e.field),
+                problem: format!("the reader would refuse it: {e}"),
+                fix: "Fix the field.".into(),
+                schema: false,
+            })
+        }
+    }
+
+    fn widget(steps: &str) -> Inputs {
+        let text = format!(
+            "apiVersion: example.com/v1\nkind: Widget\nmetadata: {{name: shop, namespace: prod}}\nspec:\n  analysis:\n    \
+             name: shop\n    stable: v1\n    canary: v2\n    interval: 30s\n    threshold: 3\n    stepWeights: {steps}\n"
+        );
+        Inputs { files: vec![Input { name: "widget.yaml".into(), text }], spec: None, live: vec![] }
+    }
+
+    #[test]
+    fn a_kind_the_caller_reads_is_checked_at_its_own_field_paths() {
+        let bad = validate_with(&widget("[10, 200]"), &[&Widgets]);
+        let found = bad.findings.iter().find(|f| f.check == Check::RolloutSpec).unwrap();
+        assert!(found.path.starts_with("spec.analysis."), "{found:?}");
+        assert_eq!(found.object.as_deref(), Some("Widget prod/shop"));
+        let good = validate_with(&widget("[10, 50]"), &[&Widgets]);
+        assert_eq!(good.errors, 0, "{:?}", good.findings);
+        // Without the reader the kind is not one this crate knows.
+        assert!(validate(&widget("[10, 200]")).findings.iter().all(|f| f.check != Check::RolloutSpec));
+    }
 }

@@ -207,6 +207,30 @@ pub(crate) struct Loaded<'a> {
     pub filters: Vec<Obj<FilterConfig>>,
     pub specs: Vec<Obj<Spec>>,
     pub files: usize,
+    /// Kinds the caller reads (see [`KindReader`]).
+    pub readers: Vec<&'a dyn KindReader>,
+}
+
+/// A kind this crate does not know itself, read by the caller: gate-agent reads `CanaryGate`
+/// objects with its controller's own conversion, which needs types this pure crate does not hold.
+pub trait KindReader: std::fmt::Debug {
+    /// The `kind` and API group this reader takes.
+    fn kind(&self) -> (&'static str, &'static str);
+    /// Where in the object the rollout spec it stands for sits (`spec.analysis`), for findings.
+    fn spec_at(&self) -> &'static str;
+    /// The rollout spec the object stands for, or what is wrong and where.
+    fn read(&self, object: &Value) -> Result<Spec, KindError>;
+}
+
+/// Why a [`KindReader`] refused an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindError {
+    /// The field's path inside the object (`spec.analysis.stepWeights[2]`).
+    pub field: String,
+    pub problem: String,
+    pub fix: String,
+    /// A shape error (wrong type, unknown field) rather than a rollout spec the agent would refuse.
+    pub schema: bool,
 }
 
 impl<'a> Loaded<'a> {
@@ -289,6 +313,10 @@ impl<'a> Loaded<'a> {
                 format!("{kind} {api_version} is not a version this command knows; checked as {group}/{assumed}"),
                 format!("Use {}.", all.join(" or ")),
             );
+        }
+        if let Some(reader) = self.readers.iter().copied().find(|r| r.kind() == (kind, group)) {
+            self.read_by(reader, place, map, value, out);
+            return;
         }
         match (kind, group) {
             ("VirtualService", "networking.istio.io") => {
@@ -464,6 +492,31 @@ impl<'a> Loaded<'a> {
             fields.insert("name".into(), Value::String(name.clone()));
         }
         self.read_spec(place, meta, spec, "spec", out);
+    }
+
+    /// An object of a kind the caller reads (see [`KindReader`]).
+    fn read_by(
+        &mut self,
+        reader: &dyn KindReader,
+        place: Place<'_, 'a>,
+        map: &serde_json::Map<String, Value>,
+        value: &Value,
+        out: &mut Findings,
+    ) {
+        let (kind, _) = reader.kind();
+        let metadata = map.get("metadata").unwrap_or(&Value::Null);
+        let meta = Option::<RawMeta>::deserialize(metadata).ok().flatten().unwrap_or_default().into_meta(kind);
+        match reader.read(value) {
+            Ok(spec) => {
+                let base = join(place.base, reader.spec_at());
+                self.specs.push(Obj { doc: place.doc_at, base, meta, body: spec });
+            }
+            Err(e) => {
+                let check = if e.schema { Check::Schema } else { Check::RolloutSpec };
+                let site = Site::new(place.doc, Some(meta.describe()), join(place.base, &e.field));
+                out.error(&site, check, e.problem, e.fix);
+            }
+        }
     }
 
     /// Reads a rollout spec with gate-agent's own parser (`Spec::from_yaml_or_json`).
