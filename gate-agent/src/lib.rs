@@ -16,6 +16,7 @@ pub mod api;
 pub mod collect;
 pub mod control;
 pub mod foreign;
+pub mod gate;
 pub mod integrations;
 pub mod judge;
 pub mod latency;

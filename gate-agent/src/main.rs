@@ -57,6 +57,8 @@ enum Cmd {
     ///
     /// Exit codes: 0 clean (warnings allowed), 1 errors found, 2 bad usage or unreadable input.
     Validate(ValidateArgs),
+    /// Print the CanaryGate CustomResourceDefinition (YAML), as shipped in deploy/crd.
+    Crd,
 }
 
 #[derive(Debug, clap::Args)]
@@ -191,6 +193,7 @@ fn main() -> ExitCode {
         Cmd::CheckSpec { file } => check_spec(&file),
         Cmd::CheckConfig { file } => check_config(&file),
         Cmd::Run(args) => run(*args),
+        Cmd::Crd => print_crd(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -224,6 +227,12 @@ fn check_spec(file: &PathBuf) -> Result<(), Failure> {
         spec.interval(),
         spec.threshold()
     );
+    Ok(())
+}
+
+fn print_crd() -> Result<(), Failure> {
+    let yaml = gate_agent::gate::crd::crd_yaml().map_err(Failure::Runtime)?;
+    let _ = std::io::stdout().lock().write_all(yaml.as_bytes());
     Ok(())
 }
 
