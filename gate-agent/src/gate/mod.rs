@@ -8,6 +8,8 @@
 //! the status to write). The acting half, [`controller`], applies that with server-side apply
 //! and runs one rollout loop ([`crate::control::Controller`]) per gate.
 
+pub mod api;
+pub mod controller;
 pub mod convert;
 pub mod crd;
 pub mod generate;

@@ -1,0 +1,352 @@
+//! The CanaryGate controller against a **real** kube-apiserver with etcd and Istio's CRDs
+//! (tests/support/kube.rs), run in-process as the cluster admin (the Helm chart's RBAC is not
+//! exercised here), reading fabricated proxies: pods whose IPs are loopback addresses where a
+//! small HTTP server serves snapshots at the weight the gate's route WasmPlugin holds (as if
+//! istiod pushed it instantly), with a healthy or a failing canary.
+//!
+//! One scenario, three namespaces' worth of gates, because the control plane and the controller
+//! are the expensive part: gates are generated their objects, judged independently, reconciled
+//! back after an edit, blocked with the exact fix when the route has no label match, and rolled
+//! back to 0% when deleted.
+//!
+//! This control plane has no kube-controller-manager, so no garbage collector: deletion is
+//! checked as the canary at 0% plus owner references that name the deleted gate's uid (which is
+//! what the garbage collector acts on in a real cluster).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test code
+
+#[path = "support/kube.rs"]
+mod kube_support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::Request;
+use canary_core::snapshot::SNAPSHOT_FORMAT;
+use canary_core::{InstanceInfo, Outcome, Role, Snapshot, SubsetCounters, SubsetName, SubsetSnapshot};
+use gate_agent::control::Settings;
+use gate_agent::gate::api::{GatesApi, app};
+use gate_agent::gate::controller::{ControllerSettings, GateIndex, run};
+use gate_agent::gate::crd::CanaryGate;
+use gate_agent::gate::generate::Install;
+use gate_agent::mesh::lease::Leadership;
+use gate_agent::mesh::wasmplugin::WasmPlugin;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube_support::{ControlPlane, TestNamespace, workspace_root};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn install_crd(cp: &ControlPlane) {
+    let ok = |c: &mut Command| c.status().unwrap().success();
+    let crd = workspace_root().join("deploy/crd/canarygate.yaml");
+    assert!(ok(cp.kubectl().args(["apply", "--server-side", "--field-manager=canary-gate-tests", "-f"]).arg(&crd)));
+    assert!(ok(cp.kubectl().args([
+        "wait",
+        "--for=condition=Established",
+        "crd/canarygates.canary-gate.dev",
+        "--timeout=60s"
+    ])));
+}
+
+fn apply(cp: &ControlPlane, object: &Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("o.json");
+    std::fs::write(&file, object.to_string()).unwrap();
+    let out = cp.kubectl().args(["apply", "--server-side", "--field-manager=user", "-f"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The user's VirtualService for `service`: with the canary's label route, or (`labelled` false)
+/// only the stable route.
+fn virtual_service(ns: &str, service: &str, labelled: bool) -> Value {
+    let stable = json!({ "name": "stable", "route": [{ "destination": { "host": service, "subset": "v1" } }] });
+    let canary = json!({ "name": "canary",
+        "match": [{ "headers": { "x-canary-subset": { "exact": "v2" } } }],
+        "route": [{ "destination": { "host": service, "subset": "v2" } }] });
+    let http = if labelled { json!([canary, stable]) } else { json!([stable]) };
+    json!({ "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": { "name": service, "namespace": ns },
+            "spec": { "hosts": [service], "http": http } })
+}
+
+fn gate(ns: &str, name: &str, app: &str, port: u16, interval: &str) -> Value {
+    json!({
+        "apiVersion": "canary-gate.dev/v1alpha1", "kind": "CanaryGate",
+        "metadata": { "name": name, "namespace": ns },
+        "spec": {
+            "service": { "name": name, "port": 8080 },
+            "workload": { "selector": { "app": app }, "snapshotPort": port },
+            "stable": "v1", "canary": "v2", "route": { "name": name },
+            "analysis": { "interval": interval, "threshold": 3, "stepWeights": [10, 30, 60], "maxWeight": 60,
+                          "minRequests": 20,
+                          "metrics": [{ "name": "request-success-rate", "thresholdRange": { "min": 99 }, "interval": "2s" }] }
+        }
+    })
+}
+
+/// A proxy on `addr` serving 100 requests between two reads, split at the weight of WasmPlugin
+/// `plugin`; its canary fails every request while `failing` is set.
+async fn fake_proxy(ns: &TestNamespace, plugin: String, addr: SocketAddr, failing: Arc<AtomicBool>) -> SocketAddr {
+    let counters = Arc::new(Mutex::new((SubsetCounters::default(), SubsetCounters::default())));
+    let plugins = Api::<WasmPlugin>::namespaced(ns.admin.clone(), &ns.name);
+    let id = format!("proxy-{addr}");
+    let app = axum::Router::new().fallback(move |method: axum::http::Method| {
+        let (plugins, counters, id, plugin, failing) =
+            (plugins.clone(), Arc::clone(&counters), id.clone(), plugin.clone(), Arc::clone(&failing));
+        async move {
+            if method == axum::http::Method::POST {
+                return String::from("{}"); // a kill order: taken
+            }
+            let weight = plugins
+                .get(&plugin)
+                .await
+                .ok()
+                .and_then(|p| p.spec.plugin_config)
+                .and_then(|c| c["canary_weight"].as_f64())
+                .unwrap_or(0.0);
+            let mut c = counters.lock().unwrap();
+            let canary = weight.round() as u64;
+            for _ in 0..100 - canary {
+                c.0.record(Outcome::Success, 2_000);
+            }
+            let outcome = if failing.load(Ordering::SeqCst) { Outcome::Failure } else { Outcome::Success };
+            for _ in 0..canary {
+                c.1.record(outcome, 2_000);
+            }
+            snapshot_json(id, &c.0, &c.1)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+fn snapshot_json(id: String, stable: &SubsetCounters, canary: &SubsetCounters) -> String {
+    let name = |s: &str| SubsetName::try_from(s).unwrap();
+    let snap = Snapshot {
+        format: SNAPSHOT_FORMAT.into(),
+        instance: InstanceInfo { id, started_at_unix_ms: 1 },
+        taken_at_unix_ms: 2,
+        route: None,
+        subsets: vec![
+            SubsetSnapshot { subset: name("v1"), role: Role::Stable, counters: stable.clone() },
+            SubsetSnapshot { subset: name("v2"), role: Role::Canary, counters: canary.clone() },
+        ],
+        kill: None,
+        misrouted: None,
+        dark_launch: None,
+        rollouts: Vec::new(),
+    };
+    serde_json::to_string(&snap).unwrap()
+}
+
+/// Gate `name`'s proxies: one pod per loopback address, all on one port.
+async fn proxies(ns: &TestNamespace, name: &str, ips: &[[u8; 4]], failing: &Arc<AtomicBool>) -> u16 {
+    let plugin = format!("{name}-canary-gate");
+    let first = fake_proxy(ns, plugin.clone(), SocketAddr::from((ips[0], 0)), Arc::clone(failing)).await;
+    for ip in &ips[1..] {
+        fake_proxy(ns, plugin.clone(), SocketAddr::from((*ip, first.port())), Arc::clone(failing)).await;
+    }
+    for (i, ip) in ips.iter().enumerate() {
+        let addr = std::net::Ipv4Addr::from(*ip).to_string();
+        ns.pod(&format!("{name}-caller-{i}"), json!({ "app": format!("{name}-caller") }), &addr, true).await;
+    }
+    first.port()
+}
+
+async fn status(ns: &TestNamespace, name: &str) -> Value {
+    let g = Api::<CanaryGate>::namespaced(ns.admin.clone(), &ns.name).get(name).await.unwrap();
+    serde_json::to_value(g.status).unwrap_or(Value::Null)
+}
+
+async fn plugin(ns: &TestNamespace, name: &str) -> Value {
+    serde_json::to_value(Api::<WasmPlugin>::namespaced(ns.admin.clone(), &ns.name).get(name).await.unwrap()).unwrap()
+}
+
+fn condition(status: &Value, type_: &str) -> Value {
+    status["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned()).unwrap_or_default()
+}
+
+/// Polls `check` on gate `name`'s status until it holds, or fails with the last status.
+async fn wait_for(
+    ns: &TestNamespace,
+    name: &str,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = status(ns, name).await;
+        if check(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{name}: {what} not within {within:?}; status: {s:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn get_json(api: &axum::Router, path: &str) -> Value {
+    let response = api.clone().oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gates_in_two_namespaces_are_generated_judged_reconciled_and_deleted_independently() {
+    let cp = ControlPlane::shared();
+    install_crd(cp);
+    let (shop, other) = (cp.namespace("gates-shop").await, cp.namespace("gates-other").await);
+    let healthy = Arc::new(AtomicBool::new(false));
+    let breaching = Arc::new(AtomicBool::new(true));
+    // alpha and beta in one namespace, gamma (slow steps) and delta (no label route) in another.
+    let alpha_port = proxies(&shop, "alpha", &[[127, 0, 0, 2], [127, 0, 0, 3]], &healthy).await;
+    let beta_port = proxies(&shop, "beta", &[[127, 0, 0, 4]], &breaching).await;
+    let gamma_port = proxies(&other, "gamma", &[[127, 0, 0, 5]], &healthy).await;
+    for (ns, name, port, interval, labelled) in [
+        (&shop, "alpha", alpha_port, "1s", true),
+        (&shop, "beta", beta_port, "1s", true),
+        (&other, "gamma", gamma_port, "4s", true),
+        (&other, "delta", gamma_port, "1s", false),
+    ] {
+        apply(cp, &virtual_service(&ns.name, name, labelled));
+        apply(cp, &gate(&ns.name, name, &format!("{name}-caller"), port, interval));
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let settings = ControllerSettings {
+        namespaces: vec![shop.name.clone(), other.name.clone()],
+        install: Install {
+            module_url: "oci://registry.invalid/canary-gate/filter:0.1.0".into(),
+            module_sha256: "ab".repeat(32),
+            namespace: "canary-gate-system".into(),
+            service_account: "canary-gate-controller".into(),
+            pod_labels: [("app.kubernetes.io/name".to_owned(), "canary-gate-controller".to_owned())].into(),
+        },
+        identity: "controller-test".into(),
+        poll: Duration::from_millis(250),
+        resync: Duration::from_secs(30),
+        kube_timeout: Duration::from_secs(2),
+        tick: Duration::from_millis(250),
+        fetch_timeout: Duration::from_millis(500),
+        discovery_interval: Duration::from_secs(1),
+        snapshot_path: canary_core::config::DEFAULT_SNAPSHOT_PATH.into(),
+        kill_path: canary_core::kill::DEFAULT_KILL_PATH.into(),
+        rollout: Settings::default(),
+    };
+    let index = GateIndex::default();
+    let controller = tokio::spawn(run(shop.admin.clone(), settings, Leadership::always(), index.clone(), stop_rx));
+
+    // Creation → generated objects, each owned by its gate.
+    let alpha = Api::<CanaryGate>::namespaced(shop.admin.clone(), &shop.name).get("alpha").await.unwrap();
+    let uid = alpha.metadata.uid.clone().unwrap();
+    wait_for(&shop, "alpha", Duration::from_secs(10), "a running rollout", |s| s["phase"] == "progressing").await;
+    let owned = |o: &Value| {
+        let r = &o["metadata"]["ownerReferences"][0];
+        r["kind"] == "CanaryGate" && r["name"] == "alpha" && r["uid"] == uid.as_str() && r["controller"] == true
+    };
+    for (kind, name) in [
+        ("wasmplugin", "alpha-canary-gate"),
+        ("wasmplugin", "alpha-canary-gate-snapshot"),
+        ("service", "alpha-canary-gate-snapshot"),
+        ("authorizationpolicy", "alpha-canary-gate-snapshot"),
+        ("networkpolicy", "alpha-canary-gate-snapshot"),
+    ] {
+        let out = shop.kubectl(cp).args(["get", kind, name, "-o", "json"]).output().unwrap();
+        assert!(out.status.success(), "{kind} {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let o: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(owned(&o), "{kind} {name} is not owned by alpha: {:#}", o["metadata"]);
+    }
+    let route = plugin(&shop, "alpha-canary-gate").await;
+    assert_eq!(route["spec"]["pluginConfig"]["rollout"], "alpha");
+    assert_eq!(route["spec"]["match"][0]["ports"][0]["number"], 8080);
+
+    // Judged independently: alpha (two healthy proxies) is promoted, beta (failing canary, same
+    // namespace) is rolled back, gamma (other namespace) keeps progressing.
+    let beta = wait_for(&shop, "beta", Duration::from_secs(20), "a rollback", |s| s["phase"] == "rolled_back").await;
+    assert_eq!(condition(&beta, "RolledBack")["status"], "True", "{beta:#}");
+    assert_eq!(beta["weight"], 0.0);
+    assert_eq!(plugin(&shop, "beta-canary-gate").await["spec"]["pluginConfig"]["canary_weight"], 0);
+    let a = wait_for(&shop, "alpha", Duration::from_secs(30), "promotion", |s| s["phase"] == "succeeded").await;
+    assert_eq!(condition(&a, "Promoted")["status"], "True", "{a:#}");
+    assert_eq!(a["proxiesReporting"], 2);
+    assert_eq!(a["observedGeneration"], alpha.metadata.generation.unwrap());
+    // The API: every gate in /status, actions per gate under its namespace and name.
+    let api = app(GatesApi { index: index.clone(), token: None });
+    let listed = get_json(&api, "/status").await;
+    let mut names: Vec<&str> = listed.as_array().unwrap().iter().map(|g| g["canarygate"].as_str().unwrap()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["alpha", "beta", "gamma"], "delta is blocked, so it runs no loop: {listed:#}");
+    let one = get_json(&api, &format!("/gates/{}/alpha/status", shop.name)).await;
+    assert_eq!(one["phase"], "succeeded");
+    let refused = api
+        .clone()
+        .oneshot(Request::post(format!("/gates/{}/beta/promote", shop.name)).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 409, "a rolled-back gate is not promoted");
+    let unknown =
+        api.clone().oneshot(Request::get("/gates/nowhere/alpha/status").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    let g = status(&other, "gamma").await;
+    assert!(g["phase"] == "progressing" || g["phase"] == "initializing", "{g:#}");
+
+    // A missing label route: the rollout does not start, and the condition says what to add.
+    let d = wait_for(&other, "delta", Duration::from_secs(10), "a blocked condition", |s| {
+        condition(s, "Ready")["reason"] == "RouteLabelMatchMissing"
+    })
+    .await;
+    let message = condition(&d, "Ready")["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("exact: v2") && message.contains("subset: v2"), "{message}");
+    assert_eq!(d["phase"], "pending");
+
+    // An edit to a generated WasmPlugin is reconciled back.
+    let edit = json!({ "spec": { "url": "oci://evil.invalid/filter:1" } });
+    Api::<WasmPlugin>::namespaced(shop.admin.clone(), &shop.name)
+        .patch("alpha-canary-gate-snapshot", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while plugin(&shop, "alpha-canary-gate-snapshot").await["spec"]["url"]
+        != "oci://registry.invalid/canary-gate/filter:0.1.0"
+    {
+        assert!(Instant::now() < deadline, "the edited WasmPlugin was not reconciled back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Deletion of a gate in progress: its canary goes to 0% (no garbage collector here: the
+    // owned objects stay, owned by a gate that no longer exists).
+    let gamma_uid =
+        Api::<CanaryGate>::namespaced(other.admin.clone(), &other.name).get("gamma").await.unwrap().metadata.uid;
+    wait_for(&other, "gamma", Duration::from_secs(15), "a step", |s| s["weight"].as_f64().unwrap_or(0.0) > 0.0).await;
+    Api::<CanaryGate>::namespaced(other.admin.clone(), &other.name)
+        .delete("gamma", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let p = plugin(&other, "gamma-canary-gate").await;
+        if p["spec"]["pluginConfig"]["canary_weight"] == 0 {
+            assert_eq!(p["spec"]["pluginConfig"]["rollout_state"]["phase"], "rolled_back");
+            assert_eq!(p["metadata"]["ownerReferences"][0]["uid"].as_str(), gamma_uid.as_deref());
+            break;
+        }
+        assert!(Instant::now() < deadline, "the deleted gate's canary is still at {}", p["spec"]["pluginConfig"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(index.read().unwrap().keys().all(|(_, n)| n != "gamma"), "the deleted gate's loop is gone");
+    // alpha and beta are untouched by the deletion.
+    assert_eq!(status(&shop, "alpha").await["phase"], "succeeded");
+
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+}
