@@ -309,17 +309,25 @@ async fn gates_in_two_namespaces_are_generated_judged_reconciled_and_deleted_ind
     assert!(message.contains("exact: v2") && message.contains("subset: v2"), "{message}");
     assert_eq!(d["phase"], "pending");
 
-    // An edit to a generated WasmPlugin is reconciled back.
-    let edit = json!({ "spec": { "url": "oci://evil.invalid/filter:1" } });
+    // An edit to a generated WasmPlugin is reconciled back, and the re-apply leaves the rollout
+    // loop's fields (weight, revision, rollout state: another field manager's) as they were.
+    let before = plugin(&shop, "alpha-canary-gate").await["spec"]["pluginConfig"].clone();
+    assert_eq!(before["canary_weight"], 100, "{before}");
+    let edit = json!({ "spec": { "url": "oci://evil.invalid/filter:1", "pluginConfig": { "stable": "v9" } } });
     Api::<WasmPlugin>::namespaced(shop.admin.clone(), &shop.name)
-        .patch("alpha-canary-gate-snapshot", &PatchParams::default(), &Patch::Merge(&edit))
+        .patch("alpha-canary-gate", &PatchParams::default(), &Patch::Merge(&edit))
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while plugin(&shop, "alpha-canary-gate-snapshot").await["spec"]["url"]
-        != "oci://registry.invalid/canary-gate/filter:0.1.0"
-    {
-        assert!(Instant::now() < deadline, "the edited WasmPlugin was not reconciled back");
+    loop {
+        let p = plugin(&shop, "alpha-canary-gate").await;
+        if p["spec"]["url"] == "oci://registry.invalid/canary-gate/filter:0.1.0"
+            && p["spec"]["pluginConfig"]["stable"] == "v1"
+        {
+            assert_eq!(p["spec"]["pluginConfig"], before, "only the edit was undone");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the edited WasmPlugin was not reconciled back: {:#}", p["spec"]);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
