@@ -4,6 +4,7 @@
 //! | endpoint | |
 //! |---|---|
 //! | `GET /healthz` | the process is up |
+//! | `GET /metrics` | every gate's agent metrics, labelled `namespace` and `canarygate` |
 //! | `GET /status` | `[{"namespace","canarygate","status": <the agent's /status>}]`, every gate this replica runs |
 //! | `GET /gates/{namespace}/{name}/status` | one gate's status (404 for an unknown gate) |
 //! | `POST /gates/{namespace}/{name}/{rollback,promote,pause,resume}` | actions, bearer token as `gate-agent run` |
@@ -32,6 +33,7 @@ pub fn app(state: GatesApi) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/status", get(all))
+        .route("/metrics", get(metrics))
         .route("/gates/{namespace}/{name}/status", get(one))
         .route("/gates/{namespace}/{name}/{action}", post(action))
         .with_state(state)
@@ -44,6 +46,13 @@ async fn all(State(s): State<GatesApi>) -> Response {
         .map(|((ns, name), h)| json!({ "namespace": ns, "canarygate": name, "status": *h.status.borrow() }))
         .collect();
     axum::Json(list).into_response()
+}
+
+async fn metrics(State(s): State<GatesApi>) -> Response {
+    let Ok(index) = s.index.read() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+    let texts: Vec<_> =
+        index.iter().map(|(key, h)| (key.clone(), crate::api::render_metrics(&h.status.borrow()))).collect();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], super::metrics::merge(&texts)).into_response()
 }
 
 async fn one(State(s): State<GatesApi>, Path((ns, name)): Path<(String, String)>) -> Response {

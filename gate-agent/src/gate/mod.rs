@@ -13,5 +13,6 @@ pub mod controller;
 pub mod convert;
 pub mod crd;
 pub mod generate;
+pub mod metrics;
 pub mod reconcile;
 pub mod route;
