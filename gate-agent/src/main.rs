@@ -544,6 +544,7 @@ fn run_controller(args: ControllerArgs) -> Result<(), Failure> {
         let index = GateIndex::default();
         let api = gate_agent::gate::api::app(gate_agent::gate::api::GatesApi {
             index: index.clone(),
+            leadership: leadership.clone(),
             token: args.token.as_deref().map(Arc::from),
         });
         let listener = tokio::net::TcpListener::bind(args.listen)

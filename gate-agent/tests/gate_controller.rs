@@ -280,7 +280,7 @@ async fn gates_in_two_namespaces_are_generated_judged_reconciled_and_deleted_ind
     assert_eq!(a["proxiesReporting"], 2);
     assert_eq!(a["observedGeneration"], alpha.metadata.generation.unwrap());
     // The API: every gate in /status, actions per gate under its namespace and name.
-    let api = app(GatesApi { index: index.clone(), token: None });
+    let api = app(GatesApi { index: index.clone(), leadership: Leadership::always(), token: None });
     let listed = get_json(&api, "/status").await;
     let mut names: Vec<&str> = listed.as_array().unwrap().iter().map(|g| g["canarygate"].as_str().unwrap()).collect();
     names.sort_unstable();

@@ -29,6 +29,18 @@ fn the_shipped_crd_is_what_the_types_generate() {
 }
 
 #[test]
+fn the_helm_charts_copies_are_the_shipped_files() {
+    assert!(
+        shipped("deploy/helm/canary-gate/crds/canarygate.yaml") == crd_yaml().unwrap(),
+        "deploy/helm/canary-gate/crds/canarygate.yaml differs: `cp deploy/crd/canarygate.yaml deploy/helm/canary-gate/crds/`"
+    );
+    assert!(
+        shipped("deploy/helm/canary-gate/files/rules.yaml") == shipped("deploy/prometheus/rules.yaml"),
+        "the chart's Prometheus rules differ: `cp deploy/prometheus/rules.yaml deploy/helm/canary-gate/files/`"
+    );
+}
+
+#[test]
 fn the_shipped_example_reads_into_the_types_and_converts_to_a_rollout_spec() {
     let value: Value = serde_yaml_ng::from_str(&shipped("deploy/crd/example.yaml")).unwrap();
     let gate: CanaryGate = serde_json::from_value(value.clone()).unwrap();

@@ -4,6 +4,7 @@
 //! | endpoint | |
 //! |---|---|
 //! | `GET /healthz` | the process is up |
+//! | `GET /readyz` | 503 on a standby replica (only the leader runs gates) |
 //! | `GET /metrics` | every gate's agent metrics, labelled `namespace` and `canarygate` |
 //! | `GET /status` | `[{"namespace","canarygate","status": <the agent's /status>}]`, every gate this replica runs |
 //! | `GET /gates/{namespace}/{name}/status` | one gate's status (404 for an unknown gate) |
@@ -21,22 +22,35 @@ use tokio::sync::oneshot;
 
 use super::controller::GateIndex;
 use crate::api::Command;
+use crate::mesh::lease::Leadership;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct GatesApi {
     pub index: GateIndex,
+    /// Only the leader runs gates: a standby answers `/readyz` with 503, so the Service sends
+    /// people to the leader.
+    pub leadership: Leadership,
     pub token: Option<Arc<str>>,
 }
 
 pub fn app(state: GatesApi) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/status", get(all))
         .route("/metrics", get(metrics))
         .route("/gates/{namespace}/{name}/status", get(one))
         .route("/gates/{namespace}/{name}/{action}", post(action))
         .with_state(state)
+}
+
+async fn readyz(State(s): State<GatesApi>) -> Response {
+    if s.leadership.is_leader() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "standby: another replica leads\n").into_response()
+    }
 }
 
 async fn all(State(s): State<GatesApi>) -> Response {

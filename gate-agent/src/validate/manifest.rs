@@ -324,6 +324,7 @@ impl<'a> Loaded<'a> {
                     );
                 }
             }
+            ("CanaryGate", "canary-gate.dev") => self.read_canary_gate(place, value, out),
             ("List", "") => match map.get("items") {
                 Some(Value::Array(items)) => {
                     for (i, item) in items.iter().enumerate() {
@@ -464,6 +465,44 @@ impl<'a> Loaded<'a> {
             fields.insert("name".into(), Value::String(name.clone()));
         }
         self.read_spec(place, meta, spec, "spec", out);
+    }
+
+    /// `kind: CanaryGate`: the controller's own checks (`crate::gate::convert`), field paths as in
+    /// the gate; its rollout spec is then context for the other checks, as a `Rollout`'s is.
+    fn read_canary_gate(&mut self, place: Place<'_, 'a>, value: &Value, out: &mut Findings) {
+        use crate::gate::convert::{rollout_spec, route_plugin_config};
+        let gate = match serde_path_to_error::deserialize::<_, crate::gate::crd::CanaryGate>(value) {
+            Ok(gate) => gate,
+            Err(e) => {
+                out.error(
+                    &place.site(None, &e.path().to_string()),
+                    Check::Schema,
+                    format!("CanaryGate: {}", e.inner()),
+                    "Fix the field; `kubectl explain canarygate.spec` lists them.".into(),
+                );
+                return;
+            }
+        };
+        let meta = Meta {
+            kind: "CanaryGate",
+            name: gate.metadata.name.clone(),
+            namespace: gate.metadata.namespace.clone(),
+            annotations: gate.metadata.annotations.clone().unwrap_or_default(),
+        };
+        let name = gate.metadata.name.clone().unwrap_or_default();
+        let checked =
+            rollout_spec(&name, &gate.spec).and_then(|spec| route_plugin_config(&name, &gate.spec).map(|_| spec));
+        match checked {
+            Ok(spec) => {
+                self.specs.push(Obj { doc: place.doc_at, base: join(place.base, "spec.analysis"), meta, body: spec })
+            }
+            Err(e) => out.error(
+                &Site::new(place.doc, Some(meta.describe()), join(place.base, &e.field)),
+                Check::RolloutSpec,
+                format!("the controller would refuse this CanaryGate: {}", e.problem),
+                "Fix the field; the API server's own rules catch some of these at `kubectl apply`.".into(),
+            ),
+        }
     }
 
     /// Reads a rollout spec with gate-agent's own parser (`Spec::from_yaml_or_json`).

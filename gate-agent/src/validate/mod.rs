@@ -22,6 +22,9 @@
 //!   (`spec.name` defaults to `metadata.name`); the bare form is the document `gate-agent run
 //!   --spec` reads: no `apiVersion`/`kind`, with `stable` and `canary` (and the other spec
 //!   fields). Both are read by [`Spec::from_yaml_or_json`](crate::spec::Spec::from_yaml_or_json).
+//! * A `CanaryGate` (`canary-gate.dev/v1alpha1`): the controller's own checks
+//!   (`crate::gate::convert`), reported at the gate's field (`spec.analysis.stepWeights[2]`); its
+//!   analysis is then the rollout spec for the other checks.
 //! * A bare filter config (what `gate-agent check-config` reads): no `apiVersion`/`kind`, with
 //!   `version` and `rollout`, `role` or `canary_weight`.
 //!
