@@ -98,6 +98,32 @@ pub fn status(
         Ok(view) => view,
     };
     let phase = view.phase.as_str();
+    // A loop that has not read the durable state yet (a new leader taking over) knows no weight:
+    // its figures are left out, so the merge patch keeps the last ones written instead of
+    // reporting 0% while the proxies still apply the canary's weight.
+    if phase == "starting" {
+        let why = view.not_ready.clone().unwrap_or_else(|| "reading the durable state".into());
+        return CanaryGateStatus {
+            phase: Some(phase.to_owned()),
+            message: Some(why.clone()),
+            observed_generation: generation,
+            conditions: vec![
+                cond("Ready", false, "Starting", why.clone()),
+                cond("Progressing", false, "Starting", why),
+            ]
+            .into_iter()
+            // Promoted and RolledBack are not known again until the state is read: kept.
+            .chain(["Promoted", "RolledBack"].into_iter().map(|t| {
+                previous
+                    .iter()
+                    .find(|c| c.type_ == t)
+                    .cloned()
+                    .unwrap_or_else(|| cond(t, false, "Starting", String::new()))
+            }))
+            .collect(),
+            ..CanaryGateStatus::default()
+        };
+    }
     let latest = view.recent_verdicts.last();
     let step = view.step.map(|s| format!("{}/{}", s.saturating_add(1), view.steps));
     let ready = view.not_ready.is_none() && phase != "starting" && phase != "standby";
@@ -198,6 +224,15 @@ mod tests {
         );
         let later = status(Some(5), Ok(&view), &s.conditions, "2026-12-03T13:00:00Z");
         assert_eq!(later.conditions[0].last_transition_time, "2026-12-03T12:00:00Z", "no transition, same time");
+    }
+
+    #[test]
+    fn a_loop_still_starting_reports_no_weight_so_the_last_one_written_stays() {
+        let view = StatusView { phase: "starting".into(), ..StatusView::default() };
+        let s = status(Some(1), Ok(&view), &[], "t");
+        assert_eq!((s.weight, s.desired_weight, s.step.as_deref()), (None, None, None));
+        let patch = serde_json::to_value(&s).unwrap();
+        assert!(patch.get("weight").is_none(), "a merge patch without `weight` keeps it: {patch}");
     }
 
     #[test]
