@@ -103,7 +103,7 @@ async fn fake_proxy(ns: &TestNamespace, plugin: String, addr: SocketAddr, failin
     addr
 }
 
-fn snapshot_json(id: String, stable: &SubsetCounters, canary: &SubsetCounters) -> String {
+pub fn snapshot_json(id: String, stable: &SubsetCounters, canary: &SubsetCounters) -> String {
     let name = |s: &str| SubsetName::try_from(s).unwrap();
     let snap = Snapshot {
         format: SNAPSHOT_FORMAT.into(),
