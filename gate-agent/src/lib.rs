@@ -2,7 +2,7 @@
 //!
 //! The decisions live in crates with no I/O, which this crate re-exports under their old paths:
 //! `canary-rollout` ([`collect`], [`stats`], [`judge`], [`spec`], [`rollout`], [`foreign`],
-//! [`latency`]) and `canary-manifests` ([`validate`]). Dependencies point one way: gate-agent →
+//! [`latency`]) and `canary-manifests` (in [`validate`], which adds the `CanaryGate` kind). Dependencies point one way: gate-agent →
 //! canary-manifests → canary-rollout → canary-core.
 //!
 //! Here, each effect sits behind a small trait: [`source`] reads snapshots and sends kill orders
@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod control;
+pub mod gate;
 pub mod integrations;
 pub mod mesh;
 pub mod notify;
@@ -22,8 +23,8 @@ pub mod router;
 pub mod source;
 pub mod status;
 pub mod time;
+pub mod validate;
 
-pub use canary_manifests as validate;
 pub use canary_rollout::{collect, foreign, judge, latency, rollout, spec, stats};
 
 pub use canary_rollout::{

@@ -58,6 +58,10 @@ enum Cmd {
     ///
     /// Exit codes: 0 clean (warnings allowed), 1 errors found, 2 bad usage or unreadable input.
     Validate(ValidateArgs),
+    /// Run a rollout for every CanaryGate in the given namespaces (or all), leader-elected.
+    Controller(Box<ControllerArgs>),
+    /// Print the CanaryGate CustomResourceDefinition (YAML), as shipped in deploy/crd.
+    Crd,
 }
 
 #[derive(Debug, clap::Args)]
@@ -156,6 +160,52 @@ struct RunArgs {
     log_format: LogFormat,
 }
 
+#[derive(Debug, clap::Args)]
+struct ControllerArgs {
+    /// Watch CanaryGates in these namespaces (repeat or comma-separate); none watches all.
+    #[arg(long = "watch-namespace", env = "GATE_AGENT_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+    /// The filter module the generated WasmPlugins pull (`oci://registry/canary-gate/filter:0.1.0`).
+    #[arg(long, env = "GATE_AGENT_MODULE_URL")]
+    module_url: String,
+    /// Its sha256 digest (hex, without `sha256:`); istio-agent refuses a module that differs.
+    #[arg(long, env = "GATE_AGENT_MODULE_SHA256")]
+    module_sha256: String,
+    /// The controller's namespace (Lease, and the snapshot port's allowed caller).
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// The controller's ServiceAccount: the only principal the snapshot port admits.
+    #[arg(long, env = "GATE_AGENT_SERVICE_ACCOUNT", default_value = "canary-gate-controller")]
+    service_account: String,
+    /// The controller pods' labels (`k=v`, repeat), for the generated NetworkPolicy.
+    #[arg(
+        long = "pod-label",
+        env = "GATE_AGENT_POD_LABELS",
+        value_delimiter = ',',
+        default_value = "app.kubernetes.io/name=canary-gate-controller"
+    )]
+    pod_labels: Vec<String>,
+    /// Leader election on this Lease in the controller's namespace.
+    #[arg(long, env = "GATE_AGENT_LEASE", default_value = "canary-gate-controller")]
+    lease: String,
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    #[arg(long, env = "GATE_AGENT_LISTEN", default_value = "127.0.0.1:9903")]
+    listen: SocketAddr,
+    #[arg(long, env = "GATE_AGENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[arg(long, env = "GATE_AGENT_POLL", default_value = "1s", value_parser = parse_duration)]
+    poll: Duration,
+    #[arg(long, env = "GATE_AGENT_TICK", default_value = "250ms", value_parser = parse_duration)]
+    tick: Duration,
+    #[arg(long, env = "GATE_AGENT_KUBE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    kube_timeout: Duration,
+    #[arg(long, env = "GATE_AGENT_FETCH_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
+    fetch_timeout: Duration,
+    #[arg(long, env = "GATE_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum RouterKind {
     File,
@@ -192,6 +242,8 @@ fn main() -> ExitCode {
         Cmd::CheckSpec { file } => check_spec(&file),
         Cmd::CheckConfig { file } => check_config(&file),
         Cmd::Run(args) => run(*args),
+        Cmd::Crd => print_crd(),
+        Cmd::Controller(args) => run_controller(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -225,6 +277,12 @@ fn check_spec(file: &PathBuf) -> Result<(), Failure> {
         spec.interval(),
         spec.threshold()
     );
+    Ok(())
+}
+
+fn print_crd() -> Result<(), Failure> {
+    let yaml = gate_agent::gate::crd::crd_yaml().map_err(Failure::Runtime)?;
+    let _ = std::io::stdout().lock().write_all(yaml.as_bytes());
     Ok(())
 }
 
@@ -438,6 +496,76 @@ async fn serve_rollout<R: WeightRouter + Clone + 'static, N: Notifier + 'static>
         Ok(Err(e)) => Err(Failure::Runtime(format!("API server: {e}"))),
         Err(e) => Err(Failure::Runtime(format!("API server task: {e}"))),
     }
+}
+
+fn run_controller(args: ControllerArgs) -> Result<(), Failure> {
+    use gate_agent::gate::controller::{ControllerSettings, GateIndex};
+    init_logs(args.log_format);
+    if !args.listen.ip().is_loopback() && args.token.as_deref().is_none_or(str::is_empty) {
+        return Err(Failure::Usage(format!("--listen {} is not a loopback address: set --token", args.listen)));
+    }
+    let mut pod_labels = std::collections::BTreeMap::new();
+    for label in &args.pod_labels {
+        let (k, v) = label.split_once('=').ok_or_else(|| Failure::Usage(format!("--pod-label {label:?}: not k=v")))?;
+        pod_labels.insert(k.to_owned(), v.to_owned());
+    }
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure::Runtime(format!("tokio runtime: {e}")))?;
+    runtime.block_on(async move {
+        let client = gate_agent::mesh::client()
+            .await
+            .map_err(|e| Failure::Runtime(format!("Kubernetes client (in-cluster or KUBECONFIG): {e}")))?;
+        let ns = args.namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned());
+        let identity = args.identity.clone().unwrap_or_else(|| format!("gate-agent-{}", std::process::id()));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let lease_settings =
+            LeaseSettings { call_timeout: args.kube_timeout, ..LeaseSettings::new(&args.lease, &identity) };
+        lease_settings.check().map_err(|e| Failure::Usage(format!("--lease {}: {e}", args.lease)))?;
+        let (leadership, election) =
+            spawn_election(Api::namespaced(client.clone(), &ns), lease_settings, stopped(stop_rx.clone()));
+        let settings = ControllerSettings {
+            namespaces: args.watch_namespaces.clone(),
+            install: gate_agent::gate::generate::Install {
+                module_url: args.module_url.clone(),
+                module_sha256: args.module_sha256.clone(),
+                namespace: ns.clone(),
+                service_account: args.service_account.clone(),
+                pod_labels,
+            },
+            identity,
+            poll: args.poll,
+            resync: Duration::from_secs(30),
+            kube_timeout: args.kube_timeout,
+            tick: args.tick,
+            fetch_timeout: args.fetch_timeout,
+            discovery_interval: Duration::from_secs(10),
+            snapshot_path: canary_core::config::DEFAULT_SNAPSHOT_PATH.into(),
+            kill_path: canary_core::kill::DEFAULT_KILL_PATH.into(),
+            rollout: Settings { kill_timeout: args.fetch_timeout, ..Settings::default() },
+        };
+        let index = GateIndex::default();
+        let api = gate_agent::gate::api::app(gate_agent::gate::api::GatesApi {
+            index: index.clone(),
+            leadership: leadership.clone(),
+            token: args.token.as_deref().map(Arc::from),
+        });
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| Failure::Runtime(format!("--listen {}: {e}", args.listen)))?;
+        let server = axum::serve(listener, api).with_graceful_shutdown(stopped(stop_rx.clone()));
+        let server = tokio::spawn(async move { server.await });
+        let on_signal = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            let _ = on_signal.send(true);
+        });
+        tracing::info!(namespace = %ns, lease = %args.lease, watch = ?args.watch_namespaces, "controller starting");
+        gate_agent::gate::controller::run(client, settings, leadership, index, stop_rx).await;
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
+        let _ = server.await;
+        Ok(())
+    })
 }
 
 fn start_failure(e: StartError) -> Failure {

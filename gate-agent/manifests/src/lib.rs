@@ -22,6 +22,9 @@
 //!   (`spec.name` defaults to `metadata.name`); the bare form is the document `gate-agent run
 //!   --spec` reads: no `apiVersion`/`kind`, with `stable` and `canary` (and the other spec
 //!   fields). Both are read by [`Spec::from_yaml_or_json`](canary_rollout::spec::Spec::from_yaml_or_json).
+//! * Kinds the caller reads ([`KindReader`]): gate-agent reads `CanaryGate`
+//!   (`canary-gate.dev/v1alpha1`) with its controller's own checks, reported at the gate's field
+//!   (`spec.analysis.stepWeights[2]`); its analysis is then the rollout spec for the other checks.
 //! * A bare filter config (what `gate-agent check-config` reads): no `apiVersion`/`kind`, with
 //!   `version` and `rollout`, `role` or `canary_weight`.
 //!

@@ -1,0 +1,223 @@
+//! What the controller creates for each CanaryGate, computed from the gate alone (no I/O): the
+//! route and snapshot WasmPlugins, the snapshot Service, and the AuthorizationPolicy and
+//! NetworkPolicy that keep the snapshot port to the controller. They are today's hand-written
+//! deploy/istio objects with the user's values filled in, each labelled with its gate and owned
+//! by it (an owner reference with `controller: true`), so deleting the gate removes them.
+//!
+//! The route WasmPlugin's `canary_weight`, `revision`, `rollout_state` and `guard` are left out:
+//! the rollout loop writes them (merge patches under its own field manager), and server-side
+//! apply never touches fields another manager owns.
+
+use serde_json::{Value, json};
+
+use super::convert::GatePlan;
+
+/// The label every generated object carries: the name of its CanaryGate.
+pub const GATE_LABEL: &str = "canary-gate.dev/gate";
+/// `app.kubernetes.io/managed-by` on every generated object.
+pub const MANAGED_BY: &str = "canary-gate-controller";
+
+/// What the controller's installation fixes for every gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Install {
+    /// The filter module, `oci://registry/canary-gate/filter:0.1.0`.
+    pub module_url: String,
+    /// Its digest, hex without `sha256:`: istio-agent refuses a module that differs.
+    pub module_sha256: String,
+    /// Where the controller runs, and as which ServiceAccount: the snapshot port admits only it.
+    pub namespace: String,
+    pub service_account: String,
+    /// The controller pods' labels, for the NetworkPolicy.
+    pub pod_labels: std::collections::BTreeMap<String, String>,
+}
+
+/// The owner of the generated objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub name: String,
+    pub uid: String,
+}
+
+/// The generated objects' names for gate `name`.
+pub fn route_plugin_name(gate: &str) -> String {
+    format!("{gate}-canary-gate")
+}
+pub fn snapshot_name(gate: &str) -> String {
+    format!("{gate}-canary-gate-snapshot")
+}
+
+/// The objects of one gate, as server-side apply configurations (apiVersion, kind, metadata with
+/// name, namespace, labels and the owner reference; spec).
+pub fn objects(plan: &GatePlan, service_port: u16, owner: &Owner, install: &Install) -> Vec<Value> {
+    let selector = json!({ "matchLabels": selector_of(plan) });
+    let meta = |name: String, component: &str| {
+        json!({
+            "name": name,
+            "namespace": plan.namespace,
+            "labels": {
+                "app.kubernetes.io/name": "canary-gate",
+                "app.kubernetes.io/component": component,
+                "app.kubernetes.io/managed-by": MANAGED_BY,
+                GATE_LABEL: plan.name,
+            },
+            "ownerReferences": [{
+                "apiVersion": "canary-gate.dev/v1alpha1", "kind": "CanaryGate",
+                "name": owner.name, "uid": owner.uid,
+                "controller": true, "blockOwnerDeletion": true,
+            }],
+        })
+    };
+    let snapshot = snapshot_name(&plan.name);
+    let port = plan.snapshot_port;
+    let principal = format!("*/ns/{}/sa/{}", install.namespace, install.service_account);
+    vec![
+        json!({
+            "apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+            "metadata": meta(route_plugin_name(&plan.name), "route-filter"),
+            "spec": {
+                "selector": selector, "url": install.module_url, "sha256": install.module_sha256,
+                "pluginName": "canary-gate",
+                // A broken filter means no label, hence stable.
+                "failStrategy": "FAIL_OPEN", "phase": "STATS", "priority": -100,
+                "match": [{ "mode": "CLIENT", "ports": [{ "number": service_port }] }],
+                "pluginConfig": plan.plugin_config,
+            },
+        }),
+        json!({
+            "apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+            "metadata": meta(snapshot.clone(), "snapshot-endpoint"),
+            "spec": {
+                "selector": selector, "url": install.module_url, "sha256": install.module_sha256,
+                "pluginName": "canary-gate", "failStrategy": "FAIL_CLOSE", "phase": "STATS",
+                "match": [{ "mode": "SERVER", "ports": [{ "number": port }] }],
+                "pluginConfig": { "version": 1, "role": "snapshot" },
+            },
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": with_annotation(meta(snapshot.clone(), "snapshot-endpoint"), "networking.istio.io/exportTo", "."),
+            "spec": {
+                "clusterIP": "None", "selector": selector_of(plan),
+                "ports": [{ "name": "http-canary-gate-snapshot", "appProtocol": "http", "protocol": "TCP",
+                            "port": port, "targetPort": port }],
+            },
+        }),
+        json!({
+            "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": meta(snapshot.clone(), "snapshot-endpoint"),
+            "spec": {
+                "selector": selector, "action": "DENY",
+                "rules": [{ "from": [{ "source": { "notPrincipals": [principal] } }],
+                            "to": [{ "operation": { "ports": [port.to_string()] } }] }],
+            },
+        }),
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": meta(snapshot, "snapshot-endpoint"),
+            "spec": {
+                "podSelector": selector, "policyTypes": ["Ingress"],
+                "ingress": [{
+                    "from": [{
+                        "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": install.namespace } },
+                        "podSelector": { "matchLabels": install.pod_labels },
+                    }],
+                    "ports": [{ "protocol": "TCP", "port": port }],
+                }],
+            },
+        }),
+    ]
+}
+
+fn selector_of(plan: &GatePlan) -> Value {
+    let mut labels = serde_json::Map::new();
+    for pair in plan.pod_selector.split(',') {
+        if let Some((k, v)) = pair.split_once('=') {
+            labels.insert(k.to_owned(), json!(v));
+        }
+    }
+    Value::Object(labels)
+}
+
+fn with_annotation(mut meta: Value, key: &str, value: &str) -> Value {
+    if let Some(m) = meta.as_object_mut() {
+        m.insert("annotations".into(), json!({ key: value }));
+    }
+    meta
+}
+
+/// Whether `live` still holds everything `desired` sets (extra fields, such as the rollout
+/// loop's weight or the server's defaults, are allowed). An edit to a field the controller sets
+/// makes this false, and the controller applies the object again.
+pub fn holds(live: &Value, desired: &Value) -> bool {
+    match (desired, live) {
+        (Value::Object(want), Value::Object(have)) => {
+            want.iter().all(|(k, v)| have.get(k).is_some_and(|h| holds(h, v)))
+        }
+        (Value::Array(want), Value::Array(have)) => {
+            want.len() == have.len() && want.iter().zip(have).all(|(w, h)| holds(h, w))
+        }
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (want, have) => want == have,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::convert::plan;
+    use crate::gate::crd::CanaryGate;
+
+    fn install() -> Install {
+        Install {
+            module_url: "oci://r/canary-gate/filter:0.1.0".into(),
+            module_sha256: "ab".repeat(32),
+            namespace: "canary-gate-system".into(),
+            service_account: "canary-gate-controller".into(),
+            pod_labels: [("app.kubernetes.io/name".to_owned(), "canary-gate-controller".to_owned())].into(),
+        }
+    }
+
+    fn gate() -> CanaryGate {
+        serde_json::from_value(json!({
+            "apiVersion": "canary-gate.dev/v1alpha1", "kind": "CanaryGate",
+            "metadata": { "name": "payment-svc", "namespace": "shop", "uid": "u-1" },
+            "spec": { "service": { "name": "payment-svc", "port": 8080 },
+                      "workload": { "selector": { "app": "frontend" } },
+                      "stable": "v1", "canary": "v2", "route": { "name": "payment-svc" },
+                      "analysis": { "interval": "30s", "stepWeights": [1, 5, 10] } }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_gate_generates_five_owned_objects_like_the_hand_written_ones() {
+        let p = plan(&gate()).unwrap();
+        let owner = Owner { name: "payment-svc".into(), uid: "u-1".into() };
+        let objs = objects(&p, 8080, &owner, &install());
+        let kinds: Vec<&str> = objs.iter().map(|o| o["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["WasmPlugin", "WasmPlugin", "Service", "AuthorizationPolicy", "NetworkPolicy"]);
+        for o in &objs {
+            assert_eq!(o["metadata"]["namespace"], "shop");
+            assert_eq!(o["metadata"]["ownerReferences"][0]["uid"], "u-1");
+            assert_eq!(o["metadata"]["ownerReferences"][0]["controller"], true);
+            assert_eq!(o["metadata"]["labels"][GATE_LABEL], "payment-svc");
+        }
+        assert_eq!(objs[0]["spec"]["match"][0]["ports"][0]["number"], 8080);
+        assert_eq!(objs[0]["spec"]["pluginConfig"]["rollout"], "payment-svc");
+        assert_eq!(objs[1]["spec"]["match"][0]["ports"][0]["number"], 15290);
+        assert_eq!(
+            objs[3]["spec"]["rules"][0]["from"][0]["source"]["notPrincipals"][0],
+            "*/ns/canary-gate-system/sa/canary-gate-controller"
+        );
+    }
+
+    #[test]
+    fn an_edit_to_a_set_field_is_seen_and_the_loops_fields_are_not() {
+        let desired = json!({ "spec": { "url": "oci://a", "pluginConfig": { "rollout": "r" }, "priority": -100 } });
+        let live = json!({ "spec": { "url": "oci://a", "priority": -100.0,
+                                     "pluginConfig": { "rollout": "r", "canary_weight": 10 } }, "status": {} });
+        assert!(holds(&live, &desired));
+        let edited = json!({ "spec": { "url": "oci://evil", "priority": -100, "pluginConfig": { "rollout": "r" } } });
+        assert!(!holds(&edited, &desired));
+    }
+}

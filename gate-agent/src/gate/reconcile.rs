@@ -1,0 +1,247 @@
+//! The controller's decisions, free of I/O: from a gate, what exists and what its rollout loop
+//! reports, to the status to write and whether a new rollout starts. Tests feed these functions
+//! and look at what comes out; the actor ([`super::controller`]) only carries it out.
+
+use super::convert::GateError;
+use super::crd::{CanaryGateSpec, CanaryGateStatus, GateCondition};
+use crate::api::StatusView;
+
+/// Annotation on the route WasmPlugin naming the rollout its durable state belongs to.
+pub const ROLLOUT_ANNOTATION: &str = "canary-gate.dev/rollout";
+
+/// What starts a new rollout: a new canary subset, or a new `spec.restartedAt`. Anything else
+/// (steps, thresholds, metrics, sticky settings) resumes the running rollout on its step.
+pub fn rollout_identity(spec: &CanaryGateSpec) -> String {
+    match &spec.restarted_at {
+        Some(at) => format!("{}@{at}", spec.canary),
+        None => spec.canary.clone(),
+    }
+}
+
+/// Whether the durable state in the route WasmPlugin (annotated with `recorded`) belongs to an
+/// earlier rollout, and is cleared before the loop starts. A WasmPlugin without the annotation
+/// was just created (nothing to clear) or predates the controller: its state is kept.
+pub fn starts_new_rollout(spec: &CanaryGateSpec, recorded: Option<&str>) -> bool {
+    recorded.is_some_and(|r| r != rollout_identity(spec))
+}
+
+/// Why a gate's rollout is not running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blocked {
+    /// The gate cannot be run; the field and why.
+    Invalid(GateError),
+    /// The route object does not send the canary's label to the canary: what is missing and the fix.
+    RouteLabelMatchMissing(String),
+    /// The route object cannot be read.
+    RouteUnreadable(String),
+    /// The generated objects could not be applied.
+    ApplyFailed(String),
+}
+
+impl Blocked {
+    fn reason(&self) -> &'static str {
+        match self {
+            Blocked::Invalid(_) => "InvalidSpec",
+            Blocked::RouteLabelMatchMissing(_) => "RouteLabelMatchMissing",
+            Blocked::RouteUnreadable(_) => "RouteUnreadable",
+            Blocked::ApplyFailed(_) => "ApplyFailed",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Blocked::Invalid(e) => e.to_string(),
+            Blocked::RouteLabelMatchMissing(m) | Blocked::RouteUnreadable(m) | Blocked::ApplyFailed(m) => m.clone(),
+        }
+    }
+}
+
+/// The gate's status: from its running loop's view, or from why it is not running.
+pub fn status(
+    generation: Option<i64>,
+    running: Result<&StatusView, &Blocked>,
+    previous: &[GateCondition],
+    now: &str,
+) -> CanaryGateStatus {
+    let cond = |type_: &str, ok: bool, reason: &str, message: String| {
+        let status = if ok { "True" } else { "False" };
+        // The transition time moves only when the status does.
+        let last_transition_time = previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or_else(|| now.to_owned(), |c| c.last_transition_time.clone());
+        GateCondition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time,
+            observed_generation: generation,
+        }
+    };
+    let view = match running {
+        Err(blocked) => {
+            let (reason, message) = (blocked.reason(), blocked.message());
+            return CanaryGateStatus {
+                phase: Some("pending".into()),
+                message: Some(message.clone()),
+                observed_generation: generation,
+                conditions: vec![
+                    cond("Ready", false, reason, message.clone()),
+                    cond("Progressing", false, reason, message),
+                    cond("Promoted", false, "NotStarted", String::new()),
+                    cond("RolledBack", false, "NotStarted", String::new()),
+                ],
+                ..CanaryGateStatus::default()
+            };
+        }
+        Ok(view) => view,
+    };
+    let phase = view.phase.as_str();
+    // A loop that has not read the durable state yet (a new leader taking over) knows no weight:
+    // its figures are left out, so the merge patch keeps the last ones written instead of
+    // reporting 0% while the proxies still apply the canary's weight.
+    if phase == "starting" {
+        let why = view.not_ready.clone().unwrap_or_else(|| "reading the durable state".into());
+        return CanaryGateStatus {
+            phase: Some(phase.to_owned()),
+            message: Some(why.clone()),
+            observed_generation: generation,
+            conditions: vec![
+                cond("Ready", false, "Starting", why.clone()),
+                cond("Progressing", false, "Starting", why),
+            ]
+            .into_iter()
+            // Promoted and RolledBack are not known again until the state is read: kept.
+            .chain(["Promoted", "RolledBack"].into_iter().map(|t| {
+                previous
+                    .iter()
+                    .find(|c| c.type_ == t)
+                    .cloned()
+                    .unwrap_or_else(|| cond(t, false, "Starting", String::new()))
+            }))
+            .collect(),
+            ..CanaryGateStatus::default()
+        };
+    }
+    let latest = view.recent_verdicts.last();
+    let step = view.step.map(|s| format!("{}/{}", s.saturating_add(1), view.steps));
+    let ready = view.not_ready.is_none() && phase != "starting" && phase != "standby";
+    let progressing = matches!(phase, "initializing" | "progressing" | "promoting");
+    let reason_word = camel(phase);
+    CanaryGateStatus {
+        phase: Some(phase.to_owned()),
+        // What the proxies apply (the highest, when they differ); the written weight until one reports.
+        weight: Some(view.observed_weight_percent.as_ref().map_or(view.written_weight_percent, |o| o.max_percent)),
+        desired_weight: Some(view.canary_weight_percent),
+        step,
+        failed_checks: Some(view.failed_checks),
+        verdict: latest.map(|v| v.verdict.clone()),
+        reasons: latest.map(|v| v.reasons.clone()).unwrap_or_default(),
+        proxies_reporting: Some(u32::try_from(view.proxies_reporting).unwrap_or(u32::MAX)),
+        message: Some(view.reason.clone()),
+        observed_generation: generation,
+        conditions: vec![
+            cond(
+                "Ready",
+                ready,
+                if ready { "RolloutRunning" } else { "NotReady" },
+                view.not_ready.clone().unwrap_or_default(),
+            ),
+            cond("Progressing", progressing, &reason_word, view.reason.clone()),
+            cond("Promoted", phase == "succeeded", &reason_word, String::new()),
+            cond(
+                "RolledBack",
+                phase == "rolled_back",
+                &reason_word,
+                if phase == "rolled_back" { view.reason.clone() } else { String::new() },
+            ),
+        ],
+    }
+}
+
+/// `rolled_back` → `RolledBack` (a condition reason is CamelCase).
+fn camel(phase: &str) -> String {
+    let word: String = phase
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map_or_else(String::new, |f| f.to_ascii_uppercase().to_string() + c.as_str())
+        })
+        .collect();
+    if word.is_empty() { "Unknown".into() } else { word }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::VerdictView;
+
+    fn spec(canary: &str, restarted: Option<&str>) -> CanaryGateSpec {
+        let mut s: CanaryGateSpec = serde_json::from_value(serde_json::json!({
+            "service": { "name": "s", "port": 80 }, "workload": { "selector": { "app": "f" } },
+            "stable": "v1", "canary": canary, "route": { "name": "s" },
+            "analysis": { "interval": "1s", "stepWeights": [10] } }))
+        .unwrap();
+        s.restarted_at = restarted.map(Into::into);
+        s
+    }
+
+    #[test]
+    fn a_new_canary_or_restart_starts_a_new_rollout_and_other_edits_do_not() {
+        assert!(!starts_new_rollout(&spec("v2", None), None), "a fresh plugin has nothing to clear");
+        assert!(!starts_new_rollout(&spec("v2", None), Some("v2")));
+        assert!(starts_new_rollout(&spec("v3", None), Some("v2")));
+        assert!(starts_new_rollout(&spec("v2", Some("2026-12-03T12:00:00Z")), Some("v2")));
+    }
+
+    #[test]
+    fn a_running_rollout_reports_phase_weight_step_and_verdict() {
+        let view = StatusView {
+            phase: "progressing".into(),
+            written_weight_percent: 10.0,
+            canary_weight_percent: 30.0,
+            step: Some(0),
+            steps: 3,
+            proxies_reporting: 2,
+            recent_verdicts: vec![VerdictView {
+                at_unix_ms: 1,
+                verdict: "pass".into(),
+                reasons: vec!["fine".into()],
+                kind: None,
+            }],
+            ..StatusView::default()
+        };
+        let s = status(Some(4), Ok(&view), &[], "2026-12-03T12:00:00Z");
+        assert_eq!(s.phase.as_deref(), Some("progressing"));
+        assert_eq!((s.weight, s.desired_weight), (Some(10.0), Some(30.0)));
+        assert_eq!(s.step.as_deref(), Some("1/3"));
+        assert_eq!(s.verdict.as_deref(), Some("pass"));
+        assert_eq!(s.observed_generation, Some(4));
+        let by = |t: &str| s.conditions.iter().find(|c| c.type_ == t).unwrap().status.clone();
+        assert_eq!(
+            (by("Ready"), by("Progressing"), by("Promoted"), by("RolledBack")),
+            ("True".into(), "True".into(), "False".into(), "False".into())
+        );
+        let later = status(Some(5), Ok(&view), &s.conditions, "2026-12-03T13:00:00Z");
+        assert_eq!(later.conditions[0].last_transition_time, "2026-12-03T12:00:00Z", "no transition, same time");
+    }
+
+    #[test]
+    fn a_loop_still_starting_reports_no_weight_so_the_last_one_written_stays() {
+        let view = StatusView { phase: "starting".into(), ..StatusView::default() };
+        let s = status(Some(1), Ok(&view), &[], "t");
+        assert_eq!((s.weight, s.desired_weight, s.step.as_deref()), (None, None, None));
+        let patch = serde_json::to_value(&s).unwrap();
+        assert!(patch.get("weight").is_none(), "a merge patch without `weight` keeps it: {patch}");
+    }
+
+    #[test]
+    fn a_blocked_gate_says_why_in_its_conditions() {
+        let b = Blocked::RouteLabelMatchMissing("add a route".into());
+        let s = status(Some(1), Err(&b), &[], "t");
+        assert_eq!(s.phase.as_deref(), Some("pending"));
+        assert_eq!(s.conditions[0].reason, "RouteLabelMatchMissing");
+        assert_eq!(s.conditions[0].message, "add a route");
+    }
+}

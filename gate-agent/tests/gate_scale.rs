@@ -1,0 +1,231 @@
+//! Benchmark (`make bench`, or `cargo test -p gate-agent --test gate_scale -- --ignored
+//! --nocapture`): one `gate-agent controller` process judging many CanaryGates, each with its own
+//! simulated proxies, on a **real** kube-apiserver (tests/support/kube.rs), at the default tick.
+//! Reports the controller's CPU share and resident memory over a steady window, the tick period
+//! achieved (snapshot reads per proxy), and the time from a breach in one gate to its first kill
+//! order. Writes `target/bench/controller_scale.{json,md}`.
+//!
+//! `CG_SCALE_GATES` (default 100) and `CG_SCALE_PROXIES` (default 10) size it. The simulated
+//! proxies run in this test process, not in the controller's, so the controller's figures are its
+//! own; they share the machine's cores with it and with the API server.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test code
+
+#[path = "support/gates.rs"]
+mod gates;
+#[path = "support/kube.rs"]
+mod kube_support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use canary_core::{Outcome, SubsetCounters};
+use gate_agent::gate::crd::CanaryGate;
+use gate_agent::mesh::wasmplugin::WasmPlugin;
+use kube::Api;
+use kube::api::ListParams;
+use kube_support::ControlPlane;
+use serde_json::{Value, json};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// One gate's simulated proxies: reads counted, kill orders timed.
+#[derive(Default)]
+struct GateProxies {
+    failing: AtomicBool,
+    reads: AtomicU64,
+    first_kill: Mutex<Option<Instant>>,
+}
+
+/// (utime + stime) ticks and VmRSS kB of `pid`.
+fn cpu_and_rss(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap();
+    (ticks, rss.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: make bench"]
+async fn one_controller_judges_many_gates_at_the_default_tick() {
+    let (n_gates, n_proxies) = (env_usize("CG_SCALE_GATES", 100), env_usize("CG_SCALE_PROXIES", 10));
+    assert!(n_gates <= 250 && n_proxies <= 250, "loopback addresses 127.1.<gate>.<proxy>");
+    let cp = ControlPlane::shared();
+    gates::install_crd(cp);
+    let ns = cp.namespace("scale").await;
+
+    // The weights the proxies apply, from one listing every 500 ms (as istiod would push them).
+    let weights: Arc<RwLock<HashMap<String, f64>>> = Arc::default();
+    {
+        let (weights, plugins) = (Arc::clone(&weights), Api::<WasmPlugin>::namespaced(ns.admin.clone(), &ns.name));
+        tokio::spawn(async move {
+            loop {
+                if let Ok(list) = plugins.list(&ListParams::default()).await {
+                    let mut w = weights.write().unwrap();
+                    for p in list.items {
+                        let weight =
+                            p.spec.plugin_config.as_ref().and_then(|c| c["canary_weight"].as_f64()).unwrap_or(0.0);
+                        w.insert(p.metadata.name.unwrap_or_default(), weight);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+    let mut all: Vec<Arc<GateProxies>> = Vec::new();
+    let started = Instant::now();
+    for g in 0..n_gates {
+        let name = format!("gate-{g}");
+        let state = Arc::new(GateProxies::default());
+        all.push(Arc::clone(&state));
+        let mut port = 0;
+        for p in 0..n_proxies {
+            let ip = [127, 1, u8::try_from(g).unwrap(), u8::try_from(p + 1).unwrap()];
+            let counters = Arc::new(Mutex::new((SubsetCounters::default(), SubsetCounters::default())));
+            let (state, weights, plugin) = (Arc::clone(&state), Arc::clone(&weights), format!("{name}-canary-gate"));
+            let id = format!("{name}-proxy-{p}");
+            let app = axum::Router::new().fallback(move |method: axum::http::Method| {
+                let (state, weights, plugin, counters, id) =
+                    (Arc::clone(&state), Arc::clone(&weights), plugin.clone(), Arc::clone(&counters), id.clone());
+                async move {
+                    if method == axum::http::Method::POST {
+                        state.first_kill.lock().unwrap().get_or_insert_with(Instant::now);
+                        return String::from("{}");
+                    }
+                    state.reads.fetch_add(1, Ordering::Relaxed);
+                    let weight = weights.read().unwrap().get(&plugin).copied().unwrap_or(0.0);
+                    let canary = weight.round() as u64;
+                    let mut c = counters.lock().unwrap();
+                    for _ in 0..100 - canary {
+                        c.0.record(Outcome::Success, 2_000);
+                    }
+                    let outcome =
+                        if state.failing.load(Ordering::Relaxed) { Outcome::Failure } else { Outcome::Success };
+                    for _ in 0..canary {
+                        c.1.record(outcome, 2_000);
+                    }
+                    gates::snapshot_json(id, &c.0, &c.1)
+                }
+            });
+            let listener = tokio::net::TcpListener::bind(SocketAddr::from((ip, port))).await.unwrap();
+            port = listener.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            let addr = std::net::Ipv4Addr::from(ip).to_string();
+            ns.pod(&format!("{name}-caller-{p}"), json!({ "app": format!("{name}-caller") }), &addr, true).await;
+        }
+        gates::apply(cp, &gates::virtual_service(&ns.name, &name, true));
+        let mut gate = gates::gate(&ns.name, &name, &format!("{name}-caller"), port, "30s");
+        gate["spec"]["analysis"]["stepWeights"] = json!([1, 5, 10, 25, 50]);
+        gate["spec"]["analysis"]["maxWeight"] = json!(50);
+        gates::apply(cp, &gate);
+    }
+    eprintln!("{n_gates} gates with {n_proxies} proxies each set up in {:?}", started.elapsed());
+
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let log = cp.dir.join("scale-controller.log");
+    let mut controller = Command::new(env!("CARGO_BIN_EXE_gate-agent"))
+        .args(["controller", "--module-url", "oci://registry.invalid/f:1", "--module-sha256", &"ab".repeat(32)])
+        .args(["--watch-namespace", &ns.name, "--namespace", &ns.name, "--identity", "scale-0"])
+        .args(["--listen", &listen.to_string()])
+        .env("KUBECONFIG", &cp.admin_kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("GATE_AGENT_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = controller.id();
+
+    // Every gate running and every proxy read.
+    let gates_api = Api::<CanaryGate>::namespaced(ns.admin.clone(), &ns.name);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let list = gates_api.list(&ListParams::default()).await.unwrap();
+        let running = list
+            .items
+            .iter()
+            .filter(|g| {
+                let s = serde_json::to_value(&g.status).unwrap_or(Value::Null);
+                s["phase"] == "progressing" && s["proxiesReporting"] == n_proxies
+            })
+            .count();
+        if running == n_gates {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {running} of {n_gates} gates running\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ready_after = started.elapsed();
+
+    // The steady window.
+    let window = Duration::from_secs(20);
+    let reads_before: u64 = all.iter().map(|g| g.reads.load(Ordering::Relaxed)).sum();
+    let (cpu0, _) = cpu_and_rss(pid);
+    let t0 = Instant::now();
+    tokio::time::sleep(window).await;
+    let (cpu1, rss_kb) = cpu_and_rss(pid);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let reads: u64 = all.iter().map(|g| g.reads.load(Ordering::Relaxed)).sum::<u64>() - reads_before;
+    let clk = 100.0; // USER_HZ on Linux
+    let cpu_share = (cpu1 - cpu0) as f64 / clk / elapsed;
+    let tick_s = elapsed * (n_gates * n_proxies) as f64 / reads.max(1) as f64;
+    let cpu_per_tick_ms = cpu_share * tick_s * 1000.0;
+
+    // A breach in gate 0: time to its first kill order.
+    let breach = Instant::now();
+    all[0].failing.store(true, Ordering::SeqCst);
+    let deadline = breach + Duration::from_secs(10);
+    let kill = loop {
+        if let Some(t) = *all[0].first_kill.lock().unwrap() {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no kill order in 10 s\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let breach_to_kill_ms = kill.saturating_duration_since(breach).as_secs_f64() * 1000.0;
+    let others_killed = all[1..].iter().filter(|g| g.first_kill.lock().unwrap().is_some()).count();
+    let _ = controller.kill();
+    let _ = controller.wait();
+    assert_eq!(others_killed, 0, "a breach in one gate killed another");
+
+    let build = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let result = json!({
+        "gates": n_gates, "proxies_per_gate": n_proxies, "build": build,
+        "setup_and_first_status_s": ready_after.as_secs_f64(),
+        "window_s": elapsed, "cpu_share": cpu_share, "rss_mib": rss_kb as f64 / 1024.0,
+        "tick_period_ms": tick_s * 1000.0, "cpu_per_tick_ms": cpu_per_tick_ms,
+        "breach_to_kill_ms": breach_to_kill_ms,
+        "goal": { "cpu_per_tick_ms": 50, "breach_to_kill_ticks": 1 },
+    });
+    let md = format!(
+        "## Controller scale ({build} build)\n\n{n_gates} CanaryGates × {n_proxies} simulated proxies, one controller, default tick 250 ms, \
+         real kube-apiserver.\n\n| figure | value | goal |\n|---|---|---|\n\
+         | CPU share (one core = 1.0) | {cpu_share:.3} | |\n| CPU per tick, all gates | {cpu_per_tick_ms:.1} ms | ≤ 50 ms |\n\
+         | resident memory | {:.1} MiB | |\n| tick period achieved | {:.0} ms | 250 ms |\n\
+         | breach → first kill order | {breach_to_kill_ms:.0} ms | ≤ 1 tick |\n",
+        rss_kb as f64 / 1024.0,
+        tick_s * 1000.0
+    );
+    eprintln!("{md}");
+    let out = kube_support::workspace_root().join("target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("controller_scale.json"), serde_json::to_string_pretty(&result).unwrap()).unwrap();
+    std::fs::write(out.join("controller_scale.md"), md).unwrap();
+}

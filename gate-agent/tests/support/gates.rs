@@ -1,0 +1,137 @@
+//! Helpers for the CanaryGate tests: the CRD installed, the user's objects, and fabricated
+//! proxies (pods whose loopback IPs serve snapshots at their gate's WasmPlugin weight).
+#![allow(dead_code)] // each test binary uses a different part of it
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use canary_core::snapshot::SNAPSHOT_FORMAT;
+use canary_core::{InstanceInfo, Outcome, Role, Snapshot, SubsetCounters, SubsetName, SubsetSnapshot};
+use gate_agent::mesh::wasmplugin::WasmPlugin;
+use kube::Api;
+use serde_json::{Value, json};
+
+use super::kube_support::{ControlPlane, TestNamespace, workspace_root};
+
+pub fn install_crd(cp: &ControlPlane) {
+    let ok = |c: &mut Command| c.status().unwrap().success();
+    let crd = workspace_root().join("deploy/crd/canarygate.yaml");
+    assert!(ok(cp.kubectl().args(["apply", "--server-side", "--field-manager=canary-gate-tests", "-f"]).arg(&crd)));
+    assert!(ok(cp.kubectl().args([
+        "wait",
+        "--for=condition=Established",
+        "crd/canarygates.canary-gate.dev",
+        "--timeout=60s"
+    ])));
+}
+
+pub fn apply(cp: &ControlPlane, object: &Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("o.json");
+    std::fs::write(&file, object.to_string()).unwrap();
+    let out = cp.kubectl().args(["apply", "--server-side", "--field-manager=user", "-f"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The user's VirtualService for `service`: with the canary's label route, or (`labelled` false)
+/// only the stable route.
+pub fn virtual_service(ns: &str, service: &str, labelled: bool) -> Value {
+    let stable = json!({ "name": "stable", "route": [{ "destination": { "host": service, "subset": "v1" } }] });
+    let canary = json!({ "name": "canary",
+        "match": [{ "headers": { "x-canary-subset": { "exact": "v2" } } }],
+        "route": [{ "destination": { "host": service, "subset": "v2" } }] });
+    let http = if labelled { json!([canary, stable]) } else { json!([stable]) };
+    json!({ "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": { "name": service, "namespace": ns },
+            "spec": { "hosts": [service], "http": http } })
+}
+
+pub fn gate(ns: &str, name: &str, app: &str, port: u16, interval: &str) -> Value {
+    json!({
+        "apiVersion": "canary-gate.dev/v1alpha1", "kind": "CanaryGate",
+        "metadata": { "name": name, "namespace": ns },
+        "spec": {
+            "service": { "name": name, "port": 8080 },
+            "workload": { "selector": { "app": app }, "snapshotPort": port },
+            "stable": "v1", "canary": "v2", "route": { "name": name },
+            "analysis": { "interval": interval, "threshold": 3, "stepWeights": [10, 30, 60], "maxWeight": 60,
+                          "minRequests": 20,
+                          "metrics": [{ "name": "request-success-rate", "thresholdRange": { "min": 99 }, "interval": "2s" }] }
+        }
+    })
+}
+
+/// A proxy on `addr` serving 100 requests between two reads, split at the weight of WasmPlugin
+/// `plugin`; its canary fails every request while `failing` is set.
+async fn fake_proxy(ns: &TestNamespace, plugin: String, addr: SocketAddr, failing: Arc<AtomicBool>) -> SocketAddr {
+    let counters = Arc::new(Mutex::new((SubsetCounters::default(), SubsetCounters::default())));
+    let plugins = Api::<WasmPlugin>::namespaced(ns.admin.clone(), &ns.name);
+    let id = format!("proxy-{addr}");
+    let app = axum::Router::new().fallback(move |method: axum::http::Method| {
+        let (plugins, counters, id, plugin, failing) =
+            (plugins.clone(), Arc::clone(&counters), id.clone(), plugin.clone(), Arc::clone(&failing));
+        async move {
+            if method == axum::http::Method::POST {
+                return String::from("{}"); // a kill order: taken
+            }
+            let weight = plugins
+                .get(&plugin)
+                .await
+                .ok()
+                .and_then(|p| p.spec.plugin_config)
+                .and_then(|c| c["canary_weight"].as_f64())
+                .unwrap_or(0.0);
+            let mut c = counters.lock().unwrap();
+            let canary = weight.round() as u64;
+            for _ in 0..100 - canary {
+                c.0.record(Outcome::Success, 2_000);
+            }
+            let outcome = if failing.load(Ordering::SeqCst) { Outcome::Failure } else { Outcome::Success };
+            for _ in 0..canary {
+                c.1.record(outcome, 2_000);
+            }
+            snapshot_json(id, &c.0, &c.1)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+pub fn snapshot_json(id: String, stable: &SubsetCounters, canary: &SubsetCounters) -> String {
+    let name = |s: &str| SubsetName::try_from(s).unwrap();
+    let snap = Snapshot {
+        format: SNAPSHOT_FORMAT.into(),
+        instance: InstanceInfo { id, started_at_unix_ms: 1 },
+        taken_at_unix_ms: 2,
+        route: None,
+        subsets: vec![
+            SubsetSnapshot { subset: name("v1"), role: Role::Stable, counters: stable.clone() },
+            SubsetSnapshot { subset: name("v2"), role: Role::Canary, counters: canary.clone() },
+        ],
+        kill: None,
+        misrouted: None,
+        dark_launch: None,
+        rollouts: Vec::new(),
+    };
+    serde_json::to_string(&snap).unwrap()
+}
+
+/// Gate `name`'s proxies: one pod per loopback address, all on one port.
+pub async fn proxies(ns: &TestNamespace, name: &str, ips: &[[u8; 4]], failing: &Arc<AtomicBool>) -> u16 {
+    let plugin = format!("{name}-canary-gate");
+    let first = fake_proxy(ns, plugin.clone(), SocketAddr::from((ips[0], 0)), Arc::clone(failing)).await;
+    for ip in &ips[1..] {
+        fake_proxy(ns, plugin.clone(), SocketAddr::from((*ip, first.port())), Arc::clone(failing)).await;
+    }
+    for (i, ip) in ips.iter().enumerate() {
+        let addr = std::net::Ipv4Addr::from(*ip).to_string();
+        ns.pod(&format!("{name}-caller-{i}"), json!({ "app": format!("{name}-caller") }), &addr, true).await;
+    }
+    first.port()
+}
