@@ -135,6 +135,9 @@ pub struct StatusView {
     /// The latest of them, in words.
     pub last_foreign_write: Option<String>,
     pub phase_changes_total: u64,
+    /// Set while the promotion gate holds a step whose checks pass: how much more evidence is
+    /// needed and how long that takes at the current rate (see `canary_rollout::noninferiority`).
+    pub insufficient_evidence: Option<crate::rollout::InsufficientEvidence>,
     /// The last events Flagger posted (oldest first, at most
     /// [`crate::integrations::FLAGGER_EVENTS_KEPT`]). Kept by the API, not the control loop,
     /// which publishes this empty; `/status` fills it in.
@@ -233,6 +236,26 @@ pub fn render_metrics(v: &StatusView) -> String {
                 percent / 100.0
             );
         }
+    }
+    family(
+        &mut out,
+        "canary_gate_agent_insufficient_evidence",
+        "gauge",
+        "1 while the promotion gate holds a step whose checks pass: the data does not yet show the canary within the promotion margins.",
+    );
+    let _ = writeln!(
+        out,
+        "canary_gate_agent_insufficient_evidence{{rollout=\"{rollout}\"}} {}",
+        u8::from(v.insufficient_evidence.is_some())
+    );
+    family(
+        &mut out,
+        "canary_gate_agent_evidence_needed_requests",
+        "gauge",
+        "About how many more canary requests the promotion gate needs, while it holds; no sample when not held or not expected at the canary's current rates.",
+    );
+    if let Some(n) = v.insufficient_evidence.as_ref().and_then(|i| i.more_canary_requests) {
+        let _ = writeln!(out, "canary_gate_agent_evidence_needed_requests{{rollout=\"{rollout}\"}} {n}");
     }
     family(
         &mut out,

@@ -41,6 +41,7 @@
 //! | paused by an operator | 409 | 409 | 404 | `inconclusive` |
 //! | not ready (no proxy answers, or the weight cannot be written) | 412 | 412 | 404 | `inconclusive` |
 //! | the latest verdict failed a check (not decisive) | 403 | 403 | 404 | `inconclusive` |
+//! | insufficient evidence: the checks pass, the promotion gate holds | 200 | 412 | 404 | `inconclusive` |
 //! | not enough data, or no verdict yet | 200 | 412 | 404 | `inconclusive` |
 //! | the latest verdict passed | 200 | 200 | 404 | `pass` |
 //!
@@ -126,6 +127,9 @@ pub enum Standing {
     NotReady(String),
     /// The latest verdict failed a check that is not decisive.
     Failing(String),
+    /// The checks pass (or lack data) but the promotion gate holds: the data does not yet show
+    /// the canary within the promotion margins.
+    InsufficientEvidence(String),
     /// Not enough data, or no verdict yet.
     NoData(String),
     Passing(String),
@@ -139,6 +143,7 @@ impl Standing {
             | Standing::Paused(s)
             | Standing::NotReady(s)
             | Standing::Failing(s)
+            | Standing::InsufficientEvidence(s)
             | Standing::NoData(s)
             | Standing::Passing(s) => s,
         }
@@ -175,6 +180,11 @@ pub fn standing(view: &StatusView) -> Standing {
     }
     if let Some(why) = &view.not_ready {
         return Standing::NotReady(format!("the agent is not ready: {why}"));
+    }
+    if let Some(held) = &view.insufficient_evidence
+        && latest != Some(VerdictKind::Fail { decisive: false })
+    {
+        return Standing::InsufficientEvidence(held.text.clone());
     }
     match latest {
         Some(VerdictKind::Pass) => Standing::Passing("the latest verdict passed".into()),
@@ -357,8 +367,10 @@ pub fn answer_hook(hook: Hook, view: &StatusView) -> HookAnswer {
         (_, Standing::Breach(_) | Standing::Failing(_)) => StatusCode::FORBIDDEN,
         (_, Standing::Paused(_)) => StatusCode::CONFLICT,
         (_, Standing::NotReady(_)) => StatusCode::PRECONDITION_FAILED,
-        (Hook::ConfirmRollout, Standing::NoData(_)) | (_, Standing::Passing(_)) => StatusCode::OK,
-        (_, Standing::NoData(_)) => StatusCode::PRECONDITION_FAILED,
+        (Hook::ConfirmRollout, Standing::NoData(_) | Standing::InsufficientEvidence(_)) | (_, Standing::Passing(_)) => {
+            StatusCode::OK
+        }
+        (_, Standing::NoData(_) | Standing::InsufficientEvidence(_)) => StatusCode::PRECONDITION_FAILED,
     };
     let decision = match (hook, status == StatusCode::OK) {
         (Hook::Rollback, true) => "roll_back",
@@ -932,8 +944,8 @@ async fn prometheus_not_allowed(method: Method) -> PromError {
 pub struct ArgoVerdict {
     pub rollout: String,
     /// `pass`, `fail` (breach: the agent has rolled the canary back or is doing so) or
-    /// `inconclusive` (not enough data, a failed check the agent is still counting, paused, not
-    /// ready).
+    /// `inconclusive` (not enough data, insufficient evidence for promotion, a failed check the
+    /// agent is still counting, paused, not ready).
     pub result: &'static str,
     pub phase: String,
     pub canary_weight_percent: f64,
@@ -962,7 +974,11 @@ pub fn argo_verdict(view: &StatusView) -> Result<ArgoVerdict, Refusal> {
         Standing::Unavailable(why) => return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, why.clone())),
         Standing::Breach(_) => "fail",
         Standing::Passing(_) => "pass",
-        Standing::Paused(_) | Standing::NotReady(_) | Standing::Failing(_) | Standing::NoData(_) => "inconclusive",
+        Standing::Paused(_)
+        | Standing::NotReady(_)
+        | Standing::Failing(_)
+        | Standing::InsufficientEvidence(_)
+        | Standing::NoData(_) => "inconclusive",
     };
     let role = |r: &str| view.subsets.iter().find(|s| s.role == r).cloned();
     let mut reasons = vec![standing.sentence().to_string()];
@@ -1144,6 +1160,33 @@ mod tests {
         assert_eq!(codes(&no_data), [200, 412, 412, 404], "a rollout may start before there is data; steps wait");
         let nothing_yet = with(|v| v.recent_verdicts.clear());
         assert_eq!(codes(&nothing_yet), [200, 412, 412, 404]);
+        // The checks pass, but the promotion gate holds: no step, no promotion, Argo waits.
+        let held = with(|v| {
+            v.recent_verdicts.push(verdict(VerdictKind::Pass, &["request-success-rate 100.00% ≥ 99%"]));
+            v.insufficient_evidence = Some(crate::rollout::InsufficientEvidence {
+                since_ms: 6_000,
+                more_canary_requests: Some(900),
+                canary_requests_per_s: Some(10.0),
+                eta_s: Some(90.0),
+                gives_up_in_s: None,
+                tests: Vec::new(),
+                text: "insufficient evidence to advance at 10%: about 900 more canary requests, about 1m30s at the current rate (10.0/s)".into(),
+            });
+        });
+        assert_eq!(codes(&held), [200, 412, 412, 404]);
+        let a = answer_hook(Hook::ConfirmPromotion, &held);
+        assert!(
+            a.reason.starts_with("insufficient evidence to advance at 10%: about 900 more canary requests"),
+            "{}",
+            a.reason
+        );
+        let argo = argo_verdict(&held).unwrap();
+        assert_eq!(argo.result, "inconclusive");
+        assert!(argo.reasons[0].contains("about 1m30s at the current rate"), "{:?}", argo.reasons);
+        assert!(
+            crate::api::render_metrics(&held)
+                .contains("canary_gate_agent_evidence_needed_requests{rollout=\"demo\"} 900")
+        );
         assert_eq!(codes(&StatusView::default()), [503; 4], "nothing published yet");
         let standby = StatusView { rollout: "demo".into(), phase: "standby".into(), ..StatusView::default() };
         assert_eq!(codes(&standby), [503; 4]);
