@@ -45,6 +45,8 @@ use crate::time::millis;
 
 /// Stable requests whose p99 becomes the reference for the latency comparison.
 pub const LATENCY_REFERENCE_SAMPLES: u64 = 500;
+/// Stable requests whose p99 fixes the promotion gate's latency bound.
+pub const GATE_LATENCY_REFERENCE_SAMPLES: u64 = 2_000;
 /// For the latency comparison a request is slow above the stable's p99 plus a tolerance of
 /// this many µs or a fifth of that p99, whichever is more: a canary a few ms slower in the
 /// tail is not worth a rollback, one that adds 200 ms is.
@@ -180,6 +182,7 @@ pub struct Judge {
     /// With the slow bound `(1 + p99Increase)` × the stable's p99 in µs, once fixed.
     gate_latency: Option<(LatencyNonInferiority, Option<u64>)>,
     p99_increase: f64,
+    gate_reference_sample: LatencyHistogram,
 }
 
 /// `1m`, `30s`, `1m30s`, `500ms`.
@@ -258,6 +261,7 @@ impl Judge {
             gate_errors: None,
             gate_latency: None,
             p99_increase: spec.promotion().p99_increase,
+            gate_reference_sample: LatencyHistogram::new(),
         }
         .with_gate(spec)
     }
@@ -381,11 +385,23 @@ impl Judge {
         if let Some(t) = &mut self.gate_errors {
             t.observe(ce, se);
         }
-        if let Some((t, Some(bound))) = &mut self.gate_latency {
-            t.observe(
+        match &mut self.gate_latency {
+            Some((t, Some(bound))) => t.observe(
                 Count::new(c.latency.count(), c.latency.count_above(*bound)),
                 Count::new(s.latency.count(), s.latency.count_above(*bound)),
-            );
+            ),
+            // As for the comparison, from stable requests only, fixed before it is used; a larger
+            // sample, since a p99 from 500 requests rests on five of them and a low estimate
+            // would hold healthy canaries for long.
+            Some((_, bound @ None)) => {
+                self.gate_reference_sample.merge(&s.latency);
+                if self.gate_reference_sample.count() >= GATE_LATENCY_REFERENCE_SAMPLES {
+                    let p99 = self.gate_reference_sample.quantile(DURATION_QUANTILE).unwrap_or(0);
+                    *bound = Some(scale_us(p99, 1.0 + self.p99_increase));
+                    self.gate_reference_sample = LatencyHistogram::new();
+                }
+            }
+            None => {}
         }
         if let Some(t) = &mut self.errors_vs_slo {
             t.observe(ce);
@@ -405,9 +421,7 @@ impl Judge {
                 if self.reference_sample.count() >= LATENCY_REFERENCE_SAMPLES {
                     let p99 = self.reference_sample.quantile(DURATION_QUANTILE).unwrap_or(0);
                     self.latency_reference_us = Some(p99.saturating_add((p99 / 5).max(LATENCY_TOLERANCE_US)));
-                    if let Some((_, bound)) = &mut self.gate_latency {
-                        *bound = Some(scale_us(p99, 1.0 + self.p99_increase));
-                    }
+
                     self.reference_sample = LatencyHistogram::new();
                 }
             }

@@ -70,9 +70,9 @@
 //! # Latency
 //!
 //! A canary whose p99 is at most `(1 + i)` times the stable's has at most 1% of its requests above
-//! `R = (1 + i) · p99_stable`. `R` is fixed from the first stable requests (the same sample
-//! that fixes the latency comparison's reference in [`crate::judge`]) before any canary request
-//! is counted against it; from then on a request above `R` is *slow*, and the test rejects
+//! `R = (1 + i) · p99_stable`. `R` is fixed from the first
+//! [`crate::judge::GATE_LATENCY_REFERENCE_SAMPLES`] stable requests before any canary request is
+//! counted against it; from then on a request above `R` is *slow*, and the test rejects
 //! "more than 1% of canary requests are slow" when `0.01 ≥ p̂` and `ln E(0.01) ≥ ln(1/α)`:
 //! the same argument with a known `M`, so the whole share of α goes to the canary's interval.
 //! `R` is an estimate: a stable p99 measured a little high lets a canary a little slower through.
