@@ -139,6 +139,26 @@ pub fn render_metrics(v: &StatusView) -> String {
     }
     family(
         &mut out,
+        "canary_gate_agent_insufficient_evidence",
+        "gauge",
+        "1 while the promotion gate holds a step whose checks pass: the data does not yet show the canary within the promotion margins.",
+    );
+    let _ = writeln!(
+        out,
+        "canary_gate_agent_insufficient_evidence{{rollout=\"{rollout}\"}} {}",
+        u8::from(v.insufficient_evidence.is_some())
+    );
+    family(
+        &mut out,
+        "canary_gate_agent_evidence_needed_requests",
+        "gauge",
+        "About how many more canary requests the promotion gate needs, while it holds; no sample when not held or not expected at the canary's current rates.",
+    );
+    if let Some(n) = v.insufficient_evidence.as_ref().and_then(|i| i.more_canary_requests) {
+        let _ = writeln!(out, "canary_gate_agent_evidence_needed_requests{{rollout=\"{rollout}\"}} {n}");
+    }
+    family(
+        &mut out,
         "canary_gate_agent_written_canary_weight_ratio",
         "gauge",
         "Canary weight in the durable configuration as the agent last wrote it (or read it at start), 0 to 1.",

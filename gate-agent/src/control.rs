@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 use crate::api::{Command, CommandRequest};
 use crate::collect::{AppliedRevision, Fleet, Observation, Window};
 use crate::foreign::{self, Foreign, Written};
-use crate::judge::Verdict;
+use crate::judge::{Verdict, VerdictKind};
 use crate::latency::SlidingLatency;
 use crate::mesh::lease::Leadership;
 use crate::notify::{Notice, NoticeKind, Notifier};
@@ -811,10 +811,18 @@ where
             self.trailing.pop_front();
         }
         if let Some(v) = verdict {
+            // A passing verdict that the promotion gate holds says so, with how much is missing.
+            let held = self.rollout.status().insufficient_evidence.filter(|_| v.kind == VerdictKind::Pass);
+            let mut reasons: Vec<String> = held.iter().map(|h| h.text.clone()).collect();
+            reasons.extend(v.reasons.iter().map(|r| r.text.clone()));
             let view = VerdictView {
                 at_unix_ms: unix_ms(),
-                verdict: v.kind.to_string(),
-                reasons: v.reasons.iter().map(|r| r.text.clone()).collect(),
+                verdict: if held.is_some() {
+                    format!("{} (insufficient evidence to promote)", v.kind)
+                } else {
+                    v.kind.to_string()
+                },
+                reasons,
                 kind: Some(v.kind),
             };
             let same = self.recent.back().is_some_and(|last| last.kind == view.kind && last.reasons == view.reasons);
@@ -901,6 +909,7 @@ where
             foreign_writes_total: self.foreign_writes_total,
             last_foreign_write: self.last_foreign_write.clone(),
             phase_changes_total: self.phase_changes_total,
+            insufficient_evidence: status.insufficient_evidence.clone(),
             // The API keeps Flagger's events and adds them to `/status`.
             flagger_events: Vec::new(),
         };

@@ -126,6 +126,9 @@ pub struct StatusView {
     /// The latest of them, in words.
     pub last_foreign_write: Option<String>,
     pub phase_changes_total: u64,
+    /// Set while the promotion gate holds a step whose checks pass: how much more evidence is
+    /// needed and how long that takes at the current rate (see `canary_rollout::noninferiority`).
+    pub insufficient_evidence: Option<crate::rollout::InsufficientEvidence>,
     /// The last events Flagger posted (oldest first, at most `FLAGGER_EVENTS_KEPT` of
     /// `integrations::flagger`). Kept by the API, not the control loop, which publishes this
     /// empty; `/status` fills it in.
@@ -168,6 +171,9 @@ pub enum Standing {
     NotReady(String),
     /// The latest verdict failed a check that is not decisive.
     Failing(String),
+    /// The checks pass (or lack data) but the promotion gate holds: the data does not yet show
+    /// the canary within the promotion margins.
+    InsufficientEvidence(String),
     /// Not enough data, or no verdict yet.
     NoData(String),
     Passing(String),
@@ -181,6 +187,7 @@ impl Standing {
             | Standing::Paused(s)
             | Standing::NotReady(s)
             | Standing::Failing(s)
+            | Standing::InsufficientEvidence(s)
             | Standing::NoData(s)
             | Standing::Passing(s) => s,
         }
@@ -218,6 +225,11 @@ pub fn standing(view: &StatusView) -> Standing {
     }
     if let Some(why) = &view.not_ready {
         return Standing::NotReady(format!("the agent is not ready: {why}"));
+    }
+    if let Some(held) = &view.insufficient_evidence
+        && latest != Some(VerdictKind::Fail { decisive: false })
+    {
+        return Standing::InsufficientEvidence(held.text.clone());
     }
     match latest {
         Some(VerdictKind::Pass) => Standing::Passing("the latest verdict passed".into()),

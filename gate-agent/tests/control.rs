@@ -62,7 +62,9 @@ fn route() -> RouteConfig {
 
 /// Steps 10/25/50, a check every `interval_s` seconds, `threshold` failed checks allowed. With two
 /// proxies at 200 requests a second, the first step sees 40 canary requests a second, so
-/// `minRequests: 60` is met by every full interval of healthy traffic.
+/// `minRequests: 60` is met by every full interval of healthy traffic. These tests are about
+/// stepping, writes and kills, so the promotion gate is off (`requireEvidence: false`); its own
+/// tests are tick by tick in canary-rollout and in the integrations' unit tests.
 fn spec(interval_s: u64, threshold: u32) -> Spec {
     Spec::from_yaml_or_json(&format!(
         "
@@ -74,6 +76,7 @@ threshold: {threshold}
 stepWeights: [10, 25, 50]
 maxWeight: 50
 minRequests: 60
+promotion: {{ requireEvidence: false }}
 metrics:
   - name: request-success-rate
     thresholdRange: {{ min: 99 }}

@@ -62,7 +62,13 @@ fn run() -> Result<(), String> {
     // The shipped spec (a check every 10 s, three failed checks allowed, steps 10/25/50%, 200
     // canary requests per step, success rate ≥ 99% and p99 ≤ 500 ms over 30 s, α = 0.01), and the
     // same spec with the incident's SLO, 99.9% success.
-    let spec_text = canary_bench::shipped_spec()?;
+    let mut spec_text = canary_bench::shipped_spec()?;
+    // `DECISIONS_GATE=off` judges without the promotion gate (`promotion: {requireEvidence:
+    // false}`), to show what the gate costs and what it buys.
+    let gate_off = std::env::var("DECISIONS_GATE").is_ok_and(|v| v == "off");
+    if gate_off {
+        spec_text.push_str("promotion: {requireEvidence: false}\n");
+    }
     let typo_text = canary_bench::replace_once(&spec_text, "thresholdRange: {min: 99}", "thresholdRange: {min: 99.9}")?;
     let spec = Spec::from_yaml_or_json(&spec_text).map_err(|e| format!("bench spec: {e}"))?;
     let typo_spec = Spec::from_yaml_or_json(&typo_text).map_err(|e| format!("bench typo spec: {e}"))?;
@@ -77,7 +83,15 @@ fn run() -> Result<(), String> {
         let t0 = Instant::now();
         let runs = parallel(aa_trials, |t| simulate(&spec, &traffic, &latency, trial_seed(seed, cell, t)));
         aa.push(AaCell::of(rate, traffic.total_per_s, &runs, t0.elapsed()));
-        eprintln!("decisions: A/A at {rate}/s: {} rollbacks of {aa_trials} ({:.1?})", aa_rows_last(&aa), t0.elapsed());
+        let promoted = sorted(runs.iter().filter(|r| r.promoted).map(|r| r.duration_ms as f64 / 1000.0).collect());
+        eprintln!(
+            "decisions: A/A at {rate}/s: {} rollbacks, {} promoted of {aa_trials}; time to promotion median {:?} s, p90 {:?} s ({:.1?})",
+            aa_rows_last(&aa),
+            promoted.len(),
+            canary_bench::percentile(&promoted, 0.5),
+            canary_bench::percentile(&promoted, 0.9),
+            t0.elapsed()
+        );
     }
 
     // Detection: the canary is worse from its first request on.
@@ -99,10 +113,11 @@ fn run() -> Result<(), String> {
             let runs = parallel(trials, |t| simulate(&spec, &traffic, &latency, trial_seed(seed, cell, t)));
             let c = DetectionCell::of(regression.name, rate, traffic.total_per_s, &runs, t0.elapsed());
             eprintln!(
-                "decisions: {} at {rate}/s: median {:?} s, never {:.1}% ({:.1?})",
+                "decisions: {} at {rate}/s: median {:?} s, never {:.1}%, promoted {:.1}% ({:.1?})",
                 regression.name,
                 c.median_s,
                 100.0 * c.never_fraction,
+                100.0 * c.promoted_fraction,
                 t0.elapsed()
             );
             detection.push(c);
@@ -124,6 +139,7 @@ fn run() -> Result<(), String> {
     let figures = json!({
         "parameters": {
             "seed": seed,
+            "promotion_gate": !gate_off,
             "aa_trials_per_rate": aa_trials,
             "detection_trials_per_cell": trials,
             "tick_ms": TICK_MS,

@@ -22,6 +22,13 @@
 //!
 //! No canary requests in a check's window, or no proxy reporting at all, is *not enough data*:
 //! never a pass.
+//!
+//! With the spec's promotion gate on, the judge also feeds the non-inferiority tests
+//! ([`crate::noninferiority`]): errors within the margin of the stable, and latency (slow above
+//! `(1 + p99Increase)` × the stable's p99, from the same reference sample as the latency
+//! comparison). They gate advancing, not the verdict: [`Judge::promotion_shown`]. The gate's
+//! false-promotion level is the spec's α, split evenly between its two tests; it is a separate
+//! guarantee from the rollback tests' false-alarm level.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -31,12 +38,15 @@ use canary_core::LatencyHistogram;
 use serde::Serialize;
 
 use crate::collect::{ByRole, Window};
+use crate::noninferiority::{ErrorNonInferiority, GateEvidence, LatencyNonInferiority};
 use crate::spec::{DURATION_QUANTILE, Metric, MetricKind, Spec};
 use crate::stats::{ComparisonTest, Count, Evidence, SloTest, bonferroni};
 use crate::time::millis;
 
 /// Stable requests whose p99 becomes the reference for the latency comparison.
 pub const LATENCY_REFERENCE_SAMPLES: u64 = 500;
+/// Stable requests whose p99 fixes the promotion gate's latency bound.
+pub const GATE_LATENCY_REFERENCE_SAMPLES: u64 = 2_000;
 /// For the latency comparison a request is slow above the stable's p99 plus a tolerance of
 /// this many µs or a fifth of that p99, whichever is more: a canary a few ms slower in the
 /// tail is not worth a rollback, one that adds 200 ms is.
@@ -51,6 +61,9 @@ pub const TEST_ERRORS_VS_STABLE: &str = "errors: canary vs stable";
 pub const TEST_ERRORS_VS_SLO: &str = "errors: canary vs SLO";
 pub const TEST_LATENCY_VS_SLO: &str = "latency: canary vs SLO";
 pub const TEST_LATENCY_VS_STABLE: &str = "latency: canary vs stable";
+/// Names of the promotion gate's tests.
+pub const GATE_ERRORS: &str = "errors: canary within margin of stable";
+pub const GATE_LATENCY: &str = "latency: canary p99 within margin of stable";
 
 /// The overall result of one tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -164,6 +177,12 @@ pub struct Judge {
     stable: Totals,
     /// The spec's α, for misses in small windows.
     alpha: f64,
+    /// The promotion gate's tests, when the spec requires evidence.
+    gate_errors: Option<ErrorNonInferiority>,
+    /// With the slow bound `(1 + p99Increase)` × the stable's p99 in µs, once fixed.
+    gate_latency: Option<(LatencyNonInferiority, Option<u64>)>,
+    p99_increase: f64,
+    gate_reference_sample: LatencyHistogram,
 }
 
 /// `1m`, `30s`, `1m30s`, `500ms`.
@@ -192,6 +211,12 @@ fn ratio(part: u64, whole: u64) -> f64 {
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 fn ms_to_us(ms: f64) -> u64 {
     (ms * 1000.0).round() as u64
+}
+
+/// `us × factor`, for a factor in (1, 2] (validated): fits in u64 for any histogram value.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+fn scale_us(us: u64, factor: f64) -> u64 {
+    (us as f64 * factor).round() as u64
 }
 
 #[allow(clippy::cast_precision_loss)]
@@ -233,7 +258,40 @@ impl Judge {
             canary: Totals::default(),
             stable: Totals::default(),
             alpha: spec.alpha(),
+            gate_errors: None,
+            gate_latency: None,
+            p99_increase: spec.promotion().p99_increase,
+            gate_reference_sample: LatencyHistogram::new(),
         }
+        .with_gate(spec)
+    }
+
+    fn with_gate(mut self, spec: &Spec) -> Judge {
+        let p = spec.promotion();
+        if p.require_evidence {
+            let alpha = bonferroni(spec.alpha(), 2);
+            self.gate_errors = Some(ErrorNonInferiority::new(GATE_ERRORS, p.error_margin, alpha));
+            self.gate_latency = Some((LatencyNonInferiority::new(GATE_LATENCY, alpha), None));
+        }
+        self
+    }
+
+    /// Whether the promotion gate's tests show the canary within its margins (true without a gate).
+    pub fn promotion_shown(&self) -> bool {
+        self.gate_errors.as_ref().is_none_or(ErrorNonInferiority::shown)
+            && self.gate_latency.as_ref().is_none_or(|(t, r)| r.is_some() && t.shown())
+    }
+
+    /// The promotion gate's tests, for people; empty without a gate.
+    pub fn promotion_evidence(&self) -> Vec<GateEvidence> {
+        let mut out: Vec<GateEvidence> = self.gate_errors.iter().map(ErrorNonInferiority::evidence).collect();
+        out.extend(self.gate_latency.iter().map(|(t, r)| t.evidence(r.is_some())));
+        out
+    }
+
+    /// The latency gate's slow bound (µs), once fixed.
+    pub fn gate_latency_bound_us(&self) -> Option<u64> {
+        self.gate_latency.as_ref().and_then(|(_, r)| *r)
     }
 
     /// Every sequential test's current evidence.
@@ -324,6 +382,27 @@ impl Judge {
 
         let (ce, se) = (Count::new(c.requests, c.failures), Count::new(s.requests, s.failures));
         self.errors_vs_stable.observe(ce, se);
+        if let Some(t) = &mut self.gate_errors {
+            t.observe(ce, se);
+        }
+        match &mut self.gate_latency {
+            Some((t, Some(bound))) => t.observe(
+                Count::new(c.latency.count(), c.latency.count_above(*bound)),
+                Count::new(s.latency.count(), s.latency.count_above(*bound)),
+            ),
+            // As for the comparison, from stable requests only, fixed before it is used; a larger
+            // sample, since a p99 from 500 requests rests on five of them and a low estimate
+            // would hold healthy canaries for long.
+            Some((_, bound @ None)) => {
+                self.gate_reference_sample.merge(&s.latency);
+                if self.gate_reference_sample.count() >= GATE_LATENCY_REFERENCE_SAMPLES {
+                    let p99 = self.gate_reference_sample.quantile(DURATION_QUANTILE).unwrap_or(0);
+                    *bound = Some(scale_us(p99, 1.0 + self.p99_increase));
+                    self.gate_reference_sample = LatencyHistogram::new();
+                }
+            }
+            None => {}
+        }
         if let Some(t) = &mut self.errors_vs_slo {
             t.observe(ce);
         }
@@ -342,6 +421,7 @@ impl Judge {
                 if self.reference_sample.count() >= LATENCY_REFERENCE_SAMPLES {
                     let p99 = self.reference_sample.quantile(DURATION_QUANTILE).unwrap_or(0);
                     self.latency_reference_us = Some(p99.saturating_add((p99 / 5).max(LATENCY_TOLERANCE_US)));
+
                     self.reference_sample = LatencyHistogram::new();
                 }
             }

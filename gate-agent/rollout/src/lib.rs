@@ -16,6 +16,7 @@ pub mod collect;
 pub mod foreign;
 pub mod judge;
 pub mod latency;
+pub mod noninferiority;
 pub mod rollout;
 pub mod spec;
 pub mod stats;
@@ -23,6 +24,7 @@ pub mod time;
 
 pub use collect::{ByRole, Fleet, Observation, ProxyProblem, Window};
 pub use judge::{Finding, Judge, Reason, Verdict, VerdictKind};
+pub use noninferiority::{ErrorMargin, GateEvidence};
 pub use rollout::{ChangeKind, CommandRefused, Decision, Phase, PhaseChange, Rollout, RolloutStatus, WeightChange};
 pub use spec::{Metric, MetricKind, NoDataPolicy, Spec, SpecError};
 pub use stats::{ComparisonTest, Count, Evidence, SloTest};

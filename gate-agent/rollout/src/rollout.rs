@@ -18,8 +18,14 @@
 //!   reports moves the canary to the first step.
 //! * [`Phase::Progressing`]: on a step. A check runs every `interval`: a failed check counts
 //!   toward `threshold` (cumulative over the rollout, as in Flagger); a passing check advances
-//!   one step once the step has lasted `interval` and seen `minRequests` canary requests; not
-//!   enough data holds (or, with `noData: {fail: D}`, rolls back after D without data).
+//!   one step once the step has lasted `interval` and seen `minRequests` canary requests, and,
+//!   with the promotion gate on (`promotion.requireEvidence`, the default), once the
+//!   non-inferiority tests show the canary within the margins ([`crate::noninferiority`]).
+//!   Until they do the step holds with **insufficient evidence** ([`InsufficientEvidence`]:
+//!   about how many more canary requests, and how long at the current rate), and after
+//!   `promotion.maxWait` of that the rollout rolls back: a canary that could not be shown safe is
+//!   not left serving, and the stable is known good. Not enough data holds (or, with
+//!   `noData: {fail: D}`, rolls back after D without any canary traffic).
 //! * [`Phase::Paused`]: the operator paused; the weight holds and checks are not counted.
 //! * [`Phase::Promoting`]: the weight was set to 100% (after the last step, or by the operator).
 //!   The next tick completes the promotion.
@@ -42,6 +48,7 @@ use serde::Serialize;
 
 use crate::collect::Window;
 use crate::judge::{Judge, Verdict, VerdictKind, human_duration};
+use crate::noninferiority::GateEvidence;
 use crate::spec::{NoDataPolicy, Spec};
 use crate::time::millis;
 
@@ -122,6 +129,28 @@ pub struct RolloutStatus {
     pub threshold: u32,
     pub step_canary_requests: u64,
     pub min_requests: u64,
+    /// Set while the promotion gate holds a step that otherwise passed.
+    pub insufficient_evidence: Option<InsufficientEvidence>,
+}
+
+/// The promotion gate holds the step: the checks pass, but the data does not yet show the canary
+/// within the margins.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InsufficientEvidence {
+    /// Since when the gate holds this step (ms, the caller's clock).
+    pub since_ms: u64,
+    /// About how many more canary requests until every gate test shows; `None` when not expected
+    /// at the canary's current rates (it fails, or is slow, more often than the margin allows).
+    pub more_canary_requests: Option<u64>,
+    /// Canary requests per second on this step so far.
+    pub canary_requests_per_s: Option<f64>,
+    /// `more_canary_requests` at that rate, in seconds.
+    pub eta_s: Option<f64>,
+    /// Seconds left of `promotion.maxWait`, if set.
+    pub gives_up_in_s: Option<f64>,
+    pub tests: Vec<GateEvidence>,
+    /// The sentence for people.
+    pub text: String,
 }
 
 /// Whether `change` is allowed by the guard rules (see the module doc). The I/O layer may call it
@@ -212,6 +241,8 @@ pub struct Rollout {
     /// When the step's evidence started: a window that began earlier mixes in traffic at the
     /// old weight and does not count toward the step.
     step_started_ms: u64,
+    /// While the promotion gate holds a step that passed its checks.
+    insufficient: Option<InsufficientEvidence>,
 }
 
 /// The weight the last agent wrote, as the durable state shows it, for a restarted agent to
@@ -259,6 +290,7 @@ impl Rollout {
             in_force: Weight::ZERO,
             confirmed_revision: 0,
             step_started_ms: 0,
+            insufficient: None,
         }
     }
 
@@ -347,6 +379,7 @@ impl Rollout {
     }
 
     fn start_step(&mut self, now_ms: u64) {
+        self.insufficient = None;
         self.step_canary_requests = 0;
         self.next_check_ms = now_ms.saturating_add(millis(self.spec.interval()));
         self.step_started_ms = now_ms;
@@ -431,6 +464,7 @@ impl Rollout {
             threshold: self.spec.threshold(),
             step_canary_requests: self.step_canary_requests,
             min_requests: self.spec.min_requests(),
+            insufficient_evidence: self.insufficient.clone(),
         }
     }
 
@@ -523,8 +557,75 @@ impl Rollout {
                 self.step_canary_requests,
                 self.spec.min_requests()
             )),
-            VerdictKind::Pass => self.advance(now_ms, verdict.summary()),
+            VerdictKind::Pass if self.spec.promotion().require_evidence && !self.judge.promotion_shown() => {
+                self.hold_for_evidence(now_ms)
+            }
+            VerdictKind::Pass => {
+                let why = if self.spec.promotion().require_evidence {
+                    format!("{}; {}", verdict.summary(), self.evidence_shown())
+                } else {
+                    verdict.summary()
+                };
+                self.advance(now_ms, why)
+            }
         }
+    }
+
+    /// The gate's tests, in words, once they show the canary within the margins.
+    fn evidence_shown(&self) -> String {
+        let tests: Vec<String> = self.judge.promotion_evidence().iter().map(describe_gate_test).collect();
+        format!("evidence: {}", tests.join("; "))
+    }
+
+    /// The checks passed but the gate's tests do not yet show the canary within the margins.
+    fn hold_for_evidence(&mut self, now_ms: u64) -> Decision {
+        let since = self.insufficient.as_ref().map_or(now_ms, |i| i.since_ms);
+        let waited_ms = now_ms.saturating_sub(since);
+        let max_wait = self.spec.promotion().max_wait;
+        let tests = self.judge.promotion_evidence();
+        let pending: Vec<&GateEvidence> = tests.iter().filter(|t| !t.shown).collect();
+        // Every test must show: the slowest decides; one not expected to show at all decides "never".
+        let more = pending.iter().try_fold(0u64, |most, t| t.more_needed.map(|n| most.max(n)));
+        let elapsed_s = ms_to_s(now_ms.saturating_sub(self.step_started_ms));
+        let rate =
+            (elapsed_s > 0.0 && self.step_canary_requests > 0).then(|| count_f(self.step_canary_requests) / elapsed_s);
+        let eta_s = more.zip(rate).map(|(n, r)| count_f(n) / r);
+        let what = if self.step.is_some_and(|i| i.saturating_add(1) >= self.spec.steps().len()) {
+            "promote"
+        } else {
+            "advance"
+        };
+        let amount = match (more, eta_s) {
+            (Some(n), Some(eta)) => format!(
+                "about {n} more canary requests, about {} at the current rate ({:.1}/s)",
+                human_duration(std::time::Duration::from_secs_f64(eta.min(1e9)).max(std::time::Duration::from_secs(1))),
+                rate.unwrap_or(0.0)
+            ),
+            (Some(n), None) => format!("about {n} more canary requests (no canary traffic on this step yet)"),
+            (None, _) => "not expected at the canary's current rates: it is not shown better than the margin".into(),
+        };
+        let details: Vec<String> = pending.iter().map(|t| describe_gate_test(t)).collect();
+        let text = format!("insufficient evidence to {what} at {}: {amount}; {}", self.weight, details.join("; "));
+        if let Some(limit) = max_wait
+            && waited_ms >= millis(limit)
+        {
+            return self.roll_back(format!(
+                "insufficient evidence after waiting {} (promotion.maxWait {}): {text}",
+                human_duration(std::time::Duration::from_millis(waited_ms)),
+                human_duration(limit)
+            ));
+        }
+        let gives_up_in_s = max_wait.map(|l| ms_to_s(millis(l).saturating_sub(waited_ms)));
+        self.insufficient = Some(InsufficientEvidence {
+            since_ms: since,
+            more_canary_requests: more,
+            canary_requests_per_s: rate,
+            eta_s,
+            gives_up_in_s,
+            tests,
+            text: text.clone(),
+        });
+        Decision::hold(text)
     }
 
     /// A failed precondition: the route table does not send the label where it says, so the
@@ -572,12 +673,14 @@ impl Rollout {
         if let Err(refused) = guard(&self.spec, &change) {
             return Decision::hold(format!("refused to promote: {refused}"));
         }
+        self.insufficient = None;
         self.weight = Weight::FULL;
         let phase_change = self.enter(Phase::Promoting);
         Decision { set_weight: Some(change), phase_change, reason: format!("promotion: {why}"), verdict: None }
     }
 
     fn roll_back(&mut self, why: String) -> Decision {
+        self.insufficient = None;
         let change = WeightChange { from: self.weight, to: Weight::ZERO, kind: ChangeKind::Rollback };
         self.weight = Weight::ZERO;
         let phase_change = self.enter(Phase::RolledBack);
@@ -695,13 +798,42 @@ impl Rollout {
     }
 }
 
+/// One gate test in words: `errors: canary within margin of stable: 0.00% of 812 canary requests,
+/// ruled out above 0.91% against a margin of 0.52%`.
+fn describe_gate_test(t: &GateEvidence) -> String {
+    match t.margin {
+        Some(m) => format!(
+            "{}: {:.2}% of {} canary requests, ruled out above {:.2}% against a margin of {:.2}%",
+            t.test,
+            100.0 * t.canary_rate,
+            t.canary_trials,
+            100.0 * t.canary_upper,
+            100.0 * m
+        ),
+        None => format!("{}: waiting for the stable's p99 as the reference", t.test),
+    }
+}
+
+// Counts and milliseconds up to 2^53 convert exactly.
+#[allow(clippy::cast_precision_loss)]
+fn count_f(n: u64) -> f64 {
+    n as f64
+}
+
+fn ms_to_s(ms: u64) -> f64 {
+    count_f(ms) / 1000.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::judge::tests::window as fabricated;
 
     /// Checks every 5 s, steps 10/25/50, 200 canary requests per step, 3 failed checks allowed.
+    /// These tests are about stepping, checks and writes, so the promotion gate is off here; the
+    /// gate's own tests below use [`gated`].
     const SPEC: &str = "
+promotion: { requireEvidence: false }
 name: demo
 stable: v1
 canary: v2
@@ -883,6 +1015,99 @@ metrics:
         assert_eq!((r.phase(), r.weight()), (Phase::Progressing, w(10.0)));
         let d = r.tick(&silent(601), 601 * S);
         assert!(d.reason.contains("not enough data") || d.reason.contains("next check"), "{}", d.reason);
+    }
+
+    /// [`SPEC`] with the promotion gate on at its default margins, and `extra`.
+    fn gated(extra: &str) -> Spec {
+        let text = SPEC.replace("promotion: { requireEvidence: false }\n", "");
+        Spec::from_yaml_or_json(&format!("{text}{extra}")).unwrap()
+    }
+
+    /// One second of traffic at 1,000 req/s split at `weight`, both versions at 20 ms, the stable
+    /// failing one request in a thousand and the canary `canary_per_10k` in ten thousand
+    /// (spread evenly: a whole failure whenever the running count reaches one).
+    fn steady(t: u64, weight: Weight, canary_per_10k: u64) -> Window {
+        let canary = u64::from(weight.basis_points()) / 10;
+        let failures = |n: u64| (t * n * canary_per_10k / 10_000).saturating_sub((t - 1) * n * canary_per_10k / 10_000);
+        fabricated(t * S, (1000 - canary, 1, 20), (canary, failures(canary), 20))
+    }
+
+    #[test]
+    fn with_the_gate_a_passing_step_holds_with_insufficient_evidence_then_advances() {
+        let mut r = Rollout::new(gated(""), 0);
+        run(&mut r, 1, 5, |t, w| steady(t, w, 0));
+        // The first check (at 6 s) passes on 500 canary requests, too few to show a healthy
+        // canary within 0.5 percentage points of the stable.
+        let d = r.tick(&steady(6, r.weight(), 0), 6 * S);
+        assert_eq!(d.set_weight, None, "{}", d.reason);
+        assert!(d.reason.starts_with("insufficient evidence to advance at 10%: about "), "{}", d.reason);
+        assert!(
+            d.reason.contains("more canary requests, about ") && d.reason.contains("at the current rate (100.0/s)"),
+            "{}",
+            d.reason
+        );
+        let held = r.status().insufficient_evidence.unwrap();
+        let (more, eta) = (held.more_canary_requests.unwrap(), held.eta_s.unwrap());
+        assert!(more > 100 && more < 5000, "{more}");
+        assert!((eta - more as f64 / 100.0).abs() < 1e-6, "{eta}");
+        assert_eq!(held.since_ms, 6 * S);
+        // It advances on a later check once shown, and is promoted; the later steps carry the
+        // evidence gathered so far and pass at the usual pace.
+        let changes = run(&mut r, 7, 120, |t, w| steady(t, w, 0));
+        let moves = weights(&changes);
+        assert_eq!(moves.len(), 3, "{moves:?}");
+        assert!(moves[0].0 > 6 && moves[0].0 <= 41 && moves[0].1 == 25.0, "{moves:?}");
+        assert_eq!(moves[2].2, ChangeKind::Promotion);
+        assert!(
+            changes[0].1.reason.contains("evidence: errors: canary within margin of stable"),
+            "{}",
+            changes[0].1.reason
+        );
+        assert_eq!(r.status().insufficient_evidence, None);
+        assert_eq!(r.phase(), Phase::Succeeded);
+    }
+
+    #[test]
+    fn with_the_gate_a_ten_times_worse_canary_at_low_traffic_is_never_promoted() {
+        // 10 canary requests a second at 10%: 1% failures against the stable's 0.1%. The checks
+        // pass (the success rate stays at or above 99%); without the gate it would be promoted.
+        let low = |t: u64, w: Weight| {
+            let canary = u64::from(w.basis_points()) / 100;
+            let failed = u64::from(t.is_multiple_of(10) && canary > 0);
+            fabricated(t * S, (100 - canary, u64::from(t % 10 == 5), 20), (canary, failed, 20))
+        };
+        let mut open = Rollout::new(spec_with("minRequests: 10\n"), 0);
+        run(&mut open, 1, 600, low);
+        assert_eq!(open.phase(), Phase::Succeeded, "the gate is what stops it");
+
+        let mut r = Rollout::new(gated("minRequests: 10\n"), 0);
+        let changes = run(&mut r, 1, 1800, low);
+        assert!(
+            changes.iter().all(|(_, d)| d.set_weight.is_none_or(|c| c.kind == ChangeKind::Rollback || c.to == w(10.0))),
+            "never past the first step: {:?}",
+            weights(&changes)
+        );
+        if r.phase() == Phase::Progressing {
+            let held = r.status().insufficient_evidence.unwrap();
+            assert_eq!(held.more_canary_requests, None, "not expected at 1%: {}", held.text);
+            assert!(held.text.contains("not expected at the canary's current rates"), "{}", held.text);
+        }
+    }
+
+    #[test]
+    fn with_max_wait_a_rollout_that_cannot_show_evidence_rolls_back() {
+        // One canary request a second: the evidence needs thousands.
+        let trickle = |t: u64, w: Weight| fabricated(t * S, (1000, 1, 20), (u64::from(w > Weight::ZERO), 0, 20));
+        let mut r = Rollout::new(gated("minRequests: 1\npromotion: { maxWait: 30s }\n"), 0);
+        let changes = run(&mut r, 1, 120, trickle);
+        let moves = weights(&changes);
+        // Step 1 at 1 s; the gate first holds at the check at 6 s and gives up 30 s later.
+        assert_eq!(moves, vec![(1, 10.0, ChangeKind::Step), (36, 0.0, ChangeKind::Rollback)]);
+        let reason = &changes.last().unwrap().1.reason;
+        assert!(
+            reason.starts_with("rollback: insufficient evidence after waiting 30s (promotion.maxWait 30s)"),
+            "{reason}"
+        );
     }
 
     #[test]

@@ -15,7 +15,12 @@
 //! maxWeight: 50            # the highest canary weight before promotion
 //! minRequests: 500         # canary requests needed on each step before it may advance
 //! alpha: 0.01              # false-alarm level of the sequential tests
-//! noData: hold             # or `noData: { fail: 5m }`
+//! noData: hold             # or `noData: { fail: 5m }`: no canary traffic at all
+//! promotion:               # the evidence gate (on by default, with these margins)
+//!   requireEvidence: true  # advance and promote only once the data shows the canary within:
+//!   errorMargin: { ratio: 2, absolute: 0.5 }   # failures ≤ max(2 × stable, stable + 0.5 pp)
+//!   latencyMargin: { p99Increase: 20% }        # p99 ≤ 1.2 × the stable's
+//!   maxWait: 2h            # optional: roll back after waiting this long for evidence on a step
 //! metrics:
 //!   - name: request-success-rate
 //!     thresholdRange: { min: 99 }     # percent
@@ -39,6 +44,40 @@ pub const DEFAULT_THRESHOLD: u32 = 5;
 pub const DEFAULT_MIN_REQUESTS: u64 = 100;
 /// The quantile that `request-duration` bounds (Flagger's builtin is p99).
 pub const DURATION_QUANTILE: f64 = 0.99;
+/// Default error margin of the promotion gate: the canary may fail up to twice as often as the
+/// stable, or 0.5 percentage points more, whichever is more (docs/agent.md says why).
+pub const DEFAULT_ERROR_RATIO: f64 = 2.0;
+pub const DEFAULT_ERROR_ABSOLUTE_PP: f64 = 0.5;
+/// Default latency margin: the canary's p99 may be up to 20% above the stable's.
+pub const DEFAULT_P99_INCREASE_PERCENT: f64 = 20.0;
+
+/// The promotion gate: advance and promote only on evidence that the canary is not worse than
+/// the stable by more than the margins ([`crate::noninferiority`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Promotion {
+    /// `requireEvidence`; when false, a step advances on passing checks alone (as in Flagger).
+    pub require_evidence: bool,
+    pub error_margin: crate::noninferiority::ErrorMargin,
+    /// `latencyMargin.p99Increase` as a fraction (0.2 for 20%).
+    pub p99_increase: f64,
+    /// `maxWait`: how long a step may wait for the evidence before the rollout rolls back;
+    /// `None` waits for as long as it takes (the state shows how much is missing).
+    pub max_wait: Option<Duration>,
+}
+
+impl Default for Promotion {
+    fn default() -> Promotion {
+        Promotion {
+            require_evidence: true,
+            error_margin: crate::noninferiority::ErrorMargin {
+                ratio: DEFAULT_ERROR_RATIO,
+                absolute: DEFAULT_ERROR_ABSOLUTE_PP / 100.0,
+            },
+            p99_increase: DEFAULT_P99_INCREASE_PERCENT / 100.0,
+            max_wait: None,
+        }
+    }
+}
 
 /// A spec that was rejected: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +154,7 @@ pub struct Spec {
     alpha: f64,
     no_data: NoDataPolicy,
     metrics: Vec<Metric>,
+    promotion: Promotion,
 }
 
 impl Spec {
@@ -189,6 +229,10 @@ impl Spec {
     pub fn metrics(&self) -> &[Metric] {
         &self.metrics
     }
+    /// The promotion gate (on unless the spec says `requireEvidence: false`).
+    pub fn promotion(&self) -> &Promotion {
+        &self.promotion
+    }
 
     /// The first step strictly above `weight`: the most any increase from `weight` may reach
     /// before promotion. `None` when `weight` is at or above the last step.
@@ -221,6 +265,102 @@ struct RawSpec {
     no_data: Option<RawNoData>,
     #[serde(default)]
     metrics: Vec<RawMetric>,
+    #[serde(default)]
+    promotion: Option<RawPromotion>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawPromotion {
+    #[serde(default)]
+    require_evidence: Option<bool>,
+    #[serde(default)]
+    error_margin: Option<RawErrorMargin>,
+    #[serde(default)]
+    latency_margin: Option<RawLatencyMargin>,
+    #[serde(default)]
+    max_wait: Option<DurationText>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawErrorMargin {
+    #[serde(default)]
+    ratio: Option<f64>,
+    /// Percentage points.
+    #[serde(default)]
+    absolute: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawLatencyMargin {
+    p99_increase: Percent,
+}
+
+/// A percentage written `20%` or `20`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
+struct Percent(f64);
+
+impl TryFrom<serde_json::Value> for Percent {
+    type Error = String;
+    fn try_from(v: serde_json::Value) -> Result<Self, String> {
+        let bad = || format!("{v} is not a percentage (e.g. 20% or 20)");
+        match &v {
+            serde_json::Value::Number(n) => n.as_f64().map(Percent).ok_or_else(bad),
+            serde_json::Value::String(s) => {
+                s.trim().strip_suffix('%').unwrap_or(s).trim().parse::<f64>().map(Percent).map_err(|_| bad())
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl RawPromotion {
+    fn validate(self) -> Result<Promotion, SpecError> {
+        let mut p = Promotion::default();
+        if let Some(on) = self.require_evidence {
+            p.require_evidence = on;
+        }
+        if let Some(m) = self.error_margin {
+            let ratio = m.ratio.unwrap_or(DEFAULT_ERROR_RATIO);
+            if !(ratio.is_finite() && (1.0..=1000.0).contains(&ratio)) {
+                return Err(SpecError::new(
+                    "promotion.errorMargin.ratio",
+                    format!("{ratio} is outside [1, 1000] (times the stable's failure rate)"),
+                ));
+            }
+            let absolute = m.absolute.unwrap_or(DEFAULT_ERROR_ABSOLUTE_PP);
+            if !(absolute.is_finite() && (0.0..100.0).contains(&absolute)) {
+                return Err(SpecError::new(
+                    "promotion.errorMargin.absolute",
+                    format!("{absolute} is outside [0, 100) (percentage points)"),
+                ));
+            }
+            // No margin at all: a canary exactly as good as the stable could never be shown within it.
+            if ratio <= 1.0 && absolute <= 0.0 {
+                return Err(SpecError::new(
+                    "promotion.errorMargin",
+                    "ratio 1 with absolute 0 leaves no margin: even a canary as good as the stable could never be promoted",
+                ));
+            }
+            p.error_margin = crate::noninferiority::ErrorMargin { ratio, absolute: absolute / 100.0 };
+        }
+        if let Some(m) = self.latency_margin {
+            let pct = m.p99_increase.0;
+            // 0% leaves no margin (see above); above 100% is no longer a check of the tail.
+            if !(pct.is_finite() && pct > 0.0 && pct <= 100.0) {
+                return Err(SpecError::new(
+                    "promotion.latencyMargin.p99Increase",
+                    format!("{pct}% is outside (0, 100] percent"),
+                ));
+            }
+            p.p99_increase = pct / 100.0;
+        }
+        p.max_wait = self.max_wait.map(|d| d.0);
+        Ok(p)
+    }
 }
 
 #[derive(Deserialize)]
@@ -310,6 +450,7 @@ impl RawSpec {
             None | Some(RawNoData::Hold) => NoDataPolicy::Hold,
             Some(RawNoData::Fail(d)) => NoDataPolicy::FailAfter(d.0),
         };
+        let promotion = self.promotion.map_or_else(|| Ok(Promotion::default()), RawPromotion::validate)?;
         let interval = self.interval.0;
         let mut metrics: Vec<Metric> = Vec::with_capacity(self.metrics.len());
         for (i, m) in self.metrics.into_iter().enumerate() {
@@ -334,6 +475,7 @@ impl RawSpec {
             alpha,
             no_data,
             metrics,
+            promotion,
         })
     }
 
@@ -566,6 +708,39 @@ metrics:
                 ),
                 "metrics[1].name",
             ),
+            (
+                minimal("stepWeight: 10\nmaxWeight: 50\npromotion: { errorMargin: { ratio: 0.5 } }\n"),
+                "promotion.errorMargin.ratio",
+            ),
+            (
+                minimal("stepWeight: 10\nmaxWeight: 50\npromotion: { errorMargin: { absolute: -1 } }\n"),
+                "promotion.errorMargin.absolute",
+            ),
+            (
+                minimal("stepWeight: 10\nmaxWeight: 50\npromotion: { errorMargin: { absolute: 100 } }\n"),
+                "promotion.errorMargin.absolute",
+            ),
+            (
+                minimal("stepWeight: 10\nmaxWeight: 50\npromotion: { errorMargin: { ratio: 1, absolute: 0 } }\n"),
+                "promotion.errorMargin",
+            ),
+            (
+                minimal("stepWeight: 10\nmaxWeight: 50\npromotion: { latencyMargin: { p99Increase: 150% } }\n"),
+                "promotion.latencyMargin.p99Increase",
+            ),
+            (
+                minimal("stepWeight: 10\nmaxWeight: 50\npromotion: { latencyMargin: { p99Increase: \"-5%\" } }\n"),
+                "promotion.latencyMargin.p99Increase",
+            ),
+            (
+                minimal("stepWeight: 10\nmaxWeight: 50\npromotion: { latencyMargin: { p99Increase: fast } }\n"),
+                "promotion.latencyMargin.p99Increase",
+            ),
+            (minimal("stepWeight: 10\nmaxWeight: 50\npromotion: { maxWait: 0s }\n"), "promotion.maxWait"),
+            (
+                minimal("stepWeight: 10\nmaxWeight: 50\npromotion: { requireEvidense: true }\n"),
+                "promotion.requireEvidense",
+            ),
             ("name: r\nstable: v1\ncanary: v1\ninterval: 1s\nstepWeight: 10\nmaxWeight: 50\n".to_owned(), "canary"),
             ("name: R_1\nstable: v1\ncanary: v2\ninterval: 1s\nstepWeight: 10\nmaxWeight: 50\n".to_owned(), "name"),
             ("name: r\nstable: v1\ncanary: v2\ninterval: 30\nstepWeight: 10\nmaxWeight: 50\n".to_owned(), "interval"),
@@ -575,6 +750,27 @@ metrics:
             assert_eq!(e.field, field, "{text}\n=> {e}");
             assert!(!e.problem.is_empty());
         }
+    }
+
+    #[test]
+    fn the_promotion_gate_is_on_by_default_and_reads_flagger_style() {
+        let s = Spec::from_yaml_or_json(&minimal("stepWeight: 10\nmaxWeight: 50\n")).unwrap();
+        assert_eq!(*s.promotion(), Promotion::default());
+        assert!(s.promotion().require_evidence);
+        assert_eq!(s.promotion().error_margin.ratio, 2.0);
+        assert!((s.promotion().error_margin.absolute - 0.005).abs() < 1e-15);
+        assert!((s.promotion().p99_increase - 0.2).abs() < 1e-15);
+        let s = Spec::from_yaml_or_json(&minimal(
+            "stepWeight: 10\nmaxWeight: 50\npromotion:\n  requireEvidence: true\n  errorMargin: {ratio: 1.5, absolute: 0.2}\n  latencyMargin: {p99Increase: 10%}\n  maxWait: 2h\n",
+        ))
+        .unwrap();
+        let p = s.promotion();
+        assert_eq!((p.error_margin.ratio, p.max_wait), (1.5, Some(Duration::from_secs(7200))));
+        assert!((p.error_margin.absolute - 0.002).abs() < 1e-15 && (p.p99_increase - 0.1).abs() < 1e-15);
+        let off =
+            Spec::from_yaml_or_json(&minimal("stepWeight: 10\nmaxWeight: 50\npromotion: {requireEvidence: false}\n"))
+                .unwrap();
+        assert!(!off.promotion().require_evidence);
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //!   comparison has almost none.
 //!
 //! Everything is in natural-log space: evidence is compared to `ln(1/α)`.
+//!
+//! These tests find evidence *against* the canary. Evidence *for* it, which gates promotion, is
+//! [`crate::noninferiority`].
 
 use serde::Serialize;
 

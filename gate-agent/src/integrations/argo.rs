@@ -29,8 +29,8 @@ where
 pub struct ArgoVerdict {
     pub rollout: String,
     /// `pass`, `fail` (breach: the agent has rolled the canary back or is doing so) or
-    /// `inconclusive` (not enough data, a failed check the agent is still counting, paused, not
-    /// ready).
+    /// `inconclusive` (not enough data, insufficient evidence for promotion, a failed check the
+    /// agent is still counting, paused, not ready).
     pub result: &'static str,
     pub phase: String,
     pub canary_weight_percent: f64,
@@ -59,7 +59,11 @@ pub fn argo_verdict(view: &StatusView) -> Result<ArgoVerdict, Refusal> {
         Standing::Unavailable(why) => return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, why.clone())),
         Standing::Breach(_) => "fail",
         Standing::Passing(_) => "pass",
-        Standing::Paused(_) | Standing::NotReady(_) | Standing::Failing(_) | Standing::NoData(_) => "inconclusive",
+        Standing::Paused(_)
+        | Standing::NotReady(_)
+        | Standing::Failing(_)
+        | Standing::InsufficientEvidence(_)
+        | Standing::NoData(_) => "inconclusive",
     };
     let role = |r: &str| view.subsets.iter().find(|s| s.role == r).cloned();
     let mut reasons = vec![standing.sentence().to_string()];

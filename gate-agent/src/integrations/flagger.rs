@@ -153,8 +153,10 @@ pub fn answer_hook(hook: Hook, view: &StatusView) -> HookAnswer {
         (_, Standing::Breach(_) | Standing::Failing(_)) => StatusCode::FORBIDDEN,
         (_, Standing::Paused(_)) => StatusCode::CONFLICT,
         (_, Standing::NotReady(_)) => StatusCode::PRECONDITION_FAILED,
-        (Hook::ConfirmRollout, Standing::NoData(_)) | (_, Standing::Passing(_)) => StatusCode::OK,
-        (_, Standing::NoData(_)) => StatusCode::PRECONDITION_FAILED,
+        (Hook::ConfirmRollout, Standing::NoData(_) | Standing::InsufficientEvidence(_)) | (_, Standing::Passing(_)) => {
+            StatusCode::OK
+        }
+        (_, Standing::NoData(_) | Standing::InsufficientEvidence(_)) => StatusCode::PRECONDITION_FAILED,
     };
     let decision = match (hook, status == StatusCode::OK) {
         (Hook::Rollback, true) => "roll_back",
@@ -299,6 +301,33 @@ mod tests {
         assert_eq!(codes(&no_data), [200, 412, 412, 404], "a rollout may start before there is data; steps wait");
         let nothing_yet = with(|v| v.recent_verdicts.clear());
         assert_eq!(codes(&nothing_yet), [200, 412, 412, 404]);
+        // The checks pass, but the promotion gate holds: no step, no promotion, Argo waits.
+        let held = with(|v| {
+            v.recent_verdicts.push(verdict(VerdictKind::Pass, &["request-success-rate 100.00% ≥ 99%"]));
+            v.insufficient_evidence = Some(crate::rollout::InsufficientEvidence {
+                since_ms: 6_000,
+                more_canary_requests: Some(900),
+                canary_requests_per_s: Some(10.0),
+                eta_s: Some(90.0),
+                gives_up_in_s: None,
+                tests: Vec::new(),
+                text: "insufficient evidence to advance at 10%: about 900 more canary requests, about 1m30s at the current rate (10.0/s)".into(),
+            });
+        });
+        assert_eq!(codes(&held), [200, 412, 412, 404]);
+        let a = answer_hook(Hook::ConfirmPromotion, &held);
+        assert!(
+            a.reason.starts_with("insufficient evidence to advance at 10%: about 900 more canary requests"),
+            "{}",
+            a.reason
+        );
+        let argo = crate::integrations::argo::argo_verdict(&held).unwrap();
+        assert_eq!(argo.result, "inconclusive");
+        assert!(argo.reasons[0].contains("about 1m30s at the current rate"), "{:?}", argo.reasons);
+        assert!(
+            crate::api::render_metrics(&held)
+                .contains("canary_gate_agent_evidence_needed_requests{rollout=\"demo\"} 900")
+        );
         assert_eq!(codes(&StatusView::default()), [503; 4], "nothing published yet");
         let standby = StatusView { rollout: "demo".into(), phase: "standby".into(), ..StatusView::default() };
         assert_eq!(codes(&standby), [503; 4]);

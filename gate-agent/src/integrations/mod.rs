@@ -44,6 +44,7 @@
 //! | paused by an operator | 409 | 409 | 404 | `inconclusive` |
 //! | not ready (no proxy answers, or the weight cannot be written) | 412 | 412 | 404 | `inconclusive` |
 //! | the latest verdict failed a check (not decisive) | 403 | 403 | 404 | `inconclusive` |
+//! | insufficient evidence: the checks pass, the promotion gate holds | 200 | 412 | 404 | `inconclusive` |
 //! | not enough data, or no verdict yet | 200 | 412 | 404 | `inconclusive` |
 //! | the latest verdict passed | 200 | 200 | 404 | `pass` |
 //!
