@@ -230,6 +230,9 @@ bench: tools-rust tools-envoy tools-bench wasm
 	$(BENCH_ENV) $(BENCH_BIN)/agent_scale $(BENCH_OUT)
 	$(BENCH_ENV) $(BENCH_BIN)/typo $(BENCH_OUT)
 	$(BENCH_ENV) $(BENCH_BIN)/instructions $(BENCH_OUT)
+	# One controller, 100 CanaryGates × 10 simulated proxies, on the tests' real kube-apiserver
+	# (needs make tools-kube); writes $(BENCH_OUT)/controller_scale.{json,md}.
+	cargo test --release -p gate-agent --test gate_scale -- --ignored --nocapture
 	$(BENCH_ENV) $(BENCH_BIN)/report $(BENCH_OUT)
 
 # wrk, the cost benchmark's load generator, and valgrind, which counts its instructions (Debian).

@@ -123,7 +123,8 @@ async fn one_controller_judges_many_gates_at_the_default_tick() {
             ns.pod(&format!("{name}-caller-{p}"), json!({ "app": format!("{name}-caller") }), &addr, true).await;
         }
         gates::apply(cp, &gates::virtual_service(&ns.name, &name, true));
-        let mut gate = gates::gate(&ns.name, &name, &format!("{name}-caller"), port, "30s");
+        // Long steps: every gate is still progressing during the window.
+        let mut gate = gates::gate(&ns.name, &name, &format!("{name}-caller"), port, "10m");
         gate["spec"]["analysis"]["stepWeights"] = json!([1, 5, 10, 25, 50]);
         gate["spec"]["analysis"]["maxWeight"] = json!(50);
         gates::apply(cp, &gate);
@@ -147,7 +148,7 @@ async fn one_controller_judges_many_gates_at_the_default_tick() {
 
     // Every gate running and every proxy read.
     let gates_api = Api::<CanaryGate>::namespaced(ns.admin.clone(), &ns.name);
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let list = gates_api.list(&ListParams::default()).await.unwrap();
         let running = list
@@ -155,7 +156,7 @@ async fn one_controller_judges_many_gates_at_the_default_tick() {
             .iter()
             .filter(|g| {
                 let s = serde_json::to_value(&g.status).unwrap_or(Value::Null);
-                s["phase"] == "progressing" && s["proxiesReporting"] == n_proxies
+                s["phase"] == "progressing" && s["proxiesReporting"].as_u64() == u64::try_from(n_proxies).ok()
             })
             .count();
         if running == n_gates {

@@ -11,7 +11,8 @@ use canary_bench::out_dir;
 use serde_json::{Map, Value, json};
 
 /// The parts in the order of the questions.
-const PARTS: [&str; 6] = ["envoy_cost", "breach", "decisions", "agent_scale", "typo", "instructions"];
+const PARTS: [&str; 7] =
+    ["envoy_cost", "breach", "decisions", "agent_scale", "typo", "instructions", "controller_scale"];
 
 fn main() -> ExitCode {
     canary_bench::exit("report", run())

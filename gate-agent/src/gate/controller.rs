@@ -192,7 +192,10 @@ async fn reconcile_all(
 ) {
     let mut listed: Vec<CanaryGate> = Vec::new();
     let mut plugins: HashMap<Key, Value> = HashMap::new();
-    let by_label = ListParams::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    // The generated WasmPlugins from the watch cache (a stale one costs at most a needless
+    // re-apply); the gates themselves by a quorum read, so a gate is never taken for deleted
+    // because a cache lagged behind its creation.
+    let by_label = ListParams::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}")).match_any();
     for (gate_api, plugin_api) in
         scopes::<CanaryGate>(client, &s.namespaces).into_iter().zip(scopes::<WasmPlugin>(client, &s.namespaces))
     {
@@ -519,7 +522,8 @@ async fn rollout_loop(
     controller.run(s.tick, &mut commands, until).await;
 }
 
-/// Writes the loop's view into the gate's status when it changes, at most once a second.
+/// Writes the loop's view into the gate's status at most once a second when what it shows changes
+/// ([`reconcile::worth_writing`]).
 async fn status_writer(
     client: Client,
     s: ControllerSettings,
@@ -528,20 +532,18 @@ async fn status_writer(
     stop: watch::Receiver<bool>,
 ) {
     let mut conditions = gate.status.as_ref().map(|st| st.conditions.clone()).unwrap_or_default();
-    let mut last = None;
+    let mut last: Option<(super::crd::CanaryGateStatus, Instant)> = None;
     loop {
         let status = {
             let view = views.borrow_and_update();
             reconcile::status(gate.metadata.generation, Ok(&view), &conditions, &now())
         };
-        // The conditions' times aside, is anything new?
-        let mut comparable = status.clone();
-        comparable.conditions.iter_mut().for_each(|c| c.last_transition_time.clear());
-        if last.as_ref() != Some(&comparable) {
+        let since = last.as_ref().map_or(Duration::MAX, |(_, at)| at.elapsed());
+        if reconcile::worth_writing(last.as_ref().map(|(s, _)| s), &status, since) {
             match write_status(&client, &s, &gate, &status).await {
                 Ok(()) => {
                     conditions = status.conditions.clone();
-                    last = Some(comparable);
+                    last = Some((status, Instant::now()));
                 }
                 Err(e) => tracing::warn!(canarygate = %gate.name_any(), "writing the status: {e}"),
             }

@@ -70,17 +70,18 @@ mod tests {
             (("shop".into(), "alpha".into()), render_metrics(&view("alpha"))),
             (("other".into(), "alpha".into()), render_metrics(&view("alpha"))),
         ]);
-        let helps = text.lines().filter(|l| l.starts_with("# HELP canary_gate_agent_canary_weight_ratio ")).count();
+        let helps =
+            text.lines().filter(|l| l.starts_with("# HELP canary_gate_agent_desired_canary_weight_ratio ")).count();
         assert_eq!(helps, 1, "{text}");
         assert!(
             text.contains(
-                "canary_gate_agent_canary_weight_ratio{namespace=\"shop\",canarygate=\"alpha\",rollout=\"alpha\"} 0"
+                "canary_gate_agent_desired_canary_weight_ratio{namespace=\"shop\",canarygate=\"alpha\",rollout=\"alpha\"} 0"
             ),
             "{text}"
         );
         assert!(
             text.contains(
-                "canary_gate_agent_canary_weight_ratio{namespace=\"other\",canarygate=\"alpha\",rollout=\"alpha\"} 0"
+                "canary_gate_agent_desired_canary_weight_ratio{namespace=\"other\",canarygate=\"alpha\",rollout=\"alpha\"} 0"
             ),
             "{text}"
         );

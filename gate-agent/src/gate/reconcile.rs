@@ -160,6 +160,36 @@ pub fn status(
     }
 }
 
+/// How long a change of only the words (reasons, message) waits before it is written: a status
+/// write per gate per tick would be the API server's heaviest load with a hundred gates.
+pub const WORDS_ONLY_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Whether `new` is worth a status write after `last` was written `since` ago: at once when what
+/// `kubectl get` and the conditions show changed, else (only the words) every [`WORDS_ONLY_EVERY`].
+pub fn worth_writing(last: Option<&CanaryGateStatus>, new: &CanaryGateStatus, since: std::time::Duration) -> bool {
+    let Some(last) = last else { return true };
+    let key = |s: &CanaryGateStatus| {
+        let conds: Vec<(String, String, String)> =
+            s.conditions.iter().map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone())).collect();
+        (
+            s.phase.clone(),
+            s.weight.map(f64::to_bits),
+            s.desired_weight.map(f64::to_bits),
+            s.step.clone(),
+            s.failed_checks,
+            s.verdict.clone(),
+            s.proxies_reporting,
+            s.observed_generation,
+            conds,
+        )
+    };
+    if key(last) != key(new) {
+        return true;
+    }
+    let words = |s: &CanaryGateStatus| (s.reasons.clone(), s.message.clone());
+    words(last) != words(new) && since >= WORDS_ONLY_EVERY
+}
+
 /// `rolled_back` → `RolledBack` (a condition reason is CamelCase).
 fn camel(phase: &str) -> String {
     let word: String = phase
@@ -234,6 +264,19 @@ mod tests {
         assert_eq!((s.weight, s.desired_weight, s.step.as_deref()), (None, None, None));
         let patch = serde_json::to_value(&s).unwrap();
         assert!(patch.get("weight").is_none(), "a merge patch without `weight` keeps it: {patch}");
+    }
+
+    #[test]
+    fn a_new_weight_is_written_at_once_and_new_words_only_now_and_then() {
+        let base = CanaryGateStatus { phase: Some("progressing".into()), weight: Some(10.0), ..Default::default() };
+        let quick = std::time::Duration::from_secs(1);
+        assert!(worth_writing(None, &base, quick));
+        assert!(!worth_writing(Some(&base), &base.clone(), quick));
+        let moved = CanaryGateStatus { weight: Some(30.0), ..base.clone() };
+        assert!(worth_writing(Some(&base), &moved, quick));
+        let reworded = CanaryGateStatus { reasons: vec!["evidence ln 0.4".into()], ..base.clone() };
+        assert!(!worth_writing(Some(&base), &reworded, quick));
+        assert!(worth_writing(Some(&base), &reworded, WORDS_ONLY_EVERY));
     }
 
     #[test]

@@ -35,7 +35,11 @@ impl PodTargets {
 
     /// The current targets, sorted.
     pub async fn list(&self) -> Result<Vec<String>, String> {
-        let pods = bounded(self.timeout, self.api.list(&ListParams::default().labels(&self.selector))).await?;
+        // From the API server's watch cache (resourceVersion 0), not a quorum read from etcd: a
+        // list a moment old is fine for finding proxies, and a controller with a hundred gates
+        // lists every few hundred milliseconds.
+        let params = ListParams::default().labels(&self.selector).match_any();
+        let pods = bounded(self.timeout, self.api.list(&params)).await?;
         let mut targets: Vec<String> = pods.items.iter().filter_map(|p| target_of(p, self.port)).collect();
         targets.sort();
         targets.dedup();
