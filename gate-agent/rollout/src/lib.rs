@@ -18,6 +18,8 @@ pub mod judge;
 pub mod latency;
 pub mod noninferiority;
 pub mod rollout;
+#[cfg(test)]
+mod sim;
 pub mod spec;
 pub mod stats;
 pub mod time;

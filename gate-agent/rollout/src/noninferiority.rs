@@ -391,35 +391,7 @@ impl LatencyNonInferiority {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use canary_core::rng::SplitMix64;
-
-    struct Sim(SplitMix64);
-
-    impl Sim {
-        fn uniform(&mut self) -> f64 {
-            ((self.0.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
-        }
-
-        /// Binomial(n, p) by geometric gaps between events.
-        fn binomial(&mut self, n: u64, p: f64) -> u64 {
-            if p <= 0.0 || n == 0 {
-                return 0;
-            }
-            let log_q = (-p).ln_1p();
-            let (mut pos, mut k) = (0u64, 0u64);
-            loop {
-                let gap = (self.uniform().ln() / log_q).floor();
-                if gap >= (n - pos) as f64 {
-                    return k;
-                }
-                pos += gap as u64 + 1;
-                k += 1;
-                if pos >= n {
-                    return k;
-                }
-            }
-        }
-    }
+    use crate::sim::Sim;
 
     const MARGIN: ErrorMargin = ErrorMargin { ratio: 2.0, absolute: 0.005 };
 
@@ -444,7 +416,7 @@ mod tests {
         // At the margin's edge (0.1% stable, 0.6% canary, the absolute part decides) and at a
         // ratio edge (1% stable, 2% canary), checked every tick for up to 200,000 canary requests.
         let alpha = 0.05;
-        let mut sim = Sim(SplitMix64::new(19));
+        let mut sim = Sim::new(19);
         let runs = 300;
         let mut shown = 0;
         for i in 0..runs {
@@ -459,7 +431,7 @@ mod tests {
 
     #[test]
     fn a_ten_times_worse_canary_at_a_low_baseline_is_never_shown() {
-        let mut sim = Sim(SplitMix64::new(7));
+        let mut sim = Sim::new(7);
         for _ in 0..100 {
             assert_eq!(ever_shown(&mut sim, 0.01, 300, 100, 0.001, 0.01), None);
         }
@@ -467,14 +439,14 @@ mod tests {
 
     #[test]
     fn a_good_canary_is_shown_with_enough_data() {
-        let mut sim = Sim(SplitMix64::new(3));
+        let mut sim = Sim::new(3);
         for _ in 0..50 {
             let at = ever_shown(&mut sim, 0.01, 600, 100, 0.001, 0.001);
             // About 4,000 canary requests at 0.1% failures against a margin near 0.6%.
             assert!(at.is_some_and(|t| t < 400), "{at:?}");
         }
         // At a high baseline the ratio decides: 5% against 5%, margin 10%.
-        let mut sim = Sim(SplitMix64::new(4));
+        let mut sim = Sim::new(4);
         assert!(ever_shown(&mut sim, 0.01, 600, 100, 0.05, 0.05).is_some());
     }
 
@@ -483,7 +455,7 @@ mod tests {
         let mut t = ErrorNonInferiority::new("e", MARGIN, 0.005);
         t.observe(Count::new(100, 0), Count::new(10_000, 10));
         let need = t.more_needed().unwrap();
-        let mut sim = Sim(SplitMix64::new(11));
+        let mut sim = Sim::new(11);
         let mut after = t.clone();
         let mut fed = 0;
         while !after.shown() && fed < 100_000 {
