@@ -4,14 +4,15 @@
 //! with the message the user sees.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test code
 
+#[path = "support/gates.rs"]
+mod gates;
 #[path = "support/kube.rs"]
 mod kube_support;
-
-use std::process::Command;
 
 use gate_agent::gate::convert::plan;
 use gate_agent::gate::crd::{CanaryGate, crd_yaml};
 use gate_agent::gate::generate::holds;
+use gates::install_crd;
 use kube_support::{ControlPlane, workspace_root};
 use serde_json::{Value, json};
 
@@ -51,19 +52,6 @@ fn the_shipped_example_reads_into_the_types_and_converts_to_a_rollout_spec() {
     assert_eq!(p.spec.name().as_str(), "payment-svc");
     assert_eq!(p.spec.steps().len(), 5);
     assert_eq!(p.pod_selector, "app=frontend");
-}
-
-/// Installs the CRD (once per control plane) and waits until it is served.
-pub fn install_crd(cp: &ControlPlane) {
-    let ok = |c: &mut Command| c.status().unwrap().success();
-    let crd = workspace_root().join("deploy/crd/canarygate.yaml");
-    assert!(ok(cp.kubectl().args(["apply", "--server-side", "--field-manager=canary-gate-tests", "-f"]).arg(&crd)));
-    assert!(ok(cp.kubectl().args([
-        "wait",
-        "--for=condition=Established",
-        "crd/canarygates.canary-gate.dev",
-        "--timeout=60s"
-    ])));
 }
 
 /// `kubectl apply` of `gate` in `ns`: Ok(stdout) or Err(stderr).
