@@ -47,6 +47,8 @@ metrics:
   - name: request-success-rate
     thresholdRange: { min: 99 }
     interval: 2s
+# About leadership and the API server, not evidence: steps advance on passing checks alone.
+promotion: { requireEvidence: false }
 ";
 
 async fn create_plugin(ns: &TestNamespace) {

@@ -98,6 +98,8 @@ metrics:
   - name: request-duration
     thresholdRange: { max: 1000 }
     interval: 20s
+# About restarts, not evidence: steps advance on passing checks alone.
+promotion: { requireEvidence: false }
 ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -206,6 +208,7 @@ metrics:
   - name: request-success-rate
     thresholdRange: { min: 99 }
     interval: 2s
+promotion: { requireEvidence: false }
 ";
 
 /// What the watcher of the watched directory found.

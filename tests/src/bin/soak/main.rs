@@ -133,6 +133,8 @@ metrics:
   - name: request-duration
     thresholdRange: {{ max: 1000 }}
     interval: 5s
+# A soak walks its weights on a schedule; the promotion gate's evidence is not what it tests.
+promotion: {{ requireEvidence: false }}
 ",
         weights.join(", ")
     )
