@@ -26,6 +26,8 @@ metrics:
   - name: request-duration
     thresholdRange: { max: 500 }
     interval: 10s
+# About the pipeline's stepping across proxies and restarts, not the promotion gate's evidence.
+promotion: { requireEvidence: false }
 ";
 
 /// One Envoy: cumulative counters since it started, as its snapshot listener would serve them.
