@@ -57,6 +57,17 @@ pub fn shipped_spec() -> Result<String, String> {
     std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// The plugin configuration that ships in deploy/local/ecds/canary-gate.json (10% by weight,
+/// sticky header, dark-launch header, failure classification), as the cost parts run it.
+pub fn shipped_route() -> Result<canary_core::config::RouteConfig, String> {
+    let path = canary_e2e::paths::deploy_local().join("ecds/canary-gate.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let plugin = canary_core::ecds::plugin_config_of(&file)
+        .ok_or_else(|| format!("{}: no plugin configuration", path.display()))?;
+    canary_core::config::parse_route(plugin.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// `spec` with its top-level field `key` set to `value` (the whole line replaced). The field must
 /// be there exactly once, so a change to the shipped file cannot make the benchmark judge with
 /// something else unnoticed.

@@ -67,7 +67,7 @@ async fn run() -> Result<(), String> {
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
     let script = wrk::script(scratch.path())?;
     let upstream = start_upstream()?;
-    let route = shipped_route()?;
+    let route = canary_bench::shipped_route()?;
 
     let base = 40_000 + (std::process::id() % 1_000) * 4;
     let mut envoys = Vec::new();
@@ -108,17 +108,6 @@ async fn run() -> Result<(), String> {
     write_part(&out, "envoy_cost", &figures, &markdown(&series, rounds, seconds)).map_err(|e| e.to_string())?;
     eprintln!("envoy_cost: wrote {}", out.display());
     Ok(())
-}
-
-/// The plugin configuration that ships in deploy/local/ecds/canary-gate.json (10% by weight,
-/// sticky header, dark-launch header, failure classification).
-fn shipped_route() -> Result<canary_core::config::RouteConfig, String> {
-    let path = canary_e2e::paths::deploy_local().join("ecds/canary-gate.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let plugin = canary_core::ecds::plugin_config_of(&file)
-        .ok_or_else(|| format!("{}: no plugin configuration", path.display()))?;
-    canary_core::config::parse_route(plugin.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Proof that canary-filter was at work, not failed open: the requests it counted in Envoy's

@@ -91,7 +91,7 @@ async fn run() -> Result<(), String> {
     };
     let out = out_dir();
     let upstream = start_upstream()?;
-    let route = shipped_route()?;
+    let route = canary_bench::shipped_route()?;
     let base = 43_000 + (std::process::id() % 1_000) * 4;
     let valgrind = command_line("valgrind", &["--version"])?;
 
@@ -153,17 +153,6 @@ fn flag_text(name: &str) -> Result<Option<String>, String> {
 fn only() -> Result<Option<Variant>, String> {
     let Some(key) = flag_text("--only")? else { return Ok(None) };
     VARIANTS.into_iter().find(|v| v.key() == key).map(Some).ok_or_else(|| format!("--only {key:?}: no such variant"))
-}
-
-/// The plugin configuration that ships in deploy/local/ecds/canary-gate.json, as the wrk part
-/// runs it.
-fn shipped_route() -> Result<canary_core::config::RouteConfig, String> {
-    let path = canary_e2e::paths::deploy_local().join("ecds/canary-gate.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let plugin = canary_core::ecds::plugin_config_of(&file)
-        .ok_or_else(|| format!("{}: no plugin configuration", path.display()))?;
-    canary_core::config::parse_route(plugin.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Warm-up, then `plan.batches` counted batches of `plan.requests` requests, each between a
