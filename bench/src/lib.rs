@@ -68,6 +68,19 @@ pub fn shipped_route() -> Result<canary_core::config::RouteConfig, String> {
     canary_core::config::parse_route(plugin.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Starts a fresh rollout on `fx`'s Envoy: weight 0 at a revision above every earlier one (the
+/// agent's writes included), which also lifts an earlier trial's kill order (kills hold up to a
+/// revision); returns once Envoy applies it.
+pub async fn fresh_rollout(fx: &canary_e2e::Fixture) -> Result<(), String> {
+    let before = fx.envoy.snapshot().await?;
+    let revision =
+        before.route.as_ref().map_or(0, |r| r.revision).max(before.kill.as_ref().map_or(0, |k| k.up_to_revision)) + 1;
+    let route = canary_e2e::route(0.0, revision, "").map_err(|e| e.to_string())?;
+    fx.envoy.write_route(&route).map_err(|e| e.to_string())?;
+    fx.envoy.wait_for_revision(revision, std::time::Duration::from_secs(10)).await?;
+    Ok(())
+}
+
 /// `spec` with its top-level field `key` set to `value` (the whole line replaced). The field must
 /// be there exactly once, so a change to the shipped file cannot make the benchmark judge with
 /// something else unnoticed.

@@ -483,12 +483,7 @@ async fn serve_rollout<R: WeightRouter + Clone + 'static, N: Notifier + 'static>
     }
     let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
     let server = tokio::spawn(async move { server.await });
-    let on_signal = stop_tx.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        let _ = on_signal.send(true);
-    });
+    stop_on_signal(stop_tx.clone());
     let outcome = lead(parts, leadership, &mut command_rx, stop_rx, lease).await.map_err(start_failure);
     let _ = stop_tx.send(true); // also when leading failed: the API server stops with it
     match server.await {
@@ -553,12 +548,7 @@ fn run_controller(args: ControllerArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::Runtime(format!("--listen {}: {e}", args.listen)))?;
         let server = axum::serve(listener, api).with_graceful_shutdown(stopped(stop_rx.clone()));
         let server = tokio::spawn(async move { server.await });
-        let on_signal = stop_tx.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down");
-            let _ = on_signal.send(true);
-        });
+        stop_on_signal(stop_tx.clone());
         tracing::info!(namespace = %ns, lease = %args.lease, watch = ?args.watch_namespaces, "controller starting");
         gate_agent::gate::controller::run(client, settings, leadership, index, stop_rx).await;
         let _ = stop_tx.send(true);
@@ -573,6 +563,15 @@ fn start_failure(e: StartError) -> Failure {
         StartError::Router(_) => Failure::Runtime(e.to_string()),
         StartError::Mismatch { .. } | StartError::NoTargets => Failure::Usage(e.to_string()),
     }
+}
+
+/// Sends `true` on `stop` at SIGINT or SIGTERM (the API server and the loops drain on it).
+fn stop_on_signal(stop: watch::Sender<bool>) {
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
 }
 
 /// SIGINT or SIGTERM (what Kubernetes sends before killing a pod).

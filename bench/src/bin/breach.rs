@@ -82,14 +82,8 @@ async fn run() -> Result<(), String> {
 }
 
 async fn trial(fx: &Fixture, spec: &str, weight: u32, total_rps: u32) -> Result<Trial, String> {
-    // A fresh rollout: weight 0 at a revision above every earlier one (the agent's writes
-    // included), which also lifts the earlier trial's kill order (kills hold up to a revision).
-    let before = fx.envoy.snapshot().await?;
-    let revision =
-        before.route.as_ref().map_or(0, |r| r.revision).max(before.kill.as_ref().map_or(0, |k| k.up_to_revision)) + 1;
     fx.canary.fail_per_mille(0);
-    fx.envoy.write_route(&route(0.0, revision, "").map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    fx.envoy.wait_for_revision(revision, Duration::from_secs(10)).await?;
+    canary_bench::fresh_rollout(fx).await?;
     let traffic = Steady::start(fx.envoy.http().clone(), fx.envoy.url("/"), total_rps);
     let mut agent = Agent::start(&fx.envoy, spec, "250ms").await?;
     let on_step = |s: &Value| s["canary_weight_percent"].as_f64().is_some_and(|w| w >= f64::from(weight));

@@ -90,13 +90,7 @@ async fn run() -> Result<(), String> {
 }
 
 async fn trial(fx: &Fixture, spec: &str, guard: bool) -> Result<Trial, String> {
-    // A fresh rollout at a revision above every earlier one (which also lifts an earlier trial's
-    // kill order).
-    let before = fx.envoy.snapshot().await?;
-    let revision =
-        before.route.as_ref().map_or(0, |r| r.revision).max(before.kill.as_ref().map_or(0, |k| k.up_to_revision)) + 1;
-    fx.envoy.write_route(&route(0.0, revision, "").map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    fx.envoy.wait_for_revision(revision, Duration::from_secs(10)).await?;
+    canary_bench::fresh_rollout(fx).await?;
     let traffic = Steady::start(fx.envoy.http().clone(), fx.envoy.url("/"), RPS);
     let mut agent = Agent::start(&fx.envoy, spec, "250ms").await?;
     let on_step = |s: &Value| s["canary_weight_percent"].as_f64() == Some(f64::from(WEIGHT));
