@@ -406,19 +406,29 @@ async fn apply_all(client: &Client, s: &ControllerSettings, objects: &[Value]) -
     Ok(())
 }
 
-/// Reads the gate's VirtualService and checks its label match.
+/// Reads the gate's route object (VirtualService or HTTPRoute) and checks its label match.
 async fn check_route(client: &Client, s: &ControllerSettings, gate: &CanaryGate, p: &GatePlan) -> Result<(), Blocked> {
-    let ar = api_resource("networking.istio.io/v1", "VirtualService");
+    let kind = gate.spec.route.kind.as_str();
+    let api_version = match kind {
+        super::crd::HTTP_ROUTE => "gateway.networking.k8s.io/v1",
+        _ => "networking.istio.io/v1",
+    };
+    let ar = api_resource(api_version, kind);
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &p.namespace, &ar);
     let name = &gate.spec.route.name;
-    let vs = bounded(s.kube_timeout, api.get(name))
+    let object = bounded(s.kube_timeout, api.get(name))
         .await
-        .map_err(|e| Blocked::RouteUnreadable(format!("VirtualService {name}: {e}")))?;
-    let vs = serde_json::to_value(&vs).map_err(|e| Blocked::RouteUnreadable(e.to_string()))?;
+        .map_err(|e| Blocked::RouteUnreadable(format!("{kind} {name}: {e}")))?;
+    let object = serde_json::to_value(&object).map_err(|e| Blocked::RouteUnreadable(e.to_string()))?;
     let label = super::route::canary_label(&gate.spec.canary, gate.spec.label_token.as_deref());
     let header = canary_core::config::DEFAULT_LABEL_HEADER;
-    super::route::check_label_route(&vs, header, &label, &gate.spec.canary, &gate.spec.service.name)
-        .map_err(|m| Blocked::RouteLabelMatchMissing(format!("VirtualService {name}: {m}")))
+    let checked = match kind {
+        super::crd::HTTP_ROUTE => {
+            super::route::check_httproute_label_rule(&object, header, &label, &gate.spec.canary, gate.spec.service.port)
+        }
+        _ => super::route::check_label_route(&object, header, &label, &gate.spec.canary, &gate.spec.service.name),
+    };
+    checked.map_err(|m| Blocked::RouteLabelMatchMissing(format!("{kind} {name}: {m}")))
 }
 
 /// Starts the gate's rollout loop and its status writer.

@@ -44,11 +44,12 @@ pub struct CanaryGateSpec {
     pub service: GatedService,
     /// The calling workloads whose sidecars split the traffic (and serve the snapshots).
     pub workload: Workload,
-    /// The stable subset (as in the DestinationRule).
+    /// The stable version: a subset of the DestinationRule (route kind VirtualService), or the
+    /// stable backend Service (route kind HTTPRoute, one Service per version).
     pub stable: String,
-    /// The canary subset. A change of it starts a new rollout.
+    /// The canary version, as `stable`. A change of it starts a new rollout.
     pub canary: String,
-    /// The user's route object, checked for the label-header match to the canary subset.
+    /// The user's route object, checked for the label-header match to the canary.
     pub route: RouteRef,
     /// Steps, interval and health checks: the fields of gate-agent's rollout spec.
     pub analysis: Analysis,
@@ -88,14 +89,20 @@ pub struct Workload {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteRef {
-    /// Only `VirtualService` today.
+    /// `VirtualService` (Istio, `networking.istio.io`; the default) or `HTTPRoute` (Gateway API,
+    /// `gateway.networking.k8s.io`), in the gate's namespace.
     #[serde(default = "virtual_service")]
     pub kind: String,
     pub name: String,
 }
 
+/// `spec.route.kind` of a Gateway API HTTPRoute.
+pub const HTTP_ROUTE: &str = "HTTPRoute";
+/// `spec.route.kind` of an Istio VirtualService (the default).
+pub const VIRTUAL_SERVICE: &str = "VirtualService";
+
 fn virtual_service() -> String {
-    "VirtualService".into()
+    VIRTUAL_SERVICE.into()
 }
 
 /// gate-agent's rollout spec fields (docs/agent.md), Flagger's names.
@@ -262,7 +269,7 @@ pub fn admission_rules() -> Vec<AdmissionRule> {
             json!({ "minimum": 1, "maximum": 65535 }),
         ),
         keyword("/properties/spec/properties/workload/properties/selector", json!({ "minProperties": 1 })),
-        keyword("/properties/spec/properties/route/properties/kind", json!({ "enum": ["VirtualService"] })),
+        keyword("/properties/spec/properties/route/properties/kind", json!({ "enum": [VIRTUAL_SERVICE, HTTP_ROUTE] })),
         keyword("/properties/spec/properties/labelToken", json!({ "pattern": "^[A-Za-z0-9_-]{16,128}$" })),
         keyword("/properties/spec/properties/analysis/properties/interval", json!({ "pattern": duration })),
         keyword(
