@@ -957,3 +957,226 @@ fn the_route_must_match_the_label_the_filter_writes() {
         assert!(!text.contains("s3cret-t0ken-of-payment"), "{}: the token is a secret; never print it\n{text}", c.name);
     }
 }
+
+/// HTTPRoute `production/payment-svc` (GAMMA parent) with `annotations` and the default rule split between the
+/// Services `a` and `b`; an empty weight is left out (the Gateway API reads 1).
+fn split_http_route(annotations: &str, (a, wa): (&str, &str), (b, wb): (&str, &str)) -> String {
+    let weight = |w: &str| if w.is_empty() { String::new() } else { format!("\n      weight: {w}") };
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: payment-svc
+  namespace: production
+{annotations}spec:
+  parentRefs:
+  - {{ group: \"\", kind: Service, name: payment-svc, port: 8080 }}
+  rules:
+  - name: canary
+    matches:
+    - headers:
+      - name: x-canary-subset
+        value: payment-svc-v2.s3cret-t0ken-of-payment
+    backendRefs:
+    - name: payment-svc-v2
+      port: 8080
+  - name: split
+    backendRefs:
+    - name: {a}
+      port: 8080{}
+    - name: {b}
+      port: 8080{}
+",
+        weight(wa),
+        weight(wb)
+    )
+}
+
+/// canary-gate's TrafficExtension (WasmPlugin's successor) for payment-svc's waypoint at `weight`, with extra
+/// pluginConfig lines.
+fn traffic_extension(weight: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: extensions.istio.io/v1alpha1
+kind: TrafficExtension
+metadata:
+  name: payment-svc-canary-gate
+  namespace: production
+spec:
+  targetRefs:
+  - {{ kind: Service, group: \"\", name: payment-svc }}
+  phase: STATS
+  wasm:
+    url: oci://registry.example/canary-gate/filter:0.1.0
+    pluginConfig:
+      version: 1
+      rollout: payment-svc
+      stable: payment-svc-v1
+      canary: payment-svc-v2
+      label_token: s3cret-t0ken-of-payment
+      canary_weight: {weight}
+{extra}"
+    )
+}
+
+#[test]
+fn the_gateway_api_route_and_traffic_extension_get_the_same_checks() {
+    let route = |wa: &str, wb: &str| {
+        inline("route.yaml", &split_http_route("", ("payment-svc-v1", wa), ("payment-svc-v2", wb)))
+    };
+    let cases = [
+        case("an HTTPRoute at 90/10 with the label rule is clean", vec![route("90", "10")], EXIT_CLEAN, vec![]),
+        case(
+            "the incident's 1/99 on an HTTPRoute is a direction swap at the backendRef's weight",
+            vec![file("httproute-1-99.yaml")],
+            EXIT_ERRORS,
+            vec![error(
+                Check::DirectionSwap,
+                "spec.rules[1].backendRefs[1].weight",
+                &[
+                    "payment-svc-v1: 1, payment-svc-v2: 99 sends 99% to the canary payment-svc-v2",
+                    "did you mean payment-svc-v1: 99, payment-svc-v2: 1?",
+                    "a dark launch",
+                    "annotate the HTTPRoute with canary-gate.dev/promotion",
+                ],
+            )],
+        ),
+        case(
+            "1/99 against the rollout spec is also above maxWeight",
+            vec![file("httproute-1-99.yaml")],
+            EXIT_ERRORS,
+            vec![
+                error(Check::DirectionSwap, "spec.rules[1].backendRefs[1].weight", &["rollout-services.yaml"]),
+                error(Check::MaxWeight, "spec.rules[1].backendRefs[1].weight", &["payment-svc-v2 gets 99%"]),
+            ],
+        )
+        .spec(file("rollout-services.yaml")),
+        case(
+            "a weight only on the canary: the stable Service's is 1, so 1/99",
+            vec![route("", "99")],
+            EXIT_ERRORS,
+            vec![error(Check::DirectionSwap, "spec.rules[1].backendRefs[1].weight", &["sends 99% to the canary"])],
+        ),
+        case(
+            "9/10 warns with the real split, without Istio's note, and the canary's majority is a swap",
+            vec![route("9", "10")],
+            EXIT_ERRORS,
+            vec![
+                warning(
+                    Check::WeightSum,
+                    "spec.rules[1].backendRefs",
+                    &["sum to 19, not 100: the Gateway API splits in proportion", "9/10 sends 52.6% to payment-svc-v2"],
+                ),
+                error(
+                    Check::DirectionSwap,
+                    "spec.rules[1].backendRefs[1].weight",
+                    &["did you mean payment-svc-v1: 90"],
+                ),
+            ],
+        ),
+        case(
+            "a quoted weight is a schema error at its backendRef",
+            vec![route("\"90\"", "10")],
+            EXIT_ERRORS,
+            vec![error(Check::Schema, "spec.rules[1].backendRefs[0].weight", &["the string \"90\""])],
+        ),
+        case(
+            "a declared promotion may put the canary ahead",
+            vec![inline(
+                "route.yaml",
+                &split_http_route(
+                    "  annotations:\n    canary-gate.dev/promotion: \"true\"\n",
+                    ("payment-svc-v1", "0"),
+                    ("payment-svc-v2", "100"),
+                ),
+            )],
+            EXIT_CLEAN,
+            vec![],
+        )
+        .spec(file("rollout-services.yaml")),
+        case(
+            "a jump past the next step from the live HTTPRoute",
+            vec![route("50", "50")],
+            EXIT_ERRORS,
+            vec![error(
+                Check::StepJump,
+                "spec.rules[1].backendRefs[1].weight",
+                &["10% to 50% is more than one step (the next step is 25%)", "live.yaml"],
+            )],
+        )
+        .spec(file("rollout-services.yaml"))
+        .live(inline("live.yaml", &split_http_route("", ("payment-svc-v1", "90"), ("payment-svc-v2", "10")))),
+        case(
+            "the TrafficExtension's weight is the weight applied now for its HTTPRoute",
+            vec![route("50", "50"), inline("te.yaml", &traffic_extension("10", ""))],
+            EXIT_ERRORS,
+            vec![error(
+                Check::StepJump,
+                "spec.rules[1].backendRefs[1].weight",
+                &["canary_weight of TrafficExtension production/payment-svc-canary-gate (te.yaml)"],
+            )],
+        )
+        .spec(file("rollout-services.yaml")),
+        case(
+            "a TrafficExtension's pluginConfig is parsed by the filter's parser, at spec.wasm.pluginConfig",
+            vec![inline("te.yaml", &traffic_extension("10", "      sticky: { header: \"bad header\" }\n"))],
+            EXIT_ERRORS,
+            vec![error(Check::PluginConfig, "spec.wasm.pluginConfig.sticky.header", &["the filter would reject"])],
+        ),
+        case(
+            "a TrafficExtension above maxWeight",
+            vec![inline("te.yaml", &traffic_extension("60", ""))],
+            EXIT_ERRORS,
+            vec![error(Check::MaxWeight, "spec.wasm.pluginConfig.canary_weight", &["above maxWeight 50"])],
+        )
+        .spec(file("rollout-services.yaml")),
+        case(
+            "the HTTPRoute's label rule must match the label the TrafficExtension's filter writes",
+            vec![
+                inline(
+                    "route.yaml",
+                    &split_http_route("", ("payment-svc-v1", "90"), ("payment-svc-v2", "10"))
+                        .replace("value: payment-svc-v2.s3cret-t0ken-of-payment", "value: payment-svc-v2"),
+                ),
+                inline("te.yaml", &traffic_extension("10", "")),
+            ],
+            EXIT_ERRORS,
+            vec![error(
+                Check::LabelMatch,
+                "spec.rules[0].matches[0].headers[0].value",
+                &["never reach the canary", "payment-svc-v2.<label_token>"],
+            )],
+        ),
+        case(
+            "a lone backendRef at weight 0 answers 500s",
+            vec![inline(
+                "route.yaml",
+                &split_http_route("", ("payment-svc-v1", "90"), ("payment-svc-v2", "10")).replace(
+                    "    - name: payment-svc-v2\n      port: 8080\n  - name: split",
+                    "    - name: payment-svc-v2\n      port: 8080\n      weight: 0\n  - name: split",
+                ),
+            )],
+            EXIT_ERRORS,
+            vec![error(Check::WeightSum, "spec.rules[0].backendRefs[0].weight", &["every request gets a 500"])],
+        ),
+    ];
+    for c in &cases {
+        let report = c.check();
+        let text = report.to_text();
+        assert!(!text.contains("s3cret-t0ken-of-payment"), "{}: the token is a secret; never print it\n{text}", c.name);
+    }
+}
+
+#[test]
+fn the_shipped_gateway_api_and_ambient_routes_are_clean() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    for f in ["deploy/gateway-api/httproute.yaml", "deploy/ambient/httproute.yaml"] {
+        let text = std::fs::read_to_string(root.join(f)).unwrap();
+        let report = validate(&Inputs { files: vec![inline(f, &text)], ..Inputs::default() });
+        assert_eq!((report.errors, report.warnings), (0, 0), "{f}:\n{}", report.to_text());
+        assert!(
+            report.findings.iter().all(|f| f.check != Check::UnknownKind),
+            "the HTTPRoute is read:\n{}",
+            report.to_text()
+        );
+    }
+}

@@ -6,7 +6,9 @@
 
 use canary_core::{RolloutPhase, Weight};
 
-use crate::manifest::{DestinationRule, Doc, FilterConfig, HashKey, Loaded, Obj, Origin, Route, VirtualService};
+use crate::manifest::{
+    DestinationRule, Doc, FilterConfig, HashKey, Loaded, Obj, Origin, Protocol, Route, VirtualService,
+};
 use crate::report::{Check, Findings, Site};
 use crate::weights::{above, as_percentages, meant, percent, share};
 use canary_rollout::rollout::{ChangeKind, WeightChange, guard};
@@ -48,7 +50,7 @@ impl<'r> Split<'r> {
     fn of(route: &'r Route) -> Split<'r> {
         let mut parts: Vec<(&str, u64)> = Vec::new();
         for d in &route.destinations {
-            let w = d.weight.unwrap_or(0);
+            let w = d.weight.unwrap_or(route.protocol.default_weight());
             match parts.iter_mut().find(|(id, _)| *id == d.id()) {
                 Some(part) => part.1 = part.1.saturating_add(w),
                 None => parts.push((d.id(), w)),
@@ -94,10 +96,26 @@ fn route_weights(l: &Loaded<'_>, doc: &Doc<'_>, vs: &Obj<VirtualService>, route:
         return;
     }
     let split = Split::of(route);
-    let route_site = Site::new(doc, object(vs), vs.path(&format!("{}.route", route.path())));
+    let dests = route.protocol.destinations();
+    let route_site = Site::new(doc, object(vs), vs.path(&format!("{}.{dests}", route.path())));
     if let [lone] = route.destinations.as_slice() {
+        let site = Site::new(doc, object(vs), vs.path(&format!("{}.{dests}[0].weight", route.path())));
+        if route.protocol == Protocol::Rules {
+            // Gateway API: a lone backend's weight is ignored, except 0, which leaves the rule with no backend.
+            if lone.weight == Some(0) {
+                out.error(
+                    &site,
+                    Check::WeightSum,
+                    format!(
+                        "{} is the rule's only backendRef and its weight is 0: every request gets a 500",
+                        lone.id()
+                    ),
+                    format!("Remove the weight of {} (or give it 1).", lone.id()),
+                );
+            }
+            return;
+        }
         if let Some(w) = lone.weight.filter(|w| *w != 100) {
-            let site = Site::new(doc, object(vs), vs.path(&format!("{}.route[0].weight", route.path())));
             out.warning(
                 &site,
                 Check::WeightSum,
@@ -117,24 +135,28 @@ fn route_weights(l: &Loaded<'_>, doc: &Doc<'_>, vs: &Obj<VirtualService>, route:
         out.error(
             &route_site,
             Check::WeightSum,
-            format!(
-                "{}: every weight is 0 or missing; Istio rejects the route (\"total destination weight = 0\")",
-                split.describe()
-            ),
+            if route.protocol == Protocol::Rules {
+                format!("{}: every weight is 0; the rule answers every request with a 500", split.describe())
+            } else {
+                format!(
+                    "{}: every weight is 0 or missing; Istio rejects the route (\"total destination weight = 0\")",
+                    split.describe()
+                )
+            },
             "Give each destination its share, e.g. the stable subset 90 and the canary 10.".into(),
         );
         return;
     }
     let roles = roles(l, vs, route, &split);
     if split.total != 100 {
-        weight_sum(&route_site, &split, roles.as_ref(), out);
+        weight_sum(&route_site, route.protocol, &split, roles.as_ref(), out);
     }
     let Some(roles) = roles else { return };
     let (ws, wc, total) = (split.weight(roles.stable), split.weight(roles.canary), split.total);
     let canary_site = Site::new(doc, object(vs), vs.path(&weight_path(route, roles.canary)));
     let promotion = promotion(l, vs, &roles);
     if wc > ws && !promotion {
-        direction_swap(&canary_site, &split, &roles, out);
+        direction_swap(&canary_site, vs.meta.kind, &split, &roles, out);
     }
     let Some(spec) = spec_for(l, roles.stable, roles.canary) else { return };
     let rollout = describe_spec(l, spec);
@@ -163,7 +185,7 @@ fn route_weights(l: &Loaded<'_>, doc: &Doc<'_>, vs: &Obj<VirtualService>, route:
 }
 
 /// The canary gets more than stable: name both weights and what was probably meant.
-fn direction_swap(site: &Site<'_, '_>, split: &Split<'_>, roles: &Roles<'_>, out: &mut Findings) {
+fn direction_swap(site: &Site<'_, '_>, kind: &str, split: &Split<'_>, roles: &Roles<'_>, out: &mut Findings) {
     let (s, c, total) = (roles.stable, roles.canary, split.total);
     let (ws, wc) = (split.weight(s), split.weight(c));
     let mut message = format!("{s}: {ws}, {c}: {wc} sends {} to the canary {c}", percent(wc, total));
@@ -182,7 +204,7 @@ fn direction_swap(site: &Site<'_, '_>, split: &Split<'_>, roles: &Roles<'_>, out
         message,
         format!(
             "Give the stable subset the larger weight ({s}: {s2}, {c}: {c2}) and raise the canary one step at a time, \
-             or let gate-agent move it. If this is a deliberate promotion, annotate the VirtualService with \
+             or let gate-agent move it. If this is a deliberate promotion, annotate the {kind} with \
              {PROMOTION_ANNOTATION}: \"true\"."
         ),
     );
@@ -191,14 +213,20 @@ fn direction_swap(site: &Site<'_, '_>, split: &Split<'_>, roles: &Roles<'_>, out
 /// The path of the canary's weight in a route (its first weighted destination), else the route.
 fn weight_path(route: &Route, id: &str) -> String {
     match route.destinations.iter().position(|d| d.id() == id && d.weight.is_some()) {
-        Some(j) => format!("{}.route[{j}].weight", route.path()),
-        None => format!("{}.route", route.path()),
+        Some(j) => format!("{}.{}[{j}].weight", route.path(), route.protocol.destinations()),
+        None => format!("{}.{}", route.path(), route.protocol.destinations()),
     }
 }
 
-fn weight_sum(site: &Site<'_, '_>, split: &Split<'_>, roles: Option<&Roles<'_>>, out: &mut Findings) {
+fn weight_sum(
+    site: &Site<'_, '_>,
+    protocol: Protocol,
+    split: &Split<'_>,
+    roles: Option<&Roles<'_>>,
+    out: &mut Findings,
+) {
     let total = split.total;
-    let mut message = format!("{} sum to {total}, not 100: Istio splits in proportion", split.describe());
+    let mut message = format!("{} sum to {total}, not 100: {} splits in proportion", split.describe(), protocol.api());
     let fix = match (roles, split.parts.as_slice()) {
         (Some(r), [_, _]) => {
             let (ws, wc) = (split.weight(r.stable), split.weight(r.canary));
@@ -231,7 +259,9 @@ fn weight_sum(site: &Site<'_, '_>, split: &Split<'_>, roles: Option<&Roles<'_>>,
             "Write weights that sum to 100 so they read as percentages.".into()
         }
     };
-    message.push_str(" (Istio before 1.15 rejects weights that do not sum to 100)");
+    if protocol != Protocol::Rules {
+        message.push_str(" (Istio before 1.15 rejects weights that do not sum to 100)");
+    }
     out.warning(site, Check::WeightSum, message, fix);
 }
 
@@ -595,14 +625,15 @@ fn label_match(l: &Loaded<'_>, doc: &Doc<'_>, vs: &Obj<VirtualService>, out: &mu
         let config = &filter.body.route;
         let want = config.label_value(&config.canary);
         for route in &vs.body.routes {
-            if !route.destinations.iter().any(|d| d.subset.as_deref() == Some(config.canary.as_str())) {
+            // The canary is a subset (VirtualService) or a backend Service (HTTPRoute).
+            if !route.destinations.iter().any(|d| d.id() == config.canary.as_str()) {
                 continue;
             }
-            for (i, header, value) in &route.exact_headers {
+            for (at, header, value) in &route.exact_headers {
                 if header != config.label_header.as_str() || *value == want {
                     continue;
                 }
-                let path = format!("{}.match[{i}].headers.{header}.exact", route.path());
+                let path = vs.path(&format!("{}.{at}", route.path()));
                 let (message, fix) = if config.label_token.is_some() && value == config.canary.as_str() {
                     (
                         format!(

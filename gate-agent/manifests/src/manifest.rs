@@ -18,6 +18,8 @@ use canary_rollout::spec::Spec;
 
 /// The Istio networking versions whose VirtualService and DestinationRule are read.
 const NETWORKING_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
+/// The Gateway API versions whose HTTPRoute is read.
+const GATEWAY_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
 /// This project's own group, for the `Rollout` wrapper around a rollout spec.
 pub const ROLLOUT_API_VERSION: &str = "canary-gate.dev/v1";
 
@@ -100,12 +102,15 @@ pub(crate) fn join(base: &str, field: &str) -> String {
     }
 }
 
-/// Istio's protocol sections of a VirtualService; each holds routes with weighted destinations.
+/// Istio's protocol sections of a VirtualService, and a Gateway API HTTPRoute's `rules`; each
+/// holds routes with weighted destinations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Protocol {
     Http,
     Tcp,
     Tls,
+    /// An HTTPRoute's `rules`: destinations are `backendRefs` (Services), weights default to 1.
+    Rules,
 }
 
 impl Protocol {
@@ -114,6 +119,32 @@ impl Protocol {
             Protocol::Http => "http",
             Protocol::Tcp => "tcp",
             Protocol::Tls => "tls",
+            Protocol::Rules => "rules",
+        }
+    }
+
+    /// The field of a route that lists its weighted destinations.
+    pub fn destinations(self) -> &'static str {
+        match self {
+            Protocol::Rules => "backendRefs",
+            _ => "route",
+        }
+    }
+
+    /// The weight a destination without one gets: Istio reads 0 (100 for a lone one), the
+    /// Gateway API 1.
+    pub fn default_weight(self) -> u64 {
+        match self {
+            Protocol::Rules => 1,
+            _ => 0,
+        }
+    }
+
+    /// Who applies the weights, for messages.
+    pub fn api(self) -> &'static str {
+        match self {
+            Protocol::Rules => "the Gateway API",
+            _ => "Istio",
         }
     }
 }
@@ -123,7 +154,7 @@ pub(crate) struct VirtualService {
     pub routes: Vec<Route>,
 }
 
-/// One entry of `http`, `tcp` or `tls`.
+/// One entry of `http`, `tcp` or `tls` (VirtualService), or of `rules` (HTTPRoute).
 #[derive(Debug, Clone)]
 pub(crate) struct Route {
     pub protocol: Protocol,
@@ -131,8 +162,8 @@ pub(crate) struct Route {
     pub name: Option<String>,
     /// One of its conditions matches on headers (a dark launch, typically).
     pub header_match: bool,
-    /// Exact header matches: (condition index, header name, value).
-    pub exact_headers: Vec<(usize, String, String)>,
+    /// Exact header matches: (path of the value below the route, header name, value).
+    pub exact_headers: Vec<(String, String, String)>,
     pub destinations: Vec<Dest>,
     /// Every weight is a whole number Istio accepts; else the weight checks skip this route.
     pub weights_valid: bool,
@@ -300,7 +331,10 @@ impl<'a> Loaded<'a> {
             ("VirtualService" | "DestinationRule", "networking.istio.io") => {
                 Some((kind, "v1", NETWORKING_VERSIONS.as_slice()))
             }
-            ("WasmPlugin", "extensions.istio.io") => Some((kind, "v1alpha1", ["v1alpha1"].as_slice())),
+            ("WasmPlugin" | "TrafficExtension", "extensions.istio.io") => {
+                Some((kind, "v1alpha1", ["v1alpha1"].as_slice()))
+            }
+            ("HTTPRoute", "gateway.networking.k8s.io") => Some((kind, "v1", GATEWAY_VERSIONS.as_slice())),
             _ => None,
         };
         if let Some((kind, assumed, versions)) = known
@@ -337,7 +371,30 @@ impl<'a> Loaded<'a> {
             ("WasmPlugin", "extensions.istio.io") => {
                 if let Some(obj) = typed::<RawObject<RawWasmPluginSpec>>(place, value, "WasmPlugin", out) {
                     let meta = obj.metadata.into_meta("WasmPlugin");
-                    self.read_wasm_plugin(place, meta, obj.spec, out);
+                    self.read_wasm_plugin(place, meta, obj.spec, "spec", out);
+                }
+            }
+            // WasmPlugin's successor (Istio 1.30): the same plugin fields under spec.wasm.
+            ("TrafficExtension", "extensions.istio.io") => {
+                if let Some(obj) = typed::<RawObject<RawTrafficExtensionSpec>>(place, value, "TrafficExtension", out) {
+                    let meta = obj.metadata.into_meta("TrafficExtension");
+                    match obj.spec.wasm {
+                        Some(wasm) => self.read_wasm_plugin(place, meta, wasm, "spec.wasm", out),
+                        None if place.doc.origin == Origin::Live => {}
+                        None => out.info(
+                            &place.site(Some(meta.describe()), ""),
+                            Check::UnknownKind,
+                            "a TrafficExtension without spec.wasm (Lua) is not canary-gate's; not checked".into(),
+                            String::new(),
+                        ),
+                    }
+                }
+            }
+            ("HTTPRoute", "gateway.networking.k8s.io") => {
+                if let Some(obj) = typed::<RawObject<RawHttpRouteSpec>>(place, value, "HTTPRoute", out) {
+                    let meta = obj.metadata.into_meta("HTTPRoute");
+                    let body = http_route(obj.spec, place, &meta, out);
+                    self.virtual_services.push(Obj { doc: place.doc_at, base: place.base.to_owned(), meta, body });
                 }
             }
             ("Rollout", "canary-gate.dev") => {
@@ -407,7 +464,15 @@ impl<'a> Loaded<'a> {
         }
     }
 
-    fn read_wasm_plugin(&mut self, place: Place<'_, 'a>, meta: Meta, spec: RawWasmPluginSpec, out: &mut Findings) {
+    /// A WasmPlugin's spec, or a TrafficExtension's `spec.wasm` (`at`, the path of those fields).
+    fn read_wasm_plugin(
+        &mut self,
+        place: Place<'_, 'a>,
+        meta: Meta,
+        spec: RawWasmPluginSpec,
+        at: &str,
+        out: &mut Findings,
+    ) {
         const CONFIG_KEYS: [&str; 5] = ["rollout", "canary_weight", "role", "stable", "canary"];
         const URL_NAMES: [&str; 3] = ["canary-gate", "canary-filter", "canary_filter"];
         let config = spec.plugin_config.as_ref().and_then(Value::as_object);
@@ -421,18 +486,21 @@ impl<'a> Loaded<'a> {
             out.info(
                 &place.site(Some(meta.describe()), ""),
                 Check::UnknownKind,
-                "not canary-gate's WasmPlugin (no canary-gate url, pluginName or pluginConfig fields); not checked"
-                    .into(),
+                format!(
+                    "not canary-gate's {} (no canary-gate url, pluginName or pluginConfig fields); not checked",
+                    meta.kind
+                ),
                 String::new(),
             );
             return;
         }
+        let config_at = format!("{at}.pluginConfig");
         match spec.plugin_config {
-            Some(config) => self.read_filter_config(place, meta, &config, "spec.pluginConfig", out),
+            Some(config) => self.read_filter_config(place, meta, &config, &config_at, out),
             None => out.error(
-                &place.site(Some(meta.describe()), "spec.pluginConfig"),
+                &place.site(Some(meta.describe()), &config_at),
                 Check::PluginConfig,
-                "canary-gate's WasmPlugin has no spec.pluginConfig: the filter refuses to start without one".into(),
+                format!("canary-gate's {} has no {config_at}: the filter refuses to start without one", meta.kind),
                 "Add spec.pluginConfig with at least version, rollout, stable, canary and canary_weight (check it \
                  with `gate-agent check-config`)."
                     .into(),
@@ -757,7 +825,8 @@ fn virtual_service(spec: RawVsSpec, place: Place<'_, '_>, meta: &Meta, out: &mut
                 .filter_map(|(i, m)| Some((i, m.get("headers")?.as_object()?)))
                 .flat_map(|(i, headers)| {
                     headers.iter().filter_map(move |(name, v)| {
-                        Some((i, name.to_ascii_lowercase(), v.get("exact")?.as_str()?.to_owned()))
+                        let value = v.get("exact")?.as_str()?.to_owned();
+                        Some((format!("match[{i}].headers.{name}.exact"), name.to_ascii_lowercase(), value))
                     })
                 })
                 .collect();
@@ -903,6 +972,99 @@ fn destination_rule(spec: RawDrSpec, place: Place<'_, '_>, meta: &Meta, out: &mu
         subsets.push(SubsetDef { name: s.name, labels: s.labels });
     }
     Some(DestinationRule { host: spec.host, subsets, hashing })
+}
+
+#[derive(Default, Deserialize)]
+struct RawTrafficExtensionSpec {
+    #[serde(default)]
+    wasm: Option<RawWasmPluginSpec>,
+}
+
+#[derive(Default, Deserialize)]
+struct RawHttpRouteSpec {
+    #[serde(default, deserialize_with = "nullable")]
+    rules: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+struct RawRule {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    matches: Vec<Value>,
+    #[serde(default, rename = "backendRefs", deserialize_with = "nullable")]
+    backend_refs: Vec<RawBackendRef>,
+}
+
+#[derive(Deserialize)]
+struct RawBackendRef {
+    name: String,
+    /// Read loosely so a quoted or fractional weight gets a message made for it.
+    #[serde(default)]
+    weight: Option<Value>,
+}
+
+/// The Gateway API's largest backendRef weight.
+const GATEWAY_MAX_WEIGHT: u64 = 1_000_000;
+
+/// An HTTPRoute as the weight checks see a VirtualService: each rule a route, each backendRef a
+/// destination named by its Service (one Service per version), weights defaulting to 1.
+fn http_route(spec: RawHttpRouteSpec, place: Place<'_, '_>, meta: &Meta, out: &mut Findings) -> VirtualService {
+    let mut routes = Vec::new();
+    for (index, raw) in spec.rules.into_iter().enumerate() {
+        let mut weights_valid = true;
+        let mut destinations = Vec::new();
+        for (d, backend) in raw.backend_refs.into_iter().enumerate() {
+            let path = format!("spec.rules[{index}].backendRefs[{d}].weight");
+            let checked = backend.weight.as_ref().map(istio_weight).transpose().and_then(|w| match w {
+                Some(w) if w > GATEWAY_MAX_WEIGHT => Err(format!("weight {w} is above the Gateway API's 1000000")),
+                w => Ok(w),
+            });
+            let weight = match checked {
+                Ok(w) => w,
+                Err(problem) => {
+                    weights_valid = false;
+                    out.error(
+                        &place.site(Some(meta.describe()), &path),
+                        Check::Schema,
+                        problem.replace("Istio", "the Gateway API"),
+                        "Gateway API weights are whole numbers from 0 to 1000000, written without quotes; they are \
+                         relative, so for a finer split use larger numbers (e.g. 995 and 5)."
+                            .into(),
+                    );
+                    None
+                }
+            };
+            destinations.push(Dest { host: backend.name, subset: None, weight });
+        }
+        let headers_of = |m: &Value| m.get("headers").and_then(Value::as_array).cloned().unwrap_or_default();
+        let header_match = raw.matches.iter().any(|m| !headers_of(m).is_empty());
+        let mut exact_headers = Vec::new();
+        for (i, m) in raw.matches.iter().enumerate() {
+            for (k, h) in headers_of(m).iter().enumerate() {
+                let exact = h.get("type").and_then(Value::as_str).unwrap_or("Exact") == "Exact";
+                if let (true, Some(name), Some(value)) =
+                    (exact, h.get("name").and_then(Value::as_str), h.get("value").and_then(Value::as_str))
+                {
+                    exact_headers.push((
+                        format!("matches[{i}].headers[{k}].value"),
+                        name.to_ascii_lowercase(),
+                        value.to_owned(),
+                    ));
+                }
+            }
+        }
+        routes.push(Route {
+            protocol: Protocol::Rules,
+            index,
+            name: raw.name,
+            header_match,
+            exact_headers,
+            destinations,
+            weights_valid,
+        });
+    }
+    VirtualService { routes }
 }
 
 #[derive(Default, Deserialize)]
