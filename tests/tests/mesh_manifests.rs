@@ -14,7 +14,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
@@ -223,6 +223,6 @@ async fn the_real_crds_reject_typos_in_the_gateway_api_and_ambient_manifests() {
 #[test]
 fn the_listed_files_exist() {
     for f in EXAMPLES.iter().chain(CRDS.iter()) {
-        assert!(PathBuf::from(paths::workspace_root().join(f)).exists(), "{f}");
+        assert!(paths::workspace_root().join(f).exists(), "{f}");
     }
 }
