@@ -13,10 +13,15 @@
 //! prints). Recognised documents:
 //!
 //! * Istio `VirtualService` and `DestinationRule` (`networking.istio.io/v1`, `v1beta1`, `v1alpha3`).
+//! * Gateway API `HTTPRoute` (`gateway.networking.k8s.io/v1`, `v1beta1`), read as a
+//!   VirtualService: each rule a route, each backendRef a destination named by its Service (one
+//!   Service per version), a missing weight read as 1 (the Gateway API's default), findings at
+//!   `spec.rules[i].backendRefs[j].weight` and `spec.rules[i].matches[k].headers[h].value`.
 //! * Istio `WasmPlugin` (`extensions.istio.io/v1alpha1`) that is canary-gate's (its url or
 //!   `pluginName` says canary-gate, or its `spec.pluginConfig` has canary-gate fields). Its
 //!   `spec.pluginConfig` is serialised to JSON and parsed by `canary_core::config::parse`, the
-//!   filter's own parser, so the two can never disagree.
+//!   filter's own parser, so the two can never disagree. `TrafficExtension` (WasmPlugin's
+//!   successor in Istio 1.30) the same way, at `spec.wasm.pluginConfig`.
 //! * A rollout spec, in either of two forms. The wrapper form is
 //!   `apiVersion: canary-gate.dev/v1`, `kind: Rollout`, with the spec fields under `spec`
 //!   (`spec.name` defaults to `metadata.name`); the bare form is the document `gate-agent run
