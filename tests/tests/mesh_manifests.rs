@@ -203,6 +203,8 @@ async fn the_real_crds_reject_typos_in_the_gateway_api_and_ambient_manifests() {
     let cp = cluster();
     let mut kind_typo = rendered_object(cp, "deploy/gateway-api", "CanaryGate");
     kind_typo["spec"]["route"]["kind"] = json!("HTTPRoutes");
+    let mut subset_name = rendered_object(cp, "deploy/gateway-api", "CanaryGate");
+    subset_name["spec"]["stable"] = json!("v1.0");
     let mut match_typo = rendered_object(cp, "deploy/gateway-api", "HTTPRoute");
     match_typo["spec"]["rules"][0]["matches"][0]["headers"][0]["type"] = json!("Exakt");
     let mut negative_weight = rendered_object(cp, "deploy/ambient", "HTTPRoute");

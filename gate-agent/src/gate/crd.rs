@@ -262,7 +262,14 @@ pub fn admission_rules() -> Vec<AdmissionRule> {
             "rule": "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63",
             "message": "metadata.name names the rollout in the filter: at most 63 of a-z, 0-9 and '-'" }] }),
         ),
-        cel(SPEC, "self.stable != self.canary", "spec.canary must differ from spec.stable"),
+        AdmissionRule {
+            at: SPEC,
+            rule: json!({ "x-kubernetes-validations": [
+                { "rule": "self.stable != self.canary", "message": "spec.canary must differ from spec.stable" },
+                { "rule": "self.route.kind != 'HTTPRoute' || [self.stable, self.canary].all(s, size(s) <= 63 && s.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$'))",
+                  "message": "with spec.route.kind HTTPRoute, spec.stable and spec.canary are the backend Services' names (DNS labels)" },
+            ] }),
+        },
         keyword("/properties/spec/properties/service/properties/port", json!({ "minimum": 1, "maximum": 65535 })),
         keyword(
             "/properties/spec/properties/workload/properties/snapshotPort",
