@@ -46,3 +46,39 @@ fn a_gate_as_context_catches_a_virtual_service_above_its_max_weight() {
         report.to_text()
     );
 }
+
+/// deploy/gateway-api's CanaryGate and HTTPRoute, read as a user runs `gate-agent validate` on the directory.
+fn gateway_api(file: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gateway-api").join(file);
+    std::fs::read_to_string(root).unwrap()
+}
+
+#[test]
+fn a_gate_routed_by_an_httproute_decides_who_is_stable_there() {
+    let shipped = gateway_api("canarygate.yaml") + "---\n" + &gateway_api("httproute.yaml");
+    let report = check(&shipped);
+    assert_eq!((report.errors, report.warnings), (0, 0), "{}", report.to_text());
+    // The default rule split 20/80 by hand: the gate says payment-svc-v1 is stable, and its maxWeight is 50.
+    let split = gateway_api("httproute.yaml").replace(
+        "    backendRefs:\n    - name: payment-svc-v1\n      port: 8080\n",
+        "    backendRefs:\n    - name: payment-svc-v1\n      port: 8080\n      weight: 20\n    - name: payment-svc-v2\n      port: 8080\n      weight: 80\n",
+    );
+    assert_ne!(split, gateway_api("httproute.yaml"), "the stable rule was found");
+    let report = check(&(gateway_api("canarygate.yaml") + "---\n" + &split));
+    let checks: Vec<(Check, &str)> =
+        report.findings.iter().filter(|f| f.severity == Severity::Error).map(|f| (f.check, f.path.as_str())).collect();
+    assert_eq!(
+        checks,
+        [
+            (Check::DirectionSwap, "spec.rules[1].backendRefs[1].weight"),
+            (Check::MaxWeight, "spec.rules[1].backendRefs[1].weight")
+        ],
+        "{}",
+        report.to_text()
+    );
+    assert!(
+        report.to_text().contains("stable is payment-svc-v1 because the rollout spec payment-svc (gate.yaml) says so"),
+        "the gate decided:\n{}",
+        report.to_text()
+    );
+}
