@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Api;
 use kube::api::PostParams;
 use kube_support::{ControlPlane, TestNamespace, workspace_root};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const ACCOUNT: &str = "canary-gate-controller";
 
@@ -152,6 +152,17 @@ async fn helm_install_then_a_controller_with_only_the_charts_rights_runs_a_gate(
     let port = gates::proxies(&team, "shop", &[[127, 0, 0, 9]], &failing).await;
     gates::apply(cp, &gates::virtual_service(&team.name, "shop", true));
     gates::apply(cp, &gates::gate(&team.name, "shop", "shop-caller", port, "1s"));
+    // A gate routed by an HTTPRoute without the label rule: the chart lets the controller read it.
+    let route = json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": { "name": "kiosk", "namespace": team.name },
+        "spec": { "parentRefs": [{ "group": "", "kind": "Service", "name": "kiosk" }],
+                  "rules": [{ "backendRefs": [{ "name": "kiosk-v1", "port": 8080 }] }] } });
+    gates::apply(cp, &route);
+    let mut kiosk = gates::gate(&team.name, "kiosk", "kiosk-caller", port, "1s");
+    kiosk["spec"]["stable"] = json!("kiosk-v1");
+    kiosk["spec"]["canary"] = json!("kiosk-v2");
+    kiosk["spec"]["route"] = json!({ "kind": "HTTPRoute", "name": "kiosk" });
+    gates::apply(cp, &kiosk);
     let controller = controller(cp, &system, &team, &kubeconfig, "controller-0");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -165,6 +176,21 @@ async fn helm_install_then_a_controller_with_only_the_charts_rights_runs_a_gate(
     assert_eq!(ready(&controller).await, Some(200), "the only replica leads");
     let listed: Value = reqwest::get(format!("http://{}/status", controller.2)).await.unwrap().json().await.unwrap();
     assert_eq!(listed[0]["canarygate"], "shop");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = gate_status(&team, "kiosk").await;
+        let ready = status["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned());
+        if ready.is_some_and(|c| c["reason"] == "RouteLabelMatchMissing") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the HTTPRoute was read and judged: {status:#}
+{}",
+            controller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let log = controller.log();
     assert!(!log.contains("forbidden") && !log.contains("HTTP 403"), "the chart's RBAC refused a call:\n{log}");
 }
