@@ -1037,6 +1037,7 @@ fn the_gateway_api_route_and_traffic_extension_get_the_same_checks() {
                     "did you mean payment-svc-v1: 99, payment-svc-v2: 1?",
                     "a dark launch",
                     "annotate the HTTPRoute with canary-gate.dev/promotion",
+                    "Give the stable Service the larger weight",
                 ],
             )],
         ),

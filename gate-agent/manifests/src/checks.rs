@@ -198,12 +198,14 @@ fn direction_swap(site: &Site<'_, '_>, kind: &str, split: &Split<'_>, roles: &Ro
     }
     message.push_str(&format!(" (stable is {s} because {})", roles.basis));
     let (s2, c2) = suggestion.unwrap_or_else(|| as_percentages(wc, ws));
+    // Gateway API routes to one Service per version; Istio to subsets.
+    let version = if kind == "HTTPRoute" { "Service" } else { "subset" };
     out.error(
         site,
         Check::DirectionSwap,
         message,
         format!(
-            "Give the stable subset the larger weight ({s}: {s2}, {c}: {c2}) and raise the canary one step at a time, \
+            "Give the stable {version} the larger weight ({s}: {s2}, {c}: {c2}) and raise the canary one step at a time, \
              or let gate-agent move it. If this is a deliberate promotion, annotate the {kind} with \
              {PROMOTION_ANNOTATION}: \"true\"."
         ),
