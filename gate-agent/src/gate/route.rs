@@ -90,11 +90,11 @@ fn rank(m: &Value) -> Rank {
     }
 }
 
-/// A match that takes every request the label match takes, apart from the label: any path (no
-/// path, or `PathPrefix /`), no method, no query parameters.
-fn covers_every_path(m: &Value) -> bool {
+/// A match with no condition but the label: any path (no path, or `PathPrefix /`), no method, no
+/// other header, no query parameter.
+fn only_the_label(m: &Value) -> bool {
     let r = rank(m);
-    !r.exact_path && r.prefix_len == 0 && !r.method && r.query == 0
+    !r.exact_path && r.prefix_len == 0 && !r.method && r.headers == 1 && r.query == 0
 }
 
 /// The rule's matches, or the one implicit `PathPrefix /` match of a rule without any.
@@ -132,7 +132,7 @@ pub fn check_httproute_label_rule(
     let found = rules.iter().enumerate().find_map(|(i, rule)| {
         matches_of(rule)
             .iter()
-            .position(|m| requires_label(m, header, label) && covers_every_path(m))
+            .position(|m| requires_label(m, header, label) && only_the_label(m))
             .map(|j| (i, j, rule))
     });
     let Some((i, j, rule)) = found else {
@@ -141,7 +141,7 @@ pub fn check_httproute_label_rule(
         });
         let why = match partial {
             Some((i, j)) => format!(
-                "spec.rules[{i}].matches[{j}] matches {header}: {label} only with a path, method or query condition, \
+                "spec.rules[{i}].matches[{j}] matches {header}: {label} only with another condition (path, method, header or query), \
                  so the canary gets only part of its traffic; "
             ),
             None => format!("no rule matches header {header} exactly equal to {label:?}; "),
@@ -302,8 +302,14 @@ mod tests {
                               "backendRefs": [{ "name": "payment-svc-v2", "port": 8080 }] });
         let e = check(&httproute(json!([partial, stable_rule()]))).unwrap_err();
         assert!(
-            e.starts_with("spec.rules[0].matches[0] matches x-canary-subset: payment-svc-v2.tok only with a path"),
+            e.starts_with("spec.rules[0].matches[0] matches x-canary-subset: payment-svc-v2.tok only with another"),
             "{e}"
+        );
+        let with_other_header = json!({ "matches": [{ "headers": [
+                { "name": "x-canary-subset", "value": "payment-svc-v2.tok" }, { "name": "x-beta", "value": "1" }] }],
+            "backendRefs": [{ "name": "payment-svc-v2", "port": 8080 }] });
+        assert!(
+            check(&httproute(json!([with_other_header, stable_rule()]))).unwrap_err().contains("only with another")
         );
     }
 
