@@ -8,6 +8,7 @@
 
 pub mod discovery;
 pub mod events;
+pub mod extension;
 pub mod lease;
 pub mod wasmplugin;
 
