@@ -167,6 +167,10 @@ struct ControllerArgs {
     /// Watch CanaryGates in these namespaces (repeat or comma-separate); none watches all.
     #[arg(long = "watch-namespace", env = "GATE_AGENT_WATCH_NAMESPACES", value_delimiter = ',')]
     watch_namespaces: Vec<String>,
+    /// The kind of the generated plugins: `auto` (WasmPlugin while the cluster serves it, else
+    /// TrafficExtension), `wasmplugin` or `trafficextension`.
+    #[arg(long, env = "GATE_AGENT_PLUGIN_KIND", value_enum, default_value_t = PluginKindArg::Auto)]
+    plugin_kind: PluginKindArg,
     /// The filter module the generated WasmPlugins pull (`oci://registry/canary-gate/filter:0.1.0`).
     #[arg(long, env = "GATE_AGENT_MODULE_URL")]
     module_url: String,
@@ -206,6 +210,13 @@ struct ControllerArgs {
     fetch_timeout: Duration,
     #[arg(long, env = "GATE_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PluginKindArg {
+    Auto,
+    Wasmplugin,
+    Trafficextension,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -544,6 +555,11 @@ fn run_controller(args: ControllerArgs) -> Result<(), Failure> {
             snapshot_path: canary_core::config::DEFAULT_SNAPSHOT_PATH.into(),
             kill_path: canary_core::kill::DEFAULT_KILL_PATH.into(),
             rollout: Settings { kill_timeout: args.fetch_timeout, ..Settings::default() },
+            plugin_kind: match args.plugin_kind {
+                PluginKindArg::Auto => None,
+                PluginKindArg::Wasmplugin => Some(PluginKind::WasmPlugin),
+                PluginKindArg::Trafficextension => Some(PluginKind::TrafficExtension),
+            },
         };
         let index = GateIndex::default();
         let api = gate_agent::gate::api::app(gate_agent::gate::api::GatesApi {

@@ -77,17 +77,30 @@ impl PluginKind {
     }
 
     /// The kind to generate given the resource names the cluster serves in `extensions.istio.io`
-    /// (`wasmplugins`, `trafficextensions`): the successor when it is served (Istio 1.30+ serves
-    /// both, and turns WasmPlugins into TrafficExtensions internally anyway), else WasmPlugin;
-    /// `None` when neither is served (Istio is not installed, or too old).
+    /// (`wasmplugins`, `trafficextensions`): WasmPlugin while it is served (Istio 1.30+ serves
+    /// both; WasmPlugin is the long-proven one, TrafficExtension is alpha, and istiod turns
+    /// WasmPlugins into TrafficExtensions internally), TrafficExtension where it is the only one;
+    /// `None` when neither is served (Istio not installed, or too old). A user who wants
+    /// TrafficExtension where both are served says so (`--plugin-kind trafficextension`).
     pub fn preferred<'a>(served: impl IntoIterator<Item = &'a str>) -> Option<PluginKind> {
         let served: Vec<&str> = served.into_iter().collect();
-        if served.contains(&PluginKind::TrafficExtension.plural()) {
-            Some(PluginKind::TrafficExtension)
-        } else if served.contains(&PluginKind::WasmPlugin.plural()) {
+        if served.contains(&PluginKind::WasmPlugin.plural()) {
             Some(PluginKind::WasmPlugin)
+        } else if served.contains(&PluginKind::TrafficExtension.plural()) {
+            Some(PluginKind::TrafficExtension)
         } else {
             None
+        }
+    }
+
+    /// What the cluster serves, asked of its discovery API ([`Self::preferred`]).
+    pub async fn served(client: &kube::Client, timeout: std::time::Duration) -> Result<Option<PluginKind>, String> {
+        let list = super::bounded(timeout, client.list_api_group_resources(&format!("{GROUP}/{VERSION}"))).await;
+        match list {
+            Ok(list) => Ok(PluginKind::preferred(list.resources.iter().map(|r| r.name.as_str()))),
+            // The group is not served at all.
+            Err(e) if e.contains("404") => Ok(None),
+            Err(e) => Err(e),
         }
     }
 }
@@ -126,8 +139,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_successor_is_preferred_when_served_and_neither_is_none() {
-        assert_eq!(PluginKind::preferred(["wasmplugins", "trafficextensions"]), Some(PluginKind::TrafficExtension));
+    fn wasmplugin_while_served_else_the_successor_and_neither_is_none() {
+        assert_eq!(PluginKind::preferred(["wasmplugins", "trafficextensions"]), Some(PluginKind::WasmPlugin));
+        assert_eq!(
+            PluginKind::preferred(["trafficextensions/status", "trafficextensions"]),
+            Some(PluginKind::TrafficExtension)
+        );
         assert_eq!(PluginKind::preferred(["wasmplugins"]), Some(PluginKind::WasmPlugin));
         assert_eq!(PluginKind::preferred(["wasmplugins/status", "envoyfilters"]), None);
         assert_eq!(PluginKind::preferred([]), None);

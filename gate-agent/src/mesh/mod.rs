@@ -11,6 +11,7 @@ pub mod events;
 pub mod extension;
 pub mod lease;
 pub mod wasmplugin;
+pub mod waypoint;
 
 use std::time::Duration;
 
