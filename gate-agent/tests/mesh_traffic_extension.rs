@@ -193,13 +193,20 @@ async fn a_superseded_leader_is_fenced_off_a_traffic_extension() {
     assert_eq!(get_te(&ns).await["metadata"]["annotations"]["canary-gate.io/leader-term"], "0/agent-a");
     // b takes the Lease over while a still believes it leads (its renew deadline has not passed).
     let admin = Api::<Lease>::namespaced(ns.admin.clone(), &ns.name);
-    let mut lease = admin.get("canary-gate-agent").await.unwrap();
-    let spec = lease.spec.as_mut().unwrap();
-    spec.holder_identity = Some("agent-b".into());
-    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-    spec.renew_time =
-        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now()));
-    admin.replace("canary-gate-agent", &PostParams::default(), &lease).await.unwrap();
+    // a renews meanwhile: a 409 here is a's renewal landing first, so read again and retry.
+    loop {
+        let mut lease = admin.get("canary-gate-agent").await.unwrap();
+        let spec = lease.spec.as_mut().unwrap();
+        spec.holder_identity = Some("agent-b".into());
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        spec.renew_time =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now()));
+        match admin.replace("canary-gate-agent", &PostParams::default(), &lease).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
     let router_b = fenced(&ns, &b);
     let deadline = Instant::now() + Duration::from_secs(3);
     let written_by_b = loop {
