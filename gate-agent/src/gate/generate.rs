@@ -267,6 +267,40 @@ mod tests {
     }
 
     #[test]
+    fn traffic_extensions_keep_the_wasm_fields_under_wasm_and_the_attachment_at_the_top() {
+        let p = plan(&gate()).unwrap();
+        let owner = Owner { name: "payment-svc".into(), uid: "u-1".into() };
+        let placement = Placement { kind: PluginKind::TrafficExtension, waypoint: false };
+        let te = objects_for(&p, ("payment-svc", 8080), &owner, &install(), placement);
+        let wp = objects(&p, 8080, &owner, &install());
+        assert_eq!(te.len(), wp.len());
+        for (t, w) in te.iter().zip(&wp).take(2) {
+            assert_eq!(t["kind"], "TrafficExtension");
+            for field in ["url", "sha256", "pluginName", "failStrategy", "pluginConfig"] {
+                assert_eq!(t["spec"]["wasm"][field], w["spec"][field], "{field}");
+                assert!(t["spec"].get(field).is_none(), "{field} only under wasm");
+            }
+            for field in ["selector", "match", "phase"] {
+                assert_eq!(t["spec"][field], w["spec"][field], "{field}");
+            }
+        }
+    }
+
+    #[test]
+    fn in_a_waypoint_only_the_route_plugin_is_generated_attached_to_the_service() {
+        let p = plan(&gate()).unwrap();
+        let owner = Owner { name: "payment-svc".into(), uid: "u-1".into() };
+        for kind in [PluginKind::WasmPlugin, PluginKind::TrafficExtension] {
+            let objs = objects_for(&p, ("payment-svc", 8080), &owner, &install(), Placement { kind, waypoint: true });
+            assert_eq!(objs.len(), 1, "no snapshot plugin, Service or policies on pod ports");
+            let spec = &objs[0]["spec"];
+            assert_eq!(spec["targetRefs"], json!([{ "group": "", "kind": "Service", "name": "payment-svc" }]));
+            assert!(spec.get("selector").is_none() && spec.get("match").is_none(), "{spec}");
+            assert_eq!(objs[0]["metadata"]["ownerReferences"][0]["uid"], "u-1");
+        }
+    }
+
+    #[test]
     fn an_edit_to_a_set_field_is_seen_and_the_loops_fields_are_not() {
         let desired = json!({ "spec": { "url": "oci://a", "pluginConfig": { "rollout": "r" }, "priority": -100 } });
         let live = json!({ "spec": { "url": "oci://a", "priority": -100.0,

@@ -240,8 +240,9 @@ pub fn weight_patch_for(
     guard: Option<&Guard>,
 ) -> Result<serde_json::Value, serde_json::Error> {
     let mut patch = weight_patch(resource_version, weight, revision, record, term, guard)?;
-    if let Some(config) = patch.pointer_mut("/spec/pluginConfig").map(serde_json::Value::take) {
-        patch["spec"] = kind.spec_with_config(config);
+    if let Some(spec) = patch.get_mut("spec") {
+        let config = spec.get_mut("pluginConfig").map(serde_json::Value::take).unwrap_or_default();
+        *spec = kind.spec_with_config(config);
     }
     Ok(patch)
 }
@@ -310,6 +311,18 @@ mod tests {
         assert_eq!(keys, ["canary_weight", "revision", "rollout_state"]);
         assert_eq!(cfg["canary_weight"], 25);
         assert_eq!(p["spec"].as_object().unwrap().len(), 1, "nothing else in spec");
+    }
+
+    #[test]
+    fn a_traffic_extensions_patch_puts_the_same_fields_under_wasm() {
+        let record = RolloutRecord::new(canary_core::RolloutPhase::Progressing, 1, "step 2", 5);
+        let w = Weight::from_percent(25.0).unwrap();
+        let wp = weight_patch_for(PluginKind::WasmPlugin, Some("42"), w, 8, &record, None, None).unwrap();
+        let te = weight_patch_for(PluginKind::TrafficExtension, Some("42"), w, 8, &record, None, None).unwrap();
+        assert_eq!(te["metadata"], wp["metadata"]);
+        assert_eq!(te["spec"]["wasm"]["pluginConfig"], wp["spec"]["pluginConfig"]);
+        assert_eq!(te["spec"].as_object().unwrap().len(), 1, "nothing else in spec: {te}");
+        assert_eq!(te["spec"]["wasm"].as_object().unwrap().len(), 1, "nothing else in spec.wasm: {te}");
     }
 
     #[test]
