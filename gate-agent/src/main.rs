@@ -21,8 +21,9 @@ use gate_agent::api::{self, ApiState};
 use gate_agent::control::{Parts, Settings, StartError, lead, preflight, stopped};
 use gate_agent::mesh::discovery::PodTargets;
 use gate_agent::mesh::events::{Both, KubeEvents};
+use gate_agent::mesh::extension::PluginKind;
 use gate_agent::mesh::lease::{LeaderGated, Leadership, LeaseSettings, spawn_election};
-use gate_agent::mesh::wasmplugin::WasmPluginRouter;
+use gate_agent::mesh::wasmplugin::PluginRouter;
 use gate_agent::notify::{Notifier, WebhookNotifier};
 use gate_agent::router::{FileRouter, WeightRouter};
 use gate_agent::source::HttpSource;
@@ -96,15 +97,16 @@ struct RunArgs {
     /// Not needed with --pod-selector.
     #[arg(long = "target", env = "GATE_AGENT_TARGETS", value_delimiter = ',')]
     targets: Vec<String>,
-    /// Where the durable weights live: `file` (the ECDS file Envoy watches) or `wasmplugin` (an
-    /// Istio WasmPlugin's pluginConfig, through the Kubernetes API).
+    /// Where the durable weights live: `file` (the ECDS file Envoy watches), `wasmplugin` (an
+    /// Istio WasmPlugin's pluginConfig, through the Kubernetes API) or `trafficextension` (its
+    /// successor's `spec.wasm.pluginConfig`, Istio 1.30+; the same protocol).
     #[arg(long, env = "GATE_AGENT_ROUTER", value_enum, default_value_t = RouterKind::File)]
     router: RouterKind,
     /// With `--router file`: the ECDS file Envoy watches (the agent writes a new file in the
     /// `.gate-agent-staging` subdirectory of its directory and renames it into place).
     #[arg(long, env = "GATE_AGENT_CONFIG_FILE")]
     config_file: Option<PathBuf>,
-    /// With `--router wasmplugin`: the WasmPlugin's name.
+    /// With `--router wasmplugin` or `trafficextension`: the object's name.
     #[arg(long, env = "GATE_AGENT_WASMPLUGIN", default_value = "canary-gate")]
     wasmplugin: String,
     /// Kubernetes namespace of the WasmPlugin, Lease and pods (default: the kubeconfig's or the pod's).
@@ -165,6 +167,10 @@ struct ControllerArgs {
     /// Watch CanaryGates in these namespaces (repeat or comma-separate); none watches all.
     #[arg(long = "watch-namespace", env = "GATE_AGENT_WATCH_NAMESPACES", value_delimiter = ',')]
     watch_namespaces: Vec<String>,
+    /// The kind of the generated plugins: `auto` (WasmPlugin while the cluster serves it, else
+    /// TrafficExtension), `wasmplugin` or `trafficextension`.
+    #[arg(long, env = "GATE_AGENT_PLUGIN_KIND", value_enum, default_value_t = PluginKindArg::Auto)]
+    plugin_kind: PluginKindArg,
     /// The filter module the generated WasmPlugins pull (`oci://registry/canary-gate/filter:0.1.0`).
     #[arg(long, env = "GATE_AGENT_MODULE_URL")]
     module_url: String,
@@ -207,9 +213,17 @@ struct ControllerArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PluginKindArg {
+    Auto,
+    Wasmplugin,
+    Trafficextension,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum RouterKind {
     File,
     Wasmplugin,
+    Trafficextension,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -350,7 +364,9 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         return Err(Failure::Usage("--router file needs --config-file (the ECDS file Envoy watches)".into()));
     }
     if args.router == RouterKind::File && (args.lease.is_some() || args.pod_selector.is_some()) {
-        return Err(Failure::Usage("--lease and --pod-selector need --router wasmplugin (Kubernetes)".into()));
+        return Err(Failure::Usage(
+            "--lease and --pod-selector need --router wasmplugin or trafficextension (Kubernetes)".into(),
+        ));
     }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure::Runtime(format!("tokio runtime: {e}")))?;
     runtime.block_on(serve(args, spec))
@@ -395,15 +411,18 @@ async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
             let parts = Parts { spec, source, router, notifier, settings, status, tick: args.tick };
             serve_rollout(&args, parts, status_rx, (Leadership::always(), ""), stop).await
         }
-        RouterKind::Wasmplugin => {
+        RouterKind::Wasmplugin | RouterKind::Trafficextension => {
+            let kind = match args.router {
+                RouterKind::Trafficextension => PluginKind::TrafficExtension,
+                _ => PluginKind::WasmPlugin,
+            };
             let client = gate_agent::mesh::client()
                 .await
                 .map_err(|e| Failure::Runtime(format!("Kubernetes client (in-cluster or KUBECONFIG): {e}")))?;
             let ns = args.namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned());
             let identity = args.identity.clone().unwrap_or_else(|| format!("gate-agent-{}", std::process::id()));
-            let router =
-                WasmPluginRouter::new(Api::namespaced(client.clone(), &ns), &args.wasmplugin, args.kube_timeout)
-                    .with_guard(spec.guard());
+            let router = PluginRouter::of_kind(client.clone(), Some(&ns), kind, &args.wasmplugin, args.kube_timeout)
+                .with_guard(spec.guard());
             preflight(&spec, &router).await.map_err(start_failure)?;
             let (leadership, lease) = match &args.lease {
                 Some(lease) => {
@@ -428,10 +447,10 @@ async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
             }
             // With its uid, so `kubectl describe wasmplugin` lists the Events.
             let regarding = router.reference().await.unwrap_or_else(|e| {
-                tracing::warn!("{e}: Events will name the WasmPlugin without its uid");
+                tracing::warn!("{e}: Events will name the {kind} without its uid");
                 ObjectReference {
-                    api_version: Some("extensions.istio.io/v1alpha1".into()),
-                    kind: Some("WasmPlugin".into()),
+                    api_version: Some(kind.api_version()),
+                    kind: Some(kind.kind().into()),
                     name: Some(args.wasmplugin.clone()),
                     namespace: Some(ns.clone()),
                     ..ObjectReference::default()
@@ -439,8 +458,8 @@ async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
             });
             let events = KubeEvents::new(Api::namespaced(client, &ns), regarding, &identity, args.kube_timeout);
             tracing::info!(
-                namespace = %ns, wasmplugin = %args.wasmplugin, lease = ?args.lease, identity = %identity,
-                pod_selector = ?args.pod_selector, "durable weights in the WasmPlugin"
+                namespace = %ns, %kind, name = %args.wasmplugin, lease = ?args.lease, identity = %identity,
+                pod_selector = ?args.pod_selector, "durable weights in the {kind}"
             );
             let router = LeaderGated::new(router.with_fence(leadership.clone()), leadership.clone());
             let notifier = Arc::new(Both(Some(events), webhook));
@@ -536,6 +555,11 @@ fn run_controller(args: ControllerArgs) -> Result<(), Failure> {
             snapshot_path: canary_core::config::DEFAULT_SNAPSHOT_PATH.into(),
             kill_path: canary_core::kill::DEFAULT_KILL_PATH.into(),
             rollout: Settings { kill_timeout: args.fetch_timeout, ..Settings::default() },
+            plugin_kind: match args.plugin_kind {
+                PluginKindArg::Auto => None,
+                PluginKindArg::Wasmplugin => Some(PluginKind::WasmPlugin),
+                PluginKindArg::Trafficextension => Some(PluginKind::TrafficExtension),
+            },
         };
         let index = GateIndex::default();
         let api = gate_agent::gate::api::app(gate_agent::gate::api::GatesApi {

@@ -119,6 +119,7 @@ async fn gates_in_two_namespaces_are_generated_judged_reconciled_and_deleted_ind
         snapshot_path: canary_core::config::DEFAULT_SNAPSHOT_PATH.into(),
         kill_path: canary_core::kill::DEFAULT_KILL_PATH.into(),
         rollout: Settings::default(),
+        plugin_kind: None, // this cluster serves both: WasmPlugin
     };
     let index = GateIndex::default();
     let controller = tokio::spawn(run(shop.admin.clone(), settings, Leadership::always(), index.clone(), stop_rx));

@@ -33,16 +33,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::convert::{GatePlan, plan};
-use super::crd::{CanaryGate, GateCondition};
-use super::generate::{self, Install, MANAGED_BY, Owner, holds, route_plugin_name};
+use super::crd::{AttachmentMode, CanaryGate, GateCondition};
+use super::generate::{self, Install, MANAGED_BY, Owner, Placement, holds, route_plugin_name};
 use super::reconcile::{self, Blocked, ROLLOUT_ANNOTATION};
 use crate::api::{Command, CommandRequest, StatusView};
 use crate::control::{Controller, Settings, stopped};
 use crate::mesh::bounded;
 use crate::mesh::discovery::PodTargets;
 use crate::mesh::events::{Both, KubeEvents};
+use crate::mesh::extension::PluginKind;
 use crate::mesh::lease::{LeaderGated, Leadership};
-use crate::mesh::wasmplugin::{WasmPlugin, WasmPluginRouter};
+use crate::mesh::wasmplugin::PluginRouter;
+use crate::mesh::waypoint;
 use crate::notify::WebhookNotifier;
 use crate::source::HttpSource;
 
@@ -69,6 +71,9 @@ pub struct ControllerSettings {
     pub kill_path: String,
     /// Each rollout loop's settings (targets come from pod discovery).
     pub rollout: Settings,
+    /// The kind of the generated plugins; `None`: whichever the cluster serves, asked once at
+    /// start ([`PluginKind::preferred`]).
+    pub plugin_kind: Option<PluginKind>,
 }
 
 /// A running gate as the API reaches it.
@@ -112,6 +117,24 @@ pub async fn run(
     index: GateIndex,
     stop: watch::Receiver<bool>,
 ) {
+    let mut settings = settings;
+    let kind = match settings.plugin_kind {
+        Some(kind) => kind,
+        None => match PluginKind::served(&client, settings.kube_timeout).await {
+            Ok(Some(kind)) => kind,
+            Ok(None) => {
+                tracing::error!("the cluster serves neither WasmPlugin nor TrafficExtension (is Istio installed?)");
+                PluginKind::WasmPlugin
+            }
+            Err(e) => {
+                tracing::warn!("asking which plugin kinds the cluster serves: {e}; generating WasmPlugins");
+                PluginKind::WasmPlugin
+            }
+        },
+    };
+    tracing::info!(%kind, "generating the filter's plugins as {kind}s");
+    settings.plugin_kind = Some(kind);
+    let settings = settings;
     let mut gates: BTreeMap<Key, GateState> = BTreeMap::new();
     loop {
         if !leadership.is_leader() {
@@ -155,6 +178,10 @@ async fn finish(run: Run) {
     }
 }
 
+fn plugin_kind(s: &ControllerSettings) -> PluginKind {
+    s.plugin_kind.unwrap_or(PluginKind::WasmPlugin)
+}
+
 fn str_at<'v>(v: &'v Value, pointer: &str) -> &'v str {
     v.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
 }
@@ -196,9 +223,13 @@ async fn reconcile_all(
     // re-apply); the gates themselves by a quorum read, so a gate is never taken for deleted
     // because a cache lagged behind its creation.
     let by_label = ListParams::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}")).match_any();
-    for (gate_api, plugin_api) in
-        scopes::<CanaryGate>(client, &s.namespaces).into_iter().zip(scopes::<WasmPlugin>(client, &s.namespaces))
-    {
+    let ar = plugin_kind(s).api_resource();
+    let plugin_apis: Vec<Api<DynamicObject>> = if s.namespaces.is_empty() {
+        vec![Api::all_with(client.clone(), &ar)]
+    } else {
+        s.namespaces.iter().map(|ns| Api::namespaced_with(client.clone(), ns, &ar)).collect()
+    };
+    for (gate_api, plugin_api) in scopes::<CanaryGate>(client, &s.namespaces).into_iter().zip(plugin_apis) {
         // A failed listing changes nothing: a gate is never taken for deleted because the API failed.
         match bounded(s.kube_timeout, gate_api.list(&ListParams::default())).await {
             Ok(list) => listed.extend(list.items),
@@ -211,7 +242,7 @@ async fn reconcile_all(
                     plugins.insert(key, serde_json::to_value(&p).unwrap_or_default());
                 }
             }
-            Err(e) => return tracing::warn!("listing the generated WasmPlugins: {e}"),
+            Err(e) => return tracing::warn!("listing the generated {}s: {e}", plugin_kind(s)),
         }
     }
     let mut present: Vec<Key> = Vec::new();
@@ -269,7 +300,9 @@ async fn reconcile_gate(
         match plan(gate) {
             Ok(p) => {
                 let owner = Owner { name: name.clone(), uid: uid.clone() };
-                let mut objects = generate::objects(&p, gate.spec.service.port, &owner, &s.install);
+                let placement = Placement { kind: plugin_kind(s), waypoint: waypoint_mode(gate) };
+                let service = (gate.spec.service.name.as_str(), gate.spec.service.port);
+                let mut objects = generate::objects_for(&p, service, &owner, &s.install, placement);
                 if let Some(meta) = objects.first_mut().and_then(|o| o["metadata"].as_object_mut()) {
                     let identity = reconcile::rollout_identity(&gate.spec);
                     meta.insert("annotations".into(), json!({ ROLLOUT_ANNOTATION: identity }));
@@ -303,14 +336,14 @@ async fn reconcile_gate(
         }
         tracing::info!(namespace = %ns, canarygate = %name, "a new rollout starts: cleared the last one's state");
     }
-    let drifted = state.objects.iter().filter(|o| o["kind"] == "WasmPlugin").find(|o| {
+    let drifted = state.objects.iter().filter(|o| o["kind"] == plugin_kind(s).kind()).find(|o| {
         let key = (ns.clone(), str_at(o, "/metadata/name").to_owned());
         !plugins.get(&key).is_some_and(|live| holds(live, o))
     });
     let due = state.applied_at.is_none_or(|t| t.elapsed() >= s.resync);
     if due || drifted.is_some() {
         if let (Some(o), false) = (drifted, due) {
-            tracing::warn!(namespace = %ns, canarygate = %name, object = %str_at(o, "/metadata/name"), "a generated WasmPlugin was edited: applying it again");
+            tracing::warn!(namespace = %ns, canarygate = %name, object = %str_at(o, "/metadata/name"), "a generated plugin was edited: applying it again");
         }
         if let Err(e) = apply_all(client, s, &state.objects).await {
             tracing::warn!(namespace = %ns, canarygate = %name, "{e}");
@@ -321,6 +354,27 @@ async fn reconcile_gate(
     }
     if state.run.is_some() {
         return;
+    }
+    if waypoint_mode(gate) {
+        let why = match waypoint_targets(client, s, gate).await {
+            Err(problem) => Blocked::Waypoint { reason: problem.reason, message: problem.message },
+            // Discovery is built; reading a waypoint's replicas is designed (docs/mesh.md) but
+            // not built, so the rollout does not start and the canary stays at 0%: said in the
+            // condition rather than running a loop that reads nothing.
+            Ok((waypoint, pods)) => Blocked::Waypoint {
+                reason: "WaypointReadingNotBuilt",
+                message: format!(
+                    "the route filter is attached by targetRefs to Service {} and runs in waypoint {}/{} (pods: {});                      this version cannot read a waypoint's replicas yet (docs/mesh.md, \"Ambient waypoints\"), so \
+                     the rollout does not start and the canary stays at 0%. Use spec.attachment.mode: sidecar to \
+                     gate now",
+                    gate.spec.service.name,
+                    waypoint.namespace,
+                    waypoint.name,
+                    if pods.is_empty() { "none ready".to_owned() } else { pods.join(", ") }
+                ),
+            },
+        };
+        return block(client, s, gate, state, why).await;
     }
     match check_route(client, s, gate, &p).await {
         Ok(()) => {}
@@ -376,18 +430,20 @@ async fn reset_durable_state(
     name: &str,
     live: Option<&Value>,
 ) -> Result<(), String> {
-    let revision = live.and_then(|l| l.pointer("/spec/pluginConfig/revision")).and_then(Value::as_u64).unwrap_or(0);
+    let kind = plugin_kind(s);
+    let revision = live
+        .and_then(|l| l.pointer(&format!("{}/revision", kind.config_pointer())))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
     let version = live.and_then(|l| l.pointer("/metadata/resourceVersion")).cloned();
-    let patch = json!({
-        "metadata": { "resourceVersion": version },
-        "spec": { "pluginConfig": { "canary_weight": 0, "rollout_state": null, "revision": revision.saturating_add(1) } }
-    });
-    let api: Api<WasmPlugin> = Api::namespaced(client.clone(), ns);
+    let config = json!({ "canary_weight": 0, "rollout_state": null, "revision": revision.saturating_add(1) });
+    let patch = json!({ "metadata": { "resourceVersion": version }, "spec": kind.spec_with_config(config) });
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &kind.api_resource());
     let pp = PatchParams { field_manager: Some(crate::mesh::FIELD_MANAGER.into()), ..PatchParams::default() };
     bounded(s.kube_timeout, api.patch(name, &pp, &Patch::Merge(&patch)))
         .await
         .map(|_| ())
-        .map_err(|e| format!("clearing the last rollout's state in WasmPlugin {name}: {e}"))
+        .map_err(|e| format!("clearing the last rollout's state in {kind} {name}: {e}"))
 }
 
 /// Server-side apply of every generated object, forced: the controller owns these fields.
@@ -404,6 +460,29 @@ async fn apply_all(client: &Client, s: &ControllerSettings, objects: &[Value]) -
             .map_err(|e| format!("applying {kind} {name}: {e}"))?;
     }
     Ok(())
+}
+
+fn waypoint_mode(gate: &CanaryGate) -> bool {
+    gate.spec.attachment.as_ref().is_some_and(|a| a.mode == AttachmentMode::Waypoint)
+}
+
+/// The gated Service's waypoint and its ready pods (`ip:port` at the snapshot port).
+async fn waypoint_targets(
+    client: &Client,
+    s: &ControllerSettings,
+    gate: &CanaryGate,
+) -> Result<(waypoint::Waypoint, Vec<String>), waypoint::WaypointProblem> {
+    let ns = gate.namespace().unwrap_or_default();
+    let explicit = gate.spec.attachment.as_ref().and_then(|a| a.waypoint.as_deref());
+    let found = waypoint::discover(client, &ns, &gate.spec.service.name, explicit, s.kube_timeout).await?;
+    let port = gate.spec.workload.snapshot_port.unwrap_or(super::crd::DEFAULT_SNAPSHOT_PORT);
+    let pods =
+        PodTargets::new(Api::namespaced(client.clone(), &found.namespace), &found.pod_selector, port, s.kube_timeout);
+    let listed = pods.list().await.map_err(|e| waypoint::WaypointProblem {
+        reason: "WaypointUnreadable",
+        message: format!("listing the pods of waypoint {}/{}: {e}", found.namespace, found.name),
+    })?;
+    Ok((found, listed))
 }
 
 /// Reads the gate's route object (VirtualService or HTTPRoute) and checks its label match.
@@ -480,8 +559,10 @@ async fn rollout_loop(
     );
     let first = pods.list().await.unwrap_or_default();
     let settings = Settings { target_updates: Some(pods.spawn(first, s.discovery_interval)), ..s.rollout.clone() };
-    let router = WasmPluginRouter::new(
-        Api::namespaced(client.clone(), &p.namespace),
+    let router = PluginRouter::of_kind(
+        client.clone(),
+        Some(&p.namespace),
+        plugin_kind(&s),
         &route_plugin_name(&p.name),
         s.kube_timeout,
     )

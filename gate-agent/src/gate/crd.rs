@@ -66,6 +66,32 @@ pub struct CanaryGateSpec {
     /// Changing this (any text, usually a timestamp) starts the rollout again from its first step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarted_at: Option<String>,
+    /// Where the route filter runs: the callers' sidecars (the default) or the gated Service's
+    /// ambient waypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<Attachment>,
+}
+
+/// Where the route filter runs.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    /// `sidecar` (the callers' sidecars, selected by `spec.workload.selector`) or `waypoint` (the
+    /// Service's Istio ambient waypoint, attached by `targetRefs` to the Service).
+    #[serde(default)]
+    pub mode: AttachmentMode,
+    /// With `waypoint`: the waypoint's Gateway (in the gate's namespace). Without it, the
+    /// Service's `istio.io/use-waypoint` label names it, or else its namespace's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AttachmentMode {
+    #[default]
+    Sidecar,
+    Waypoint,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -322,6 +348,11 @@ pub fn admission_rules() -> Vec<AdmissionRule> {
             "/properties/spec/properties/analysis/properties/metrics/items",
             "self.name == 'request-success-rate' ? (has(self.thresholdRange.min) && !has(self.thresholdRange.max) && self.thresholdRange.min > 0.0 && self.thresholdRange.min < 100.0) : (has(self.thresholdRange.max) && !has(self.thresholdRange.min) && self.thresholdRange.max > 0.0)",
             "request-success-rate takes only thresholdRange.min, in (0, 100) percent; request-duration only thresholdRange.max, above 0 ms",
+        ),
+        cel(
+            "/properties/spec/properties/attachment",
+            "!has(self.waypoint) || (has(self.mode) && self.mode == 'waypoint')",
+            "spec.attachment.waypoint names a waypoint: it needs spec.attachment.mode: waypoint",
         ),
         cel(
             "/properties/spec/properties/sticky",

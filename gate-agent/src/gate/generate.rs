@@ -1,6 +1,9 @@
 //! What the controller creates for each CanaryGate, computed from the gate alone (no I/O): the
-//! route and snapshot WasmPlugins, the snapshot Service, and the AuthorizationPolicy and
-//! NetworkPolicy that keep the snapshot port to the controller. They are today's hand-written
+//! route and snapshot WasmPlugins (or TrafficExtensions, [`Placement::kind`]), the snapshot
+//! Service, and the AuthorizationPolicy and NetworkPolicy that keep the snapshot port to the
+//! controller. In waypoint mode ([`Placement::waypoint`]) only the route plugin is generated,
+//! attached by `targetRefs` to the gated Service (waypoints ignore `selector`), since a waypoint
+//! serves Services, not pod ports: there is no inbound chain for a snapshot plugin (docs/mesh.md). They are today's hand-written
 //! deploy/istio objects with the user's values filled in, each labelled with its gate and owned
 //! by it (an owner reference with `controller: true`), so deleting the gate removes them.
 //!
@@ -11,6 +14,7 @@
 use serde_json::{Value, json};
 
 use super::convert::GatePlan;
+use crate::mesh::extension::PluginKind;
 
 /// The label every generated object carries: the name of its CanaryGate.
 pub const GATE_LABEL: &str = "canary-gate.dev/gate";
@@ -46,9 +50,51 @@ pub fn snapshot_name(gate: &str) -> String {
     format!("{gate}-canary-gate-snapshot")
 }
 
+/// Which kind the plugins are, and where the route plugin runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub kind: PluginKind,
+    /// In the gated Service's ambient waypoint (`targetRefs` to the Service), not the callers'
+    /// sidecars.
+    pub waypoint: bool,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Placement { kind: PluginKind::WasmPlugin, waypoint: false }
+    }
+}
+
+/// The objects of one gate as sidecar WasmPlugins ([`objects_for`] with the default placement).
+pub fn objects(plan: &GatePlan, service_port: u16, owner: &Owner, install: &Install) -> Vec<Value> {
+    objects_for(plan, ("", service_port), owner, install, Placement::default())
+}
+
+/// A plugin of `kind` with the Wasm fields in `wasm` (url, sha256, pluginName, failStrategy,
+/// pluginConfig) and the attachment in `attach` (selector or targetRefs, match, phase, priority):
+/// flat in a WasmPlugin, under `spec.wasm` in a TrafficExtension.
+fn plugin(kind: PluginKind, metadata: Value, attach: Value, wasm: Value) -> Value {
+    let mut spec = attach;
+    match (kind, spec.as_object_mut(), wasm) {
+        (PluginKind::WasmPlugin, Some(s), Value::Object(w)) => s.extend(w),
+        (PluginKind::TrafficExtension, Some(s), w) => {
+            s.insert("wasm".into(), w);
+        }
+        _ => {}
+    }
+    json!({ "apiVersion": kind.api_version(), "kind": kind.kind(), "metadata": metadata, "spec": spec })
+}
+
 /// The objects of one gate, as server-side apply configurations (apiVersion, kind, metadata with
 /// name, namespace, labels and the owner reference; spec).
-pub fn objects(plan: &GatePlan, service_port: u16, owner: &Owner, install: &Install) -> Vec<Value> {
+/// `service` is the gated Service's name and port.
+pub fn objects_for(
+    plan: &GatePlan,
+    (service, service_port): (&str, u16),
+    owner: &Owner,
+    install: &Install,
+    placement: Placement,
+) -> Vec<Value> {
     let selector = json!({ "matchLabels": selector_of(plan) });
     let meta = |name: String, component: &str| {
         json!({
@@ -70,29 +116,38 @@ pub fn objects(plan: &GatePlan, service_port: u16, owner: &Owner, install: &Inst
     let snapshot = snapshot_name(&plan.name);
     let port = plan.snapshot_port;
     let principal = format!("*/ns/{}/sa/{}", install.namespace, install.service_account);
+    let wasm = |fail: &str, config: &Value| {
+        json!({ "url": install.module_url, "sha256": install.module_sha256, "pluginName": "canary-gate",
+                "failStrategy": fail, "pluginConfig": config })
+    };
+    // A broken filter means no label, hence stable.
+    let route_wasm = wasm("FAIL_OPEN", &plan.plugin_config);
+    let route_meta = meta(route_plugin_name(&plan.name), "route-filter");
+    if placement.waypoint {
+        // The waypoint runs the filter for this Service's requests; there is no client/server
+        // side to match and no pod port (docs/mesh.md, "Ambient waypoints").
+        let attach = json!({
+            "targetRefs": [{ "group": "", "kind": "Service", "name": service }],
+            "phase": "STATS", "priority": -100,
+        });
+        return vec![plugin(placement.kind, route_meta, attach, route_wasm)];
+    }
+    let route_attach = json!({
+        "selector": selector, "phase": "STATS", "priority": -100,
+        "match": [{ "mode": "CLIENT", "ports": [{ "number": service_port }] }],
+    });
+    let snapshot_attach = json!({
+        "selector": selector, "phase": "STATS",
+        "match": [{ "mode": "SERVER", "ports": [{ "number": port }] }],
+    });
     vec![
-        json!({
-            "apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
-            "metadata": meta(route_plugin_name(&plan.name), "route-filter"),
-            "spec": {
-                "selector": selector, "url": install.module_url, "sha256": install.module_sha256,
-                "pluginName": "canary-gate",
-                // A broken filter means no label, hence stable.
-                "failStrategy": "FAIL_OPEN", "phase": "STATS", "priority": -100,
-                "match": [{ "mode": "CLIENT", "ports": [{ "number": service_port }] }],
-                "pluginConfig": plan.plugin_config,
-            },
-        }),
-        json!({
-            "apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
-            "metadata": meta(snapshot.clone(), "snapshot-endpoint"),
-            "spec": {
-                "selector": selector, "url": install.module_url, "sha256": install.module_sha256,
-                "pluginName": "canary-gate", "failStrategy": "FAIL_CLOSE", "phase": "STATS",
-                "match": [{ "mode": "SERVER", "ports": [{ "number": port }] }],
-                "pluginConfig": { "version": 1, "role": "snapshot" },
-            },
-        }),
+        plugin(placement.kind, route_meta, route_attach, route_wasm),
+        plugin(
+            placement.kind,
+            meta(snapshot.clone(), "snapshot-endpoint"),
+            snapshot_attach,
+            wasm("FAIL_CLOSE", &json!({ "version": 1, "role": "snapshot" })),
+        ),
         json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": with_annotation(meta(snapshot.clone(), "snapshot-endpoint"), "networking.istio.io/exportTo", "."),
@@ -209,6 +264,40 @@ mod tests {
             objs[3]["spec"]["rules"][0]["from"][0]["source"]["notPrincipals"][0],
             "*/ns/canary-gate-system/sa/canary-gate-controller"
         );
+    }
+
+    #[test]
+    fn traffic_extensions_keep_the_wasm_fields_under_wasm_and_the_attachment_at_the_top() {
+        let p = plan(&gate()).unwrap();
+        let owner = Owner { name: "payment-svc".into(), uid: "u-1".into() };
+        let placement = Placement { kind: PluginKind::TrafficExtension, waypoint: false };
+        let te = objects_for(&p, ("payment-svc", 8080), &owner, &install(), placement);
+        let wp = objects(&p, 8080, &owner, &install());
+        assert_eq!(te.len(), wp.len());
+        for (t, w) in te.iter().zip(&wp).take(2) {
+            assert_eq!(t["kind"], "TrafficExtension");
+            for field in ["url", "sha256", "pluginName", "failStrategy", "pluginConfig"] {
+                assert_eq!(t["spec"]["wasm"][field], w["spec"][field], "{field}");
+                assert!(t["spec"].get(field).is_none(), "{field} only under wasm");
+            }
+            for field in ["selector", "match", "phase"] {
+                assert_eq!(t["spec"][field], w["spec"][field], "{field}");
+            }
+        }
+    }
+
+    #[test]
+    fn in_a_waypoint_only_the_route_plugin_is_generated_attached_to_the_service() {
+        let p = plan(&gate()).unwrap();
+        let owner = Owner { name: "payment-svc".into(), uid: "u-1".into() };
+        for kind in [PluginKind::WasmPlugin, PluginKind::TrafficExtension] {
+            let objs = objects_for(&p, ("payment-svc", 8080), &owner, &install(), Placement { kind, waypoint: true });
+            assert_eq!(objs.len(), 1, "no snapshot plugin, Service or policies on pod ports");
+            let spec = &objs[0]["spec"];
+            assert_eq!(spec["targetRefs"], json!([{ "group": "", "kind": "Service", "name": "payment-svc" }]));
+            assert!(spec.get("selector").is_none() && spec.get("match").is_none(), "{spec}");
+            assert_eq!(objs[0]["metadata"]["ownerReferences"][0]["uid"], "u-1");
+        }
     }
 
     #[test]

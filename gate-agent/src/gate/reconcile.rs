@@ -36,6 +36,10 @@ pub enum Blocked {
     RouteUnreadable(String),
     /// The generated objects could not be applied.
     ApplyFailed(String),
+    /// Waypoint mode, and the Service has no waypoint that runs the filter (ztunnel-only, an
+    /// agentgateway waypoint, ...), or its replicas cannot be read yet: the reason and the fix
+    /// ([`crate::mesh::waypoint::WaypointProblem`]).
+    Waypoint { reason: &'static str, message: String },
 }
 
 impl Blocked {
@@ -45,6 +49,7 @@ impl Blocked {
             Blocked::RouteLabelMatchMissing(_) => "RouteLabelMatchMissing",
             Blocked::RouteUnreadable(_) => "RouteUnreadable",
             Blocked::ApplyFailed(_) => "ApplyFailed",
+            Blocked::Waypoint { reason, .. } => reason,
         }
     }
 
@@ -52,6 +57,7 @@ impl Blocked {
         match self {
             Blocked::Invalid(e) => e.to_string(),
             Blocked::RouteLabelMatchMissing(m) | Blocked::RouteUnreadable(m) | Blocked::ApplyFailed(m) => m.clone(),
+            Blocked::Waypoint { message, .. } => message.clone(),
         }
     }
 }

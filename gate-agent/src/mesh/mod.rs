@@ -8,8 +8,10 @@
 
 pub mod discovery;
 pub mod events;
+pub mod extension;
 pub mod lease;
 pub mod wasmplugin;
+pub mod waypoint;
 
 use std::time::Duration;
 

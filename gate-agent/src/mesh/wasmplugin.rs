@@ -1,4 +1,6 @@
-//! The mesh router: the canary weight lives in an Istio `WasmPlugin`'s `spec.pluginConfig`.
+//! The mesh router: the canary weight lives in an Istio `WasmPlugin`'s `spec.pluginConfig`, or a
+//! `TrafficExtension`'s `spec.wasm.pluginConfig` (its successor; [`super::extension`]). Everything
+//! below holds for both kinds alike; "WasmPlugin" stands for either.
 //!
 //! istiod pushes the plugin configuration to every proxy that runs the filter, so the
 //! WasmPlugin is the durable state of the whole fleet. Each write is a JSON merge patch of the
@@ -33,11 +35,12 @@ use canary_core::guard::Guard;
 
 use canary_core::config::{RouteConfig, parse_route};
 use canary_core::{RolloutRecord, Weight};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::{CustomResource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::extension::{PluginKind, TrafficExtension};
 use super::lease::{Leadership, Term};
 use super::{FIELD_MANAGER, bounded, bounded_unless_conflict};
 use crate::router::{RouterError, WeightRouter};
@@ -55,10 +58,12 @@ pub struct WasmPluginSpec {
     pub other: BTreeMap<String, serde_json::Value>,
 }
 
-/// Moves the weight by patching one WasmPlugin.
+/// Moves the weight by patching one WasmPlugin or TrafficExtension ([`PluginKind`]): the same
+/// protocol for both, only the path of the configuration differs.
 #[derive(Clone)]
-pub struct WasmPluginRouter {
-    api: Api<WasmPlugin>,
+pub struct PluginRouter {
+    api: Api<DynamicObject>,
+    kind: PluginKind,
     name: String,
     timeout: Duration,
     attempts: u32,
@@ -68,19 +73,54 @@ pub struct WasmPluginRouter {
     guard: Option<Guard>,
 }
 
+/// The router as it was first named, when WasmPlugin was the only kind.
+pub type WasmPluginRouter = PluginRouter;
+
 /// The annotation that carries the term of the leader that last wrote the agent's fields.
 pub const TERM_ANNOTATION: &str = "canary-gate.io/leader-term";
 
-impl std::fmt::Debug for WasmPluginRouter {
+impl std::fmt::Debug for PluginRouter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WasmPluginRouter").field("name", &self.name).field("timeout", &self.timeout).finish()
+        f.debug_struct("PluginRouter")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
-impl WasmPluginRouter {
+impl PluginRouter {
     /// A router for WasmPlugin `name` through `api` (namespaced), bounding each call by `timeout`.
     pub fn new(api: Api<WasmPlugin>, name: &str, timeout: Duration) -> Self {
-        WasmPluginRouter { api, name: name.to_owned(), timeout, attempts: 5, fence: None, guard: None }
+        let namespace = api.namespace().map(str::to_owned);
+        Self::of_kind(api.into_client(), namespace.as_deref(), PluginKind::WasmPlugin, name, timeout)
+    }
+
+    /// A router for TrafficExtension `name` through `api` (namespaced).
+    pub fn traffic_extension(api: Api<TrafficExtension>, name: &str, timeout: Duration) -> Self {
+        let namespace = api.namespace().map(str::to_owned);
+        Self::of_kind(api.into_client(), namespace.as_deref(), PluginKind::TrafficExtension, name, timeout)
+    }
+
+    /// A router for the `kind` object `name` in `namespace` (the client's default without one).
+    pub fn of_kind(
+        client: kube::Client,
+        namespace: Option<&str>,
+        kind: PluginKind,
+        name: &str,
+        timeout: Duration,
+    ) -> Self {
+        let ar = kind.api_resource();
+        let api = match namespace {
+            Some(ns) => Api::namespaced_with(client, ns, &ar),
+            None => Api::default_namespaced_with(client, &ar),
+        };
+        PluginRouter { api, kind, name: name.to_owned(), timeout, attempts: 5, fence: None, guard: None }
+    }
+
+    /// The kind this router writes.
+    pub fn kind(&self) -> PluginKind {
+        self.kind
     }
 
     /// Writes `guard` into the pluginConfig with every weight, so the proxies refuse a weight
@@ -111,7 +151,7 @@ impl WasmPluginRouter {
     }
 
     fn what(&self) -> String {
-        format!("WasmPlugin {}", self.name)
+        format!("{} {}", self.kind, self.name)
     }
 
     fn remote(&self, message: String) -> RouterError {
@@ -119,16 +159,16 @@ impl WasmPluginRouter {
     }
 
     fn malformed(&self, problem: impl Into<String>) -> RouterError {
-        RouterError::Invalid { what: format!("WasmPlugin {} spec.pluginConfig", self.name), problem: problem.into() }
+        RouterError::Invalid { what: format!("{} {}", self.what(), self.kind.config_path()), problem: problem.into() }
     }
 
-    /// The WasmPlugin as an Event's `involvedObject`, with its uid (`kubectl describe` lists only
+    /// The object as an Event's `involvedObject`, with its uid (`kubectl describe` lists only
     /// the Events whose `involvedObject.uid` is the object's).
     pub async fn reference(&self) -> Result<k8s_openapi::api::core::v1::ObjectReference, RouterError> {
         let plugin = bounded(self.timeout, self.api.get(&self.name)).await.map_err(|m| self.remote(m))?;
         Ok(k8s_openapi::api::core::v1::ObjectReference {
-            api_version: Some("extensions.istio.io/v1alpha1".into()),
-            kind: Some("WasmPlugin".into()),
+            api_version: Some(self.kind.api_version()),
+            kind: Some(self.kind.kind().into()),
             name: Some(self.name.clone()),
             namespace: plugin.metadata.namespace.clone(),
             uid: plugin.metadata.uid.clone(),
@@ -136,15 +176,16 @@ impl WasmPluginRouter {
         })
     }
 
-    /// Reads the WasmPlugin: its route configuration and the resourceVersion it came with.
+    /// Reads the object: its route configuration and the resourceVersion it came with.
     async fn read(&self) -> Result<(RouteConfig, Option<String>), RouterError> {
         let plugin = bounded(self.timeout, self.api.get(&self.name)).await.map_err(|m| self.remote(m))?;
         Ok((self.route_of(&plugin)?, plugin.resource_version()))
     }
 
-    /// The route configuration in a WasmPlugin's pluginConfig, checked by the filter's parser.
-    fn route_of(&self, plugin: &WasmPlugin) -> Result<RouteConfig, RouterError> {
-        let config = plugin.spec.plugin_config.as_ref().ok_or_else(|| self.malformed("is missing"))?;
+    /// The route configuration in the object's pluginConfig, checked by the filter's parser.
+    fn route_of(&self, plugin: &DynamicObject) -> Result<RouteConfig, RouterError> {
+        // `data` is the object without apiVersion, kind and metadata, so the pointer starts at spec.
+        let config = plugin.data.pointer(self.kind.config_pointer()).ok_or_else(|| self.malformed("is missing"))?;
         route_config_of(config).map_err(|e| self.malformed(e))
     }
 }
@@ -188,7 +229,25 @@ pub fn weight_patch(
     Ok(serde_json::json!({ "metadata": metadata, "spec": { "pluginConfig": config } }))
 }
 
-impl WeightRouter for WasmPluginRouter {
+/// [`weight_patch`] for `kind`: the agent's fields where that kind keeps its configuration.
+pub fn weight_patch_for(
+    kind: PluginKind,
+    resource_version: Option<&str>,
+    weight: Weight,
+    revision: u64,
+    record: &RolloutRecord,
+    term: Option<&Term>,
+    guard: Option<&Guard>,
+) -> Result<serde_json::Value, serde_json::Error> {
+    let mut patch = weight_patch(resource_version, weight, revision, record, term, guard)?;
+    if let Some(spec) = patch.get_mut("spec") {
+        let config = spec.get_mut("pluginConfig").map(serde_json::Value::take).unwrap_or_default();
+        *spec = kind.spec_with_config(config);
+    }
+    Ok(patch)
+}
+
+impl WeightRouter for PluginRouter {
     async fn current(&self) -> Result<RouteConfig, RouterError> {
         self.read().await.map(|(route, _)| route)
     }
@@ -210,8 +269,15 @@ impl WeightRouter for WasmPluginRouter {
             }
             let revision = current.revision.saturating_add(1);
             let version = plugin.resource_version();
-            let patch =
-                weight_patch(version.as_deref(), weight, revision, &record, term.as_ref(), self.guard.as_ref())?;
+            let patch = weight_patch_for(
+                self.kind,
+                version.as_deref(),
+                weight,
+                revision,
+                &record,
+                term.as_ref(),
+                self.guard.as_ref(),
+            )?;
             let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
             let merge = Patch::Merge(&patch);
             // The resourceVersion makes the check above and this write one step: a newer term's
@@ -223,7 +289,7 @@ impl WeightRouter for WasmPluginRouter {
             match patched {
                 Some(plugin) => return self.route_of(&plugin),
                 // Someone wrote in between: read again and recompute, never overwrite blindly.
-                None => tracing::info!(wasmplugin = %self.name, "resourceVersion conflict; reading again"),
+                None => tracing::info!(kind = %self.kind, name = %self.name, "resourceVersion conflict; reading again"),
             }
         }
         Err(RouterError::Conflict { what: self.what(), attempts: self.attempts })
@@ -245,6 +311,18 @@ mod tests {
         assert_eq!(keys, ["canary_weight", "revision", "rollout_state"]);
         assert_eq!(cfg["canary_weight"], 25);
         assert_eq!(p["spec"].as_object().unwrap().len(), 1, "nothing else in spec");
+    }
+
+    #[test]
+    fn a_traffic_extensions_patch_puts_the_same_fields_under_wasm() {
+        let record = RolloutRecord::new(canary_core::RolloutPhase::Progressing, 1, "step 2", 5);
+        let w = Weight::from_percent(25.0).unwrap();
+        let wp = weight_patch_for(PluginKind::WasmPlugin, Some("42"), w, 8, &record, None, None).unwrap();
+        let te = weight_patch_for(PluginKind::TrafficExtension, Some("42"), w, 8, &record, None, None).unwrap();
+        assert_eq!(te["metadata"], wp["metadata"]);
+        assert_eq!(te["spec"]["wasm"]["pluginConfig"], wp["spec"]["pluginConfig"]);
+        assert_eq!(te["spec"].as_object().unwrap().len(), 1, "nothing else in spec: {te}");
+        assert_eq!(te["spec"]["wasm"].as_object().unwrap().len(), 1, "nothing else in spec.wasm: {te}");
     }
 
     #[test]
