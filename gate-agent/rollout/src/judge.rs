@@ -10,15 +10,33 @@
 //!   α is split evenly among the active tests. A rejection is a *decisive* failure.
 //! * **Window checks** in Flagger's style, over each metric's trailing `interval`: success rate
 //!   (%) at or above `min`, p99 (ms) at or below `max`. A miss is an ordinary failed check (the
-//!   rollout counts those toward `threshold`), unless the failure rate is so far above the SLO's
-//!   budget ([`FAR_ABOVE_BUDGET`]×, with at least [`FAR_ABOVE_MIN_FAILURES`] failures) that
-//!   waiting would only hurt users: then it is decisive too. In a window too small for the bound
+//!   rollout counts those toward `threshold`), never a decisive one (see *Why no window check is
+//!   decisive* below). In a window too small for the bound
 //!   to allow a single event (fewer than 100 requests against 99%), one failure or one slow
 //!   request already misses it; there a miss counts only when it is significant at the spec's α
 //!   (see [`inconclusive_miss`]), and is otherwise *not enough data*: the step holds,
 //!   neither promoting nor counting a failed check. Without this, one failure in 30 requests
 //!   failed three overlapping checks and rolled back a third of healthy canaries at 1 req/s
 //!   (`make bench`, decision quality).
+//!
+//! # Why no window check is decisive
+//!
+//! An earlier rule made a window decisive when its failure rate was at least 10× the SLO's budget
+//! `p0` with at least 10 failures. It is a fixed-sample rule read at every tick, and its error
+//! cannot be bounded independently of how often it is read. One look at a window of `n` requests
+//! with a true rate `p0` fires with probability `P(Bin(n, p0) ≥ k)`, `k = max(10, 10·n·p0)`; by
+//! Chernoff that is at most `exp(−n·KL(k/n ‖ p0)) ≤ exp(−k(ln 10 − 0.9)) ≤ e^−14 ≈ 8·10⁻⁷`. That
+//! is small per look, but the only bound over a rollout is the union over looks: a look every
+//! 250 ms for an hour is 14,400 looks and a bound of 1.2%, more than the whole α = 1% and growing
+//! without limit with the rollout's length (overlapping windows are dependent, so the union bound
+//! is loose, but nothing better is available without a sequential argument). It also carries no
+//! share of α, so the Bonferroni split above would no longer be the false-alarm level.
+//!
+//! The question it answered, "is the canary burning the budget many times too fast", is the
+//! [`SloTest`]'s alternative for burn rates 6, 14.4 and 50, which is valid under any number of
+//! looks and already inside the α split. So the rule was dropped rather than repaired: a window
+//! far above the budget is an ordinary failed check, and the SLO test decides the rollback.
+//! `make bench` (decision quality) reports what that costs in time to rollback.
 //!
 //! No canary requests in a check's window, or no proxy reporting at all, is *not enough data*:
 //! never a pass.
@@ -51,11 +69,6 @@ pub const GATE_LATENCY_REFERENCE_SAMPLES: u64 = 2_000;
 /// this many µs or a fifth of that p99, whichever is more: a canary a few ms slower in the
 /// tail is not worth a rollback, one that adds 200 ms is.
 pub const LATENCY_TOLERANCE_US: u64 = 10_000;
-/// A window failure rate this many times the SLO's budget is a decisive breach...
-pub const FAR_ABOVE_BUDGET: f64 = 10.0;
-/// ...once it rests on at least this many failures (one failure in two requests proves little).
-pub const FAR_ABOVE_MIN_FAILURES: u64 = 10;
-
 /// Names of the sequential tests, as shown in `/status` and `/metrics`.
 pub const TEST_ERRORS_VS_STABLE: &str = "errors: canary vs stable";
 pub const TEST_ERRORS_VS_SLO: &str = "errors: canary vs SLO";
@@ -567,12 +580,8 @@ fn window_check(m: &Metric, canary: &canary_core::SubsetCounters, alpha: f64) ->
         MetricKind::SuccessRate { min_percent } => {
             let rate = 100.0 * ratio(canary.successes, n);
             let budget = 1.0 - min_percent / 100.0;
-            let failure_rate = ratio(canary.failures, n);
-            let far_above = canary.failures >= FAR_ABOVE_MIN_FAILURES && failure_rate >= FAR_ABOVE_BUDGET * budget;
             let thin = (rate < min_percent).then(|| inconclusive_miss(n, canary.failures, budget, alpha)).flatten();
-            let (finding, cmp) = if far_above {
-                (Finding::Decisive, "<")
-            } else if thin.is_some() {
+            let (finding, cmp) = if thin.is_some() {
                 (Finding::NoData, "<")
             } else if rate < min_percent {
                 (Finding::Fail, "<")
@@ -583,9 +592,7 @@ fn window_check(m: &Metric, canary: &canary_core::SubsetCounters, alpha: f64) ->
                 "{check} {rate:.2}% {cmp} {min_percent}% over {over} ({} failed of {n} canary requests)",
                 canary.failures
             );
-            if far_above {
-                text.push_str(&format!("; errors at {:.1}× the error budget", failure_rate / budget));
-            } else if let Some(chance) = thin {
+            if let Some(chance) = thin {
                 text.push_str(&too_few(chance));
             }
             Reason { check, finding, observed: Some(rate), threshold: Some(min_percent), samples: n, text }
@@ -709,12 +716,31 @@ metrics:
     }
 
     #[test]
-    fn a_failure_rate_far_above_the_budget_is_decisive() {
+    fn a_failure_rate_far_above_the_budget_is_decided_by_the_slo_test_not_the_window() {
         let mut j = judge();
         let v = j.assess(&window(1000, (900, 0, 20), (100, 40, 20)));
         assert!(v.is_decisive(), "{}", v.summary());
-        assert!(v.reasons.iter().any(|r| r.check == "request-success-rate" && r.finding == Finding::Decisive));
+        assert!(v.reasons.iter().any(|r| r.check == "request-success-rate" && r.finding == Finding::Fail));
         assert!(v.reasons.iter().any(|r| r.check == TEST_ERRORS_VS_SLO && r.finding == Finding::Decisive));
+    }
+
+    #[test]
+    fn ten_times_the_budget_in_one_window_is_an_ordinary_failed_check() {
+        // A canary healthy for five minutes, then a window with 10 failures in 100 against a 1%
+        // budget: the old window rule's exact trigger. The stable fails as often in that window,
+        // so the comparison sees nothing, and the SLO test's evidence is far below zero after
+        // 30,000 clean requests. So this is a failed check that counts toward the threshold,
+        // not a rollback: the price of dropping the rule is that such a burst takes the
+        // threshold's checks (or more evidence) to roll back.
+        let mut j = judge();
+        for t in 1..=30 {
+            let v = j.assess(&window(t * 10_000, (9_000, 0, 20), (1_000, 0, 20)));
+            assert_eq!(v.kind, VerdictKind::Pass, "{}", v.summary());
+        }
+        let v = j.assess(&window(310_000, (900, 90, 20), (100, 10, 20)));
+        assert_eq!(v.kind, VerdictKind::Fail { decisive: false }, "{}", v.summary());
+        assert!(v.reasons.iter().all(|r| r.finding != Finding::Decisive), "{}", v.summary());
+        assert!(v.reasons[0].text.starts_with("request-success-rate 90.00% < 99%"), "{}", v.reasons[0].text);
     }
 
     #[test]
