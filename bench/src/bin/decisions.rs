@@ -1178,3 +1178,33 @@ fn markdown(gates: &[GateRun], typo: &[TypoCell], setup: &Setup, latency: &Laten
     }
     md
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clopper_pearson_matches_the_closed_forms_at_the_edges() {
+        // k = 0: the upper end solves (1 − p)^n = 0.025; k = n: the lower end solves p^n = 0.025.
+        let (lo, hi) = clopper_pearson(0, 100);
+        assert_eq!(lo, 0.0);
+        assert!((hi - (1.0 - 0.025f64.powf(0.01))).abs() < 1e-9, "{hi}");
+        let (lo, hi) = clopper_pearson(100, 100);
+        assert!((lo - 0.025f64.powf(0.01)).abs() < 1e-9 && hi == 1.0, "{lo}");
+    }
+
+    #[test]
+    fn clopper_pearson_is_symmetric_and_leaves_two_and_a_half_percent_outside_each_end() {
+        for (k, n) in [(7, 1000), (3, 200), (50, 120)] {
+            let (lo, hi) = clopper_pearson(k, n);
+            let (lo2, hi2) = clopper_pearson(n - k, n);
+            assert!((lo - (1.0 - hi2)).abs() < 1e-9 && (hi - (1.0 - lo2)).abs() < 1e-9, "{k}/{n}");
+            assert!((binomial_cdf(k, n, hi) - 0.025).abs() < 1e-6, "{k}/{n}");
+            assert!((1.0 - binomial_cdf(k - 1, n, lo) - 0.025).abs() < 1e-6, "{k}/{n}");
+            assert!(lo < k as f64 / n as f64 && hi > k as f64 / n as f64);
+        }
+        // The example: 7 of 1000 reads 0.70%, but the goal of 1% is not shown.
+        let (_, hi) = clopper_pearson(7, 1000);
+        assert!(hi > 0.01 && hi < 0.015, "{hi}");
+    }
+}

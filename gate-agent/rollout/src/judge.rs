@@ -758,6 +758,31 @@ metrics:
     }
 
     #[test]
+    fn under_a_a_traffic_read_every_tick_decisive_verdicts_stay_below_alpha() {
+        // Many looks: identical versions failing exactly at the SLO's budget (1%, the worst case
+        // the SLO test covers), judged every second for ten minutes, 120 rollouts. Every decisive
+        // verdict now comes from a sequential test, so the share of rollouts that ever see one is
+        // bounded by α (0.01 here), however many looks there are; the count is checked against a
+        // generous binomial bound for 120 trials at α.
+        let mut sim = crate::sim::Sim::new(0xa11);
+        let (runs, mut alarms) = (120, 0);
+        for _ in 0..runs {
+            let mut j = judge();
+            for t in 1..=600u64 {
+                let n_c = sim.binomial(40, 0.25);
+                let n_s = 40 - n_c;
+                let w = window(t * 1000, (n_s, sim.binomial(n_s, 0.01), 20), (n_c, sim.binomial(n_c, 0.01), 20));
+                if j.assess(&w).is_decisive() {
+                    alarms += 1;
+                    break;
+                }
+            }
+        }
+        // P(Bin(120, 0.01) ≥ 5) < 0.01: more than 4 alarms would mean the level is not held.
+        assert!(alarms <= 4, "{alarms} of {runs} A/A rollouts saw a decisive verdict");
+    }
+
+    #[test]
     fn one_failure_in_a_window_too_small_for_the_bound_holds_instead_of_failing_a_check() {
         // 30 requests against 99%: the bound allows 0.3 failures, so one failure reads 96.67%.
         let mut j = judge();
