@@ -394,7 +394,13 @@ impl Judge {
         self.stable.failures = self.stable.failures.saturating_add(s.failures);
 
         let (ce, se) = (Count::new(c.requests, c.failures), Count::new(s.requests, s.failures));
-        self.errors_vs_stable.observe(ce, se);
+        // The comparisons take each proxy as a stratum with its own canary share (see
+        // `ComparisonTest`); a hand-built window without per-proxy counts is one stratum.
+        let strata: &[ByRole] =
+            if window.by_proxy.is_empty() { std::slice::from_ref(&window.counts) } else { &window.by_proxy };
+        self.errors_vs_stable.observe_strata(strata.iter().map(|p| {
+            (Count::new(p.canary.requests, p.canary.failures), Count::new(p.stable.requests, p.stable.failures))
+        }));
         if let Some(t) = &mut self.gate_errors {
             t.observe(ce, se);
         }
@@ -423,10 +429,12 @@ impl Judge {
             t.observe(Count::new(c.latency.count(), c.latency.count_above(*bound)));
         }
         match self.latency_reference_us {
-            Some(reference) => self.latency_vs_stable.observe(
-                Count::new(c.latency.count(), c.latency.count_above(reference)),
-                Count::new(s.latency.count(), s.latency.count_above(reference)),
-            ),
+            Some(reference) => self.latency_vs_stable.observe_strata(strata.iter().map(|p| {
+                (
+                    Count::new(p.canary.latency.count(), p.canary.latency.count_above(reference)),
+                    Count::new(p.stable.latency.count(), p.stable.latency.count_above(reference)),
+                )
+            })),
             // The reference comes from stable requests only and is fixed before the test uses
             // it, so under "same latency" slow requests stay equally likely on both sides.
             None => {
