@@ -765,7 +765,7 @@ impl AaCell {
     }
 
     /// Goal: healthy canaries are promoted; met when the interval's lower end is at least 95%
-    /// (the rest is the allowed false rollbacks and rollouts still held after the simulated hour).
+    /// (the rest is the allowed false rollbacks and rollouts still held after the simulated two hours).
     fn promotion_goal_met(&self) -> bool {
         self.promoted_ci.0 >= HEALTHY_PROMOTED_GOAL
     }
@@ -968,6 +968,11 @@ fn top_causes(causes: &[(String, usize)], total: usize) -> String {
         .join("; ")
 }
 
+/// Seconds with their unit, or "not within 2 h" past the simulated horizon.
+fn with_unit(v: Option<f64>) -> String {
+    v.map_or_else(|| format!("not within {} h", MAX_ROLLOUT_MS / 3_600_000), |s| format!("{s:.0} s"))
+}
+
 fn interval(ci: (f64, f64)) -> String {
     format!("{}–{}", pct(ci.0), pct(ci.1))
 }
@@ -1022,7 +1027,7 @@ fn markdown(gates: &[GateRun], typo: &[TypoCell], setup: &Setup, latency: &Laten
     for g in gates {
         for c in &g.aa {
             line(format!(
-                "| {} | {}/s | {} | {} | {} | {} | {} | {} | {} | {} | {} s / {} s | {} |",
+                "| {} | {}/s | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |",
                 if g.gate { "on" } else { "off" },
                 c.canary_rate,
                 c.rollouts,
@@ -1033,8 +1038,8 @@ fn markdown(gates: &[GateRun], typo: &[TypoCell], setup: &Setup, latency: &Laten
                 c.promoted,
                 interval(c.promoted_ci),
                 verdict(c.promotion_goal_met()),
-                secs(c.promote_s[0]),
-                secs(c.promote_s[1]),
+                with_unit(c.promote_s[0]),
+                with_unit(c.promote_s[1]),
                 top_causes(&c.causes, c.rollbacks)
             ));
         }
@@ -1092,7 +1097,7 @@ fn markdown(gates: &[GateRun], typo: &[TypoCell], setup: &Setup, latency: &Laten
          0.1% baseline lie inside it (0.2% and 0.5% against a margin of 0.6%), so promoting them is the gate \
          working as specified, and they have no goal. *Detect* is seconds from the canary's first request to the \
          decision to go to 0%; \"never\" means that percentile of trials was not rolled back (promoted, or still \
-         held after the simulated hour)."
+         held after the simulated two hours)."
             .into(),
     );
     line(String::new());
