@@ -79,6 +79,12 @@ pub struct Window {
     pub to_ms: u64,
     /// New requests per role, summed over every proxy.
     pub counts: ByRole,
+    /// The same counts per target (one entry per proxy that counted anything), so that the
+    /// comparison tests can use each proxy's own canary share: while a new weight propagates,
+    /// proxies apply different weights, and pooling their counts would mix those shares.
+    /// Empty in hand-built windows; then the pooled counts stand for one proxy.
+    #[serde(skip)]
+    pub by_proxy: Vec<ByRole>,
     /// Targets that gave at least one usable snapshot in the window.
     pub proxies_reporting: usize,
     /// Targets whose last read failed.
@@ -159,6 +165,8 @@ pub struct Fleet {
     staleness_ms: u64,
     proxies: BTreeMap<String, Proxy>,
     pending: ByRole,
+    /// `pending` per target.
+    pending_by_proxy: BTreeMap<String, ByRole>,
     pending_misrouted: u64,
     misrouted_cluster: Option<String>,
     resets: u32,
@@ -174,6 +182,7 @@ impl Fleet {
             staleness_ms: millis(staleness),
             proxies: BTreeMap::new(),
             pending: ByRole::default(),
+            pending_by_proxy: BTreeMap::new(),
             pending_misrouted: 0,
             misrouted_cluster: None,
             resets: 0,
@@ -221,6 +230,7 @@ impl Fleet {
             };
             if let Some(d) = delta {
                 self.pending.get_mut(s.role).merge(&d);
+                self.pending_by_proxy.entry(target.to_owned()).or_default().get_mut(s.role).merge(&d);
             }
             baseline.insert(s.subset.clone(), s.counters.clone());
         }
@@ -289,6 +299,7 @@ impl Fleet {
             proxy.reported_in_window = false;
         }
         let counts = std::mem::take(&mut self.pending);
+        let by_proxy = std::mem::take(&mut self.pending_by_proxy).into_values().collect();
         self.totals.merge(&counts);
         let from_ms = self.window_from_ms.unwrap_or(now_ms);
         self.window_from_ms = Some(now_ms);
@@ -296,6 +307,7 @@ impl Fleet {
             from_ms,
             to_ms: now_ms,
             counts,
+            by_proxy,
             proxies_reporting: reporting,
             failing,
             stale,
@@ -405,6 +417,14 @@ mod tests {
         assert_eq!((w.canary().requests, w.canary().failures), (35, 5));
         assert_eq!(w.proxies_reporting, 2);
         assert_eq!(f.totals().canary.requests, 35);
+        // Each proxy's own counts are kept beside the sum, for the comparisons' strata.
+        let per: Vec<(u64, u64, u64, u64)> = w
+            .by_proxy
+            .iter()
+            .map(|p| (p.stable.requests, p.stable.failures, p.canary.requests, p.canary.failures))
+            .collect();
+        assert_eq!(per, vec![(101, 1, 11, 1), (100, 0, 24, 4)], "proxy a, then b; they sum to the window");
+        assert!(f.take_window(2_000).by_proxy.is_empty(), "handed out once");
     }
 
     #[test]

@@ -10,15 +10,33 @@
 //!   α is split evenly among the active tests. A rejection is a *decisive* failure.
 //! * **Window checks** in Flagger's style, over each metric's trailing `interval`: success rate
 //!   (%) at or above `min`, p99 (ms) at or below `max`. A miss is an ordinary failed check (the
-//!   rollout counts those toward `threshold`), unless the failure rate is so far above the SLO's
-//!   budget ([`FAR_ABOVE_BUDGET`]×, with at least [`FAR_ABOVE_MIN_FAILURES`] failures) that
-//!   waiting would only hurt users: then it is decisive too. In a window too small for the bound
+//!   rollout counts those toward `threshold`), never a decisive one (see *Why no window check is
+//!   decisive* below). In a window too small for the bound
 //!   to allow a single event (fewer than 100 requests against 99%), one failure or one slow
 //!   request already misses it; there a miss counts only when it is significant at the spec's α
 //!   (see [`inconclusive_miss`]), and is otherwise *not enough data*: the step holds,
 //!   neither promoting nor counting a failed check. Without this, one failure in 30 requests
 //!   failed three overlapping checks and rolled back a third of healthy canaries at 1 req/s
 //!   (`make bench`, decision quality).
+//!
+//! # Why no window check is decisive
+//!
+//! An earlier rule made a window decisive when its failure rate was at least 10× the SLO's budget
+//! `p0` with at least 10 failures. It is a fixed-sample rule read at every tick, and its error
+//! cannot be bounded independently of how often it is read. One look at a window of `n` requests
+//! with a true rate `p0` fires with probability `P(Bin(n, p0) ≥ k)`, `k = max(10, 10·n·p0)`; by
+//! Chernoff that is at most `exp(−n·KL(k/n ‖ p0)) ≤ exp(−k(ln 10 − 0.9)) ≤ e^−14 ≈ 8·10⁻⁷`. That
+//! is small per look, but the only bound over a rollout is the union over looks: a look every
+//! 250 ms for an hour is 14,400 looks and a bound of 1.2%, more than the whole α = 1% and growing
+//! without limit with the rollout's length (overlapping windows are dependent, so the union bound
+//! is loose, but nothing better is available without a sequential argument). It also carries no
+//! share of α, so the Bonferroni split above would no longer be the false-alarm level.
+//!
+//! The question it answered, "is the canary burning the budget many times too fast", is the
+//! [`SloTest`]'s alternative for burn rates 6, 14.4 and 50, which is valid under any number of
+//! looks and already inside the α split. So the rule was dropped rather than repaired: a window
+//! far above the budget is an ordinary failed check, and the SLO test decides the rollback.
+//! `make bench` (decision quality) reports what that costs in time to rollback.
 //!
 //! No canary requests in a check's window, or no proxy reporting at all, is *not enough data*:
 //! never a pass.
@@ -51,11 +69,6 @@ pub const GATE_LATENCY_REFERENCE_SAMPLES: u64 = 2_000;
 /// this many µs or a fifth of that p99, whichever is more: a canary a few ms slower in the
 /// tail is not worth a rollback, one that adds 200 ms is.
 pub const LATENCY_TOLERANCE_US: u64 = 10_000;
-/// A window failure rate this many times the SLO's budget is a decisive breach...
-pub const FAR_ABOVE_BUDGET: f64 = 10.0;
-/// ...once it rests on at least this many failures (one failure in two requests proves little).
-pub const FAR_ABOVE_MIN_FAILURES: u64 = 10;
-
 /// Names of the sequential tests, as shown in `/status` and `/metrics`.
 pub const TEST_ERRORS_VS_STABLE: &str = "errors: canary vs stable";
 pub const TEST_ERRORS_VS_SLO: &str = "errors: canary vs SLO";
@@ -381,7 +394,13 @@ impl Judge {
         self.stable.failures = self.stable.failures.saturating_add(s.failures);
 
         let (ce, se) = (Count::new(c.requests, c.failures), Count::new(s.requests, s.failures));
-        self.errors_vs_stable.observe(ce, se);
+        // The comparisons take each proxy as a stratum with its own canary share (see
+        // `ComparisonTest`); a hand-built window without per-proxy counts is one stratum.
+        let strata: &[ByRole] =
+            if window.by_proxy.is_empty() { std::slice::from_ref(&window.counts) } else { &window.by_proxy };
+        self.errors_vs_stable.observe_strata(strata.iter().map(|p| {
+            (Count::new(p.canary.requests, p.canary.failures), Count::new(p.stable.requests, p.stable.failures))
+        }));
         if let Some(t) = &mut self.gate_errors {
             t.observe(ce, se);
         }
@@ -410,10 +429,12 @@ impl Judge {
             t.observe(Count::new(c.latency.count(), c.latency.count_above(*bound)));
         }
         match self.latency_reference_us {
-            Some(reference) => self.latency_vs_stable.observe(
-                Count::new(c.latency.count(), c.latency.count_above(reference)),
-                Count::new(s.latency.count(), s.latency.count_above(reference)),
-            ),
+            Some(reference) => self.latency_vs_stable.observe_strata(strata.iter().map(|p| {
+                (
+                    Count::new(p.canary.latency.count(), p.canary.latency.count_above(reference)),
+                    Count::new(p.stable.latency.count(), p.stable.latency.count_above(reference)),
+                )
+            })),
             // The reference comes from stable requests only and is fixed before the test uses
             // it, so under "same latency" slow requests stay equally likely on both sides.
             None => {
@@ -567,12 +588,8 @@ fn window_check(m: &Metric, canary: &canary_core::SubsetCounters, alpha: f64) ->
         MetricKind::SuccessRate { min_percent } => {
             let rate = 100.0 * ratio(canary.successes, n);
             let budget = 1.0 - min_percent / 100.0;
-            let failure_rate = ratio(canary.failures, n);
-            let far_above = canary.failures >= FAR_ABOVE_MIN_FAILURES && failure_rate >= FAR_ABOVE_BUDGET * budget;
             let thin = (rate < min_percent).then(|| inconclusive_miss(n, canary.failures, budget, alpha)).flatten();
-            let (finding, cmp) = if far_above {
-                (Finding::Decisive, "<")
-            } else if thin.is_some() {
+            let (finding, cmp) = if thin.is_some() {
                 (Finding::NoData, "<")
             } else if rate < min_percent {
                 (Finding::Fail, "<")
@@ -583,9 +600,7 @@ fn window_check(m: &Metric, canary: &canary_core::SubsetCounters, alpha: f64) ->
                 "{check} {rate:.2}% {cmp} {min_percent}% over {over} ({} failed of {n} canary requests)",
                 canary.failures
             );
-            if far_above {
-                text.push_str(&format!("; errors at {:.1}× the error budget", failure_rate / budget));
-            } else if let Some(chance) = thin {
+            if let Some(chance) = thin {
                 text.push_str(&too_few(chance));
             }
             Reason { check, finding, observed: Some(rate), threshold: Some(min_percent), samples: n, text }
@@ -709,12 +724,31 @@ metrics:
     }
 
     #[test]
-    fn a_failure_rate_far_above_the_budget_is_decisive() {
+    fn a_failure_rate_far_above_the_budget_is_decided_by_the_slo_test_not_the_window() {
         let mut j = judge();
         let v = j.assess(&window(1000, (900, 0, 20), (100, 40, 20)));
         assert!(v.is_decisive(), "{}", v.summary());
-        assert!(v.reasons.iter().any(|r| r.check == "request-success-rate" && r.finding == Finding::Decisive));
+        assert!(v.reasons.iter().any(|r| r.check == "request-success-rate" && r.finding == Finding::Fail));
         assert!(v.reasons.iter().any(|r| r.check == TEST_ERRORS_VS_SLO && r.finding == Finding::Decisive));
+    }
+
+    #[test]
+    fn ten_times_the_budget_in_one_window_is_an_ordinary_failed_check() {
+        // A canary healthy for five minutes, then a window with 10 failures in 100 against a 1%
+        // budget: the old window rule's exact trigger. The stable fails as often in that window,
+        // so the comparison sees nothing, and the SLO test's evidence is far below zero after
+        // 30,000 clean requests. So this is a failed check that counts toward the threshold,
+        // not a rollback: the price of dropping the rule is that such a burst takes the
+        // threshold's checks (or more evidence) to roll back.
+        let mut j = judge();
+        for t in 1..=30 {
+            let v = j.assess(&window(t * 10_000, (9_000, 0, 20), (1_000, 0, 20)));
+            assert_eq!(v.kind, VerdictKind::Pass, "{}", v.summary());
+        }
+        let v = j.assess(&window(310_000, (900, 90, 20), (100, 10, 20)));
+        assert_eq!(v.kind, VerdictKind::Fail { decisive: false }, "{}", v.summary());
+        assert!(v.reasons.iter().all(|r| r.finding != Finding::Decisive), "{}", v.summary());
+        assert!(v.reasons[0].text.starts_with("request-success-rate 90.00% < 99%"), "{}", v.reasons[0].text);
     }
 
     #[test]
@@ -729,6 +763,31 @@ metrics:
             v = j.assess(&window(t * 1000, (900, 0, 20), (100, 0, 20)));
         }
         assert_eq!(v.kind, VerdictKind::Pass, "{}", v.summary());
+    }
+
+    #[test]
+    fn under_a_a_traffic_read_every_tick_decisive_verdicts_stay_below_alpha() {
+        // Many looks: identical versions failing exactly at the SLO's budget (1%, the worst case
+        // the SLO test covers), judged every second for ten minutes, 120 rollouts. Every decisive
+        // verdict now comes from a sequential test, so the share of rollouts that ever see one is
+        // bounded by α (0.01 here), however many looks there are; the count is checked against a
+        // generous binomial bound for 120 trials at α.
+        let mut sim = crate::sim::Sim::new(0xa11);
+        let (runs, mut alarms) = (120, 0);
+        for _ in 0..runs {
+            let mut j = judge();
+            for t in 1..=600u64 {
+                let n_c = sim.binomial(40, 0.25);
+                let n_s = 40 - n_c;
+                let w = window(t * 1000, (n_s, sim.binomial(n_s, 0.01), 20), (n_c, sim.binomial(n_c, 0.01), 20));
+                if j.assess(&w).is_decisive() {
+                    alarms += 1;
+                    break;
+                }
+            }
+        }
+        // P(Bin(120, 0.01) ≥ 5) < 0.01: more than 4 alarms would mean the level is not held.
+        assert!(alarms <= 4, "{alarms} of {runs} A/A rollouts saw a decisive verdict");
     }
 
     #[test]

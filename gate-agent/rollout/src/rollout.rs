@@ -34,8 +34,7 @@
 //! * [`Phase::RolledBack`]: the canary is at 0% after a decisive breach, `threshold` failed
 //!   checks, no data for too long, or the operator's command. Final.
 //!
-//! In every phase but the final two, a decisive breach (a sequential test rejects, or errors far
-//! above the SLO) rolls back at once, in the same tick — pausing never disables the kill path.
+//! In every phase but the final two, a decisive breach (a sequential test rejects) rolls back at once, in the same tick — pausing never disables the kill path.
 //!
 //! Guard rules (the weight-typo guard): no decision ever raises the canary above `maxWeight` or
 //! by more than one step, except a promotion to 100%, which is labelled as such

@@ -109,6 +109,19 @@ fn f(n: u64) -> f64 {
 /// hypergeometric, which is smaller than the binomial in convex order (Hoeffding 1963); the
 /// ratio is convex in `k_c` and has mean 1 under the binomial, so its mean under the
 /// hypergeometric is at most 1: the product is a supermartingale and Ville's bound holds.
+///
+/// *Strata* ([`ComparisonTest::observe_strata`]): while a new weight propagates, proxies apply
+/// different weights, so the canary's share differs from proxy to proxy. Pooling their counts
+/// uses one ρ for all of them, and if their event rates differ too (one proxy's clients or zone
+/// fail more, and that proxy still sends 10% to the canary while the others send 50%), an event
+/// no longer falls on the canary with the pooled share under "no difference": the pooled test can
+/// drift upwards with no regression at all. So each proxy is a stratum with its own ρ_i, and the
+/// tick's factor is the product over strata of `θ^k_c,i / (1 + ρ_i(θ − 1))^(k_c,i + k_s,i)`.
+/// Given the request counts, the strata's events are independent and each factor has mean at
+/// most 1 under "the canary's rate equals the stable's *on that proxy*" (the argument above, per
+/// stratum), so the product is still a supermartingale: the test now needs equal rates only
+/// within a proxy, not across the fleet. It costs no power when every proxy applies the same
+/// share: with ρ_i = ρ the exponents add up and the product equals the pooled factor exactly.
 #[derive(Debug, Clone)]
 pub struct ComparisonTest {
     name: String,
@@ -129,8 +142,19 @@ impl ComparisonTest {
         }
     }
 
-    /// Adds one tick's counts.
+    /// Adds one tick's counts, pooled over the fleet (one stratum).
     pub fn observe(&mut self, canary: Count, stable: Count) {
+        self.observe_stratum(canary, stable);
+    }
+
+    /// Adds one tick's counts given per stratum (per proxy), each with its own canary share.
+    pub fn observe_strata(&mut self, strata: impl IntoIterator<Item = (Count, Count)>) {
+        for (canary, stable) in strata {
+            self.observe_stratum(canary, stable);
+        }
+    }
+
+    fn observe_stratum(&mut self, canary: Count, stable: Count) {
         let (canary, stable) = (Count::new(canary.trials, canary.events), Count::new(stable.trials, stable.events));
         self.canary_trials = self.canary_trials.saturating_add(canary.trials);
         let events = canary.events.saturating_add(stable.events);
@@ -371,6 +395,85 @@ mod tests {
             assert!(caught.is_some_and(|t| t <= 2), "caught at {caught:?}");
             assert!(!cmp.rejected(), "the comparison alone is slow here");
         }
+    }
+
+    /// Two proxies in one tick while a new weight propagates: one still sends 10% to the canary,
+    /// the other already 50%; the first proxy's clients fail `rate_a`, the second's `rate_b`, and
+    /// on each proxy both versions fail alike (no regression). Returns whether the test rejected.
+    fn propagating(sim: &mut Sim, strata: bool, rate_a: f64, rate_b: f64) -> bool {
+        let mut cmp = ComparisonTest::new("c", 0.01);
+        for _ in 0..300 {
+            let mut ticks = Vec::new();
+            for (weight, rate) in [(0.1, rate_a), (0.5, rate_b)] {
+                let n_c = sim.binomial(200, weight);
+                ticks.push((
+                    Count::new(n_c, sim.binomial(n_c, rate)),
+                    Count::new(200 - n_c, sim.binomial(200 - n_c, rate)),
+                ));
+            }
+            if strata {
+                cmp.observe_strata(ticks);
+            } else {
+                let sum = |f: fn(&(Count, Count)) -> Count| {
+                    ticks
+                        .iter()
+                        .map(f)
+                        .fold(Count::default(), |a, c| Count::new(a.trials + c.trials, a.events + c.events))
+                };
+                cmp.observe(sum(|t| t.0), sum(|t| t.1));
+            }
+            if cmp.rejected() {
+                return true;
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn per_proxy_strata_hold_the_level_where_pooling_proxies_at_different_weights_does_not() {
+        // The proxy at 50% serves the clients that fail 5%; the one at 10% those that fail 0.1%.
+        // Pooled, the canary's share of failures is far above its pooled share of requests.
+        let mut sim = Sim::new(0x5717);
+        let runs = 100;
+        let pooled = (0..runs).filter(|_| propagating(&mut sim, false, 0.001, 0.05)).count();
+        let strata = (0..runs).filter(|_| propagating(&mut sim, true, 0.001, 0.05)).count();
+        assert!(pooled >= 50, "pooling rejects an A/A canary: {pooled} of {runs}");
+        assert!(strata <= 3, "per proxy it holds α = 0.01: {strata} of {runs}");
+    }
+
+    #[test]
+    fn strata_at_the_same_share_give_exactly_the_pooled_evidence() {
+        let (mut a, mut b) = (ComparisonTest::new("a", 0.01), ComparisonTest::new("b", 0.01));
+        a.observe_strata([(Count::new(100, 7), Count::new(400, 3)), (Count::new(50, 2), Count::new(200, 1))]);
+        b.observe(Count::new(150, 9), Count::new(600, 4));
+        assert!((a.log_evidence() - b.log_evidence()).abs() < 1e-9, "{} {}", a.log_evidence(), b.log_evidence());
+    }
+
+    #[test]
+    fn a_regression_is_still_found_per_proxy() {
+        let mut sim = Sim::new(11);
+        let mut found = 0;
+        for _ in 0..50 {
+            let mut cmp = ComparisonTest::new("c", 0.01);
+            for _ in 0..300 {
+                let strata: Vec<(Count, Count)> = [0.1, 0.5]
+                    .iter()
+                    .map(|w| {
+                        let n_c = sim.binomial(100, *w);
+                        (
+                            Count::new(n_c, sim.binomial(n_c, 0.05)),
+                            Count::new(100 - n_c, sim.binomial(100 - n_c, 0.005)),
+                        )
+                    })
+                    .collect();
+                cmp.observe_strata(strata);
+                if cmp.rejected() {
+                    found += 1;
+                    break;
+                }
+            }
+        }
+        assert!(found >= 48, "{found}/50");
     }
 
     #[test]
