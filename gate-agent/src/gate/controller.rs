@@ -85,6 +85,8 @@ pub type GateIndex = Arc<RwLock<BTreeMap<(String, String), GateHandle>>>;
 #[derive(Debug)]
 struct Run {
     stop: watch::Sender<bool>,
+    /// The latest edit, when it was refused: the loop goes on with the spec it started with.
+    refused: watch::Sender<Option<reconcile::RefusedEdit>>,
     handle: GateHandle,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -258,6 +260,22 @@ async fn reconcile_gate(
     let (ns, name) = (gate.namespace().unwrap_or_default(), gate.name_any());
     let uid = gate.uid().unwrap_or_default();
     let changed = state.generation != gate.metadata.generation || state.uid != uid;
+    let running_generation = state.generation;
+    if changed && state.uid == uid && state.run.is_some() {
+        // An edit of a running gate that gate-agent refuses does not stop its rollout: the loop
+        // goes on with the last good spec, and its status names the field to fix.
+        if let (Err(e), Some(run)) = (plan(gate), &state.run) {
+            tracing::warn!(namespace = %ns, canarygate = %name, "edit refused, the last good spec goes on: {e}");
+            state.generation = gate.metadata.generation;
+            let running = run.refused.borrow().as_ref().map_or(running_generation, |r| r.running);
+            run.refused.send_replace(Some(reconcile::RefusedEdit {
+                generation: gate.metadata.generation,
+                running,
+                error: e,
+            }));
+            return;
+        }
+    }
     if changed {
         state.uid = uid.clone();
         state.generation = gate.metadata.generation;
@@ -444,8 +462,15 @@ fn start_run(client: &Client, s: &ControllerSettings, leadership: &Leadership, g
         (status_tx, command_rx),
         stop_rx.clone(),
     ));
-    let writer = tokio::spawn(status_writer(client.clone(), s.clone(), gate.clone(), status_rx.clone(), stop_rx));
-    Run { stop: stop_tx, handle: GateHandle { status: status_rx, commands: command_tx }, tasks: vec![looping, writer] }
+    let (refused_tx, refused_rx) = watch::channel(None);
+    let writer =
+        tokio::spawn(status_writer(client.clone(), s.clone(), gate.clone(), (status_rx.clone(), refused_rx), stop_rx));
+    Run {
+        stop: stop_tx,
+        refused: refused_tx,
+        handle: GateHandle { status: status_rx, commands: command_tx },
+        tasks: vec![looping, writer],
+    }
 }
 
 async fn rollout_loop(
@@ -528,7 +553,7 @@ async fn status_writer(
     client: Client,
     s: ControllerSettings,
     gate: CanaryGate,
-    mut views: watch::Receiver<StatusView>,
+    (mut views, refused): (watch::Receiver<StatusView>, watch::Receiver<Option<reconcile::RefusedEdit>>),
     stop: watch::Receiver<bool>,
 ) {
     let mut conditions = gate.status.as_ref().map(|st| st.conditions.clone()).unwrap_or_default();
@@ -536,7 +561,11 @@ async fn status_writer(
     loop {
         let status = {
             let view = views.borrow_and_update();
-            reconcile::status(gate.metadata.generation, Ok(&view), &conditions, &now())
+            let running = reconcile::status(gate.metadata.generation, Ok(&view), &conditions, &now());
+            match refused.borrow().as_ref() {
+                Some(r) => reconcile::with_refused_edit(running, r, &conditions, &now()),
+                None => running,
+            }
         };
         let since = last.as_ref().map_or(Duration::MAX, |(_, at)| at.elapsed());
         if reconcile::worth_writing(last.as_ref().map(|(s, _)| s), &status, since) {

@@ -129,6 +129,12 @@ pub fn status(
     let ready = view.not_ready.is_none() && phase != "starting" && phase != "standby";
     let progressing = matches!(phase, "initializing" | "progressing" | "promoting");
     let reason_word = camel(phase);
+    // The promotion gate holding the step: said in the Progressing condition and the message.
+    let held = view.insufficient_evidence.as_ref().filter(|_| progressing).map(|h| h.text.clone());
+    let (progress_reason, progress_message) = match &held {
+        Some(text) => ("InsufficientEvidence".to_owned(), text.clone()),
+        None => (reason_word.clone(), view.reason.clone()),
+    };
     CanaryGateStatus {
         phase: Some(phase.to_owned()),
         // What the proxies apply (the highest, when they differ); the written weight until one reports.
@@ -139,7 +145,7 @@ pub fn status(
         verdict: latest.map(|v| v.verdict.clone()),
         reasons: latest.map(|v| v.reasons.clone()).unwrap_or_default(),
         proxies_reporting: Some(u32::try_from(view.proxies_reporting).unwrap_or(u32::MAX)),
-        message: Some(view.reason.clone()),
+        message: Some(held.unwrap_or_else(|| view.reason.clone())),
         observed_generation: generation,
         conditions: vec![
             cond(
@@ -148,7 +154,7 @@ pub fn status(
                 if ready { "RolloutRunning" } else { "NotReady" },
                 view.not_ready.clone().unwrap_or_default(),
             ),
-            cond("Progressing", progressing, &reason_word, view.reason.clone()),
+            cond("Progressing", progressing, &progress_reason, progress_message),
             cond("Promoted", phase == "succeeded", &reason_word, String::new()),
             cond(
                 "RolledBack",
@@ -158,6 +164,58 @@ pub fn status(
             ),
         ],
     }
+}
+
+/// An edit of a running gate that passed admission but that gate-agent refuses: the rollout goes
+/// on with the last good spec, and the status says which field to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedEdit {
+    /// The generation of the refused spec.
+    pub generation: Option<i64>,
+    /// The generation still running.
+    pub running: Option<i64>,
+    pub error: GateError,
+}
+
+impl RefusedEdit {
+    pub fn message(&self) -> String {
+        let generation = |g: Option<i64>| g.map_or_else(|| "?".to_owned(), |g| g.to_string());
+        format!(
+            "the edit of generation {} is refused ({}); the rollout goes on with the last good spec (generation {}) until the field is fixed",
+            generation(self.generation),
+            self.error,
+            generation(self.running)
+        )
+    }
+}
+
+/// A running gate's status ([`status`]) when its latest edit was refused: `Ready=False` with
+/// reason `InvalidSpec` and the field path, the refused generation observed, the rest as the
+/// loop (on its last good spec) reports it.
+pub fn with_refused_edit(
+    mut status: CanaryGateStatus,
+    refused: &RefusedEdit,
+    previous: &[GateCondition],
+    now: &str,
+) -> CanaryGateStatus {
+    let message = refused.message();
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "InvalidSpec")
+        .map_or_else(|| now.to_owned(), |c| c.last_transition_time.clone());
+    let ready = GateCondition {
+        type_: "Ready".into(),
+        status: "False".into(),
+        reason: "InvalidSpec".into(),
+        message: message.clone(),
+        last_transition_time,
+        observed_generation: refused.generation,
+    };
+    status.conditions.retain(|c| c.type_ != "Ready");
+    status.conditions.insert(0, ready);
+    status.message = Some(message);
+    status.observed_generation = refused.generation;
+    status
 }
 
 /// How long a change of only the words (reasons, message) waits before it is written: a status
@@ -223,6 +281,65 @@ mod tests {
         assert!(!starts_new_rollout(&spec("v2", None), Some("v2")));
         assert!(starts_new_rollout(&spec("v3", None), Some("v2")));
         assert!(starts_new_rollout(&spec("v2", Some("2026-12-03T12:00:00Z")), Some("v2")));
+    }
+
+    #[test]
+    fn a_refused_edit_keeps_the_loops_figures_and_says_which_field_to_fix() {
+        let view = StatusView {
+            rollout: "r".into(),
+            phase: "progressing".into(),
+            step: Some(1),
+            steps: 3,
+            ..StatusView::default()
+        };
+        let running = status(Some(1), Ok(&view), &[], "2026-12-03T12:00:00Z");
+        let refused = RefusedEdit {
+            generation: Some(2),
+            running: Some(1),
+            error: GateError { field: "spec.analysis.promotion.maxWait".into(), problem: "must be above 0".into() },
+        };
+        let s = with_refused_edit(running.clone(), &refused, &running.conditions, "2026-12-03T12:01:00Z");
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
+        assert!(ready.message.contains("spec.analysis.promotion.maxWait"), "{}", ready.message);
+        assert!(ready.message.contains("generation 1"), "{}", ready.message);
+        assert_eq!(ready.last_transition_time, "2026-12-03T12:01:00Z");
+        assert_eq!(
+            (s.phase.clone(), s.step.clone(), s.observed_generation),
+            (running.phase.clone(), running.step.clone(), Some(2))
+        );
+        assert_eq!(s.conditions.iter().filter(|c| c.type_ == "Ready").count(), 1);
+        assert!(worth_writing(Some(&running), &s, std::time::Duration::ZERO), "written at once");
+        let again = with_refused_edit(running.clone(), &refused, &s.conditions, "2026-12-03T12:05:00Z");
+        assert_eq!(again.conditions[0].last_transition_time, "2026-12-03T12:01:00Z", "the transition is kept");
+    }
+
+    #[test]
+    fn a_step_the_promotion_gate_holds_reads_insufficient_evidence() {
+        let held = crate::rollout::InsufficientEvidence {
+            since_ms: 1,
+            more_canary_requests: Some(400),
+            canary_requests_per_s: Some(20.0),
+            eta_s: Some(20.0),
+            gives_up_in_s: None,
+            tests: vec![],
+            text: "insufficient evidence: about 400 more canary requests".into(),
+        };
+        let view = StatusView {
+            phase: "progressing".into(),
+            step: Some(0),
+            steps: 3,
+            insufficient_evidence: Some(held),
+            ..StatusView::default()
+        };
+        let s = status(Some(1), Ok(&view), &[], "2026-12-03T12:00:00Z");
+        let progressing = s.conditions.iter().find(|c| c.type_ == "Progressing").unwrap();
+        assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("True", "InsufficientEvidence"));
+        assert!(progressing.message.contains("400 more canary requests"), "{progressing:?}");
+        assert_eq!(s.message.as_deref(), Some("insufficient evidence: about 400 more canary requests"));
+        let free =
+            status(Some(1), Ok(&StatusView { insufficient_evidence: None, ..view }), &[], "2026-12-03T12:00:00Z");
+        assert_eq!(free.conditions.iter().find(|c| c.type_ == "Progressing").unwrap().reason, "Progressing");
     }
 
     #[test]
