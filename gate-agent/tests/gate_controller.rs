@@ -96,12 +96,18 @@ async fn gates_in_two_namespaces_are_generated_judged_reconciled_and_deleted_ind
         (&other, "gamma", gamma_port, "4s", true),
         (&other, "delta", gamma_port, "1s", false),
         (&other, "epsilon", epsilon_port, "1s", true),
+        (&shop, "zeta", alpha_port, "1s", true),
     ] {
         apply(cp, &virtual_service(&ns.name, name, labelled));
         let mut g = gate(&ns.name, name, &format!("{name}-caller"), port, interval);
         if name == "epsilon" {
             // The promotion gate on (the default): a healthy canary with too few requests yet.
             g["spec"]["analysis"]["promotion"] = json!({ "requireEvidence": true });
+        }
+        if name == "zeta" {
+            // alpha's service, port and workloads, created after it: a conflict zeta loses.
+            g["spec"]["service"]["name"] = json!("alpha");
+            g["spec"]["workload"]["selector"] = json!({ "app": "alpha-caller" });
         }
         apply(cp, &g);
     }
@@ -169,7 +175,11 @@ async fn gates_in_two_namespaces_are_generated_judged_reconciled_and_deleted_ind
     let listed = get_json(&api, "/status").await;
     let mut names: Vec<&str> = listed.as_array().unwrap().iter().map(|g| g["canarygate"].as_str().unwrap()).collect();
     names.sort_unstable();
-    assert_eq!(names, ["alpha", "beta", "epsilon", "gamma"], "delta is blocked, so it runs no loop: {listed:#}");
+    assert_eq!(
+        names,
+        ["alpha", "beta", "epsilon", "gamma"],
+        "delta (no label route) and zeta (a conflict) are blocked, so they run no loop: {listed:#}"
+    );
     let one = get_json(&api, &format!("/gates/{}/alpha/status", shop.name)).await;
     assert_eq!(one["phase"], "succeeded");
     let refused = api
@@ -225,6 +235,18 @@ async fn gates_in_two_namespaces_are_generated_judged_reconciled_and_deleted_ind
     let message = condition(&d, "Ready")["message"].as_str().unwrap().to_owned();
     assert!(message.contains("exact: v2") && message.contains("subset: v2"), "{message}");
     assert_eq!(d["phase"], "pending");
+
+    // Two gates on one service, port and workloads: the younger one (zeta) loses, names the
+    // winner and the fix, and generates nothing; alpha (above) ran to promotion undisturbed.
+    let z = wait_for(&shop, "zeta", Duration::from_secs(10), "a conflict", |s| {
+        condition(s, "Ready")["reason"] == "Conflict"
+    })
+    .await;
+    let message = condition(&z, "Ready")["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("CanaryGate alpha") && message.contains("Fix:"), "{message}");
+    assert_eq!(z["phase"], "pending", "{z:#}");
+    let out = shop.kubectl(cp).args(["get", "wasmplugin", "zeta-canary-gate"]).output().unwrap();
+    assert!(!out.status.success(), "the losing gate generated its route plugin");
 
     // An edit to a generated WasmPlugin is reconciled back, and the re-apply leaves the rollout
     // loop's fields (weight, revision, rollout state: another field manager's) as they were.

@@ -217,13 +217,16 @@ async fn reconcile_all(
         }
     }
     let mut present: Vec<Key> = Vec::new();
+    listed.retain(|gate| gate.metadata.deletion_timestamp.is_none()); // being deleted: handled as gone below
+    let losers = conflicts(&listed);
     for gate in &listed {
-        if gate.metadata.deletion_timestamp.is_some() {
-            continue; // being deleted: handled as gone below
-        }
         let key = (gate.namespace().unwrap_or_default(), gate.name_any());
         present.push(key.clone());
-        let state = gates.entry(key).or_default();
+        let state = gates.entry(key.clone()).or_default();
+        if let Some(why) = losers.get(&key) {
+            lose(client, s, gate, state, index, &key, why.clone()).await;
+            continue;
+        }
         reconcile_gate(client, s, leadership, gate, state, &plugins, index).await;
     }
     let gone: Vec<Key> = gates.keys().filter(|k| !present.contains(k)).cloned().collect();
@@ -246,6 +249,53 @@ async fn reconcile_all(
             }
         }
     }
+}
+
+/// The gates that lose to another on the same service, port and workloads, with why
+/// ([`reconcile::conflict_winner`]).
+fn conflicts(listed: &[CanaryGate]) -> HashMap<Key, String> {
+    let claims: Vec<reconcile::Claim<'_>> = listed
+        .iter()
+        .map(|g| reconcile::Claim {
+            namespace: g.metadata.namespace.as_deref().unwrap_or_default(),
+            name: g.metadata.name.as_deref().unwrap_or_default(),
+            created: g.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            service: &g.spec.service.name,
+            port: g.spec.service.port,
+            selector: &g.spec.workload.selector,
+        })
+        .collect();
+    claims
+        .iter()
+        .filter_map(|c| {
+            let winner = reconcile::conflict_winner(c, &claims)?;
+            Some(((c.namespace.to_owned(), c.name.to_owned()), reconcile::conflict_message(c, winner)))
+        })
+        .collect()
+}
+
+/// A gate that loses a conflict: no loop, nothing generated, `Ready=False Conflict`. Checked
+/// again every poll, so it starts once the winner goes or the overlap is fixed.
+async fn lose(
+    client: &Client,
+    s: &ControllerSettings,
+    gate: &CanaryGate,
+    state: &mut GateState,
+    index: &GateIndex,
+    key: &Key,
+    why: String,
+) {
+    if let Some(run) = state.run.take() {
+        if let Ok(mut i) = index.write() {
+            i.remove(key);
+        }
+        finish(run).await;
+    }
+    // Planned afresh once it no longer loses.
+    state.generation = None;
+    state.plan = None;
+    state.objects.clear();
+    block(client, s, gate, state, Blocked::Conflict(why)).await;
 }
 
 async fn reconcile_gate(

@@ -36,6 +36,9 @@ pub enum Blocked {
     RouteUnreadable(String),
     /// The generated objects could not be applied.
     ApplyFailed(String),
+    /// Another gate in the namespace gates the same service and port for overlapping workloads,
+    /// and wins ([`conflict_winner`]): the winner, and the fix.
+    Conflict(String),
 }
 
 impl Blocked {
@@ -45,13 +48,17 @@ impl Blocked {
             Blocked::RouteLabelMatchMissing(_) => "RouteLabelMatchMissing",
             Blocked::RouteUnreadable(_) => "RouteUnreadable",
             Blocked::ApplyFailed(_) => "ApplyFailed",
+            Blocked::Conflict(_) => "Conflict",
         }
     }
 
     fn message(&self) -> String {
         match self {
             Blocked::Invalid(e) => e.to_string(),
-            Blocked::RouteLabelMatchMissing(m) | Blocked::RouteUnreadable(m) | Blocked::ApplyFailed(m) => m.clone(),
+            Blocked::RouteLabelMatchMissing(m)
+            | Blocked::RouteUnreadable(m)
+            | Blocked::ApplyFailed(m)
+            | Blocked::Conflict(m) => m.clone(),
         }
     }
 }
@@ -164,6 +171,54 @@ pub fn status(
             ),
         ],
     }
+}
+
+/// What a gate claims: the proxies of the workloads its selector picks, for one service and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    /// `metadata.creationTimestamp`; a gate without one (not yet stored) ranks last.
+    pub created: Option<k8s_openapi::jiff::Timestamp>,
+    pub service: &'a str,
+    pub port: u16,
+    pub selector: &'a std::collections::BTreeMap<String, String>,
+}
+
+impl Claim<'_> {
+    /// Two gates would generate route plugins on the same proxies for the same port: same
+    /// namespace, service and port, and selectors that can pick one pod (no label both name with
+    /// different values).
+    fn overlaps(&self, other: &Claim<'_>) -> bool {
+        self.namespace == other.namespace
+            && self.service == other.service
+            && self.port == other.port
+            && self.selector.iter().all(|(k, v)| other.selector.get(k).is_none_or(|w| w == v))
+    }
+
+    /// Older first, then by name; a gate without a creation time after every gate with one.
+    fn rank(&self) -> (bool, Option<k8s_openapi::jiff::Timestamp>, &str) {
+        (self.created.is_none(), self.created, self.name)
+    }
+}
+
+/// The gate `gate` loses to, if any: of the gates it overlaps with ([`Claim::overlaps`]), the
+/// first by age (older `creationTimestamp`, then name). A loser generates nothing and reports
+/// `Ready=False Conflict`. Any overlapping gate ranked before it wins, even one that itself loses
+/// to a third: the rule stays a function of the pair, so it never flips as other gates come and go.
+pub fn conflict_winner<'a>(gate: &Claim<'_>, all: &'a [Claim<'a>]) -> Option<&'a Claim<'a>> {
+    all.iter()
+        .filter(|other| other.name != gate.name || other.namespace != gate.namespace)
+        .filter(|other| gate.overlaps(other) && other.rank() < gate.rank())
+        .min_by(|a, b| a.rank().cmp(&b.rank()))
+}
+
+/// Why a gate that loses to `winner` does not run, and the fix.
+pub fn conflict_message(gate: &Claim<'_>, winner: &Claim<'_>) -> String {
+    format!(
+        "CanaryGate {} already gates service {} port {} for workloads that overlap this gate's          spec.workload.selector (the older gate wins, then the first by name); this gate generates          nothing. Fix: delete one of the two, or give them disjoint spec.workload.selector labels          or another spec.service",
+        winner.name, gate.service, gate.port
+    )
 }
 
 /// An edit of a running gate that passed admission but that gate-agent refuses: the rollout goes
@@ -281,6 +336,53 @@ mod tests {
         assert!(!starts_new_rollout(&spec("v2", None), Some("v2")));
         assert!(starts_new_rollout(&spec("v3", None), Some("v2")));
         assert!(starts_new_rollout(&spec("v2", Some("2026-12-03T12:00:00Z")), Some("v2")));
+    }
+
+    #[test]
+    fn of_two_gates_on_one_service_and_port_for_overlapping_workloads_the_older_wins() {
+        let t = |s: &str| s.parse::<k8s_openapi::jiff::Timestamp>().ok();
+        let (front, front_web, api) = (
+            std::collections::BTreeMap::from([("app".to_owned(), "frontend".to_owned())]),
+            std::collections::BTreeMap::from([
+                ("app".to_owned(), "frontend".to_owned()),
+                ("tier".to_owned(), "web".to_owned()),
+            ]),
+            std::collections::BTreeMap::from([("app".to_owned(), "api".to_owned())]),
+        );
+        let claim = |name, created: &str, selector| Claim {
+            namespace: "shop",
+            name,
+            created: t(created),
+            service: "payment-svc",
+            port: 8080,
+            selector,
+        };
+        let old = claim("zeta", "2026-12-03T10:00:00Z", &front);
+        let new = claim("alpha", "2026-12-03T11:00:00Z", &front_web);
+        let all = [old.clone(), new.clone()];
+        assert_eq!(conflict_winner(&new, &all).map(|w| w.name), Some("zeta"), "older wins over the name");
+        assert_eq!(conflict_winner(&old, &all), None);
+        // Same age: the first by name.
+        let twin = claim("beta", "2026-12-03T10:00:00Z", &front);
+        let all = [old.clone(), twin.clone()];
+        assert_eq!(conflict_winner(&old, &all).map(|w| w.name), Some("beta"));
+        assert_eq!(conflict_winner(&twin, &all), None);
+        // No conflict: disjoint selectors, another port, another service, another namespace.
+        let others = [
+            claim("api", "2026-12-03T09:00:00Z", &api),
+            Claim { port: 9090, ..claim("p", "2026-12-03T09:00:00Z", &front) },
+            Claim { service: "cart", ..claim("s", "2026-12-03T09:00:00Z", &front) },
+            Claim { namespace: "blog", ..claim("n", "2026-12-03T09:00:00Z", &front) },
+        ];
+        let mut all = others.to_vec();
+        all.push(new.clone());
+        assert_eq!(conflict_winner(&new, &all), None, "{all:?}");
+        // A gate not yet stored (no creation time) loses to one that is.
+        let unstored = Claim { created: None, ..claim("a", "", &front) };
+        let all = [unstored.clone(), old.clone()];
+        assert_eq!(conflict_winner(&unstored, &all).map(|w| w.name), Some("zeta"));
+        let m = conflict_message(&new, &old);
+        assert!(m.contains("CanaryGate zeta") && m.contains("port 8080") && m.contains("Fix:"), "{m}");
     }
 
     #[test]
