@@ -65,7 +65,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/pause", post(|s, h| action(s, h, Command::Pause)))
         .route("/resume", post(|s, h| action(s, h, Command::Resume)))
         // Flagger, Argo Rollouts and Prometheus-shaped reads: no token, nothing they do decides.
-        .merge(crate::integrations::routes())
+        .merge(crate::integrations::routes::<ApiState, LatestStatus>())
         .layer(Extension(crate::integrations::flagger::FlaggerEvents::default()))
         .with_state(state)
 }

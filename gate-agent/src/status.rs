@@ -296,6 +296,111 @@ pub fn check_target(
     Ok(())
 }
 
+/// A rollout a lookup found, with the namespace its Prometheus samples are labelled with (`None`
+/// for the single-rollout agent, whose samples carry no namespace).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    pub namespace: Option<String>,
+    pub view: StatusView,
+}
+
+/// Where the integrations find the status a request names: the single-rollout agent
+/// ([`LatestStatus`], or one [`StatusView`]) and the controller (`gate::api::GatesApi`, one
+/// status per CanaryGate) both provide it, so every integration answers from a [`StatusView`]
+/// the same way in both modes. `expected_namespace` is the router's [`ExpectedNamespace`], if it
+/// carries one (the controller's gates have their own namespaces and ignore it).
+pub trait StatusLookup {
+    /// The status of the rollout `name` (in `namespace`, when the request gives one).
+    fn find(
+        &self,
+        name: &str,
+        namespace: Option<&str>,
+        expected_namespace: Option<&str>,
+    ) -> Result<StatusView, Refusal>;
+
+    /// Every rollout a query's `rollout` and `namespace` matchers select (a missing matcher
+    /// selects any), in a stable order.
+    fn select(
+        &self,
+        name: Option<&str>,
+        namespace: Option<&str>,
+        expected_namespace: Option<&str>,
+    ) -> Result<Vec<Found>, Refusal>;
+
+    /// When the newest status was published (Unix ms), for a query's `time=`.
+    fn published_at_unix_ms(&self) -> u64;
+}
+
+/// One status is one rollout: the single-rollout agent's answers, checked by [`check_target`].
+impl StatusLookup for StatusView {
+    fn find(
+        &self,
+        name: &str,
+        namespace: Option<&str>,
+        expected_namespace: Option<&str>,
+    ) -> Result<StatusView, Refusal> {
+        check_target(self, name, namespace, expected_namespace)?;
+        Ok(self.clone())
+    }
+
+    fn select(
+        &self,
+        name: Option<&str>,
+        namespace: Option<&str>,
+        expected_namespace: Option<&str>,
+    ) -> Result<Vec<Found>, Refusal> {
+        if let Standing::Unavailable(why) = standing(self) {
+            return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, why));
+        }
+        if let Some(r) = name
+            && r != self.rollout
+        {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!("this agent serves rollout {:?}, not {r:?}", self.rollout),
+            ));
+        }
+        if let (Some(want), Some(got)) = (expected_namespace, namespace)
+            && want != got
+        {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!("this agent serves namespace {want:?}, not {got:?}"),
+            ));
+        }
+        Ok(vec![Found { namespace: None, view: self.clone() }])
+    }
+
+    fn published_at_unix_ms(&self) -> u64 {
+        self.published_at_unix_ms
+    }
+}
+
+/// The single-rollout agent's router: its latest status.
+impl StatusLookup for LatestStatus {
+    fn find(
+        &self,
+        name: &str,
+        namespace: Option<&str>,
+        expected_namespace: Option<&str>,
+    ) -> Result<StatusView, Refusal> {
+        self.0.borrow().find(name, namespace, expected_namespace)
+    }
+
+    fn select(
+        &self,
+        name: Option<&str>,
+        namespace: Option<&str>,
+        expected_namespace: Option<&str>,
+    ) -> Result<Vec<Found>, Refusal> {
+        self.0.borrow().select(name, namespace, expected_namespace)
+    }
+
+    fn published_at_unix_ms(&self) -> u64 {
+        self.0.borrow().published_at_unix_ms
+    }
+}
+
 /// The namespace the router requires, when it carries an [`ExpectedNamespace`] extension.
 pub fn expected(ns: Option<&Extension<ExpectedNamespace>>) -> Option<&str> {
     ns.map(|Extension(ExpectedNamespace(ns))| &**ns)

@@ -89,14 +89,27 @@ async fn gates_in_two_namespaces_are_generated_judged_reconciled_and_deleted_ind
     let alpha_port = proxies(&shop, "alpha", &[[127, 0, 0, 2], [127, 0, 0, 3]], &healthy).await;
     let beta_port = proxies(&shop, "beta", &[[127, 0, 0, 4]], &breaching).await;
     let gamma_port = proxies(&other, "gamma", &[[127, 0, 0, 5]], &healthy).await;
+    let epsilon_port = proxies(&other, "epsilon", &[[127, 0, 0, 6]], &healthy).await;
     for (ns, name, port, interval, labelled) in [
         (&shop, "alpha", alpha_port, "1s", true),
         (&shop, "beta", beta_port, "1s", true),
         (&other, "gamma", gamma_port, "4s", true),
         (&other, "delta", gamma_port, "1s", false),
+        (&other, "epsilon", epsilon_port, "1s", true),
+        (&shop, "zeta", alpha_port, "1s", true),
     ] {
         apply(cp, &virtual_service(&ns.name, name, labelled));
-        apply(cp, &gate(&ns.name, name, &format!("{name}-caller"), port, interval));
+        let mut g = gate(&ns.name, name, &format!("{name}-caller"), port, interval);
+        if name == "epsilon" {
+            // The promotion gate on (the default): a healthy canary with too few requests yet.
+            g["spec"]["analysis"]["promotion"] = json!({ "requireEvidence": true });
+        }
+        if name == "zeta" {
+            // alpha's service, port and workloads, created after it: a conflict zeta loses.
+            g["spec"]["service"]["name"] = json!("alpha");
+            g["spec"]["workload"]["selector"] = json!({ "app": "alpha-caller" });
+        }
+        apply(cp, &g);
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -163,7 +176,11 @@ async fn gates_in_two_namespaces_are_generated_judged_reconciled_and_deleted_ind
     let listed = get_json(&api, "/status").await;
     let mut names: Vec<&str> = listed.as_array().unwrap().iter().map(|g| g["canarygate"].as_str().unwrap()).collect();
     names.sort_unstable();
-    assert_eq!(names, ["alpha", "beta", "gamma"], "delta is blocked, so it runs no loop: {listed:#}");
+    assert_eq!(
+        names,
+        ["alpha", "beta", "epsilon", "gamma"],
+        "delta (no label route) and zeta (a conflict) are blocked, so they run no loop: {listed:#}"
+    );
     let one = get_json(&api, &format!("/gates/{}/alpha/status", shop.name)).await;
     assert_eq!(one["phase"], "succeeded");
     let refused = api
@@ -179,6 +196,38 @@ async fn gates_in_two_namespaces_are_generated_judged_reconciled_and_deleted_ind
     let g = status(&other, "gamma").await;
     assert!(g["phase"] == "progressing" || g["phase"] == "initializing", "{g:#}");
 
+    // The promotion gate on and no evidence yet: the step is held, and the status says so.
+    let e = wait_for(&other, "epsilon", Duration::from_secs(15), "insufficient evidence", |s| {
+        condition(s, "Progressing")["reason"] == "InsufficientEvidence"
+    })
+    .await;
+    assert_eq!(condition(&e, "Progressing")["status"], "True", "{e:#}");
+    assert!(e["message"].as_str().unwrap_or_default().contains("evidence"), "{e:#}");
+    assert_eq!(e["step"], "1/3", "held on its first step: {e:#}");
+
+    // An edit that passes admission but that gate-agent refuses (maxWait 0s) does not stop the
+    // rollout: the last good spec goes on, the status names the field; fixing it recovers.
+    let gates_other = Api::<CanaryGate>::namespaced(other.admin.clone(), &other.name);
+    let bad = json!({ "spec": { "analysis": { "promotion": { "maxWait": "0s" } } } });
+    gates_other.patch("epsilon", &PatchParams::default(), &Patch::Merge(&bad)).await.unwrap();
+    let e = wait_for(&other, "epsilon", Duration::from_secs(10), "the refusal", |s| {
+        condition(s, "Ready")["reason"] == "InvalidSpec"
+    })
+    .await;
+    let message = condition(&e, "Ready")["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("spec.analysis.promotion.maxWait") && message.contains("last good spec"), "{message}");
+    assert_eq!(condition(&e, "Ready")["status"], "False");
+    assert_eq!(e["phase"], "progressing", "the rollout goes on: {e:#}");
+    assert!(index.read().unwrap().contains_key(&(other.name.clone(), "epsilon".to_owned())), "its loop still runs");
+    let good = json!({ "spec": { "analysis": { "promotion": { "maxWait": "1h" } } } });
+    gates_other.patch("epsilon", &PatchParams::default(), &Patch::Merge(&good)).await.unwrap();
+    let generation = gates_other.get("epsilon").await.unwrap().metadata.generation.unwrap();
+    let e = wait_for(&other, "epsilon", Duration::from_secs(10), "the recovery", |s| {
+        condition(s, "Ready")["status"] == "True" && s["observedGeneration"] == generation
+    })
+    .await;
+    assert_ne!(e["phase"], "rolled_back", "{e:#}");
+
     // A missing label route: the rollout does not start, and the condition says what to add.
     let d = wait_for(&other, "delta", Duration::from_secs(10), "a blocked condition", |s| {
         condition(s, "Ready")["reason"] == "RouteLabelMatchMissing"
@@ -187,6 +236,18 @@ async fn gates_in_two_namespaces_are_generated_judged_reconciled_and_deleted_ind
     let message = condition(&d, "Ready")["message"].as_str().unwrap().to_owned();
     assert!(message.contains("exact: v2") && message.contains("subset: v2"), "{message}");
     assert_eq!(d["phase"], "pending");
+
+    // Two gates on one service, port and workloads: the younger one (zeta) loses, names the
+    // winner and the fix, and generates nothing; alpha (above) ran to promotion undisturbed.
+    let z = wait_for(&shop, "zeta", Duration::from_secs(10), "a conflict", |s| {
+        condition(s, "Ready")["reason"] == "Conflict"
+    })
+    .await;
+    let message = condition(&z, "Ready")["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("CanaryGate alpha") && message.contains("Fix:"), "{message}");
+    assert_eq!(z["phase"], "pending", "{z:#}");
+    let out = shop.kubectl(cp).args(["get", "wasmplugin", "zeta-canary-gate"]).output().unwrap();
+    assert!(!out.status.success(), "the losing gate generated its route plugin");
 
     // An edit to a generated WasmPlugin is reconciled back, and the re-apply leaves the rollout
     // loop's fields (weight, revision, rollout state: another field manager's) as they were.

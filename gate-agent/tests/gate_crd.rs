@@ -115,7 +115,38 @@ async fn the_api_server_installs_the_crd_accepts_the_example_and_refuses_typos_w
             "request-success-rate takes only thresholdRange.min",
         ),
         (typo(&|g| g["metadata"]["name"] = json!("Payment_Svc")), "metadata.name"),
+        (
+            typo(&|g| g["spec"]["analysis"]["promotion"] = json!({ "errorMargin": { "ratio": 0.5 } })),
+            "spec.analysis.promotion.errorMargin.ratio must be at least 1",
+        ),
+        (
+            typo(&|g| g["spec"]["analysis"]["promotion"] = json!({ "errorMargin": { "absolute": -0.5 } })),
+            "spec.analysis.promotion.errorMargin.absolute must be at least 0",
+        ),
+        (
+            typo(&|g| g["spec"]["analysis"]["promotion"] = json!({ "errorMargin": { "absolute": 150 } })),
+            "spec.analysis.promotion.errorMargin.absolute must be at least 0 and below 100",
+        ),
+        (
+            typo(&|g| g["spec"]["analysis"]["promotion"] = json!({ "latencyMargin": { "p99Increase": "150%" } })),
+            "spec.analysis.promotion.latencyMargin.p99Increase must be above 0% and at most 100%",
+        ),
+        (
+            typo(&|g| g["spec"]["analysis"]["promotion"] = json!({ "latencyMargin": { "p99Increase": -5 } })),
+            "spec.analysis.promotion.latencyMargin.p99Increase must be above 0% and at most 100%",
+        ),
+        (
+            typo(&|g| g["spec"]["analysis"]["promotion"] = json!({ "maxWait": "2 hours" })),
+            "spec.analysis.promotion.maxWait",
+        ),
     ];
+    // The promotion block's accepted forms: a percentage as text or as a number.
+    for latency in [json!("20%"), json!(20), json!("12.5%")] {
+        let mut g = example.clone();
+        g["spec"]["analysis"]["promotion"] = json!({ "requireEvidence": false, "maxWait": "2h",
+            "errorMargin": { "ratio": 1.5, "absolute": 0.2 }, "latencyMargin": { "p99Increase": latency } });
+        apply(cp, &ns.name, &g).unwrap_or_else(|e| panic!("refused {latency}: {e}"));
+    }
     for (gate, message) in cases {
         let e = apply(cp, &ns.name, &gate).expect_err(&format!("accepted: {gate}"));
         assert!(e.contains(message), "expected {message:?} in:\n{e}");

@@ -101,6 +101,7 @@ async fn a_gate_whose_httproute_lacks_the_label_rule_is_pending_with_the_fix_unt
             pod_labels: [("app.kubernetes.io/name".to_owned(), "canary-gate-controller".to_owned())].into(),
         },
         identity: "controller-test".into(),
+        plugin_kind: None, // this cluster serves both: WasmPlugin
         poll: Duration::from_millis(250),
         resync: Duration::from_secs(30),
         kube_timeout: Duration::from_secs(2),

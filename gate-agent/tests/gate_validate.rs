@@ -82,3 +82,31 @@ fn a_gate_routed_by_an_httproute_decides_who_is_stable_there() {
         report.to_text()
     );
 }
+
+#[test]
+fn a_promotion_margin_out_of_range_is_reported_at_the_gates_field() {
+    for (promotion, path) in [
+        ("    promotion: { errorMargin: { ratio: 0.5 } }\n", "spec.analysis.promotion.errorMargin.ratio"),
+        (
+            "    promotion: { latencyMargin: { p99Increase: 150% } }\n",
+            "spec.analysis.promotion.latencyMargin.p99Increase",
+        ),
+        ("    promotion: { maxWait: 0s }\n", "spec.analysis.promotion.maxWait"),
+    ] {
+        let text = example().replacen("    interval: 30s", &format!("{promotion}    interval: 30s"), 1);
+        let report = check(&text);
+        let f = report
+            .findings
+            .iter()
+            .find(|f| f.check == Check::RolloutSpec)
+            .unwrap_or_else(|| panic!("{promotion}: {}", report.to_text()));
+        assert_eq!(f.path, path, "{}", report.to_text());
+    }
+    let on = example().replacen(
+        "    interval: 30s",
+        "    promotion: { requireEvidence: false, maxWait: 2h }\n    interval: 30s",
+        1,
+    );
+    let report = check(&on);
+    assert!(report.findings.iter().all(|f| f.severity != Severity::Error), "{}", report.to_text());
+}

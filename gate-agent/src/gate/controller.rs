@@ -90,6 +90,8 @@ pub type GateIndex = Arc<RwLock<BTreeMap<(String, String), GateHandle>>>;
 #[derive(Debug)]
 struct Run {
     stop: watch::Sender<bool>,
+    /// The latest edit, when it was refused: the loop goes on with the spec it started with.
+    refused: watch::Sender<Option<reconcile::RefusedEdit>>,
     handle: GateHandle,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -246,13 +248,16 @@ async fn reconcile_all(
         }
     }
     let mut present: Vec<Key> = Vec::new();
+    listed.retain(|gate| gate.metadata.deletion_timestamp.is_none()); // being deleted: handled as gone below
+    let losers = conflicts(&listed);
     for gate in &listed {
-        if gate.metadata.deletion_timestamp.is_some() {
-            continue; // being deleted: handled as gone below
-        }
         let key = (gate.namespace().unwrap_or_default(), gate.name_any());
         present.push(key.clone());
-        let state = gates.entry(key).or_default();
+        let state = gates.entry(key.clone()).or_default();
+        if let Some(why) = losers.get(&key) {
+            lose(client, s, gate, state, index, &key, why.clone()).await;
+            continue;
+        }
         reconcile_gate(client, s, leadership, gate, state, &plugins, index).await;
     }
     let gone: Vec<Key> = gates.keys().filter(|k| !present.contains(k)).cloned().collect();
@@ -277,6 +282,53 @@ async fn reconcile_all(
     }
 }
 
+/// The gates that lose to another on the same service, port and workloads, with why
+/// ([`reconcile::conflict_winner`]).
+fn conflicts(listed: &[CanaryGate]) -> HashMap<Key, String> {
+    let claims: Vec<reconcile::Claim<'_>> = listed
+        .iter()
+        .map(|g| reconcile::Claim {
+            namespace: g.metadata.namespace.as_deref().unwrap_or_default(),
+            name: g.metadata.name.as_deref().unwrap_or_default(),
+            created: g.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            service: &g.spec.service.name,
+            port: g.spec.service.port,
+            selector: &g.spec.workload.selector,
+        })
+        .collect();
+    claims
+        .iter()
+        .filter_map(|c| {
+            let winner = reconcile::conflict_winner(c, &claims)?;
+            Some(((c.namespace.to_owned(), c.name.to_owned()), reconcile::conflict_message(c, winner)))
+        })
+        .collect()
+}
+
+/// A gate that loses a conflict: no loop, nothing generated, `Ready=False Conflict`. Checked
+/// again every poll, so it starts once the winner goes or the overlap is fixed.
+async fn lose(
+    client: &Client,
+    s: &ControllerSettings,
+    gate: &CanaryGate,
+    state: &mut GateState,
+    index: &GateIndex,
+    key: &Key,
+    why: String,
+) {
+    if let Some(run) = state.run.take() {
+        if let Ok(mut i) = index.write() {
+            i.remove(key);
+        }
+        finish(run).await;
+    }
+    // Planned afresh once it no longer loses.
+    state.generation = None;
+    state.plan = None;
+    state.objects.clear();
+    block(client, s, gate, state, Blocked::Conflict(why)).await;
+}
+
 async fn reconcile_gate(
     client: &Client,
     s: &ControllerSettings,
@@ -289,6 +341,22 @@ async fn reconcile_gate(
     let (ns, name) = (gate.namespace().unwrap_or_default(), gate.name_any());
     let uid = gate.uid().unwrap_or_default();
     let changed = state.generation != gate.metadata.generation || state.uid != uid;
+    let running_generation = state.generation;
+    if changed && state.uid == uid && state.run.is_some() {
+        // An edit of a running gate that gate-agent refuses does not stop its rollout: the loop
+        // goes on with the last good spec, and its status names the field to fix.
+        if let (Err(e), Some(run)) = (plan(gate), &state.run) {
+            tracing::warn!(namespace = %ns, canarygate = %name, "edit refused, the last good spec goes on: {e}");
+            state.generation = gate.metadata.generation;
+            let running = run.refused.borrow().as_ref().map_or(running_generation, |r| r.running);
+            run.refused.send_replace(Some(reconcile::RefusedEdit {
+                generation: gate.metadata.generation,
+                running,
+                error: e,
+            }));
+            return;
+        }
+    }
     if changed {
         state.uid = uid.clone();
         state.generation = gate.metadata.generation;
@@ -533,8 +601,15 @@ fn start_run(client: &Client, s: &ControllerSettings, leadership: &Leadership, g
         (status_tx, command_rx),
         stop_rx.clone(),
     ));
-    let writer = tokio::spawn(status_writer(client.clone(), s.clone(), gate.clone(), status_rx.clone(), stop_rx));
-    Run { stop: stop_tx, handle: GateHandle { status: status_rx, commands: command_tx }, tasks: vec![looping, writer] }
+    let (refused_tx, refused_rx) = watch::channel(None);
+    let writer =
+        tokio::spawn(status_writer(client.clone(), s.clone(), gate.clone(), (status_rx.clone(), refused_rx), stop_rx));
+    Run {
+        stop: stop_tx,
+        refused: refused_tx,
+        handle: GateHandle { status: status_rx, commands: command_tx },
+        tasks: vec![looping, writer],
+    }
 }
 
 async fn rollout_loop(
@@ -619,7 +694,7 @@ async fn status_writer(
     client: Client,
     s: ControllerSettings,
     gate: CanaryGate,
-    mut views: watch::Receiver<StatusView>,
+    (mut views, refused): (watch::Receiver<StatusView>, watch::Receiver<Option<reconcile::RefusedEdit>>),
     stop: watch::Receiver<bool>,
 ) {
     let mut conditions = gate.status.as_ref().map(|st| st.conditions.clone()).unwrap_or_default();
@@ -627,7 +702,11 @@ async fn status_writer(
     loop {
         let status = {
             let view = views.borrow_and_update();
-            reconcile::status(gate.metadata.generation, Ok(&view), &conditions, &now())
+            let running = reconcile::status(gate.metadata.generation, Ok(&view), &conditions, &now());
+            match refused.borrow().as_ref() {
+                Some(r) => reconcile::with_refused_edit(running, r, &conditions, &now()),
+                None => running,
+            }
         };
         let since = last.as_ref().map_or(Duration::MAX, |(_, at)| at.elapsed());
         if reconcile::worth_writing(last.as_ref().map(|(s, _)| s), &status, since) {

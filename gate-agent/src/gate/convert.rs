@@ -192,6 +192,39 @@ mod tests {
     }
 
     #[test]
+    fn the_promotion_block_is_the_rollout_specs_with_its_defaults() {
+        let base = json!({ "interval": "1s", "stepWeight": 10, "maxWeight": 50 });
+        let default = rollout_spec("r", &gate(base.clone())).unwrap();
+        assert!(default.promotion().require_evidence, "on by default");
+        let mut analysis = base.clone();
+        analysis["promotion"] = json!({ "requireEvidence": false, "errorMargin": { "ratio": 1.5, "absolute": 0.2 },
+                                        "latencyMargin": { "p99Increase": "10%" }, "maxWait": "2h" });
+        let s = rollout_spec("r", &gate(analysis)).unwrap();
+        let p = s.promotion();
+        assert!(!p.require_evidence);
+        assert_eq!((p.error_margin.ratio, p.error_margin.absolute), (1.5, 0.002));
+        assert_eq!((p.p99_increase, p.max_wait), (0.1, Some(std::time::Duration::from_secs(7200))));
+        let mut number = base.clone();
+        number["promotion"] = json!({ "latencyMargin": { "p99Increase": 30 } });
+        assert_eq!(rollout_spec("r", &gate(number)).unwrap().promotion().p99_increase, 0.3);
+        for (promotion, field) in [
+            (json!({ "errorMargin": { "ratio": 0.5 } }), "spec.analysis.promotion.errorMargin.ratio"),
+            (json!({ "errorMargin": { "absolute": -1 } }), "spec.analysis.promotion.errorMargin.absolute"),
+            (json!({ "errorMargin": { "ratio": 1, "absolute": 0 } }), "spec.analysis.promotion.errorMargin"),
+            (
+                json!({ "latencyMargin": { "p99Increase": "150%" } }),
+                "spec.analysis.promotion.latencyMargin.p99Increase",
+            ),
+            (json!({ "maxWait": "0s" }), "spec.analysis.promotion.maxWait"),
+        ] {
+            let mut analysis = base.clone();
+            analysis["promotion"] = promotion.clone();
+            let e = rollout_spec("r", &gate(analysis)).unwrap_err();
+            assert_eq!(e.field, field, "{promotion}: {e}");
+        }
+    }
+
+    #[test]
     fn the_plugin_config_leaves_the_loops_fields_out_and_is_checked_by_the_filters_parser() {
         let mut g = gate(json!({ "interval": "1s", "stepWeight": 10, "maxWeight": 50 }));
         g.sticky = Some(super::super::crd::Sticky { header: Some("x-user-id".into()), cookie: None });

@@ -160,6 +160,57 @@ pub struct Analysis {
     pub no_data: Option<NoData>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<GateMetric>,
+    /// The promotion gate: advance and promote only on evidence that the canary is not worse than
+    /// the stable by more than these margins. On by default, with the rollout spec's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<GatePromotion>,
+}
+
+/// The rollout spec's `promotion` (docs/agent.md), the same fields and defaults.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatePromotion {
+    /// Hold each step until the evidence shows the canary within the margins (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_evidence: Option<bool>,
+    /// Failures may be up to `max(ratio × stable, stable + absolute)` (defaults 2 and 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_margin: Option<GateErrorMargin>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_margin: Option<GateLatencyMargin>,
+    /// Roll back after waiting this long for evidence on a step (`2h`); no limit by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct GateErrorMargin {
+    /// Times the stable's failure rate, at least 1 (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    /// Percentage points above the stable's failure rate, in [0, 100) (default 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absolute: Option<f64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateLatencyMargin {
+    /// How much higher the canary's p99 may be than the stable's: `20%` or `20`, in (0, 100].
+    #[schemars(schema_with = "int_or_string")]
+    pub p99_increase: PercentText,
+}
+
+/// A percentage written `20%` (a string) or `20` (a number).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(untagged)]
+pub enum PercentText {
+    Number(f64),
+    Text(String),
+}
+
+fn int_or_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "x-kubernetes-int-or-string": true })
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -348,6 +399,26 @@ pub fn admission_rules() -> Vec<AdmissionRule> {
             "/properties/spec/properties/analysis/properties/metrics/items",
             "self.name == 'request-success-rate' ? (has(self.thresholdRange.min) && !has(self.thresholdRange.max) && self.thresholdRange.min > 0.0 && self.thresholdRange.min < 100.0) : (has(self.thresholdRange.max) && !has(self.thresholdRange.min) && self.thresholdRange.max > 0.0)",
             "request-success-rate takes only thresholdRange.min, in (0, 100) percent; request-duration only thresholdRange.max, above 0 ms",
+        ),
+        AdmissionRule {
+            at: "/properties/spec/properties/analysis/properties/promotion/properties/errorMargin",
+            rule: json!({ "x-kubernetes-validations": [
+                { "rule": "!has(self.ratio) || (self.ratio >= 1.0 && self.ratio <= 1000.0)",
+                  "message": "spec.analysis.promotion.errorMargin.ratio must be at least 1 and at most 1000 (times the stable's failure rate)" },
+                { "rule": "!has(self.absolute) || (self.absolute >= 0.0 && self.absolute < 100.0)",
+                  "message": "spec.analysis.promotion.errorMargin.absolute must be at least 0 and below 100 (percentage points)" },
+                { "rule": "!has(self.ratio) || !has(self.absolute) || self.ratio > 1.0 || self.absolute > 0.0",
+                  "message": "spec.analysis.promotion.errorMargin: ratio 1 with absolute 0 leaves no margin, so even a canary as good as the stable could never be promoted" },
+            ] }),
+        },
+        cel(
+            "/properties/spec/properties/analysis/properties/promotion/properties/latencyMargin/properties/p99Increase",
+            "type(self) == int ? (self > 0 && self <= 100) : (self.matches('^ *(100([.]0*)?|[0-9]{1,2}([.][0-9]*)?) *%?$') && !self.matches('^ *0*([.]0*)? *%?$'))",
+            "spec.analysis.promotion.latencyMargin.p99Increase must be above 0% and at most 100% (20% or 20)",
+        ),
+        keyword(
+            "/properties/spec/properties/analysis/properties/promotion/properties/maxWait",
+            json!({ "pattern": duration }),
         ),
         cel(
             "/properties/spec/properties/attachment",

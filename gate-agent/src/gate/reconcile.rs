@@ -40,6 +40,9 @@ pub enum Blocked {
     /// agentgateway waypoint, ...), or its replicas cannot be read yet: the reason and the fix
     /// ([`crate::mesh::waypoint::WaypointProblem`]).
     Waypoint { reason: &'static str, message: String },
+    /// Another gate in the namespace gates the same service and port for overlapping workloads,
+    /// and wins ([`conflict_winner`]): the winner, and the fix.
+    Conflict(String),
 }
 
 impl Blocked {
@@ -50,13 +53,17 @@ impl Blocked {
             Blocked::RouteUnreadable(_) => "RouteUnreadable",
             Blocked::ApplyFailed(_) => "ApplyFailed",
             Blocked::Waypoint { reason, .. } => reason,
+            Blocked::Conflict(_) => "Conflict",
         }
     }
 
     fn message(&self) -> String {
         match self {
             Blocked::Invalid(e) => e.to_string(),
-            Blocked::RouteLabelMatchMissing(m) | Blocked::RouteUnreadable(m) | Blocked::ApplyFailed(m) => m.clone(),
+            Blocked::RouteLabelMatchMissing(m)
+            | Blocked::RouteUnreadable(m)
+            | Blocked::ApplyFailed(m)
+            | Blocked::Conflict(m) => m.clone(),
             Blocked::Waypoint { message, .. } => message.clone(),
         }
     }
@@ -135,6 +142,12 @@ pub fn status(
     let ready = view.not_ready.is_none() && phase != "starting" && phase != "standby";
     let progressing = matches!(phase, "initializing" | "progressing" | "promoting");
     let reason_word = camel(phase);
+    // The promotion gate holding the step: said in the Progressing condition and the message.
+    let held = view.insufficient_evidence.as_ref().filter(|_| progressing).map(|h| h.text.clone());
+    let (progress_reason, progress_message) = match &held {
+        Some(text) => ("InsufficientEvidence".to_owned(), text.clone()),
+        None => (reason_word.clone(), view.reason.clone()),
+    };
     CanaryGateStatus {
         phase: Some(phase.to_owned()),
         // What the proxies apply (the highest, when they differ); the written weight until one reports.
@@ -145,7 +158,7 @@ pub fn status(
         verdict: latest.map(|v| v.verdict.clone()),
         reasons: latest.map(|v| v.reasons.clone()).unwrap_or_default(),
         proxies_reporting: Some(u32::try_from(view.proxies_reporting).unwrap_or(u32::MAX)),
-        message: Some(view.reason.clone()),
+        message: Some(held.unwrap_or_else(|| view.reason.clone())),
         observed_generation: generation,
         conditions: vec![
             cond(
@@ -154,7 +167,7 @@ pub fn status(
                 if ready { "RolloutRunning" } else { "NotReady" },
                 view.not_ready.clone().unwrap_or_default(),
             ),
-            cond("Progressing", progressing, &reason_word, view.reason.clone()),
+            cond("Progressing", progressing, &progress_reason, progress_message),
             cond("Promoted", phase == "succeeded", &reason_word, String::new()),
             cond(
                 "RolledBack",
@@ -164,6 +177,106 @@ pub fn status(
             ),
         ],
     }
+}
+
+/// What a gate claims: the proxies of the workloads its selector picks, for one service and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    /// `metadata.creationTimestamp`; a gate without one (not yet stored) ranks last.
+    pub created: Option<k8s_openapi::jiff::Timestamp>,
+    pub service: &'a str,
+    pub port: u16,
+    pub selector: &'a std::collections::BTreeMap<String, String>,
+}
+
+impl Claim<'_> {
+    /// Two gates would generate route plugins on the same proxies for the same port: same
+    /// namespace, service and port, and selectors that can pick one pod (no label both name with
+    /// different values).
+    fn overlaps(&self, other: &Claim<'_>) -> bool {
+        self.namespace == other.namespace
+            && self.service == other.service
+            && self.port == other.port
+            && self.selector.iter().all(|(k, v)| other.selector.get(k).is_none_or(|w| w == v))
+    }
+
+    /// Older first, then by name; a gate without a creation time after every gate with one.
+    fn rank(&self) -> (bool, Option<k8s_openapi::jiff::Timestamp>, &str) {
+        (self.created.is_none(), self.created, self.name)
+    }
+}
+
+/// The gate `gate` loses to, if any: of the gates it overlaps with ([`Claim::overlaps`]), the
+/// first by age (older `creationTimestamp`, then name). A loser generates nothing and reports
+/// `Ready=False Conflict`. Any overlapping gate ranked before it wins, even one that itself loses
+/// to a third: the rule stays a function of the pair, so it never flips as other gates come and go.
+pub fn conflict_winner<'a>(gate: &Claim<'_>, all: &'a [Claim<'a>]) -> Option<&'a Claim<'a>> {
+    all.iter()
+        .filter(|other| other.name != gate.name || other.namespace != gate.namespace)
+        .filter(|other| gate.overlaps(other) && other.rank() < gate.rank())
+        .min_by(|a, b| a.rank().cmp(&b.rank()))
+}
+
+/// Why a gate that loses to `winner` does not run, and the fix.
+pub fn conflict_message(gate: &Claim<'_>, winner: &Claim<'_>) -> String {
+    format!(
+        "CanaryGate {} already gates service {} port {} for workloads that overlap this gate's          spec.workload.selector (the older gate wins, then the first by name); this gate generates          nothing. Fix: delete one of the two, or give them disjoint spec.workload.selector labels          or another spec.service",
+        winner.name, gate.service, gate.port
+    )
+}
+
+/// An edit of a running gate that passed admission but that gate-agent refuses: the rollout goes
+/// on with the last good spec, and the status says which field to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedEdit {
+    /// The generation of the refused spec.
+    pub generation: Option<i64>,
+    /// The generation still running.
+    pub running: Option<i64>,
+    pub error: GateError,
+}
+
+impl RefusedEdit {
+    pub fn message(&self) -> String {
+        let generation = |g: Option<i64>| g.map_or_else(|| "?".to_owned(), |g| g.to_string());
+        format!(
+            "the edit of generation {} is refused ({}); the rollout goes on with the last good spec (generation {}) until the field is fixed",
+            generation(self.generation),
+            self.error,
+            generation(self.running)
+        )
+    }
+}
+
+/// A running gate's status ([`status`]) when its latest edit was refused: `Ready=False` with
+/// reason `InvalidSpec` and the field path, the refused generation observed, the rest as the
+/// loop (on its last good spec) reports it.
+pub fn with_refused_edit(
+    mut status: CanaryGateStatus,
+    refused: &RefusedEdit,
+    previous: &[GateCondition],
+    now: &str,
+) -> CanaryGateStatus {
+    let message = refused.message();
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "InvalidSpec")
+        .map_or_else(|| now.to_owned(), |c| c.last_transition_time.clone());
+    let ready = GateCondition {
+        type_: "Ready".into(),
+        status: "False".into(),
+        reason: "InvalidSpec".into(),
+        message: message.clone(),
+        last_transition_time,
+        observed_generation: refused.generation,
+    };
+    status.conditions.retain(|c| c.type_ != "Ready");
+    status.conditions.insert(0, ready);
+    status.message = Some(message);
+    status.observed_generation = refused.generation;
+    status
 }
 
 /// How long a change of only the words (reasons, message) waits before it is written: a status
@@ -229,6 +342,112 @@ mod tests {
         assert!(!starts_new_rollout(&spec("v2", None), Some("v2")));
         assert!(starts_new_rollout(&spec("v3", None), Some("v2")));
         assert!(starts_new_rollout(&spec("v2", Some("2026-12-03T12:00:00Z")), Some("v2")));
+    }
+
+    #[test]
+    fn of_two_gates_on_one_service_and_port_for_overlapping_workloads_the_older_wins() {
+        let t = |s: &str| s.parse::<k8s_openapi::jiff::Timestamp>().ok();
+        let (front, front_web, api) = (
+            std::collections::BTreeMap::from([("app".to_owned(), "frontend".to_owned())]),
+            std::collections::BTreeMap::from([
+                ("app".to_owned(), "frontend".to_owned()),
+                ("tier".to_owned(), "web".to_owned()),
+            ]),
+            std::collections::BTreeMap::from([("app".to_owned(), "api".to_owned())]),
+        );
+        let claim = |name, created: &str, selector| Claim {
+            namespace: "shop",
+            name,
+            created: t(created),
+            service: "payment-svc",
+            port: 8080,
+            selector,
+        };
+        let old = claim("zeta", "2026-12-03T10:00:00Z", &front);
+        let new = claim("alpha", "2026-12-03T11:00:00Z", &front_web);
+        let all = [old.clone(), new.clone()];
+        assert_eq!(conflict_winner(&new, &all).map(|w| w.name), Some("zeta"), "older wins over the name");
+        assert_eq!(conflict_winner(&old, &all), None);
+        // Same age: the first by name.
+        let twin = claim("beta", "2026-12-03T10:00:00Z", &front);
+        let all = [old.clone(), twin.clone()];
+        assert_eq!(conflict_winner(&old, &all).map(|w| w.name), Some("beta"));
+        assert_eq!(conflict_winner(&twin, &all), None);
+        // No conflict: disjoint selectors, another port, another service, another namespace.
+        let others = [
+            claim("api", "2026-12-03T09:00:00Z", &api),
+            Claim { port: 9090, ..claim("p", "2026-12-03T09:00:00Z", &front) },
+            Claim { service: "cart", ..claim("s", "2026-12-03T09:00:00Z", &front) },
+            Claim { namespace: "blog", ..claim("n", "2026-12-03T09:00:00Z", &front) },
+        ];
+        let mut all = others.to_vec();
+        all.push(new.clone());
+        assert_eq!(conflict_winner(&new, &all), None, "{all:?}");
+        // A gate not yet stored (no creation time) loses to one that is.
+        let unstored = Claim { created: None, ..claim("a", "", &front) };
+        let all = [unstored.clone(), old.clone()];
+        assert_eq!(conflict_winner(&unstored, &all).map(|w| w.name), Some("zeta"));
+        let m = conflict_message(&new, &old);
+        assert!(m.contains("CanaryGate zeta") && m.contains("port 8080") && m.contains("Fix:"), "{m}");
+    }
+
+    #[test]
+    fn a_refused_edit_keeps_the_loops_figures_and_says_which_field_to_fix() {
+        let view = StatusView {
+            rollout: "r".into(),
+            phase: "progressing".into(),
+            step: Some(1),
+            steps: 3,
+            ..StatusView::default()
+        };
+        let running = status(Some(1), Ok(&view), &[], "2026-12-03T12:00:00Z");
+        let refused = RefusedEdit {
+            generation: Some(2),
+            running: Some(1),
+            error: GateError { field: "spec.analysis.promotion.maxWait".into(), problem: "must be above 0".into() },
+        };
+        let s = with_refused_edit(running.clone(), &refused, &running.conditions, "2026-12-03T12:01:00Z");
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
+        assert!(ready.message.contains("spec.analysis.promotion.maxWait"), "{}", ready.message);
+        assert!(ready.message.contains("generation 1"), "{}", ready.message);
+        assert_eq!(ready.last_transition_time, "2026-12-03T12:01:00Z");
+        assert_eq!(
+            (s.phase.clone(), s.step.clone(), s.observed_generation),
+            (running.phase.clone(), running.step.clone(), Some(2))
+        );
+        assert_eq!(s.conditions.iter().filter(|c| c.type_ == "Ready").count(), 1);
+        assert!(worth_writing(Some(&running), &s, std::time::Duration::ZERO), "written at once");
+        let again = with_refused_edit(running.clone(), &refused, &s.conditions, "2026-12-03T12:05:00Z");
+        assert_eq!(again.conditions[0].last_transition_time, "2026-12-03T12:01:00Z", "the transition is kept");
+    }
+
+    #[test]
+    fn a_step_the_promotion_gate_holds_reads_insufficient_evidence() {
+        let held = crate::rollout::InsufficientEvidence {
+            since_ms: 1,
+            more_canary_requests: Some(400),
+            canary_requests_per_s: Some(20.0),
+            eta_s: Some(20.0),
+            gives_up_in_s: None,
+            tests: vec![],
+            text: "insufficient evidence: about 400 more canary requests".into(),
+        };
+        let view = StatusView {
+            phase: "progressing".into(),
+            step: Some(0),
+            steps: 3,
+            insufficient_evidence: Some(held),
+            ..StatusView::default()
+        };
+        let s = status(Some(1), Ok(&view), &[], "2026-12-03T12:00:00Z");
+        let progressing = s.conditions.iter().find(|c| c.type_ == "Progressing").unwrap();
+        assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("True", "InsufficientEvidence"));
+        assert!(progressing.message.contains("400 more canary requests"), "{progressing:?}");
+        assert_eq!(s.message.as_deref(), Some("insufficient evidence: about 400 more canary requests"));
+        let free =
+            status(Some(1), Ok(&StatusView { insufficient_evidence: None, ..view }), &[], "2026-12-03T12:00:00Z");
+        assert_eq!(free.conditions.iter().find(|c| c.type_ == "Progressing").unwrap().reason, "Progressing");
     }
 
     #[test]

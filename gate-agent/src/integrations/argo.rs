@@ -10,17 +10,17 @@ use serde::Serialize;
 
 use super::form::parse_form;
 use crate::status::{
-    EvidenceView, ExpectedNamespace, LatestStatus, Refusal, Standing, StatusView, SubsetView, check_target, expected,
-    latest_reasons, not_allowed, standing,
+    EvidenceView, ExpectedNamespace, Refusal, Standing, StatusLookup, StatusView, SubsetView, expected, latest_reasons,
+    not_allowed, standing,
 };
 
-/// The verdict's route.
-pub fn routes<S>() -> Router<S>
+/// The verdict's route, answered from the rollouts `L` finds.
+pub fn routes<S, L>() -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
-    LatestStatus: FromRef<S>,
+    L: StatusLookup + FromRef<S> + Send + Sync + 'static,
 {
-    Router::new().route("/v1/verdict", get(argo).fallback(not_allowed))
+    Router::new().route("/v1/verdict", get(argo::<L>).fallback(not_allowed))
 }
 
 /// `GET /v1/verdict?rollout=NAME`: for `successCondition: result.result == "pass"` and
@@ -87,11 +87,23 @@ pub fn argo_verdict(view: &StatusView) -> Result<ArgoVerdict, Refusal> {
     })
 }
 
-/// The answer to `/v1/verdict` with this raw query string. Parameters: `rollout` (required, the
-/// agent's rollout) and `namespace` (optional; checked against [`ExpectedNamespace`] if set).
+/// The answer to `/v1/verdict` with this raw query string, for the single-rollout agent.
+/// Parameters: `rollout` (required, the agent's rollout) and `namespace` (optional; checked
+/// against [`ExpectedNamespace`] if set).
 pub fn argo_answer(
     query: Option<&str>,
     view: &StatusView,
+    expected_namespace: Option<&str>,
+) -> Result<ArgoVerdict, Refusal> {
+    argo_answer_in(query, view, expected_namespace)
+}
+
+/// The answer to `/v1/verdict` with this raw query string, for the rollout `lookup` finds by
+/// `rollout` (required) and `namespace` (optional; the controller needs it when two namespaces
+/// run a CanaryGate of that name).
+pub fn argo_answer_in(
+    query: Option<&str>,
+    lookup: &impl StatusLookup,
     expected_namespace: Option<&str>,
 ) -> Result<ArgoVerdict, Refusal> {
     let bad = |e: String| Refusal::new(StatusCode::BAD_REQUEST, e);
@@ -107,13 +119,12 @@ pub fn argo_answer(
         }
     }
     let rollout = rollout.ok_or_else(|| bad("missing parameter: /v1/verdict?rollout=NAME".into()))?;
-    check_target(view, &rollout, namespace.as_deref(), expected_namespace)?;
-    argo_verdict(view)
+    let view = lookup.find(&rollout, namespace.as_deref(), expected_namespace)?;
+    argo_verdict(&view)
 }
 
-async fn argo(State(s): State<LatestStatus>, ns: Option<Extension<ExpectedNamespace>>, uri: Uri) -> Response {
-    let view = s.snapshot();
-    match argo_answer(uri.query(), &view, expected(ns.as_ref())) {
+async fn argo<L: StatusLookup>(State(s): State<L>, ns: Option<Extension<ExpectedNamespace>>, uri: Uri) -> Response {
+    match argo_answer_in(uri.query(), &s, expected(ns.as_ref())) {
         Ok(verdict) => Json(verdict).into_response(),
         Err(refused) => refused.into_response(),
     }

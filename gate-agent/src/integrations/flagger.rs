@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::status::{
-    ExpectedNamespace, FlaggerEventView, LatestStatus, Refusal, Standing, StatusView, check_target, expected,
-    latest_reasons, not_allowed, standing,
+    ExpectedNamespace, FlaggerEventView, Refusal, Standing, StatusLookup, StatusView, expected, latest_reasons,
+    not_allowed, standing,
 };
 use crate::time::unix_ms;
 
@@ -45,18 +45,19 @@ impl FlaggerEvents {
     }
 }
 
-/// The webhooks' and the event's routes.
-pub fn routes<S>() -> Router<S>
+/// The webhooks' and the event's routes, answered for the rollout `L` finds by the payload's
+/// `name` and `namespace`.
+pub fn routes<S, L>() -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
-    LatestStatus: FromRef<S>,
+    L: StatusLookup + FromRef<S> + Send + Sync + 'static,
 {
     let mut router = Router::new();
     for hook in Hook::ALL {
-        router =
-            router.route(hook.path(), post(move |s, ns, body| flagger_hook(s, ns, body, hook)).fallback(not_allowed));
+        router = router
+            .route(hook.path(), post(move |s, ns, body| flagger_hook::<L>(s, ns, body, hook)).fallback(not_allowed));
     }
-    router.route("/flagger/event", post(flagger_event).fallback(not_allowed))
+    router.route("/flagger/event", post(flagger_event::<L>).fallback(not_allowed))
 }
 
 /// The standing's sentence followed by the latest verdict's reasons.
@@ -175,15 +176,23 @@ pub fn answer_hook(hook: Hook, view: &StatusView) -> HookAnswer {
     }
 }
 
-async fn flagger_hook(
-    State(s): State<LatestStatus>,
+/// The payload's rollout, as `lookup` finds it by `name` and `namespace`.
+pub fn find_target(
+    lookup: &impl StatusLookup,
+    p: &FlaggerPayload,
+    expected_namespace: Option<&str>,
+) -> Result<StatusView, Refusal> {
+    lookup.find(&p.name, Some(&p.namespace), expected_namespace)
+}
+
+async fn flagger_hook<L: StatusLookup>(
+    State(s): State<L>,
     ns: Option<Extension<ExpectedNamespace>>,
     body: Bytes,
     hook: Hook,
 ) -> Response {
-    let view = s.snapshot();
     let answered = parse_payload(&body).and_then(|p| {
-        check_target(&view, &p.name, Some(&p.namespace), expected(ns.as_ref()))?;
+        let view = find_target(&s, &p, expected(ns.as_ref()))?;
         Ok((answer_hook(hook, &view), p))
     });
     match answered {
@@ -228,16 +237,13 @@ fn clip(s: &str, max: usize) -> String {
         .collect()
 }
 
-async fn flagger_event(
-    State(s): State<LatestStatus>,
+async fn flagger_event<L: StatusLookup>(
+    State(s): State<L>,
     ns: Option<Extension<ExpectedNamespace>>,
     Extension(events): Extension<FlaggerEvents>,
     body: Bytes,
 ) -> Response {
-    let view = s.snapshot();
-    let payload = match parse_payload(&body)
-        .and_then(|p| check_target(&view, &p.name, Some(&p.namespace), expected(ns.as_ref())).map(|()| p))
-    {
+    let payload = match parse_payload(&body).and_then(|p| find_target(&s, &p, expected(ns.as_ref())).map(|_| p)) {
         Ok(p) => p,
         Err(refused) => {
             tracing::warn!(hook = "event", status = refused.status.as_u16(), "flagger: {}", refused.error);

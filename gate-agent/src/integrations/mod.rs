@@ -29,10 +29,14 @@
 //! * `GET /v1/verdict?rollout=NAME[&namespace=NS]`: [`argo::ArgoVerdict`] as JSON, errors as
 //!   `{"error": ...}` with a 4xx.
 //!
-//! The agent serves one rollout (`StatusView::rollout`): a request must name it (Flagger's
-//! `name`, Argo's `rollout=`), or it is answered 404 with a JSON error. A namespace is recorded,
-//! and checked only when the router carries an [`ExpectedNamespace`](crate::status::ExpectedNamespace)
-//! extension.
+//! Each router finds the status a request names through a
+//! [`StatusLookup`](crate::status::StatusLookup). `gate-agent run` serves one rollout
+//! (`StatusView::rollout`): a request must name it (Flagger's `name`, Argo's `rollout=`), or it is
+//! answered 404 with a JSON error; a namespace is recorded, and checked only when the router
+//! carries an [`ExpectedNamespace`](crate::status::ExpectedNamespace) extension. `gate-agent
+//! controller` (`gate::api`) finds the CanaryGate by namespace and name: unknown is 404 naming
+//! it, a name two namespaces run asked without a namespace is 400, and a Prometheus selector
+//! matching several gates answers one sample per gate, labelled `rollout` and `namespace`.
 //!
 //! How the latest status reads, most serious first ([`crate::status::standing`]), and what each
 //! endpoint says:
@@ -65,16 +69,18 @@ pub mod prometheus;
 use axum::Router;
 use axum::extract::FromRef;
 
-use crate::status::LatestStatus;
+use crate::status::StatusLookup;
 
-/// The routes, for any router state that hands out the [`LatestStatus`]; `api::app` merges them
-/// and provides the [`flagger::FlaggerEvents`] extension.
-pub fn routes<S>() -> Router<S>
+/// The routes, for any router state that hands out a [`StatusLookup`]: `api::app` (the
+/// single-rollout agent, [`LatestStatus`](crate::status::LatestStatus)) and `gate::api::app`
+/// (the controller, one status per CanaryGate) merge them and provide the
+/// [`flagger::FlaggerEvents`] extension.
+pub fn routes<S, L>() -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
-    LatestStatus: FromRef<S>,
+    L: StatusLookup + FromRef<S> + Send + Sync + 'static,
 {
-    Router::new().merge(flagger::routes()).merge(prometheus::routes()).merge(argo::routes())
+    Router::new().merge(flagger::routes::<S, L>()).merge(prometheus::routes::<S, L>()).merge(argo::routes::<S, L>())
 }
 
 /// The agent's whole router, as the orchestrators call it, for the integrations' tests.

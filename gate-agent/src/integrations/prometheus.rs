@@ -17,18 +17,19 @@ use super::form::parse_form;
 use crate::judge::VerdictKind;
 use crate::rollout::Phase;
 use crate::status::{
-    ExpectedNamespace, LatestStatus, Standing, StatusView, SubsetView, expected, latest_verdict, standing,
+    ExpectedNamespace, Found, Refusal, Standing, StatusLookup, StatusView, SubsetView, expected, latest_verdict,
+    standing,
 };
 use crate::time::unix_ms;
 
-/// The instant and range query routes.
-pub fn routes<S>() -> Router<S>
+/// The instant and range query routes, answered from the rollouts `L` finds.
+pub fn routes<S, L>() -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
-    LatestStatus: FromRef<S>,
+    L: StatusLookup + FromRef<S> + Send + Sync + 'static,
 {
     Router::new()
-        .route("/api/v1/query", get(prometheus_get).post(prometheus_post).fallback(prometheus_not_allowed))
+        .route("/api/v1/query", get(prometheus_get::<L>).post(prometheus_post::<L>).fallback(prometheus_not_allowed))
         .route("/api/v1/query_range", get(range_refused).post(range_refused).fallback(prometheus_not_allowed))
 }
 
@@ -242,6 +243,17 @@ impl PromError {
     fn bad_data(error: impl Into<String>) -> PromError {
         PromError { status: StatusCode::BAD_REQUEST, error_type: "bad_data", error: error.into() }
     }
+
+    /// A lookup's refusal in Prometheus's words: 503 `unavailable`, 404 `not_found`, else
+    /// `bad_data`.
+    fn of(refused: Refusal) -> PromError {
+        let error_type = match refused.status {
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            StatusCode::NOT_FOUND => "not_found",
+            _ => "bad_data",
+        };
+        PromError { status: refused.status, error_type, error: refused.error }
+    }
 }
 
 impl IntoResponse for PromError {
@@ -258,34 +270,53 @@ pub struct Sample {
     pub value: f64,
 }
 
-/// The instant vector `query` selects from the latest status. No value (no requests in the
-/// window, not enough data) is an empty vector, as for an absent series.
+/// The instant vector `query` selects from the rollouts `lookup` finds by its `rollout` and
+/// `namespace` matchers: one sample per rollout, as Prometheus answers a selector matching
+/// several series. No value (no requests in the window, not enough data) is no sample, as for an
+/// absent series. A rollout that cannot answer (no status yet, or no such subset) is left out
+/// when others answer; when none does, its refusal is the answer.
 pub fn evaluate(
     query: &PromQuery,
-    view: &StatusView,
+    lookup: &impl StatusLookup,
     expected_namespace: Option<&str>,
 ) -> Result<Vec<Sample>, PromError> {
     let PromQuery::Select { series, subset, rollout, namespace } = query else {
         return Ok(vec![Sample { labels: BTreeMap::new(), value: 1.0 }]);
     };
+    let found = lookup.select(rollout.as_deref(), namespace.as_deref(), expected_namespace).map_err(PromError::of)?;
+    let (mut samples, mut refused, mut answered) = (Vec::new(), None, false);
+    for f in &found {
+        match sample_of(*series, subset.as_deref(), f) {
+            Ok(sample) => {
+                answered = true;
+                samples.extend(sample);
+            }
+            Err(e) => {
+                refused.get_or_insert(e);
+            }
+        }
+    }
+    match refused {
+        Some(e) if !answered => Err(e),
+        _ => Ok(samples),
+    }
+}
+
+/// One rollout's sample of `series` (for `subset`, a role or a subset name), labelled `rollout`
+/// and, in the controller, `namespace`.
+fn sample_of(series: Series, subset: Option<&str>, found: &Found) -> Result<Option<Sample>, PromError> {
+    let view = &found.view;
     if let Standing::Unavailable(why) = standing(view) {
         return Err(PromError { status: StatusCode::SERVICE_UNAVAILABLE, error_type: "unavailable", error: why });
     }
-    if let Some(r) = rollout.as_deref()
-        && r != view.rollout
-    {
-        return Err(PromError::bad_data(format!("this agent serves rollout {:?}, not {r:?}", view.rollout)));
-    }
-    if let (Some(want), Some(got)) = (expected_namespace, namespace.as_deref())
-        && want != got
-    {
-        return Err(PromError::bad_data(format!("this agent serves namespace {want:?}, not {got:?}")));
-    }
     let mut labels = BTreeMap::from([("__name__", series.name().to_string()), ("rollout", view.rollout.clone())]);
+    if let Some(ns) = &found.namespace {
+        labels.insert("namespace", ns.clone());
+    }
     let value = match subset {
         None => verdict_value(view),
         Some(wanted) => {
-            let Some(s) = view.subsets.iter().find(|s| &s.role == wanted || &s.subset == wanted) else {
+            let Some(s) = view.subsets.iter().find(|s| s.role == wanted || s.subset == wanted) else {
                 let known: Vec<String> = view.subsets.iter().map(|s| format!("{} ({})", s.subset, s.role)).collect();
                 return Err(PromError::bad_data(format!(
                     "no subset {wanted:?}: use canary, stable or a subset name ({})",
@@ -297,7 +328,7 @@ pub fn evaluate(
             series.of(s)
         }
     };
-    Ok(value.map(|value| Sample { labels, value }).into_iter().collect())
+    Ok(value.map(|value| Sample { labels, value }))
 }
 
 /// Prometheus's number format: `NaN`, `+Inf`, `-Inf`, or the shortest decimal.
@@ -355,7 +386,7 @@ fn rfc3339(ms: i64) -> String {
 /// or take [`TIME_SLACK_MS`]) is answered from it. Earlier, the answer would be an older status
 /// the agent no longer has, and later, one it does not have yet: both are `bad_data` with a
 /// sentence, rather than today's figures stamped with another time.
-pub fn eval_time(params: &[(String, String)], view: &StatusView, now_unix_ms: u64) -> Result<u64, PromError> {
+pub fn eval_time(params: &[(String, String)], published_at_unix_ms: u64, now_unix_ms: u64) -> Result<u64, PromError> {
     let mut times = params.iter().filter(|(k, _)| k == "time").map(|(_, t)| t);
     let text = match (times.next(), times.next()) {
         (None, _) => return Ok(now_unix_ms),
@@ -364,7 +395,7 @@ pub fn eval_time(params: &[(String, String)], view: &StatusView, now_unix_ms: u6
     };
     let at = parse_time(text).map_err(PromError::bad_data)?;
     let now = i64::try_from(now_unix_ms).unwrap_or(i64::MAX);
-    let published = i64::try_from(view.published_at_unix_ms).unwrap_or(i64::MAX).min(now);
+    let published = i64::try_from(published_at_unix_ms).unwrap_or(i64::MAX).min(now);
     if at < published.saturating_sub(TIME_SLACK_MS) {
         return Err(PromError::bad_data(format!(
             "invalid parameter \"time\": {} is before this agent's latest status ({}): it keeps no \
@@ -383,12 +414,24 @@ pub fn eval_time(params: &[(String, String)], view: &StatusView, now_unix_ms: u6
     Ok(u64::try_from(at).unwrap_or(0))
 }
 
-/// The answer to `/api/v1/query` with these (decoded) parameters: `query`, evaluated at `time`
-/// (see [`eval_time`]) and stamped with it, as Prometheus stamps an instant vector. `timeout`
-/// is ignored: the answer is read from memory.
+/// The single-rollout agent's answer to `/api/v1/query`: [`prometheus_answer_in`] for one
+/// status.
 pub fn prometheus_answer(
     params: &[(String, String)],
     view: &StatusView,
+    expected_namespace: Option<&str>,
+    now_unix_ms: u64,
+) -> Result<Value, PromError> {
+    prometheus_answer_in(params, view, expected_namespace, now_unix_ms)
+}
+
+/// The answer to `/api/v1/query` with these (decoded) parameters: `query`, evaluated at `time`
+/// (see [`eval_time`]; the newest status `lookup` holds is the latest it can answer about) and
+/// stamped with it, as Prometheus stamps an instant vector. `timeout` is ignored: the answer is
+/// read from memory.
+pub fn prometheus_answer_in(
+    params: &[(String, String)],
+    lookup: &impl StatusLookup,
     expected_namespace: Option<&str>,
     now_unix_ms: u64,
 ) -> Result<Value, PromError> {
@@ -399,19 +442,18 @@ pub fn prometheus_answer(
         (Some(_), Some(_)) => return Err(PromError::bad_data("invalid parameter \"query\": given more than once")),
     };
     let parsed = parse_query(query).map_err(|e| PromError::bad_data(format!("invalid parameter \"query\": {e}")))?;
-    let at = eval_time(params, view, now_unix_ms)?;
-    Ok(vector_json(&evaluate(&parsed, view, expected_namespace)?, at))
+    let at = eval_time(params, lookup.published_at_unix_ms(), now_unix_ms)?;
+    Ok(vector_json(&evaluate(&parsed, lookup, expected_namespace)?, at))
 }
 
 fn prometheus_reply(
-    s: &LatestStatus,
+    s: &impl StatusLookup,
     ns: Option<&Extension<ExpectedNamespace>>,
     params: Result<Vec<(String, String)>, String>,
 ) -> Response {
-    let answer = params.map_err(PromError::bad_data).and_then(|params| {
-        let view = s.snapshot();
-        prometheus_answer(&params, &view, expected(ns), unix_ms())
-    });
+    let answer = params
+        .map_err(PromError::bad_data)
+        .and_then(|params| prometheus_answer_in(&params, s, expected(ns), unix_ms()));
     match answer {
         Ok(body) => Json(body).into_response(),
         Err(e) => {
@@ -421,13 +463,17 @@ fn prometheus_reply(
     }
 }
 
-async fn prometheus_get(State(s): State<LatestStatus>, ns: Option<Extension<ExpectedNamespace>>, uri: Uri) -> Response {
+async fn prometheus_get<L: StatusLookup>(
+    State(s): State<L>,
+    ns: Option<Extension<ExpectedNamespace>>,
+    uri: Uri,
+) -> Response {
     prometheus_reply(&s, ns.as_ref(), parse_form(uri.query().unwrap_or_default()))
 }
 
 /// As Prometheus: parameters in the URL and, when form-encoded, in the body.
-async fn prometheus_post(
-    State(s): State<LatestStatus>,
+async fn prometheus_post<L: StatusLookup>(
+    State(s): State<L>,
     ns: Option<Extension<ExpectedNamespace>>,
     uri: Uri,
     headers: HeaderMap,

@@ -48,6 +48,8 @@ pub fn virtual_service(ns: &str, service: &str, labelled: bool) -> Value {
             "spec": { "hosts": [service], "http": http } })
 }
 
+/// A CanaryGate with the promotion gate off: these tests' subject is stepping, judging and
+/// reconciling, not evidence (the test that is sets `requireEvidence` back on).
 pub fn gate(ns: &str, name: &str, app: &str, port: u16, interval: &str) -> Value {
     json!({
         "apiVersion": "canary-gate.dev/v1alpha1", "kind": "CanaryGate",
@@ -57,7 +59,7 @@ pub fn gate(ns: &str, name: &str, app: &str, port: u16, interval: &str) -> Value
             "workload": { "selector": { "app": app }, "snapshotPort": port },
             "stable": "v1", "canary": "v2", "route": { "name": name },
             "analysis": { "interval": interval, "threshold": 3, "stepWeights": [10, 30, 60], "maxWeight": 60,
-                          "minRequests": 20,
+                          "minRequests": 20, "promotion": { "requireEvidence": false },
                           "metrics": [{ "name": "request-success-rate", "thresholdRange": { "min": 99 }, "interval": "2s" }] }
         }
     })
