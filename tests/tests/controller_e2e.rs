@@ -314,6 +314,12 @@ async fn of_two_gates_on_two_envoys_the_failing_canary_is_at_zero_within_two_sec
     for task in delivery {
         task.abort();
     }
+    // Every pluginConfig the controller and the loops wrote, delivered verbatim, was taken by the
+    // filter (a refused one is logged, and the filter keeps its last good configuration).
+    let rejected: Vec<String> =
+        [&alpha, &beta].iter().flat_map(|p| p.envoy.log_lines("rejected configuration")).collect();
+    assert!(rejected.is_empty(), "the filter refused a delivered pluginConfig: {rejected:#?}");
+    let deliveries = (alpha.delivered.lock().unwrap().len(), beta.delivered.lock().unwrap().len());
     eprintln!(
         "both canaries on their first step {first_step:?} after the controller started; alpha: canary at 0% {cut:?} after its first \
          failure, status rolled_back {:?} and the WasmPlugin's 0% in its Envoy's file {:?} after the break; beta on \
@@ -326,4 +332,5 @@ async fn of_two_gates_on_two_envoys_the_failing_canary_is_at_zero_within_two_sec
         samples_b.len(),
         started.elapsed()
     );
+    eprintln!("pluginConfigs delivered to alpha's and beta's Envoy: {deliveries:?}");
 }
