@@ -160,6 +160,11 @@ impl Controller {
         Controller(child, log)
     }
 
+    fn log_lines(&self, needle: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.1).unwrap_or_default();
+        text.lines().filter(|l| l.contains(needle)).map(str::to_owned).collect()
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.1).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -182,7 +187,8 @@ fn crd_has_promotion_block() -> bool {
 }
 
 /// Gate `name` with the fast spec of the e2e tests: checks every second, steps 10, 30, 60%, 20
-/// canary requests a step, success rate ≥ 99% over 2 s, three failed checks to roll back.
+/// canary requests a step, success rate ≥ 99% over 2 s, three failed checks to roll back; the
+/// promotion gate off once the CRD has its block.
 fn gate(ns: &str, name: &str, snapshot_port: u16) -> Value {
     let mut g = gates::gate(ns, name, &format!("{name}-caller"), snapshot_port, "1s");
     if crd_has_promotion_block() {
@@ -258,6 +264,7 @@ async fn of_two_gates_on_two_envoys_the_failing_canary_is_at_zero_within_two_sec
     // alpha's canary breaks: 30% of its requests fail.
     let beta_canary_before = beta.canary.received();
     let broken = Instant::now();
+    let (broken_clock, broken_in_traffic) = (k8s_openapi::jiff::Timestamp::now(), traffic_a.elapsed());
     alpha.canary.fail_per_mille(300);
     let (a, rolled_back_at) =
         wait_status(&ns, "alpha", Duration::from_secs(15), "a rollback", &controller, |s| s["phase"] == "rolled_back")
@@ -267,7 +274,15 @@ async fn of_two_gates_on_two_envoys_the_failing_canary_is_at_zero_within_two_sec
     let cut = time_to_zero(&samples_a, "v1", "v2", 100).unwrap_or_else(|| {
         panic!("alpha's canary was never cut off; status {a:#}\n{}", controller.log_tail());
     });
-    assert!(cut <= Duration::from_secs(2), "alpha's canary traffic reached 0% {cut:?} after its first failure");
+    let first_failure = samples_a.iter().find(|s| s.served_by == "v2" && s.status >= 500).map(|s| s.sent);
+    assert!(
+        cut <= Duration::from_secs(2),
+        "alpha's canary traffic reached 0% {cut:?} after its first failure (broken at {broken_clock}; first failure sent \
+         {:?} after; status rolled_back {:?} after); the controller's kill orders:\n{}",
+        first_failure.map(|f| f.saturating_sub(broken_in_traffic)),
+        rolled_back_at - broken,
+        controller.log_lines("kill order").join("\n")
+    );
     assert!(samples_a.iter().all(|s| s.status != 0), "every request through alpha's Envoy got a response");
     assert_eq!(condition(&a, "RolledBack")["status"], "True", "{a:#}");
     // The status's weight is the durable one (the WasmPlugin's), written after the kill orders:
@@ -295,14 +310,13 @@ async fn of_two_gates_on_two_envoys_the_failing_canary_is_at_zero_within_two_sec
         }
     };
 
-    // beta, same controller, same ticks: unaffected, it moves on to a later step (without the
+    // beta, same controller, same ticks: unaffected, it moves on to its next step (without the
     // promotion block, its steps also wait for evidence that its canary is not worse).
     let later = if crd_has_promotion_block() { Duration::from_secs(20) } else { Duration::from_secs(120) };
-    let stepped_at = beta.wait_applied(3_000, later, "a later step").await;
-    let (b, _) = wait_status(&ns, "beta", Duration::from_secs(5), "a later step in its status", &controller, |s| {
-        s["weight"].as_f64().unwrap_or(0.0) >= 30.0
-    })
-    .await;
+    let (b, stepped_at) =
+        wait_status(&ns, "beta", later, "a later step", &controller, |s| s["weight"].as_f64().unwrap_or(0.0) >= 30.0)
+            .await;
+    beta.wait_applied(3_000, Duration::from_secs(5), "the later step in its Envoy").await;
     assert!(b["phase"] == "progressing" || b["phase"] == "promoting" || b["phase"] == "succeeded", "{b:#}");
     assert_eq!(condition(&b, "RolledBack")["status"], "False", "{b:#}");
     let (_, beta_killed) = beta.applied().await.unwrap();
