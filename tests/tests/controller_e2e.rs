@@ -179,24 +179,6 @@ impl Drop for Controller {
     }
 }
 
-/// Whether the installed CRD has the promotion gate's block (`analysis.promotion`); until it does,
-/// a CanaryGate's steps also wait for the evidence that the canary is not worse.
-fn crd_has_promotion_block() -> bool {
-    let crd = std::fs::read_to_string(kube_support::workspace_root().join("deploy/crd/canarygate.yaml")).unwrap();
-    crd.contains("requireEvidence")
-}
-
-/// Gate `name` with the fast spec of the e2e tests: checks every second, steps 10, 30, 60%, 20
-/// canary requests a step, success rate ≥ 99% over 2 s, three failed checks to roll back; the
-/// promotion gate off once the CRD has its block.
-fn gate(ns: &str, name: &str, snapshot_port: u16) -> Value {
-    let mut g = gates::gate(ns, name, &format!("{name}-caller"), snapshot_port, "1s");
-    if crd_has_promotion_block() {
-        g["spec"]["analysis"]["promotion"] = json!({ "requireEvidence": false });
-    }
-    g
-}
-
 async fn status(ns: &TestNamespace, name: &str) -> Value {
     let g = Api::<CanaryGate>::namespaced(ns.admin.clone(), &ns.name).get(name).await.unwrap();
     serde_json::to_value(g.status).unwrap_or(Value::Null)
@@ -245,7 +227,9 @@ async fn of_two_gates_on_two_envoys_the_failing_canary_is_at_zero_within_two_sec
         ns.pod(&format!("{}-caller-0", p.name), json!({ "app": format!("{}-caller", p.name) }), "127.0.0.1", true)
             .await;
         gates::apply(cp, &gates::virtual_service(&ns.name, p.name, true));
-        gates::apply(cp, &gate(&ns.name, p.name, p.envoy.snapshot.port()));
+        // The fast spec of the gate tests (support/gates.rs): checks every second, steps 10, 30, 60%,
+        // 20 canary requests a step, the promotion gate off (the subject is the kill path).
+        gates::apply(cp, &gates::gate(&ns.name, p.name, &format!("{}-caller", p.name), p.envoy.snapshot.port(), "1s"));
         let plugin = format!("{}-canary-gate", p.name);
         delivery.push(tokio::spawn(deliver(plugins.clone(), plugin, Arc::clone(&p.envoy), Arc::clone(&p.delivered))));
     }
@@ -310,9 +294,8 @@ async fn of_two_gates_on_two_envoys_the_failing_canary_is_at_zero_within_two_sec
         }
     };
 
-    // beta, same controller, same ticks: unaffected, it moves on to its next step (without the
-    // promotion block, its steps also wait for evidence that its canary is not worse).
-    let later = if crd_has_promotion_block() { Duration::from_secs(20) } else { Duration::from_secs(120) };
+    // beta, same controller, same ticks: unaffected, it moves on to its next step.
+    let later = Duration::from_secs(20);
     let (b, stepped_at) =
         wait_status(&ns, "beta", later, "a later step", &controller, |s| s["weight"].as_f64().unwrap_or(0.0) >= 30.0)
             .await;
@@ -337,11 +320,10 @@ async fn of_two_gates_on_two_envoys_the_failing_canary_is_at_zero_within_two_sec
     eprintln!(
         "both canaries on their first step {first_step:?} after the controller started; alpha: canary at 0% {cut:?} after its first \
          failure, status rolled_back {:?} and the WasmPlugin's 0% in its Envoy's file {:?} after the break; beta on \
-         its next step {:?} after alpha's break (promotion block in the CRD: {}); {} + {} requests, {:?} in all",
+         its next step {:?} after alpha's break; {} + {} requests, {:?} in all",
         rolled_back_at - broken,
         durable_zero.saturating_duration_since(broken),
         stepped_at - broken,
-        crd_has_promotion_block(),
         samples_a.len(),
         samples_b.len(),
         started.elapsed()
