@@ -604,7 +604,7 @@ impl Rollout {
         let amount = match (more, eta_s) {
             (Some(n), Some(eta)) => format!(
                 "about {n} more canary requests, about {} at the current rate ({:.1}/s)",
-                human_duration(std::time::Duration::from_secs_f64(eta.min(1e9)).max(std::time::Duration::from_secs(1))),
+                about_seconds(eta),
                 rate.unwrap_or(0.0)
             ),
             (Some(n), None) => format!("about {n} more canary requests (no canary traffic on this step yet)"),
@@ -616,10 +616,7 @@ impl Rollout {
                     "about {n} more canary requests for the tests that can tell so far{}, and the latency test once the stable's p99 is known",
                     rate.map_or_else(String::new, |r| format!(
                         " (about {} at the current rate, {r:.1}/s)",
-                        human_duration(
-                            std::time::Duration::from_secs_f64((count_f(n) / r).min(1e9))
-                                .max(std::time::Duration::from_secs(1))
-                        )
+                        about_seconds(count_f(n) / r)
                     ))
                 ),
                 None => "how much more is not known yet: the latency test waits for the stable's p99 as its reference"
@@ -834,6 +831,11 @@ fn describe_gate_test(t: &GateEvidence) -> String {
         ),
         None => format!("{}: waiting for the stable's p99 as the reference", t.test),
     }
+}
+
+/// An estimate in whole seconds, at least one (`4m10s`, not `249527ms`).
+fn about_seconds(seconds: f64) -> String {
+    human_duration(std::time::Duration::from_secs_f64(seconds.round().clamp(1.0, 1e9)))
 }
 
 // Counts and milliseconds up to 2^53 convert exactly.
@@ -1120,6 +1122,9 @@ metrics:
             held.text
         );
         assert!(held.more_canary_requests.is_some_and(|n| n > 100), "{held:?}");
+        // The time in whole seconds, as people read it (it read `249527ms` in the real-Envoy test).
+        let eta = held.text.split(" at the current rate").next().and_then(|t| t.rsplit("about ").next()).unwrap();
+        assert!(eta.ends_with('s') && !eta.contains("ms") && !eta.contains('.'), "{eta:?} in {}", held.text);
     }
 
     #[test]
