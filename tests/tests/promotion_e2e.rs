@@ -42,7 +42,10 @@ const RPS: u32 = 100;
 /// not be.
 const BUDGET: Duration = Duration::from_secs(240);
 
-/// Default α and promotion settings; checks a 1% canary passes (98% over 10 s at 10/s).
+/// Default α and promotion settings; checks a 1% canary passes (98% over 10 s at 10/s). The
+/// duration SLO is 5 s, not the usual 1 s: this test is about the promotion gate, and with the
+/// load average at 14 on 2 cores the debug build's p99 passed 2 s and the latency SLO test rolled
+/// back even the healthy canary (the latency gate still compares canary with stable).
 const SPEC: &str = "
 name: demo
 stable: v1
@@ -57,7 +60,7 @@ metrics:
     thresholdRange: { min: 98 }
     interval: 10s
   - name: request-duration
-    thresholdRange: { max: 1000 }
+    thresholdRange: { max: 5000 }
     interval: 10s
 ";
 
