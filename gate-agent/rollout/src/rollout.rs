@@ -139,7 +139,8 @@ pub struct InsufficientEvidence {
     /// Since when the gate holds this step (ms, the caller's clock).
     pub since_ms: u64,
     /// About how many more canary requests until every gate test shows; `None` when not expected
-    /// at the canary's current rates (it fails, or is slow, more often than the margin allows).
+    /// at the canary's current rates (it fails, or is slow, more often than the margin allows), or
+    /// not known yet (the latency test waits for the stable's p99 reference; the text says which).
     pub more_canary_requests: Option<u64>,
     /// Canary requests per second on this step so far.
     pub canary_requests_per_s: Option<f64>,
@@ -583,8 +584,13 @@ impl Rollout {
         let max_wait = self.spec.promotion().max_wait;
         let tests = self.judge.promotion_evidence();
         let pending: Vec<&GateEvidence> = tests.iter().filter(|t| !t.shown).collect();
+        // A test without its margin yet (latency, before the stable's p99 reference is fixed) has
+        // no estimate: that is "not known yet", not "not expected".
+        let unknown = pending.iter().any(|t| t.margin.is_none());
         // Every test must show: the slowest decides; one not expected to show at all decides "never".
-        let more = pending.iter().try_fold(0u64, |most, t| t.more_needed.map(|n| most.max(n)));
+        let known =
+            pending.iter().filter(|t| t.margin.is_some()).try_fold(0u64, |most, t| t.more_needed.map(|n| most.max(n)));
+        let more = known.filter(|_| !unknown);
         let elapsed_s = ms_to_s(now_ms.saturating_sub(self.step_started_ms));
         let rate =
             (elapsed_s > 0.0 && self.step_canary_requests > 0).then(|| count_f(self.step_canary_requests) / elapsed_s);
@@ -597,11 +603,24 @@ impl Rollout {
         let amount = match (more, eta_s) {
             (Some(n), Some(eta)) => format!(
                 "about {n} more canary requests, about {} at the current rate ({:.1}/s)",
-                human_duration(std::time::Duration::from_secs_f64(eta.min(1e9)).max(std::time::Duration::from_secs(1))),
+                about_seconds(eta),
                 rate.unwrap_or(0.0)
             ),
             (Some(n), None) => format!("about {n} more canary requests (no canary traffic on this step yet)"),
-            (None, _) => "not expected at the canary's current rates: it is not shown better than the margin".into(),
+            (None, _) if known.is_none() => {
+                "not expected at the canary's current rates: it is not shown better than the margin".into()
+            }
+            (None, _) => match known.filter(|n| *n > 0) {
+                Some(n) => format!(
+                    "about {n} more canary requests for the tests that can tell so far{}, and the latency test once the stable's p99 is known",
+                    rate.map_or_else(String::new, |r| format!(
+                        " (about {} at the current rate, {r:.1}/s)",
+                        about_seconds(count_f(n) / r)
+                    ))
+                ),
+                None => "how much more is not known yet: the latency test waits for the stable's p99 as its reference"
+                    .into(),
+            },
         };
         let details: Vec<String> = pending.iter().map(|t| describe_gate_test(t)).collect();
         let text = format!("insufficient evidence to {what} at {}: {amount}; {}", self.weight, details.join("; "));
@@ -811,6 +830,11 @@ fn describe_gate_test(t: &GateEvidence) -> String {
         ),
         None => format!("{}: waiting for the stable's p99 as the reference", t.test),
     }
+}
+
+/// An estimate in whole seconds, at least one (`4m10s`, not `249527ms`).
+fn about_seconds(seconds: f64) -> String {
+    human_duration(std::time::Duration::from_secs_f64(seconds.round().clamp(1.0, 1e9)))
 }
 
 // Counts and milliseconds up to 2^53 convert exactly.
@@ -1064,6 +1088,42 @@ metrics:
         );
         assert_eq!(r.status().insufficient_evidence, None);
         assert_eq!(r.phase(), Phase::Succeeded);
+    }
+
+    #[test]
+    fn with_the_gate_before_the_latency_reference_is_fixed_how_much_more_is_not_known_rather_than_never() {
+        // 100 requests a second, 10 on the canary at 10%, none failing, all at 20 ms: the latency
+        // test's reference needs 2,000 stable requests (about 22 s). Before that its estimate is
+        // unknown, which must not read as "not expected" (it did, as the real-Envoy test found).
+        let low = |t: u64, w: Weight| {
+            let canary = u64::from(w.basis_points()) / 100;
+            fabricated(t * S, (100 - canary, 0, 20), (canary, 0, 20))
+        };
+        let mut r = Rollout::new(gated("minRequests: 10\n"), 0);
+        run(&mut r, 1, 12, low);
+        let held = r.status().insufficient_evidence.unwrap();
+        assert!(!held.text.contains("not expected"), "{}", held.text);
+        assert!(
+            held.text.contains("more canary requests for the tests that can tell so far (about ")
+                && held.text.contains("and the latency test once the stable's p99 is known"),
+            "{}",
+            held.text
+        );
+        assert_eq!((held.more_canary_requests, held.eta_s), (None, None), "not known yet: {}", held.text);
+        // Once the reference is fixed, the whole estimate.
+        run(&mut r, 13, 30, low);
+        let held = r.status().insufficient_evidence.unwrap();
+        assert!(
+            held.text.starts_with("insufficient evidence to advance at 10%: about ")
+                && held.text.contains("more canary requests, about ")
+                && held.text.contains("at the current rate (10.0/s)"),
+            "{}",
+            held.text
+        );
+        assert!(held.more_canary_requests.is_some_and(|n| n > 100), "{held:?}");
+        // The time in whole seconds, as people read it (it read `249527ms` in the real-Envoy test).
+        let eta = held.text.split(" at the current rate").next().and_then(|t| t.rsplit("about ").next()).unwrap();
+        assert!(eta.ends_with('s') && !eta.contains("ms") && !eta.contains('.'), "{eta:?} in {}", held.text);
     }
 
     #[test]

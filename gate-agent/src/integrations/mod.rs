@@ -20,7 +20,8 @@
 //!   `canary_gate_success_rate{subset="canary"}` (percent), `canary_gate_latency_p50_ms{...}`,
 //!   `canary_gate_latency_p99_ms{...}` (ms; `subset` is `canary`, `stable` or a subset name;
 //!   optional `rollout="..."` and `namespace="..."` matchers) and `canary_gate_verdict` (1 pass,
-//!   0 fail or rolled back, no sample without enough data); see [`prometheus::parse_query`]. Answers are
+//!   0 fail or rolled back, no sample while the table below holds: not enough data, insufficient
+//!   evidence, paused, not ready; [`prometheus::verdict_value`]); see [`prometheus::parse_query`]. Answers are
 //!   Prometheus's instant-vector JSON; anything else is 400 `bad_data`. `time=` (RFC 3339 or Unix
 //!   seconds) is honoured as far as the agent can: it holds only its latest status, so a time
 //!   before that status was published, or after now, is 400 `bad_data` (see [`prometheus::eval_time`]).

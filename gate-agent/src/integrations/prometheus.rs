@@ -14,11 +14,8 @@ use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
 
 use super::form::parse_form;
-use crate::judge::VerdictKind;
-use crate::rollout::Phase;
 use crate::status::{
-    ExpectedNamespace, Found, Refusal, Standing, StatusLookup, StatusView, SubsetView, expected, latest_verdict,
-    standing,
+    ExpectedNamespace, Found, Refusal, Standing, StatusLookup, StatusView, SubsetView, expected, standing,
 };
 use crate::time::unix_ms;
 
@@ -33,18 +30,24 @@ where
         .route("/api/v1/query_range", get(range_refused).post(range_refused).fallback(prometheus_not_allowed))
 }
 
-/// `canary_gate_verdict`: 1 when the latest verdict passed, 0 when it failed or the rollout is
-/// rolled back, no sample while there is not enough data.
+/// `canary_gate_verdict`, read from where the canary stands ([`standing`]) as the table in
+/// [`crate::integrations`] reads it: 1 only where Flagger's gates pass and Argo reads `pass`; 0 on
+/// a breach (rolled back, a decisive failure) or a failed check; no sample wherever the gates hold
+/// and Argo reads `inconclusive` (not enough data, insufficient evidence for the promotion gate,
+/// paused, not ready), which Flagger reads as "no values found" and halts on without counting a
+/// failed check. So a query gate never advances past a step the promotion gate holds.
 pub fn verdict_value(view: &StatusView) -> Option<f64> {
-    if view.phase == Phase::RolledBack.as_str() {
-        return Some(0.0);
-    }
-    match latest_verdict(view)? {
-        VerdictKind::Pass => Some(1.0),
-        VerdictKind::Fail { .. } => Some(0.0),
-        VerdictKind::NotEnoughData => None,
+    match standing(view) {
+        Standing::Passing(_) => Some(1.0),
+        Standing::Breach(_) | Standing::Failing(_) => Some(0.0),
+        Standing::Unavailable(_)
+        | Standing::Paused(_)
+        | Standing::NotReady(_)
+        | Standing::InsufficientEvidence(_)
+        | Standing::NoData(_) => None,
     }
 }
+
 /// A series the query endpoint answers. These are answers computed from `/status`, not series
 /// the agent exports on `/metrics` (those are `canary_gate_agent_*`, in base units).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +58,7 @@ pub enum Series {
     LatencyP50,
     /// 99th percentile latency over the status window, ms, per subset.
     LatencyP99,
-    /// 1 pass, 0 fail or rolled back; no sample while there is not enough data.
+    /// 1 pass, 0 fail or rolled back; no sample while the rollout holds ([`verdict_value`]).
     Verdict,
 }
 
@@ -621,6 +624,54 @@ mod tests {
         let quiet = with(|v| v.subsets.iter_mut().for_each(|s| s.success_rate_percent = None));
         let empty = ask("canary_gate_success_rate{subset=\"canary\"}", &quiet).unwrap();
         assert_eq!(empty["data"]["result"], json!([]), "no requests in the window: no sample");
+    }
+
+    #[test]
+    fn the_verdict_series_has_no_sample_wherever_the_gates_hold_even_after_a_passing_check() {
+        let value = |v: &StatusView| {
+            let answer = ask("canary_gate_verdict", v).unwrap();
+            answer["data"]["result"][0]["value"][1].as_str().map(str::to_owned)
+        };
+        // The checks pass, but the promotion gate holds the step: Flagger's gates answer 412 and
+        // Argo `inconclusive`, so a query gate must not read 1 (it did: it read the verdict alone).
+        let held = with(|v| {
+            v.insufficient_evidence = Some(crate::rollout::InsufficientEvidence {
+                since_ms: 1_000,
+                more_canary_requests: Some(1_200),
+                canary_requests_per_s: Some(10.0),
+                eta_s: Some(120.0),
+                gives_up_in_s: None,
+                tests: Vec::new(),
+                text: "insufficient evidence to advance at 10%: about 1200 more canary requests, about 2m at the current rate (10.0/s)".into(),
+            });
+        });
+        assert_eq!(crate::status::latest_verdict(&held), Some(VerdictKind::Pass), "the fixture's checks pass");
+        assert_eq!(value(&held), None);
+        assert_eq!(verdict_value(&held), None);
+        // Every row of the table in `integrations`: 1 exactly where Argo reads `pass`, 0 where it
+        // reads `fail` or the hooks refuse with 403, no sample where they hold.
+        let paused = with(|v| v.phase = "paused".into());
+        let not_ready = with(|v| v.not_ready = Some("no proxy answered".into()));
+        let failing = with(|v| v.recent_verdicts.push(verdict(VerdictKind::Fail { decisive: false }, &[])));
+        for (view, want) in [
+            (&passing(), Some("1")),
+            (&decisive(), Some("0")),
+            (&rolled_back(), Some("0")),
+            (&failing, Some("0")),
+            (&paused, None),
+            (&not_ready, None),
+            (&held, None),
+        ] {
+            let argo = crate::integrations::argo::argo_verdict(view).unwrap().result;
+            assert_eq!(value(view).as_deref(), want, "{:?} (Argo reads {argo})", standing(view));
+            assert_eq!(want == Some("1"), argo == "pass", "{:?}", standing(view));
+        }
+        // A failed check outranks the gate: it counts toward the threshold, and reads 0.
+        let held_and_failing = with(|v| {
+            v.insufficient_evidence = held.insufficient_evidence.clone();
+            v.recent_verdicts.push(verdict(VerdictKind::Fail { decisive: false }, &[]));
+        });
+        assert_eq!(value(&held_and_failing).as_deref(), Some("0"));
     }
 
     #[test]
