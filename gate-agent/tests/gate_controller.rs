@@ -25,11 +25,9 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::Request;
-use gate_agent::control::Settings;
 use gate_agent::gate::api::{GatesApi, app};
-use gate_agent::gate::controller::{ControllerSettings, GateIndex, run};
+use gate_agent::gate::controller::{GateIndex, run};
 use gate_agent::gate::crd::CanaryGate;
-use gate_agent::gate::generate::Install;
 use gate_agent::mesh::lease::Leadership;
 use gate_agent::mesh::wasmplugin::WasmPlugin;
 use gates::{apply, gate, install_crd, proxies, virtual_service};
@@ -113,27 +111,7 @@ async fn gates_in_two_namespaces_are_generated_judged_reconciled_and_deleted_ind
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let settings = ControllerSettings {
-        namespaces: vec![shop.name.clone(), other.name.clone()],
-        install: Install {
-            module_url: "oci://registry.invalid/canary-gate/filter:0.1.0".into(),
-            module_sha256: "ab".repeat(32),
-            namespace: "canary-gate-system".into(),
-            service_account: "canary-gate-controller".into(),
-            pod_labels: [("app.kubernetes.io/name".to_owned(), "canary-gate-controller".to_owned())].into(),
-        },
-        identity: "controller-test".into(),
-        poll: Duration::from_millis(250),
-        resync: Duration::from_secs(30),
-        kube_timeout: Duration::from_secs(2),
-        tick: Duration::from_millis(250),
-        fetch_timeout: Duration::from_millis(500),
-        discovery_interval: Duration::from_secs(1),
-        snapshot_path: canary_core::config::DEFAULT_SNAPSHOT_PATH.into(),
-        kill_path: canary_core::kill::DEFAULT_KILL_PATH.into(),
-        rollout: Settings::default(),
-        plugin_kind: None, // this cluster serves both: WasmPlugin
-    };
+    let settings = gates::controller_settings(vec![shop.name.clone(), other.name.clone()], None);
     let index = GateIndex::default();
     let controller = tokio::spawn(run(shop.admin.clone(), settings, Leadership::always(), index.clone(), stop_rx));
 

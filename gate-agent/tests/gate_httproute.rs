@@ -16,10 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use gate_agent::control::Settings;
-use gate_agent::gate::controller::{ControllerSettings, GateIndex, run};
+use gate_agent::gate::controller::{GateIndex, run};
 use gate_agent::gate::crd::CanaryGate;
-use gate_agent::gate::generate::Install;
 use gate_agent::mesh::lease::Leadership;
 use gates::{apply, gate, install_crd, proxies};
 use kube::Api;
@@ -91,27 +89,7 @@ async fn a_gate_whose_httproute_lacks_the_label_rule_is_pending_with_the_fix_unt
     apply(cp, &http_route_gate(&ns.name, "lambda", bare_port));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let settings = ControllerSettings {
-        namespaces: vec![ns.name.clone()],
-        install: Install {
-            module_url: "oci://registry.invalid/canary-gate/filter:0.1.0".into(),
-            module_sha256: "ab".repeat(32),
-            namespace: "canary-gate-system".into(),
-            service_account: "canary-gate-controller".into(),
-            pod_labels: [("app.kubernetes.io/name".to_owned(), "canary-gate-controller".to_owned())].into(),
-        },
-        identity: "controller-test".into(),
-        plugin_kind: None, // this cluster serves both: WasmPlugin
-        poll: Duration::from_millis(250),
-        resync: Duration::from_secs(30),
-        kube_timeout: Duration::from_secs(2),
-        tick: Duration::from_millis(250),
-        fetch_timeout: Duration::from_millis(500),
-        discovery_interval: Duration::from_secs(1),
-        snapshot_path: canary_core::config::DEFAULT_SNAPSHOT_PATH.into(),
-        kill_path: canary_core::kill::DEFAULT_KILL_PATH.into(),
-        rollout: Settings::default(),
-    };
+    let settings = gates::controller_settings(vec![ns.name.clone()], None);
     let controller = tokio::spawn(run(ns.admin.clone(), settings, Leadership::always(), GateIndex::default(), stop_rx));
 
     // The HTTPRoute without the label rule: pending, and the condition has the rule to add.

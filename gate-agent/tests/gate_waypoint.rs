@@ -21,10 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use gate_agent::control::Settings;
 use gate_agent::gate::controller::{ControllerSettings, GateIndex, run};
 use gate_agent::gate::crd::CanaryGate;
-use gate_agent::gate::generate::Install;
 use gate_agent::mesh::discovery::PodTargets;
 use gate_agent::mesh::extension::{PluginKind, TrafficExtension};
 use gate_agent::mesh::lease::Leadership;
@@ -36,27 +34,7 @@ use kube_support::{ControlPlane, TestNamespace};
 use serde_json::{Value, json};
 
 fn settings(ns: &TestNamespace, kind: Option<PluginKind>) -> ControllerSettings {
-    ControllerSettings {
-        namespaces: vec![ns.name.clone()],
-        install: Install {
-            module_url: "oci://registry.invalid/canary-gate/filter:0.1.0".into(),
-            module_sha256: "ab".repeat(32),
-            namespace: "canary-gate-system".into(),
-            service_account: "canary-gate-controller".into(),
-            pod_labels: [("app.kubernetes.io/name".to_owned(), "canary-gate-controller".to_owned())].into(),
-        },
-        identity: "controller-test".into(),
-        poll: Duration::from_millis(250),
-        resync: Duration::from_secs(30),
-        kube_timeout: Duration::from_secs(2),
-        tick: Duration::from_millis(250),
-        fetch_timeout: Duration::from_millis(500),
-        discovery_interval: Duration::from_secs(1),
-        snapshot_path: canary_core::config::DEFAULT_SNAPSHOT_PATH.into(),
-        kill_path: canary_core::kill::DEFAULT_KILL_PATH.into(),
-        rollout: Settings::default(),
-        plugin_kind: kind,
-    }
+    gates::controller_settings(vec![ns.name.clone()], kind)
 }
 
 async fn status(ns: &TestNamespace, name: &str) -> Value {

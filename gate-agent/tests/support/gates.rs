@@ -6,14 +6,46 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use canary_core::snapshot::SNAPSHOT_FORMAT;
 use canary_core::{InstanceInfo, Outcome, Role, Snapshot, SubsetCounters, SubsetName, SubsetSnapshot};
+use gate_agent::control::Settings;
+use gate_agent::gate::controller::ControllerSettings;
+use gate_agent::gate::generate::Install;
+use gate_agent::mesh::extension::PluginKind;
 use gate_agent::mesh::wasmplugin::WasmPlugin;
 use kube::Api;
 use serde_json::{Value, json};
 
 use super::kube_support::{ControlPlane, TestNamespace, workspace_root};
+
+/// The settings of a controller run in the test process over `namespaces`: a 250 ms poll and
+/// tick, a module that is never pulled, and `plugin_kind` (`None`: whichever the cluster serves,
+/// WasmPlugin on the tests' server, which serves both).
+pub fn controller_settings(namespaces: Vec<String>, plugin_kind: Option<PluginKind>) -> ControllerSettings {
+    ControllerSettings {
+        namespaces,
+        install: Install {
+            module_url: "oci://registry.invalid/canary-gate/filter:0.1.0".into(),
+            module_sha256: "ab".repeat(32),
+            namespace: "canary-gate-system".into(),
+            service_account: "canary-gate-controller".into(),
+            pod_labels: [("app.kubernetes.io/name".to_owned(), "canary-gate-controller".to_owned())].into(),
+        },
+        identity: "controller-test".into(),
+        poll: Duration::from_millis(250),
+        resync: Duration::from_secs(30),
+        kube_timeout: Duration::from_secs(2),
+        tick: Duration::from_millis(250),
+        fetch_timeout: Duration::from_millis(500),
+        discovery_interval: Duration::from_secs(1),
+        snapshot_path: canary_core::config::DEFAULT_SNAPSHOT_PATH.into(),
+        kill_path: canary_core::kill::DEFAULT_KILL_PATH.into(),
+        rollout: Settings::default(),
+        plugin_kind,
+    }
+}
 
 pub fn install_crd(cp: &ControlPlane) {
     let ok = |c: &mut Command| c.status().unwrap().success();
