@@ -582,7 +582,7 @@ fn every_flag_the_deployment_passes_exists_in_gate_agent() {
         let flag = str_of(arg, "arg").split('=').next().unwrap();
         assert!(help.contains(&format!("{flag} <")), "gate-agent run has no {flag}:\n{help}");
     }
-    assert!(help.contains("[possible values: file, wasmplugin]"), "{help}");
+    assert!(help.contains("[possible values: file, wasmplugin, trafficextension]"), "{help}");
 }
 
 #[test]
