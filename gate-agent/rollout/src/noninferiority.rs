@@ -70,7 +70,9 @@
 //! # Latency
 //!
 //! A canary whose p99 is at most `(1 + i)` times the stable's has at most 1% of its requests above
-//! `R = (1 + i) · p99_stable`. `R` is fixed from the first
+//! `R = (1 + i) · p99_stable`; `R` is at least `p99_stable` plus
+//! [`crate::judge::LATENCY_TOLERANCE_US`], the comparison test's tolerance, so that a few ms of
+//! noise both versions share does not hold a fast service's healthy canary. `R` is fixed from the first
 //! [`crate::judge::GATE_LATENCY_REFERENCE_SAMPLES`] stable requests before any canary request is
 //! counted against it; from then on a request above `R` is *slow*, and the test rejects
 //! "more than 1% of canary requests are slow" when `0.01 ≥ p̂` and `ln E(0.01) ≥ ln(1/α)`:

@@ -19,7 +19,7 @@
 //! promotion:               # the evidence gate (on by default, with these margins)
 //!   requireEvidence: true  # advance and promote only once the data shows the canary within:
 //!   errorMargin: { ratio: 2, absolute: 0.5 }   # failures ≤ max(2 × stable, stable + 0.5 pp)
-//!   latencyMargin: { p99Increase: 20% }        # p99 ≤ 1.2 × the stable's
+//!   latencyMargin: { p99Increase: 20% }        # p99 ≤ max(1.2 × the stable's, + 10 ms)
 //!   maxWait: 2h            # optional: roll back after waiting this long for evidence on a step
 //! metrics:
 //!   - name: request-success-rate

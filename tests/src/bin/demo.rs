@@ -164,7 +164,7 @@ async fn main() -> Result<(), Error> {
     println!(
         "rollout steps 25% -> 50% -> promote, checked every 2 s; a step advances only when the checks pass\n\
          and the promotion gate's evidence shows the canary within its margins (failures at most\n\
-         max(2 x stable, stable + 0.5 pp), p99 at most +20%)\n"
+         max(2 x stable, stable + 0.5 pp), p99 at most +20% or +10 ms, whichever is more)\n"
     );
 
     // Act 1: a healthy canary is promoted.
