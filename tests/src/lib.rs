@@ -8,6 +8,7 @@ pub mod envoy;
 pub mod grpc;
 pub mod paths;
 pub mod procfs;
+pub mod tool;
 pub mod traffic;
 
 pub use agent::Agent;

@@ -13,15 +13,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test code
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 #[path = "../../gate-agent/tests/support/kube.rs"]
 mod kube_support;
 
 use canary_e2e::paths;
+use canary_e2e::tool::text;
 use kube_support::ControlPlane;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -51,21 +51,7 @@ fn read(relative: &str) -> String {
 
 /// Runs `cmd` (feeding `stdin`), naming the tool and how to get it when it cannot start.
 fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let mut child = cmd
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}; run `make tools`"));
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input).unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    canary_e2e::tool::run(cmd, stdin, "run `make tools`").unwrap()
 }
 
 fn kind_and_name(o: &Value) -> (String, String) {
