@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use canary_core::{RolloutPhase, Weight};
-use fixtures::{lease_settings, record, w};
+use fixtures::{hand_lease_to, handover_lease_settings, lease_settings, record, w};
 use gate_agent::mesh::discovery::PodTargets;
 use gate_agent::mesh::events::KubeEvents;
-use gate_agent::mesh::lease::{LeaderGated, LeaseSettings, spawn_election};
+use gate_agent::mesh::lease::{LeaderGated, spawn_election};
 use gate_agent::mesh::wasmplugin::{WasmPlugin, WasmPluginRouter};
 use gate_agent::notify::{Notice, NoticeKind, Notifier};
 use gate_agent::router::{RouterError, WeightRouter};
@@ -317,13 +317,7 @@ async fn re_applying_the_shipped_wasmplugin_mid_rollout_moves_neither_weight_nor
 async fn two_leaders_across_a_lease_handover_never_interleave_writes() {
     let (ns, _) = setup("fence").await;
     let leases = || Api::<Lease>::namespaced(ns.agent.clone(), &ns.name);
-    let settings = |id: &str| LeaseSettings {
-        lease_duration: Duration::from_millis(4_000),
-        renew_deadline: Duration::from_millis(3_000),
-        retry_period: Duration::from_millis(200),
-        call_timeout: Duration::from_millis(400),
-        ..LeaseSettings::new("canary-gate-agent", id)
-    };
+    let settings = handover_lease_settings;
     let (a, _ta) = spawn_election(leases(), settings("agent-a"), std::future::pending());
     tokio::time::timeout(Duration::from_secs(3), a.clone().acquired()).await.unwrap();
     let (b, _tb) = spawn_election(leases(), settings("agent-b"), std::future::pending());
@@ -352,15 +346,7 @@ async fn two_leaders_across_a_lease_handover_never_interleave_writes() {
     // a stalls, as far as the Lease is concerned: b takes it over (what b's own election does once
     // a's lease has expired), while a still believes it leads until its renew deadline.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let admin = Api::<Lease>::namespaced(ns.admin.clone(), &ns.name);
-    let mut lease = admin.get("canary-gate-agent").await.unwrap();
-    let spec = lease.spec.as_mut().unwrap();
-    let handover = Instant::now();
-    spec.holder_identity = Some("agent-b".into());
-    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-    spec.renew_time =
-        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now()));
-    admin.replace("canary-gate-agent", &PostParams::default(), &lease).await.unwrap();
+    let handover = hand_lease_to(&Api::<Lease>::namespaced(ns.admin.clone(), &ns.name), "agent-b").await;
     for writer in writers {
         writer.await.unwrap();
     }

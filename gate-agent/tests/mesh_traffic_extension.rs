@@ -14,9 +14,9 @@ mod kube_support;
 use std::time::{Duration, Instant};
 
 use canary_core::RolloutPhase;
-use fixtures::{record, w};
+use fixtures::{hand_lease_to, handover_lease_settings, record, w};
 use gate_agent::mesh::extension::{PluginKind, TrafficExtension};
-use gate_agent::mesh::lease::{LeaderGated, Leadership, LeaseSettings, spawn_election};
+use gate_agent::mesh::lease::{LeaderGated, Leadership, spawn_election};
 use gate_agent::mesh::wasmplugin::PluginRouter;
 use gate_agent::router::{RouterError, WeightRouter};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -178,13 +178,7 @@ fn fenced(ns: &TestNamespace, l: &Leadership) -> LeaderGated<PluginRouter> {
 async fn a_superseded_leader_is_fenced_off_a_traffic_extension() {
     let (ns, _) = setup("te-fence").await;
     let leases = || Api::<Lease>::namespaced(ns.agent.clone(), &ns.name);
-    let settings = |id: &str| LeaseSettings {
-        lease_duration: Duration::from_millis(4_000),
-        renew_deadline: Duration::from_millis(3_000),
-        retry_period: Duration::from_millis(200),
-        call_timeout: Duration::from_millis(400),
-        ..LeaseSettings::new("canary-gate-agent", id)
-    };
+    let settings = handover_lease_settings;
     let (a, _ta) = spawn_election(leases(), settings("agent-a"), std::future::pending());
     tokio::time::timeout(Duration::from_secs(3), a.clone().acquired()).await.unwrap();
     let (b, _tb) = spawn_election(leases(), settings("agent-b"), std::future::pending());
@@ -192,21 +186,7 @@ async fn a_superseded_leader_is_fenced_off_a_traffic_extension() {
     router_a.apply(w(5.0), record(RolloutPhase::Progressing)).await.unwrap();
     assert_eq!(get_te(&ns).await["metadata"]["annotations"]["canary-gate.io/leader-term"], "0/agent-a");
     // b takes the Lease over while a still believes it leads (its renew deadline has not passed).
-    let admin = Api::<Lease>::namespaced(ns.admin.clone(), &ns.name);
-    // a renews meanwhile: a 409 here is a's renewal landing first, so read again and retry.
-    loop {
-        let mut lease = admin.get("canary-gate-agent").await.unwrap();
-        let spec = lease.spec.as_mut().unwrap();
-        spec.holder_identity = Some("agent-b".into());
-        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-        spec.renew_time =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now()));
-        match admin.replace("canary-gate-agent", &PostParams::default(), &lease).await {
-            Ok(_) => break,
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            Err(e) => panic!("{e}"),
-        }
-    }
+    hand_lease_to(&Api::<Lease>::namespaced(ns.admin.clone(), &ns.name), "agent-b").await;
     let router_b = fenced(&ns, &b);
     let deadline = Instant::now() + Duration::from_secs(3);
     let written_by_b = loop {

@@ -2,10 +2,13 @@
 //! in `mesh.rs`, the fault-injecting double in `mesh_faults.rs`).
 #![allow(dead_code)] // each test binary uses a different part of it
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use canary_core::{RolloutPhase, RolloutRecord, Weight};
 use gate_agent::mesh::lease::LeaseSettings;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use kube::api::PostParams;
 use serde_json::{Value, json};
 
 /// canary-gate's route WasmPlugin for rollout `demo` at `weight` and `revision`, in `namespace`
@@ -38,6 +41,36 @@ pub fn record(phase: RolloutPhase) -> RolloutRecord {
 
 pub fn w(p: f64) -> Weight {
     Weight::from_percent(p).unwrap_or(Weight::ZERO)
+}
+
+/// Lease timings for a handover test: a replica believes it leads for up to 3 s after its last
+/// renewal, long enough for a test to take the Lease from it and watch its late writes.
+pub fn handover_lease_settings(identity: &str) -> LeaseSettings {
+    LeaseSettings {
+        lease_duration: Duration::from_millis(4_000),
+        renew_deadline: Duration::from_millis(3_000),
+        ..lease_settings(identity)
+    }
+}
+
+/// Makes `holder` the Lease `canary-gate-agent`'s holder with a new transition, as its own
+/// election would once the current holder's lease expired; the current holder may renew
+/// meanwhile, so a 409 is read again and retried. Returns when the replace that landed began.
+pub async fn hand_lease_to(leases: &Api<Lease>, holder: &str) -> Instant {
+    loop {
+        let mut lease = leases.get("canary-gate-agent").await.unwrap();
+        let spec = lease.spec.as_mut().unwrap();
+        spec.holder_identity = Some(holder.into());
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        spec.renew_time =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now()));
+        let began = Instant::now();
+        match leases.replace("canary-gate-agent", &PostParams::default(), &lease).await {
+            Ok(_) => return began,
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => panic!("handing the Lease to {holder}: {e}"),
+        }
+    }
 }
 
 /// Lease timings short enough for a test to see a handover in seconds.
