@@ -138,8 +138,9 @@ pub fn status(
         };
     }
     let latest = view.recent_verdicts.last();
+    let unconfirmed = unconfirmed_kill(view);
     let step = view.step.map(|s| format!("{}/{}", s.saturating_add(1), view.steps));
-    let ready = view.not_ready.is_none() && phase != "starting" && phase != "standby";
+    let ready = view.not_ready.is_none() && phase != "starting" && phase != "standby" && unconfirmed.is_none();
     let progressing = matches!(phase, "initializing" | "progressing" | "promoting");
     let reason_word = camel(phase);
     // The promotion gate holding the step: said in the Progressing condition and the message.
@@ -161,22 +162,55 @@ pub fn status(
         message: Some(held.unwrap_or_else(|| view.reason.clone())),
         observed_generation: generation,
         conditions: vec![
-            cond(
-                "Ready",
-                ready,
-                if ready { "RolloutRunning" } else { "NotReady" },
-                view.not_ready.clone().unwrap_or_default(),
-            ),
+            match &unconfirmed {
+                Some(m) if view.not_ready.is_none() => cond("Ready", false, "KillNotConfirmed", m.clone()),
+                _ => cond(
+                    "Ready",
+                    ready,
+                    if ready { "RolloutRunning" } else { "NotReady" },
+                    view.not_ready.clone().unwrap_or_default(),
+                ),
+            },
             cond("Progressing", progressing, &progress_reason, progress_message),
             cond("Promoted", phase == "succeeded", &reason_word, String::new()),
             cond(
                 "RolledBack",
                 phase == "rolled_back",
                 &reason_word,
-                if phase == "rolled_back" { view.reason.clone() } else { String::new() },
+                match (&unconfirmed, phase == "rolled_back") {
+                    (Some(m), _) => format!("{} ({m})", view.reason),
+                    (None, true) => view.reason.clone(),
+                    (None, false) => String::new(),
+                },
             ),
         ],
     }
+}
+
+/// A rolled-back rollout whose kill some replica has not confirmed within the loop's apply
+/// deadline (it still reports an older revision than the durable rollback): which replicas, and
+/// the fix. Replicas are confirmed from their own state (a waypoint replica's gauges, a sidecar's
+/// snapshot), never assumed from the write.
+pub fn unconfirmed_kill(view: &StatusView) -> Option<String> {
+    if view.phase != "rolled_back" {
+        return None;
+    }
+    let late: Vec<String> = view
+        .proxies_behind
+        .iter()
+        .filter(|b| b.rejected)
+        .map(|b| format!("{} (applies revision {}, {} s)", b.target, b.revision, b.for_ms / 1000))
+        .collect();
+    if late.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the rollback (revision {}) is not confirmed on {}: they may still send canary traffic. Fix: delete \
+         those pods (their Deployment replaces them, and a new replica starts from the rolled-back \
+         configuration), or check why they reject it",
+        view.revision,
+        late.join(", ")
+    ))
 }
 
 /// What a gate claims: the proxies of the workloads its selector picks, for one service and port.
@@ -502,6 +536,41 @@ mod tests {
         let reworded = CanaryGateStatus { reasons: vec!["evidence ln 0.4".into()], ..base.clone() };
         assert!(!worth_writing(Some(&base), &reworded, quick));
         assert!(worth_writing(Some(&base), &reworded, WORDS_ONLY_EVERY));
+    }
+
+    #[test]
+    fn a_rollback_not_confirmed_on_a_replica_in_time_names_it_and_a_confirmed_one_does_not() {
+        let behind = |rejected| crate::rollout::Behind {
+            target: "10.1.2.3:15090".into(),
+            revision: 4,
+            for_ms: 12_000,
+            rejected,
+        };
+        let view = StatusView {
+            phase: "rolled_back".into(),
+            reason: "rollback: errors".into(),
+            revision: 5,
+            proxies_behind: vec![behind(true)],
+            ..StatusView::default()
+        };
+        let s = status(Some(1), Ok(&view), &[], "t");
+        let by = |s: &CanaryGateStatus, t: &str| s.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
+        let ready = by(&s, "Ready");
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "KillNotConfirmed"));
+        assert!(ready.message.contains("10.1.2.3:15090 (applies revision 4, 12 s)"), "{}", ready.message);
+        assert!(ready.message.contains("revision 5") && ready.message.contains("Fix:"), "{}", ready.message);
+        assert!(by(&s, "RolledBack").message.contains("10.1.2.3:15090"));
+        // Still within the deadline, or confirmed: nothing named.
+        for v in [
+            StatusView { proxies_behind: vec![behind(false)], ..view.clone() },
+            StatusView { proxies_behind: vec![], ..view.clone() },
+        ] {
+            let s = status(Some(1), Ok(&v), &[], "t");
+            assert_eq!(by(&s, "Ready").reason, "RolloutRunning");
+        }
+        // A step held by a proxy that rejected its revision is not a kill.
+        let stepping = StatusView { phase: "progressing".into(), ..view };
+        assert_eq!(unconfirmed_kill(&stepping), None);
     }
 
     #[test]
