@@ -32,6 +32,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use canary_e2e::traffic::Steady;
@@ -120,15 +121,17 @@ impl Replica {
 
 /// istiod's part: every version of WasmPlugin `plugin` goes to every replica's watched file, its
 /// `pluginConfig` verbatim as JSON text, in the order the API server's watch reports them.
-async fn deliver(plugins: Api<WasmPlugin>, plugin: String, replicas: Vec<Arc<Envoy>>) {
+async fn deliver(plugins: Api<WasmPlugin>, plugin: String, replicas: Vec<(Arc<Envoy>, Arc<AtomicBool>)>) {
     let mut last: Option<Value> = None;
     let mut push = |p: WasmPlugin| {
         let Some(config) = p.spec.plugin_config else { return };
         if last.as_ref() == Some(&config) {
             return;
         }
-        for envoy in &replicas {
-            let _ = envoy.write_raw_plugin_config(&config.to_string());
+        for (envoy, held) in &replicas {
+            if !held.load(Ordering::SeqCst) {
+                let _ = envoy.write_raw_plugin_config(&config.to_string());
+            }
         }
         last = Some(config);
     };
@@ -228,64 +231,96 @@ async fn wait_status(
     }
 }
 
+/// Everything one scenario runs: the backends, two waypoint replicas, the ambient objects and the
+/// waypoint gate on the API server, istiod's delivery, the controller and traffic through each
+/// replica, with the first step in force on both.
+struct World {
+    ns: TestNamespace,
+    stable: Backend,
+    canary: Backend,
+    replicas: Vec<Replica>,
+    plugins: Api<WasmPlugin>,
+    /// Per replica: while set, istiod's pushes do not reach it.
+    held: Vec<Arc<AtomicBool>>,
+    delivery: tokio::task::JoinHandle<()>,
+    controller: Controller,
+    traffic: Vec<Steady>,
+}
+
+impl World {
+    async fn start(prefix: &str) -> World {
+        let cp = ControlPlane::shared();
+        gates::install_crd(cp);
+        let ns = cp.namespace(prefix).await;
+        let stable = Backend::start("v1").await.unwrap();
+        let canary = Backend::start("v2").await.unwrap();
+        let ips = [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3))];
+        let stats_port = shared_free_port(&ips);
+        let mut replicas = Vec::new();
+        for ip in ips {
+            replicas.push(Replica::start(ip, stats_port, stable.addr, canary.addr).await);
+        }
+        assert_ne!(replicas[0].envoy.base_id, replicas[1].envoy.base_id);
+
+        // The ambient objects: the Service names its waypoint, the waypoint's pods are the replicas.
+        gates::apply(
+            cp,
+            &json!({ "apiVersion": "v1", "kind": "Service",
+                     "metadata": { "name": GATE, "namespace": ns.name, "labels": { "istio.io/use-waypoint": "waypoint" } },
+                     "spec": { "selector": { "app": GATE }, "ports": [{ "name": "http", "port": 8080 }] } }),
+        );
+        gates::apply(
+            cp,
+            &json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                     "metadata": { "name": "waypoint", "namespace": ns.name, "labels": { "istio.io/waypoint-for": "service" } },
+                     "spec": { "gatewayClassName": "istio-waypoint",
+                               "listeners": [{ "name": "mesh", "port": 15008, "protocol": "HBONE" }] } }),
+        );
+        for (i, r) in replicas.iter().enumerate() {
+            let labels = json!({ "gateway.networking.k8s.io/gateway-name": "waypoint" });
+            ns.pod(&format!("waypoint-{i}"), labels, &r.ip.to_string(), true).await;
+        }
+        gates::apply(cp, &gates::virtual_service(&ns.name, GATE, true));
+        let mut gate = gates::gate(&ns.name, GATE, "unused-in-waypoint-mode", 15290, "1s");
+        gate["spec"]["attachment"] = json!({ "mode": "waypoint" });
+        gates::apply(cp, &gate);
+        let plugins = Api::<WasmPlugin>::namespaced(ns.admin.clone(), &ns.name);
+        let held: Vec<Arc<AtomicBool>> = replicas.iter().map(|_| Arc::default()).collect();
+        let targets = replicas.iter().zip(&held).map(|(r, h)| (Arc::clone(&r.envoy), Arc::clone(h))).collect();
+        let delivery = tokio::spawn(deliver(plugins.clone(), format!("{GATE}-canary-gate"), targets));
+
+        let controller = Controller::start(cp, &ns, stats_port);
+        let traffic: Vec<Steady> =
+            replicas.iter().map(|r| Steady::start(r.envoy.http().clone(), r.envoy.url("/"), RPS)).collect();
+
+        // The first step reaches both replicas, from the counters the controller reads in their stats.
+        for r in &replicas {
+            r.wait_for(Duration::from_secs(60), "the first step", async |r| {
+                r.weight_bp().await.is_some_and(|w| w >= 1_000)
+            })
+            .await;
+        }
+        let w = World { ns, stable, canary, replicas, plugins, held, delivery, controller, traffic };
+        let s = w.wait_status(Duration::from_secs(10), "both replicas reporting", |s| s["proxiesReporting"] == 2).await;
+        assert_eq!(condition(&s, "Ready")["status"], "True", "{s:#}");
+        w
+    }
+
+    async fn wait_status(&self, within: Duration, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        wait_status(&self.ns, within, what, &self.controller, check).await
+    }
+
+    /// The WasmPlugin's pluginConfig now.
+    async fn durable(&self) -> Value {
+        self.plugins.get(&format!("{GATE}-canary-gate")).await.unwrap().spec.plugin_config.unwrap()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_canary_behind_a_waypoint_is_rolled_back_on_each_replica_and_clients_cannot_reach_the_control_path() {
     let started = Instant::now();
-    let cp = ControlPlane::shared();
-    gates::install_crd(cp);
-    let ns = cp.namespace("cg-waypoint").await;
-    let stable = Backend::start("v1").await.unwrap();
-    let canary = Backend::start("v2").await.unwrap();
-    let ips = [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3))];
-    let stats_port = shared_free_port(&ips);
-    let mut replicas = Vec::new();
-    for ip in ips {
-        replicas.push(Replica::start(ip, stats_port, stable.addr, canary.addr).await);
-    }
-    assert_ne!(replicas[0].envoy.base_id, replicas[1].envoy.base_id);
-
-    // The ambient objects: the Service names its waypoint, the waypoint's pods are the replicas.
-    gates::apply(
-        cp,
-        &json!({ "apiVersion": "v1", "kind": "Service",
-                 "metadata": { "name": GATE, "namespace": ns.name, "labels": { "istio.io/use-waypoint": "waypoint" } },
-                 "spec": { "selector": { "app": GATE }, "ports": [{ "name": "http", "port": 8080 }] } }),
-    );
-    gates::apply(
-        cp,
-        &json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-                 "metadata": { "name": "waypoint", "namespace": ns.name, "labels": { "istio.io/waypoint-for": "service" } },
-                 "spec": { "gatewayClassName": "istio-waypoint",
-                           "listeners": [{ "name": "mesh", "port": 15008, "protocol": "HBONE" }] } }),
-    );
-    for (i, r) in replicas.iter().enumerate() {
-        let labels = json!({ "gateway.networking.k8s.io/gateway-name": "waypoint" });
-        ns.pod(&format!("waypoint-{i}"), labels, &r.ip.to_string(), true).await;
-    }
-    gates::apply(cp, &gates::virtual_service(&ns.name, GATE, true));
-    let mut gate = gates::gate(&ns.name, GATE, "unused-in-waypoint-mode", 15290, "1s");
-    gate["spec"]["attachment"] = json!({ "mode": "waypoint" });
-    gates::apply(cp, &gate);
-    let plugins = Api::<WasmPlugin>::namespaced(ns.admin.clone(), &ns.name);
-    let envoys: Vec<Arc<Envoy>> = replicas.iter().map(|r| Arc::clone(&r.envoy)).collect();
-    let delivery = tokio::spawn(deliver(plugins.clone(), format!("{GATE}-canary-gate"), envoys));
-
-    let controller = Controller::start(cp, &ns, stats_port);
-    let traffic: Vec<Steady> =
-        replicas.iter().map(|r| Steady::start(r.envoy.http().clone(), r.envoy.url("/"), RPS)).collect();
-
-    // The first step reaches both replicas, from the counters the controller reads in their stats.
-    for r in &replicas {
-        r.wait_for(Duration::from_secs(60), "the first step", async |r| {
-            r.weight_bp().await.is_some_and(|w| w >= 1_000)
-        })
-        .await;
-    }
-    let s = wait_status(&ns, Duration::from_secs(10), "both replicas reporting", &controller, |s| {
-        s["proxiesReporting"] == 2
-    })
-    .await;
-    assert_eq!(condition(&s, "Ready")["status"], "True", "{s:#}");
+    let World { ns, stable: _stable, canary, replicas, plugins, held: _, delivery, controller, traffic } =
+        World::start("cg-waypoint").await;
 
     // A client of the waypoint listener tries the sidecar's control paths: they are ordinary
     // requests to the Service (the route filter answers no control path), and nothing changes.
@@ -379,5 +414,57 @@ async fn a_failing_canary_behind_a_waypoint_is_rolled_back_on_each_replica_and_c
         confirmed[0] - broken,
         confirmed[1] - broken,
         started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_the_rollback_does_not_reach_is_named_in_the_status_until_it_applies_it() {
+    let w = World::start("cg-waypoint-late").await;
+    // istiod's push stops reaching the second replica (a partitioned or stuck pod).
+    let (late, on_time) = (&w.replicas[1], &w.replicas[0]);
+    w.held[1].store(true, Ordering::SeqCst);
+    let broken = Instant::now();
+    w.canary.fail_per_mille(300);
+    w.wait_status(Duration::from_secs(20), "a rollback", |s| s["phase"] == "rolled_back").await;
+    let kill_revision = w.durable().await["revision"].as_u64().unwrap();
+    on_time
+        .wait_for(Duration::from_secs(10), "the kill on the replica it reaches", async |r| {
+            r.gauge(canary_core::gauges::KILLED).await == Some(1)
+        })
+        .await;
+    // Past the deadline (10 s), the status names the replica that has not confirmed the kill.
+    let late_target = late.stats.to_string();
+    let s = w
+        .wait_status(Duration::from_secs(25), "KillNotConfirmed naming the late replica", |s| {
+            let ready = condition(s, "Ready");
+            ready["reason"] == "KillNotConfirmed" && ready["message"].as_str().is_some_and(|m| m.contains(&late_target))
+        })
+        .await;
+    let named_after = broken.elapsed();
+    let message = condition(&s, "Ready")["message"].as_str().unwrap().to_owned();
+    assert_eq!(condition(&s, "Ready")["status"], "False");
+    assert!(!message.contains(&on_time.stats.to_string()), "the confirmed replica is not named: {message}");
+    assert!(message.contains(&format!("revision {kill_revision}")) && message.contains("Fix:"), "{message}");
+    assert!(late.weight_bp().await.is_some_and(|bp| bp > 0), "the late replica still applies the step");
+    // The push reaches it at last: it applies the kill, and the status stops naming it.
+    w.held[1].store(false, Ordering::SeqCst);
+    late.envoy.write_raw_plugin_config(&w.durable().await.to_string()).unwrap();
+    late.wait_for(Duration::from_secs(10), "the kill, once delivered", async |r| {
+        r.gauge(canary_core::gauges::APPLIED_REVISION).await.is_some_and(|v| v >= kill_revision)
+            && r.gauge(canary_core::gauges::KILLED).await == Some(1)
+    })
+    .await;
+    let s = w
+        .wait_status(Duration::from_secs(10), "the late replica confirmed", |s| {
+            condition(s, "Ready")["reason"] != "KillNotConfirmed"
+        })
+        .await;
+    assert_eq!(s["phase"], "rolled_back", "{s:#}");
+    w.delivery.abort();
+    for t in w.traffic {
+        t.stop(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "waypoint: the replica the rollback did not reach was named in the status {named_after:?} after the break"
     );
 }

@@ -67,10 +67,13 @@ pub struct Sample {
     pub line: usize,
 }
 
+/// A sample's labels: sorted `(name, value)` pairs.
+pub type Labels = Vec<(String, String)>;
+
 /// The samples of a stats text: metric name → label set (sorted `k="v"` pairs) → sample.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Samples {
-    by_name: BTreeMap<String, BTreeMap<Vec<(String, String)>, Sample>>,
+    by_name: BTreeMap<String, BTreeMap<Labels, Sample>>,
 }
 
 impl Samples {
@@ -80,7 +83,7 @@ impl Samples {
     }
 
     /// Every sample of `name`, with its labels.
-    pub fn labelled(&self, name: &str) -> impl Iterator<Item = (&Vec<(String, String)>, &Sample)> {
+    pub fn labelled(&self, name: &str) -> impl Iterator<Item = (&Labels, &Sample)> {
         self.by_name.get(name).into_iter().flat_map(|m| m.iter())
     }
 }
@@ -143,7 +146,7 @@ fn parse_value(v: &str) -> Option<f64> {
 }
 
 /// Reads `k="v",...}` (after the `{`); returns the sorted pairs and what follows the `}`.
-fn parse_labels(mut s: &str) -> Result<(Vec<(String, String)>, &str), String> {
+fn parse_labels(mut s: &str) -> Result<(Labels, &str), String> {
     let mut labels = Vec::new();
     loop {
         s = s.trim_start();

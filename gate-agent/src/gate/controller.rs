@@ -625,9 +625,8 @@ fn start_run(
         client.clone(),
         s.clone(),
         leadership.clone(),
-        p.clone(),
+        (p.clone(), proxies),
         regarding,
-        proxies,
         (status_tx, command_rx),
         stop_rx.clone(),
     ));
@@ -646,9 +645,8 @@ async fn rollout_loop(
     client: Client,
     s: ControllerSettings,
     leadership: Leadership,
-    p: GatePlan,
+    (p, proxies): (GatePlan, Proxies),
     regarding: ObjectReference,
-    proxies: Proxies,
     channels: (watch::Sender<StatusView>, mpsc::Receiver<CommandRequest>),
     stop: watch::Receiver<bool>,
 ) {
@@ -659,7 +657,7 @@ async fn rollout_loop(
         let source = route.and_then(|r| EnvoyStatsSource::new(r, s.fetch_timeout).map_err(|e| e.to_string()));
         match source {
             Ok(source) => {
-                run_loop(client, s, leadership, p, regarding, proxies, Arc::new(source), channels, stop).await
+                run_loop(client, s, leadership, (p, proxies, Arc::new(source)), regarding, channels, stop).await
             }
             Err(e) => tracing::error!(canarygate = %p.name, "waypoint stats reader: {e}"),
         }
@@ -667,7 +665,7 @@ async fn rollout_loop(
         let snapshot_path = format!("{}?rollout={}", s.snapshot_path, p.name);
         match HttpSource::new(&snapshot_path, &s.kill_path, s.fetch_timeout) {
             Ok(source) => {
-                run_loop(client, s, leadership, p, regarding, proxies, Arc::new(source), channels, stop).await
+                run_loop(client, s, leadership, (p, proxies, Arc::new(source)), regarding, channels, stop).await
             }
             Err(e) => tracing::error!(canarygate = %p.name, "HTTP client: {e}"),
         }
@@ -675,15 +673,12 @@ async fn rollout_loop(
 }
 
 /// The rollout loop over `source`, reading the pods `proxies` selects.
-#[allow(clippy::too_many_arguments)] // one call site per source kind, above
 async fn run_loop<S: CounterSource + KillSwitch + 'static>(
     client: Client,
     s: ControllerSettings,
     leadership: Leadership,
-    p: GatePlan,
+    (p, proxies, source): (GatePlan, Proxies, Arc<S>),
     regarding: ObjectReference,
-    proxies: Proxies,
-    source: Arc<S>,
     (status, mut commands): (watch::Sender<StatusView>, mpsc::Receiver<CommandRequest>),
     stop: watch::Receiver<bool>,
 ) {
