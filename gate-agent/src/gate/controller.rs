@@ -758,7 +758,10 @@ async fn status_writer(
     loop {
         let status = {
             let view = views.borrow_and_update();
-            let running = reconcile::status(gate.metadata.generation, Ok(&view), &conditions, &now());
+            let mut running = reconcile::status(gate.metadata.generation, Ok(&view), &conditions, &now());
+            if waypoint_mode(&gate) {
+                running = reconcile::with_unconfirmed_kill(running, &view, &conditions, &now());
+            }
             match refused.borrow().as_ref() {
                 Some(r) => reconcile::with_refused_edit(running, r, &conditions, &now()),
                 None => running,

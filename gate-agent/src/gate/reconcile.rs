@@ -138,9 +138,8 @@ pub fn status(
         };
     }
     let latest = view.recent_verdicts.last();
-    let unconfirmed = unconfirmed_kill(view);
     let step = view.step.map(|s| format!("{}/{}", s.saturating_add(1), view.steps));
-    let ready = view.not_ready.is_none() && phase != "starting" && phase != "standby" && unconfirmed.is_none();
+    let ready = view.not_ready.is_none() && phase != "starting" && phase != "standby";
     let progressing = matches!(phase, "initializing" | "progressing" | "promoting");
     let reason_word = camel(phase);
     // The promotion gate holding the step: said in the Progressing condition and the message.
@@ -162,35 +161,60 @@ pub fn status(
         message: Some(held.unwrap_or_else(|| view.reason.clone())),
         observed_generation: generation,
         conditions: vec![
-            match &unconfirmed {
-                Some(m) if view.not_ready.is_none() => cond("Ready", false, "KillNotConfirmed", m.clone()),
-                _ => cond(
-                    "Ready",
-                    ready,
-                    if ready { "RolloutRunning" } else { "NotReady" },
-                    view.not_ready.clone().unwrap_or_default(),
-                ),
-            },
+            cond(
+                "Ready",
+                ready,
+                if ready { "RolloutRunning" } else { "NotReady" },
+                view.not_ready.clone().unwrap_or_default(),
+            ),
             cond("Progressing", progressing, &progress_reason, progress_message),
             cond("Promoted", phase == "succeeded", &reason_word, String::new()),
             cond(
                 "RolledBack",
                 phase == "rolled_back",
                 &reason_word,
-                match (&unconfirmed, phase == "rolled_back") {
-                    (Some(m), _) => format!("{} ({m})", view.reason),
-                    (None, true) => view.reason.clone(),
-                    (None, false) => String::new(),
-                },
+                if phase == "rolled_back" { view.reason.clone() } else { String::new() },
             ),
         ],
     }
 }
 
+/// A running gate's status ([`status`]) in waypoint mode, where the rollback's durable write is
+/// the only kill: while some replica has not confirmed it within the loop's apply deadline,
+/// `Ready=False` with reason `KillNotConfirmed` naming it, also in the `RolledBack` message.
+/// (A sidecar behind on the revision is held at 0% by the kill order the loop sends it directly,
+/// so sidecar mode does not use this.)
+pub fn with_unconfirmed_kill(
+    mut status: CanaryGateStatus,
+    view: &StatusView,
+    previous: &[GateCondition],
+    now: &str,
+) -> CanaryGateStatus {
+    let Some(message) = unconfirmed_kill(view) else { return status };
+    if view.not_ready.is_some() {
+        return status; // the loop's own reason (no replica answers, a write fails) comes first
+    }
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "KillNotConfirmed")
+        .map_or_else(|| now.to_owned(), |c| c.last_transition_time.clone());
+    for c in &mut status.conditions {
+        if c.type_ == "Ready" {
+            c.status = "False".into();
+            c.reason = "KillNotConfirmed".into();
+            c.message.clone_from(&message);
+            c.last_transition_time.clone_from(&last_transition_time);
+        } else if c.type_ == "RolledBack" {
+            c.message = format!("{} ({message})", view.reason);
+        }
+    }
+    status
+}
+
 /// A rolled-back rollout whose kill some replica has not confirmed within the loop's apply
 /// deadline (it still reports an older revision than the durable rollback): which replicas, and
-/// the fix. Replicas are confirmed from their own state (a waypoint replica's gauges, a sidecar's
-/// snapshot), never assumed from the write.
+/// the fix. Replicas are confirmed from their own state (a waypoint replica's gauges), never
+/// assumed from the write.
 pub fn unconfirmed_kill(view: &StatusView) -> Option<String> {
     if view.phase != "rolled_back" {
         return None;
@@ -553,7 +577,8 @@ mod tests {
             proxies_behind: vec![behind(true)],
             ..StatusView::default()
         };
-        let s = status(Some(1), Ok(&view), &[], "t");
+        let waypoint = |v: &StatusView| with_unconfirmed_kill(status(Some(1), Ok(v), &[], "t"), v, &[], "t");
+        let s = waypoint(&view);
         let by = |s: &CanaryGateStatus, t: &str| s.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
         let ready = by(&s, "Ready");
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "KillNotConfirmed"));
@@ -565,9 +590,10 @@ mod tests {
             StatusView { proxies_behind: vec![behind(false)], ..view.clone() },
             StatusView { proxies_behind: vec![], ..view.clone() },
         ] {
-            let s = status(Some(1), Ok(&v), &[], "t");
-            assert_eq!(by(&s, "Ready").reason, "RolloutRunning");
+            assert_eq!(by(&waypoint(&v), "Ready").reason, "RolloutRunning");
         }
+        // Sidecar mode does not use it: the same view reads as running there.
+        assert_eq!(by(&status(Some(1), Ok(&view), &[], "t"), "Ready").reason, "RolloutRunning");
         // A step held by a proxy that rejected its revision is not a kill.
         let stepping = StatusView { phase: "progressing".into(), ..view };
         assert_eq!(unconfirmed_kill(&stepping), None);
