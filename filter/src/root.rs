@@ -52,14 +52,15 @@ impl SubsetMetrics {
 }
 
 /// Sets the gauges that say which configuration this proxy applies (`canary_gate_applied_*`,
-/// `canary_gate_killed`, `canary_gate_started_at_unix_ms`): once per accepted configuration,
+/// `canary_gate_killed`, `canary_gate_start_time_seconds`): once per accepted configuration,
 /// never per request. Read from Envoy's stats where no snapshot listener exists (waypoints).
 fn set_applied_gauges(config: &RouteConfig, instance: Option<&InstanceInfo>) {
     for (name, value) in gauges::values(config) {
         host::record_metric(host::define_metric(MetricType::Gauge, &name), value);
     }
     if let Some(instance) = instance {
-        host::record_metric(host::define_metric(MetricType::Gauge, gauges::STARTED_AT_MS), instance.started_at_unix_ms);
+        let seconds = instance.started_at_unix_ms / 1000;
+        host::record_metric(host::define_metric(MetricType::Gauge, gauges::START_TIME_SECONDS), seconds);
     }
 }
 

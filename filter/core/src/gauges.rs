@@ -24,9 +24,10 @@ pub const APPLIED_PHASE: &str = "canary_gate_applied_phase";
 /// 1 while the applied configuration holds the canary at 0% because the rollout was rolled back
 /// (the durable kill), else 0.
 pub const KILLED: &str = "canary_gate_killed";
-/// When this proxy process's filter started (Unix ms; the snapshot's `instance.started_at`): a
-/// reader that sees it change knows the counters restarted from zero.
-pub const STARTED_AT_MS: &str = "canary_gate_started_at_unix_ms";
+/// When this proxy process's filter started (Unix seconds, as `process_start_time_seconds`; the
+/// snapshot's `instance.started_at`, rounded down): a reader that sees it change knows the
+/// counters restarted from zero.
+pub const START_TIME_SECONDS: &str = "canary_gate_start_time_seconds";
 
 /// A per-rollout stat name: `<base>.rollout.<rollout>`.
 pub fn per_rollout(base: &str, rollout: &str) -> String {

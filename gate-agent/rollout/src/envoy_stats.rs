@@ -9,9 +9,11 @@
 //! histogram buckets.
 //!
 //! **Restarts.** Envoy's counters start from zero when the replica restarts. The snapshot's
-//! instance is the filter's start time (`canary_gate_started_at_unix_ms`), so [`crate::Fleet`]
+//! instance is the filter's start time (`canary_gate_start_time_seconds`), so [`crate::Fleet`]
 //! sees a new instance, and in any case counters that went down are a new baseline there
-//! ([`crate::collect`]): never a negative delta.
+//! ([`crate::collect`]): never a negative delta. (The start time is in seconds and from the
+//! proxy's clock; a restart it does not reveal is still a drop, or at worst a new baseline: lost
+//! evidence, never a negative delta.)
 //!
 //! **Latency.** Envoy exports a histogram as cumulative bucket counts (`le` bounds) and a sum;
 //! the values inside a bucket are gone. Each bucket's requests are placed at one value, chosen
@@ -275,7 +277,7 @@ pub fn replica_snapshot(text: &[u8], route: &RouteConfig, taken_at_unix_ms: u64)
     let samples = parse(text)?;
     let rollout = route.rollout.as_str();
     let gauge = |base: &str| counter(&samples, &prometheus_name(&gauges::per_rollout(base, rollout)));
-    let started = counter(&samples, gauges::STARTED_AT_MS)?;
+    let started = counter(&samples, gauges::START_TIME_SECONDS)?.map(|s| s.saturating_mul(1000));
     let instance = InstanceInfo {
         id: started.map_or_else(|| "envoy-stats".to_owned(), |ms| format!("envoy-stats-{ms}")),
         started_at_unix_ms: started.unwrap_or(0),
@@ -328,7 +330,7 @@ mod tests {
         let p = "rollout_pay_ment";
         let mut t = format!(
             "# TYPE envoy_wasm_canary_gate_vm_reload counter\nenvoy_wasm_canary_gate_vm_reload{{}} 0\n\
-             # TYPE canary_gate_started_at_unix_ms gauge\ncanary_gate_started_at_unix_ms{{}} 1764780000000\n\
+             # TYPE canary_gate_start_time_seconds gauge\ncanary_gate_start_time_seconds{{}} 1764780000\n\
              canary_gate_applied_revision_{p}{{}} {revision}\ncanary_gate_applied_weight_basis_points_{p}{{}} {weight_bp}\n\
              canary_gate_applied_phase_{p}{{}} {phase}\ncanary_gate_killed_{p}{{}} 0\n"
         );
