@@ -8,6 +8,7 @@
 pub mod config;
 pub mod counters;
 pub mod ecds;
+pub mod gauges;
 pub mod guard;
 pub mod hash;
 pub mod histogram;
