@@ -156,6 +156,18 @@ fn add_capped(log_y: &mut f64, delta: f64, cap: f64) {
     *log_y = (*log_y + delta).min(cap);
 }
 
+/// One stratum's ln L(θ) per grid point; `None` when it carries no information.
+fn stratum_deltas(canary: Count, stable: Count) -> Option<[f64; EFFECT_GRID.len()]> {
+    let events = canary.events.saturating_add(stable.events);
+    // With one side empty, ρ is 0 or 1 and every event is "expected" where it fell: no information.
+    if canary.trials == 0 || stable.trials == 0 || events == 0 {
+        return None;
+    }
+    let rho = f(canary.trials) / (f(canary.trials) + f(stable.trials));
+    let (k_c, k) = (f(canary.events), f(events));
+    Some(EFFECT_GRID.map(|theta| k_c * theta.ln() - k * (rho * (theta - 1.0)).ln_1p()))
+}
+
 /// One grid point's evidence: the uncapped part plus every cluster's capped part.
 fn with_clusters(log_l: f64, clusters: &[f64; STICKY_CLUSTERS]) -> f64 {
     log_l + clusters.iter().sum::<f64>()
@@ -221,6 +233,9 @@ pub struct ComparisonTest {
     log_l: [f64; EFFECT_GRID.len()],
     /// Per grid point, per sticky cluster: ln of the cluster's capped, frozen likelihood ratio.
     clusters: [[f64; STICKY_CLUSTERS]; EFFECT_GRID.len()],
+    /// Per sticky cluster, keyed counts from strata that lacked canary or stable requests,
+    /// pooled until both sides have some (see [`ComparisonTest::observe_cluster`]).
+    pending: [(Count, Count); STICKY_CLUSTERS],
     cap: f64,
     log_threshold: f64,
     canary_trials: u64,
@@ -234,6 +249,7 @@ impl ComparisonTest {
             name: name.into(),
             log_l: [0.0; EFFECT_GRID.len()],
             clusters: [[0.0; STICKY_CLUSTERS]; EFFECT_GRID.len()],
+            pending: [(Count::default(), Count::default()); STICKY_CLUSTERS],
             cap: cluster_cap(log_threshold),
             log_threshold,
             canary_trials: 0,
@@ -242,8 +258,33 @@ impl ComparisonTest {
 
     /// Adds one proxy's counts of keyed requests in one sticky cluster for one tick. The
     /// cluster's evidence stops at the cap: one key can move this test by at most that much.
+    ///
+    /// A cluster holds 1/16 of the keys, so at low rates a proxy's tick of one cluster often has
+    /// canary requests and no stable ones or the reverse: on its own a stratum like that says
+    /// nothing (ρ is 0 or 1), and at 1 canary req/s most canary failures fell in one. Such a
+    /// stratum is pooled with the cluster's next ones (over proxies and ticks) until both sides
+    /// have requests, and the pool is then one stratum. Which counts are pooled depends on request
+    /// counts only, never on events, so under "no difference" the pool's canary events are still
+    /// hypergeometric given its counts and the argument above holds; the price is that a pool
+    /// mixes proxies (and ticks) with their shares, which the per-proxy strata avoid, and only
+    /// at rates too low for that to move the evidence quickly (each cluster is capped anyway).
     pub fn observe_cluster(&mut self, cluster: Cluster, canary: Count, stable: Count) {
-        let Some(deltas) = self.stratum_deltas(canary, stable) else { return };
+        let (canary, stable) = (Count::new(canary.trials, canary.events), Count::new(stable.trials, stable.events));
+        self.canary_trials = self.canary_trials.saturating_add(canary.trials);
+        let (canary, stable) = if canary.trials > 0 && stable.trials > 0 {
+            (canary, stable)
+        } else {
+            let Some(pool) = self.pending.get_mut(cluster.index()) else { return };
+            pool.0 =
+                Count::new(pool.0.trials.saturating_add(canary.trials), pool.0.events.saturating_add(canary.events));
+            pool.1 =
+                Count::new(pool.1.trials.saturating_add(stable.trials), pool.1.events.saturating_add(stable.events));
+            if pool.0.trials == 0 || pool.1.trials == 0 {
+                return;
+            }
+            std::mem::take(pool)
+        };
+        let Some(deltas) = stratum_deltas(canary, stable) else { return };
         for (row, delta) in self.clusters.iter_mut().zip(deltas) {
             if let Some(log_y) = row.get_mut(cluster.index()) {
                 add_capped(log_y, delta, self.cap);
@@ -275,25 +316,12 @@ impl ComparisonTest {
     }
 
     fn observe_stratum(&mut self, canary: Count, stable: Count) {
-        let Some(deltas) = self.stratum_deltas(canary, stable) else { return };
+        let (canary, stable) = (Count::new(canary.trials, canary.events), Count::new(stable.trials, stable.events));
+        self.canary_trials = self.canary_trials.saturating_add(canary.trials);
+        let Some(deltas) = stratum_deltas(canary, stable) else { return };
         for (log_l, delta) in self.log_l.iter_mut().zip(deltas) {
             *log_l += delta;
         }
-    }
-
-    /// One stratum's ln L(θ) per grid point (counting its canary trials); `None` when it carries
-    /// no information.
-    fn stratum_deltas(&mut self, canary: Count, stable: Count) -> Option<[f64; EFFECT_GRID.len()]> {
-        let (canary, stable) = (Count::new(canary.trials, canary.events), Count::new(stable.trials, stable.events));
-        self.canary_trials = self.canary_trials.saturating_add(canary.trials);
-        let events = canary.events.saturating_add(stable.events);
-        // With one side empty, ρ is 0 or 1 and every event is "expected" where it fell: no information.
-        if canary.trials == 0 || stable.trials == 0 || events == 0 {
-            return None;
-        }
-        let rho = f(canary.trials) / (f(canary.trials) + f(stable.trials));
-        let (k_c, k) = (f(canary.events), f(events));
-        Some(EFFECT_GRID.map(|theta| k_c * theta.ln() - k * (rho * (theta - 1.0)).ln_1p()))
     }
 
     pub fn log_evidence(&self) -> f64 {
@@ -854,6 +882,25 @@ mod tests {
         eprintln!("10x errors at 100 canary req/s: median detection {p} s pooled, {c} s clustered");
         assert!(c >= p, "the cap can only slow detection: {c} < {p}");
         assert!(c <= 3 * p.max(1), "clustered {c} s against pooled {p} s");
+    }
+
+    #[test]
+    fn a_cluster_stratum_with_one_side_empty_is_pooled_until_both_sides_have_requests() {
+        // At low rates one proxy's tick of one cluster has a canary failure and no stable request;
+        // alone it says nothing, pooled with the cluster's next stable requests it does.
+        let mut cmp = ComparisonTest::new("c", 0.01);
+        cmp.observe_cluster(cluster(2), Count::new(1, 1), Count::new(0, 0));
+        assert_eq!(cmp.log_evidence(), 0.0, "nothing yet");
+        cmp.observe_cluster(cluster(2), Count::new(0, 0), Count::new(5, 0));
+        cmp.observe_cluster(cluster(2), Count::new(0, 0), Count::new(4, 0));
+        // The pool closed at the first stable requests: canary 1 of 1 failed, stable 0 of 5.
+        let mut same = ComparisonTest::new("s", 0.01);
+        same.observe_cluster(cluster(2), Count::new(1, 1), Count::new(5, 0));
+        assert!(cmp.log_evidence() > 0.0 && (cmp.log_evidence() - same.log_evidence()).abs() < 1e-12);
+        // A stratum with both sides is used as it is, and does not close another cluster's pool.
+        cmp.observe_cluster(cluster(7), Count::new(3, 0), Count::new(0, 0));
+        cmp.observe_cluster(cluster(8), Count::new(3, 0), Count::new(30, 1));
+        assert_eq!(cmp.pending[7].0.trials, 3);
     }
 
     #[test]
