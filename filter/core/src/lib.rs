@@ -20,6 +20,7 @@ pub mod rng;
 pub mod served;
 pub mod snapshot;
 pub mod split;
+pub mod sticky;
 pub mod store;
 pub mod weight;
 
