@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use canary_core::config::{self, PluginConfig, RouteConfig, SnapshotEndpointConfig};
+use canary_core::config::{self, PluginConfig, RouteConfig, SnapshotEndpointConfig, SubsetName};
 use canary_core::guard;
 use canary_core::metrics;
 use canary_core::rng::SplitMix64;
@@ -26,6 +26,10 @@ pub struct SubsetMetrics {
 }
 
 impl SubsetMetrics {
+    /// No Envoy stats for this subset (`envoy_stats: false`): every per-request stats call is
+    /// skipped, since the filter makes none for a metric without an id.
+    const NONE: SubsetMetrics = SubsetMetrics { requests: None, failures: None, duration: None };
+
     fn define(subset: &str) -> Self {
         let name = |base| metrics::per_subset(base, subset);
         SubsetMetrics {
@@ -142,9 +146,12 @@ impl Root {
             config.canary,
             config.canary_weight,
         ));
+        let subset_metrics = |subset: &SubsetName| {
+            if config.envoy_stats { SubsetMetrics::define(subset.as_str()) } else { SubsetMetrics::NONE }
+        };
         let state = RouteState {
-            stable_metrics: SubsetMetrics::define(config.stable.as_str()),
-            canary_metrics: SubsetMetrics::define(config.canary.as_str()),
+            stable_metrics: subset_metrics(&config.stable),
+            canary_metrics: subset_metrics(&config.canary),
             updates_dropped: host::define_metric(MetricType::Counter, metrics::UPDATES_DROPPED_TOTAL),
             misrouted: host::define_metric(MetricType::Counter, metrics::MISROUTED_TOTAL),
             stable_key,
