@@ -8,6 +8,7 @@
 pub mod config;
 pub mod counters;
 pub mod ecds;
+pub mod encoded_update;
 pub mod guard;
 pub mod hash;
 pub mod histogram;

@@ -105,3 +105,78 @@ proptest! {
         }
     }
 }
+
+/// One step of counting: the outcome and, when timed, the latency.
+fn count_step() -> impl Strategy<Value = (bool, Option<u64>)> {
+    (any::<bool>(), prop_oneof![Just(None), (0u64..200_000).prop_map(Some), any::<u64>().prop_map(Some)])
+}
+
+fn outcome(failed: bool) -> Outcome {
+    if failed { Outcome::Failure } else { Outcome::Success }
+}
+
+/// What the request path did before `count_encoded`: decode, record, encode.
+fn via_decode(bytes: &[u8], failed: bool, latency: Option<u64>) -> Result<Vec<u8>, canary_core::counters::DecodeError> {
+    let mut c = SubsetCounters::decode(bytes)?;
+    match latency {
+        Some(us) => c.record(outcome(failed), us),
+        None => c.record_unmeasured(outcome(failed)),
+    }
+    Ok(c.encode())
+}
+
+proptest! {
+    #[test]
+    fn counting_into_the_encoded_record_is_decode_record_encode(
+        history in proptest::collection::vec(count_step(), 0..300),
+        (failed, latency) in count_step(),
+    ) {
+        let mut c = SubsetCounters::default();
+        for (f, l) in history {
+            match l {
+                Some(us) => c.record(outcome(f), us),
+                None => c.record_unmeasured(outcome(f)),
+            }
+        }
+        let bytes = c.encode();
+        prop_assert_eq!(
+            canary_core::encoded_update::count_encoded(&bytes, outcome(failed), latency),
+            via_decode(&bytes, failed, latency)
+        );
+    }
+
+    #[test]
+    fn counting_into_damaged_bytes_refuses_what_decode_refuses(
+        history in proptest::collection::vec(count_step(), 0..40),
+        at in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+        cut in any::<bool>(),
+        (failed, latency) in count_step(),
+    ) {
+        let mut c = SubsetCounters::default();
+        for (f, l) in history {
+            match l {
+                Some(us) => c.record(outcome(f), us),
+                None => c.record_unmeasured(outcome(f)),
+            }
+        }
+        let mut bytes = c.encode();
+        let i = at.index(bytes.len());
+        if cut { bytes.truncate(i) } else { bytes[i] = byte }
+        prop_assert_eq!(
+            canary_core::encoded_update::count_encoded(&bytes, outcome(failed), latency),
+            via_decode(&bytes, failed, latency)
+        );
+    }
+
+    #[test]
+    fn counting_into_arbitrary_bytes_agrees_with_decode(
+        bytes in proptest::collection::vec(any::<u8>(), 0..64),
+        (failed, latency) in count_step(),
+    ) {
+        prop_assert_eq!(
+            canary_core::encoded_update::count_encoded(&bytes, outcome(failed), latency),
+            via_decode(&bytes, failed, latency)
+        );
+    }
+}
