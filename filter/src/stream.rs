@@ -143,8 +143,14 @@ impl HttpContext for RouteStream {
         } else {
             self.state.key(attribution.counted_as)
         };
-        let latency = timed.then_some(latency_us);
-        match store::count_request(&SharedData, key, MAX_CAS_ATTEMPTS, outcome, latency) {
+        let update = |c: &mut canary_core::SubsetCounters| {
+            if timed {
+                c.record(outcome, latency_us);
+            } else {
+                c.record_unmeasured(outcome);
+            }
+        };
+        match store::update_counters(&SharedData, key, MAX_CAS_ATTEMPTS, update) {
             Ok(report) => {
                 if let Some(e) = report.replaced_corrupt {
                     host::error(&format!(

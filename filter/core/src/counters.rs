@@ -10,7 +10,7 @@ use crate::histogram::{HistogramError, LatencyHistogram};
 use crate::outcome::Outcome;
 
 /// First byte of an encoded record.
-pub(crate) const FORMAT: u8 = 1;
+const FORMAT: u8 = 1;
 
 /// Monotonic counters for one subset since the proxy started.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,7 +176,7 @@ impl SubsetCounters {
     }
 }
 
-pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -184,7 +184,7 @@ pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-pub(crate) fn take_varint(input: &mut &[u8]) -> Result<u64, DecodeError> {
+fn take_varint(input: &mut &[u8]) -> Result<u64, DecodeError> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
         let Some((&b, rest)) = input.split_first() else {

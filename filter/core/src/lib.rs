@@ -8,7 +8,6 @@
 pub mod config;
 pub mod counters;
 pub mod ecds;
-pub mod encoded_update;
 pub mod guard;
 pub mod hash;
 pub mod histogram;

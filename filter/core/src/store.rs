@@ -8,9 +8,7 @@
 
 use crate::config::{RouteConfig, SubsetName};
 use crate::counters::{DecodeError, SubsetCounters};
-use crate::encoded_update::count_encoded;
 use crate::kill::{KillOrder, KillRecord};
-use crate::outcome::Outcome;
 use crate::served::Misrouted;
 use crate::snapshot::InstanceInfo;
 use crate::split::Role;
@@ -252,37 +250,6 @@ pub fn update_counters(
     Err(UpdateError::Contended { attempts: report.attempts })
 }
 
-/// Counts one request of `outcome` under `key` (with its latency when `latency_us` is given),
-/// exactly once, retrying on conflict: [`update_counters`] for the request path, which changes
-/// the stored bytes in one pass instead of decoding and re-encoding them
-/// ([`crate::encoded_update`]). An unreadable record is replaced by one holding this request.
-pub fn count_request(
-    store: &dyn SharedStore,
-    key: &str,
-    max_attempts: u32,
-    outcome: Outcome,
-    latency_us: Option<u64>,
-) -> Result<UpdateReport, UpdateError> {
-    let mut report = UpdateReport::default();
-    for attempt in 1..=max_attempts.max(1) {
-        report.attempts = attempt;
-        let (bytes, cas) = store.get(key).map_err(UpdateError::Host)?;
-        let next = match count_encoded(bytes.as_deref().unwrap_or_default(), outcome, latency_us) {
-            Ok(next) => next,
-            Err(e) => {
-                report.replaced_corrupt = Some(e);
-                count_encoded(&[], outcome, latency_us).map_err(|_| UpdateError::Host(0))?
-            }
-        };
-        match store.set(key, &next, cas) {
-            Ok(()) => return Ok(report),
-            Err(SetError::CasMismatch) => continue,
-            Err(SetError::Host(s)) => return Err(UpdateError::Host(s)),
-        }
-    }
-    Err(UpdateError::Contended { attempts: report.attempts })
-}
-
 /// Creates a key with an empty value unless it exists. Returns true if it created it.
 pub fn ensure_key(store: &dyn SharedStore, key: &str, initial: &[u8]) -> Result<bool, u32> {
     match store.get(key)? {
@@ -486,54 +453,6 @@ mod tests {
         assert_eq!(published_route(&store, &name("search")).unwrap().unwrap().revision, 4);
         assert_eq!(published_route(&store, &name("payment")).unwrap().unwrap().canary, name("v3"));
         assert_eq!(published_route(&store, &name("other")).unwrap(), None);
-    }
-
-    #[test]
-    fn requests_are_counted_exactly_once_and_a_corrupt_record_starts_again() {
-        let store = Map::default();
-        let key = "canary-gate/v1/counters/r/v2";
-        count_request(&store, key, 4, Outcome::Success, Some(300)).unwrap();
-        count_request(&store, key, 4, Outcome::Failure, None).unwrap();
-        let c = read_counters(&store, key).unwrap();
-        assert_eq!((c.requests, c.successes, c.failures, c.latency.count(), c.latency.sum_us), (2, 1, 1, 1, 300));
-        store.set(key, b"\x09garbage", None).unwrap();
-        let report = count_request(&store, key, 4, Outcome::Success, Some(5)).unwrap();
-        assert_eq!(report.replaced_corrupt, Some(DecodeError::UnknownFormat(9)));
-        assert_eq!(read_counters(&store, key).unwrap().requests, 1);
-    }
-
-    /// A store whose first `conflicts` writes lose their compare-and-swap, as when another worker
-    /// wrote in between.
-    struct Contended {
-        map: Map,
-        conflicts: std::cell::Cell<u32>,
-    }
-
-    impl SharedStore for Contended {
-        fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), u32> {
-            self.map.get(key)
-        }
-        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
-            if self.conflicts.get() > 0 {
-                self.conflicts.set(self.conflicts.get() - 1);
-                return Err(SetError::CasMismatch);
-            }
-            self.map.set(key, value, cas)
-        }
-    }
-
-    #[test]
-    fn a_lost_compare_and_swap_is_retried_and_every_attempt_lost_is_reported() {
-        let store = Contended { map: Map::default(), conflicts: std::cell::Cell::new(2) };
-        let report = count_request(&store, "k", 4, Outcome::Success, Some(1)).unwrap();
-        assert_eq!(report.attempts, 3);
-        assert_eq!(read_counters(&store, "k").unwrap().requests, 1, "counted once");
-        store.conflicts.set(10);
-        assert_eq!(
-            count_request(&store, "k", 4, Outcome::Success, Some(1)),
-            Err(UpdateError::Contended { attempts: 4 })
-        );
-        assert_eq!(read_counters(&store, "k").unwrap().requests, 1, "a dropped update changes nothing");
     }
 
     #[test]
