@@ -15,9 +15,10 @@
 //! divided by N, is the figure. That build runs without valgrind; its instructions are not used.
 //!
 //! Usage: `instructions [OUT_DIR] [--requests N] [--warmup N] [--batches N] [--only VARIANT]`
-//! `[--wasm PATH] [--count-wasm PATH] [--keep-dumps DIR]` (defaults 2000, 1000, 3; `--only canary --wasm other.wasm
+//! `[--wasm PATH] [--count-wasm PATH] [--keep-dumps DIR] [--route-fields JSON]` (defaults 2000, 1000, 3; `--only canary --wasm other.wasm
 //! --count-wasm other-counting.wasm` measures one Envoy with other builds of canary-filter, for
-//! comparing builds by hand). `--keep-dumps DIR` keeps every batch's callgrind dump there (named
+//! comparing builds by hand; `--route-fields '{"envoy_stats":false}'` puts fields over the shipped
+//! plugin configuration, for comparing settings). `--keep-dumps DIR` keeps every batch's callgrind dump there (named
 //! `<variant>.<batch>.callgrind`) for attribution by object: Envoy's binary is stripped, but a
 //! dump still splits a request's instructions between Envoy itself, the C library and V8's JIT
 //! code (the wasm module and V8's call stubs, object `???`).
@@ -121,7 +122,7 @@ async fn run() -> Result<(), String> {
     };
     let out = out_dir();
     let upstream = start_upstream()?;
-    let route = canary_bench::shipped_route()?;
+    let route = route_with(canary_bench::shipped_route()?, flag_text("--route-fields")?.as_deref())?;
     let base = 43_000 + (std::process::id() % 1_000) * 4;
     let valgrind = command_line("valgrind", &["--version"])?;
 
@@ -175,6 +176,21 @@ async fn run() -> Result<(), String> {
     write_part(&out, "instructions", &figures, &markdown(&measured, &calls, plan)).map_err(|e| e.to_string())?;
     eprintln!("instructions: wrote {}", out.display());
     Ok(())
+}
+
+/// The shipped route with the top-level fields of the JSON object `fields` put over it
+/// (`--route-fields '{"envoy_stats":false}'`), checked by the filter's own parser.
+fn route_with(
+    route: canary_core::config::RouteConfig,
+    fields: Option<&str>,
+) -> Result<canary_core::config::RouteConfig, String> {
+    let Some(fields) = fields else { return Ok(route) };
+    let extra: serde_json::Map<String, Value> =
+        serde_json::from_str(fields).map_err(|e| format!("--route-fields: {e}"))?;
+    let mut value = serde_json::to_value(&route).map_err(|e| e.to_string())?;
+    let object = value.as_object_mut().ok_or("the shipped route is not a JSON object")?;
+    object.extend(extra);
+    canary_core::config::parse_route(value.to_string().as_bytes()).map_err(|e| format!("--route-fields: {e}"))
 }
 
 /// The argument after flag `name`, if the flag is there.
