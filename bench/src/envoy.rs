@@ -216,6 +216,23 @@ impl BenchEnvoy {
         Ok((!values.is_empty()).then(|| values.iter().sum()))
     }
 
+    /// Requests canary-filter counted, from its snapshot listener (every subset's counters and
+    /// dark launch's): the agent's own source, which does not depend on the filter's optional
+    /// Envoy stats (`envoy_stats`).
+    pub async fn snapshot_requests(&self) -> Result<u64, String> {
+        let url = format!("http://{}/listeners?format=json", self.admin);
+        let body = reqwest::get(&url).await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
+        let listeners: Value = serde_json::from_str(&body).map_err(|e| format!("{url}: {e}"))?;
+        let at = bound_listener(&listeners, "canary-gate-snapshot")
+            .ok_or_else(|| format!("{} has no snapshot listener", self.variant.name()))?;
+        let url = format!("http://{at}{}", canary_core::config::DEFAULT_SNAPSHOT_PATH);
+        let body = reqwest::get(&url).await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
+        let snapshot: canary_core::snapshot::Snapshot =
+            serde_json::from_str(&body).map_err(|e| format!("{url}: {e}"))?;
+        let subsets = snapshot.subsets.iter().map(|s| s.counters.requests);
+        Ok(subsets.chain(snapshot.dark_launch.map(|d| d.requests)).sum())
+    }
+
     async fn wait_public(
         &mut self,
         admin_path: &Path,

@@ -27,6 +27,10 @@ pub struct SubsetMetrics {
 }
 
 impl SubsetMetrics {
+    /// No Envoy stats for this subset (`envoy_stats: false`): every per-request stats call is
+    /// skipped, since the filter makes none for a metric without an id.
+    const NONE: SubsetMetrics = SubsetMetrics { requests: None, failures: None, duration: None };
+
     fn define(subset: &str) -> Self {
         let name = |base| metrics::per_subset(base, subset);
         SubsetMetrics {
@@ -37,8 +41,12 @@ impl SubsetMetrics {
     }
 
     /// As [`SubsetMetrics::define`], named per rollout when the configuration asks for it (a
-    /// waypoint, where several gates' filters share one Envoy: see `canary_core::gauges`).
+    /// waypoint, where several gates' filters share one Envoy: see `canary_core::gauges`); none
+    /// at all when `envoy_stats` is off.
     fn define_for(config: &RouteConfig, subset: &str) -> Self {
+        if !config.envoy_stats {
+            return Self::NONE;
+        }
         if !config.rollout_in_metric_names {
             return Self::define(subset);
         }

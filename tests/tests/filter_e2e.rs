@@ -124,6 +124,35 @@ async fn counts_are_exact_across_two_worker_threads() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_envoy_stats_the_snapshot_still_counts_every_request_and_envoy_stats_stay_at_zero() {
+    let f = Fixture::start(route(50.0, 1, r#","envoy_stats":false"#).unwrap(), 2).await.unwrap();
+    f.canary.fail_per_mille(100);
+    let t = f.send(600, &none()).await;
+    assert_eq!(t.errors, 0);
+    let snap = f.envoy.snapshot().await.unwrap();
+    let stable = &snap.subset(Role::Stable).unwrap().counters;
+    let canary = &snap.subset(Role::Canary).unwrap().counters;
+    assert_eq!((stable.requests, canary.requests), (f.stable.received(), f.canary.received()));
+    assert_eq!(canary.failures, f.canary.received() / 10);
+    assert_eq!(canary.latency.count(), canary.requests);
+    // No per-subset stat was defined, so none counts; the rare-event counters are still there.
+    for subset in ["v1", "v2"] {
+        let stat = format!("wasmcustom.canary_gate_requests_total.subset.{subset}");
+        assert_eq!(f.envoy.stat(&stat).await.unwrap_or(0), 0, "{stat}");
+    }
+    assert_eq!(f.envoy.stat("wasmcustom.canary_gate_dropped_updates_total").await, Some(0));
+
+    // Turned back on by a reload, they count from then on.
+    f.envoy.write_route(&route(50.0, 2, "").unwrap()).unwrap();
+    f.envoy.wait_for_revision(2, RELOAD).await.unwrap();
+    let (stable_before, canary_before) = (f.stable.received(), f.canary.received());
+    f.send(200, &none()).await;
+    let on = |subset: &str| format!("wasmcustom.canary_gate_requests_total.subset.{subset}");
+    assert_eq!(f.envoy.stat(&on("v1")).await, Some(f.stable.received() - stable_before));
+    assert_eq!(f.envoy.stat(&on("v2")).await, Some(f.canary.received() - canary_before));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weight_change_through_the_watched_directory_applies_without_restart_or_lost_counts() {
     let f = Fixture::start(route(0.0, 1, "").unwrap(), 2).await.unwrap();
     let pid = f.envoy.pid();

@@ -110,12 +110,11 @@ async fn run() -> Result<(), String> {
     Ok(())
 }
 
-/// Proof that canary-filter was at work, not failed open: the requests it counted in Envoy's
-/// stats (both subsets) and the requests wrk completed against it must agree.
+/// Proof that canary-filter was at work, not failed open: the requests it counted (its snapshot,
+/// both subsets) and the requests wrk completed against it must agree.
 async fn canary_requests_counted(envoys: &[BenchEnvoy], series: &[Series]) -> Result<Value, String> {
     let envoy = envoys.iter().find(|e| e.variant == Variant::Canary).ok_or("no canary Envoy")?;
-    let requests = canary_core::metrics::REQUESTS_TOTAL;
-    let counted = envoy.counter_sum(requests).await?.ok_or_else(|| format!("canary Envoy has no {requests} stat"))?;
+    let counted = envoy.snapshot_requests().await?;
     let by_wrk: u64 = series.get(2).map_or(0, |s| s.runs.iter().map(|r| r.requests).sum());
     // The warm-up run and wrk's requests still in flight when it stopped are counted by the
     // filter but not in the measured rounds; fewer counted than measured means it did not run.

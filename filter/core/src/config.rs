@@ -123,6 +123,17 @@ pub struct RouteConfig {
     /// agent reads the counters from Envoy's stats. Off by default (the names dashboards know).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rollout_in_metric_names: bool,
+    /// Whether each request is also counted in Envoy's own stats (`canary_gate_requests_total`,
+    /// `canary_gate_failures_total` and the latency histogram, per subset), which Prometheus
+    /// scrapes and the shipped rules and dashboard read. gate-agent judges from the snapshots and
+    /// does not need them; off saves two host calls per request (bench/PROFILE.md). The rare
+    /// misrouted and dropped-update counters are kept either way.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub envoy_stats: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// The dark-launch match: an exact header value that forces the canary.
@@ -661,6 +672,19 @@ mod tests {
         assert_eq!(r.served_by, ServedBy::Auto);
         assert_eq!(r.latency.exclude_content_types, vec!["text/event-stream".to_owned()]);
         assert!(r.sticky.is_none());
+        assert!(r.envoy_stats, "Envoy stats are on unless turned off");
+    }
+
+    #[test]
+    fn envoy_stats_can_be_turned_off_and_must_be_a_bool() {
+        let off = parse_route(MINIMAL.replace("}", r#","envoy_stats":false}"#).as_bytes()).unwrap();
+        assert!(!off.envoy_stats);
+        // Written only when off, so configurations that leave it out read back the same.
+        assert!(off.to_json().unwrap().contains(r#""envoy_stats":false"#));
+        assert_eq!(parse_route(off.to_json().unwrap().as_bytes()).unwrap(), off);
+        let on = parse_route(MINIMAL.as_bytes()).unwrap();
+        assert!(!on.to_json().unwrap().contains("envoy_stats"));
+        assert_eq!(err(&MINIMAL.replace("}", r#","envoy_stats":"no"}"#)).field, "envoy_stats");
     }
 
     #[test]

@@ -127,12 +127,11 @@ pub fn objects_for(
         // The waypoint runs the filter for this Service's requests; there is no client/server
         // side to match and no pod port (docs/mesh.md, "Ambient waypoints"). One waypoint runs
         // several gates' filters, and the controller reads them from its Envoy stats: the
-        // metric names carry the rollout.
-        // TODO(issue20): also `"envoy_stats": true` once the filter has that key (the waypoint
-        // path reads the per-request Envoy stats, so they must stay on).
+        // metric names carry the rollout, and the per-request Envoy stats must stay on.
         let mut config = plan.plugin_config.clone();
         if let Some(c) = config.as_object_mut() {
             c.insert("rollout_in_metric_names".into(), Value::Bool(true));
+            c.insert("envoy_stats".into(), Value::Bool(true));
         }
         let route_wasm = wasm("FAIL_OPEN", &config);
         let attach = json!({
@@ -311,6 +310,9 @@ mod tests {
             assert_eq!(config["rollout_in_metric_names"], true, "{config}");
             let parsed = canary_core::config::parse_route(config.to_string().as_bytes()).unwrap();
             assert!(parsed.rollout_in_metric_names);
+            // The controller reads those stats: they stay on whatever the filter's default.
+            assert_eq!(config["envoy_stats"], true, "{config}");
+            assert!(parsed.envoy_stats);
         }
     }
 
