@@ -16,8 +16,9 @@
 //! (default 500), `DECISIONS_SEED` the seed, `DECISIONS_PROPAGATION_MS` the assumed delay from
 //! the agent's decision to the proxies applying 0% (default 100). `DECISIONS_PARTS` picks the
 //! parts to run (comma-separated: `aa`, `bad_client`, `detection`, `drift`, `typo`; default all)
-//! and `DECISIONS_GATES` the gate settings (`on`, `off`; default both), so that one part can be
-//! rerun with more trials on a busy machine; the report then has only those parts.
+//! and `DECISIONS_GATES` the gate settings (`on`, `off`; default both) and `DECISIONS_RATES` the
+//! canary rates (default `1,10,100`), so that one part can be rerun with more trials on a busy
+//! machine; the report then has only those parts. Cells keep their seeds whatever is left out.
 
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,11 @@ fn run() -> Result<(), String> {
     let wants = |part: &str| parts.split(',').any(|p| p.trim() == part);
     let gate_settings = std::env::var("DECISIONS_GATES").unwrap_or_else(|_| "on,off".into());
     let wants_gate = |gate: bool| gate_settings.split(',').any(|g| g.trim() == if gate { "on" } else { "off" });
+    let rate_list = std::env::var("DECISIONS_RATES").unwrap_or_else(|_| "1,10,100".into());
+    let rates: Vec<f64> = CANARY_RATES
+        .into_iter()
+        .filter(|r| rate_list.split(',').any(|x| x.trim().parse::<f64>().is_ok_and(|x| x == *r)))
+        .collect();
     // The shipped spec (a check every 10 s, three failed checks allowed, steps 10/25/50%, 200
     // canary requests per step, success rate ≥ 99% and p99 ≤ 500 ms over 30 s, α = 0.01, the
     // promotion gate on with its default margins), the same spec with the gate off
@@ -123,7 +129,7 @@ fn run() -> Result<(), String> {
         // A/A: both versions identical. The same seeds with the gate on and off, so the two
         // columns differ only by the gate.
         let mut aa = Vec::new();
-        for (i, &rate) in CANARY_RATES.iter().enumerate().filter(|_| wants("aa")) {
+        for (i, &rate) in CANARY_RATES.iter().enumerate().filter(|(_, r)| rates.contains(r)).filter(|_| wants("aa")) {
             let traffic = Traffic::same(rate / first_step, BASELINE_ERROR);
             let cell = 1_000 + i as u64;
             let t0 = Instant::now();
@@ -142,7 +148,9 @@ fn run() -> Result<(), String> {
         // A/A with one bad client: identical versions, plus one sticky client whose every
         // request fails, pinned to the canary.
         let mut bad_client = Vec::new();
-        for (i, &rate) in CANARY_RATES.iter().enumerate().filter(|_| wants("bad_client")) {
+        for (i, &rate) in
+            CANARY_RATES.iter().enumerate().filter(|(_, r)| rates.contains(r)).filter(|_| wants("bad_client"))
+        {
             let mut traffic = Traffic::same(rate / first_step, BASELINE_ERROR);
             traffic.bad_client_per_s = BAD_CLIENT_PER_S;
             let cell = 1_100 + i as u64;
@@ -160,7 +168,7 @@ fn run() -> Result<(), String> {
         // Detection: the canary is worse from its first request on.
         let mut detection = Vec::new();
         for (r, regression) in regressions.iter().enumerate().filter(|_| wants("detection")) {
-            for (i, &rate) in CANARY_RATES.iter().enumerate() {
+            for (i, &rate) in CANARY_RATES.iter().enumerate().filter(|(_, r)| rates.contains(r)) {
                 let mut traffic = Traffic::same(rate / first_step, BASELINE_ERROR);
                 traffic.canary_error = BASELINE_ERROR * regression.error_factor;
                 traffic.canary_latency_factor = regression.latency_factor;
@@ -191,7 +199,7 @@ fn run() -> Result<(), String> {
         // promoted, and one whose latencies are 1.5 times the stable's still not.
         let mut drift = Vec::new();
         for (r, canary_factor) in [1.0, 1.5].into_iter().enumerate().filter(|_| wants("drift")) {
-            for (i, &rate) in CANARY_RATES.iter().enumerate() {
+            for (i, &rate) in CANARY_RATES.iter().enumerate().filter(|(_, r)| rates.contains(r)) {
                 let mut traffic = Traffic::same(rate / first_step, BASELINE_ERROR);
                 traffic.canary_latency_factor = canary_factor;
                 traffic.drift_from_ms = Some((DRIFT_AT_CANARY_REQUESTS / rate * 1000.0) as u64);

@@ -17,7 +17,9 @@
 //! * [`Phase::Initializing`]: canary at 0% (dark launch only). The first tick on which a proxy
 //!   reports moves the canary to the first step.
 //! * [`Phase::Progressing`]: on a step. A check runs every `interval`: a failed check counts
-//!   toward `threshold` (cumulative over the rollout, as in Flagger); a passing check advances
+//!   toward `threshold` (cumulative over the rollout, as in Flagger, but a window's miss is a
+//!   failed check only when significant at the checks' share of α, spent over the rollout: see
+//!   [`crate::judge`]); a passing check advances
 //!   one step once the step has lasted `interval` and seen `minRequests` canary requests, and,
 //!   with the promotion gate on (`promotion.requireEvidence`, the default), once the
 //!   non-inferiority tests show the canary within the margins ([`crate::noninferiority`]).
