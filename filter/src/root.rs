@@ -5,6 +5,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use canary_core::config::{self, PluginConfig, RouteConfig, SnapshotEndpointConfig};
+use canary_core::gauges;
 use canary_core::guard;
 use canary_core::metrics;
 use canary_core::rng::SplitMix64;
@@ -33,6 +34,33 @@ impl SubsetMetrics {
             failures: host::define_metric(MetricType::Counter, &name(metrics::FAILURES_TOTAL)),
             duration: host::define_metric(MetricType::Histogram, &name(metrics::DURATION_US)),
         }
+    }
+
+    /// As [`SubsetMetrics::define`], named per rollout when the configuration asks for it (a
+    /// waypoint, where several gates' filters share one Envoy: see `canary_core::gauges`).
+    fn define_for(config: &RouteConfig, subset: &str) -> Self {
+        if !config.rollout_in_metric_names {
+            return Self::define(subset);
+        }
+        let name = |base| gauges::per_rollout_subset(base, config.rollout.as_str(), subset);
+        SubsetMetrics {
+            requests: host::define_metric(MetricType::Counter, &name(metrics::REQUESTS_TOTAL)),
+            failures: host::define_metric(MetricType::Counter, &name(metrics::FAILURES_TOTAL)),
+            duration: host::define_metric(MetricType::Histogram, &name(metrics::DURATION_US)),
+        }
+    }
+}
+
+/// Sets the gauges that say which configuration this proxy applies (`canary_gate_applied_*`,
+/// `canary_gate_killed`, `canary_gate_start_time_seconds`): once per accepted configuration,
+/// never per request. Read from Envoy's stats where no snapshot listener exists (waypoints).
+fn set_applied_gauges(config: &RouteConfig, instance: Option<&InstanceInfo>) {
+    for (name, value) in gauges::values(config) {
+        host::record_metric(host::define_metric(MetricType::Gauge, &name), value);
+    }
+    if let Some(instance) = instance {
+        let seconds = instance.started_at_unix_ms / 1000;
+        host::record_metric(host::define_metric(MetricType::Gauge, gauges::START_TIME_SECONDS), seconds);
     }
 }
 
@@ -143,8 +171,8 @@ impl Root {
             config.canary_weight,
         ));
         let state = RouteState {
-            stable_metrics: SubsetMetrics::define(config.stable.as_str()),
-            canary_metrics: SubsetMetrics::define(config.canary.as_str()),
+            stable_metrics: SubsetMetrics::define_for(&config, config.stable.as_str()),
+            canary_metrics: SubsetMetrics::define_for(&config, config.canary.as_str()),
             updates_dropped: host::define_metric(MetricType::Counter, metrics::UPDATES_DROPPED_TOTAL),
             misrouted: host::define_metric(MetricType::Counter, metrics::MISROUTED_TOTAL),
             stable_key,
@@ -152,6 +180,7 @@ impl Root {
             dark_launch_key,
             config,
         };
+        set_applied_gauges(&state.config, self.instance.as_ref());
         self.active = Some(Active::Route(Rc::new(state)));
         true
     }

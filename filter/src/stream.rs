@@ -143,11 +143,17 @@ impl HttpContext for RouteStream {
         } else {
             self.state.key(attribution.counted_as)
         };
+        let cluster = chosen.choice.cluster;
         let update = |c: &mut canary_core::SubsetCounters| {
             if timed {
                 c.record(outcome, latency_us);
             } else {
                 c.record_unmeasured(outcome);
+            }
+            // A keyed request is also counted under its key's cluster, in the same record and
+            // the same write: no extra host call (canary_core::sticky).
+            if let Some(cluster) = cluster {
+                c.record_sticky(cluster, outcome);
             }
         };
         match store::update_counters(&SharedData, key, MAX_CAS_ATTEMPTS, update) {

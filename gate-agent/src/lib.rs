@@ -25,7 +25,7 @@ pub mod status;
 pub mod time;
 pub mod validate;
 
-pub use canary_rollout::{collect, foreign, judge, latency, rollout, spec, stats};
+pub use canary_rollout::{collect, envoy_stats, foreign, judge, latency, rollout, spec, stats};
 
 pub use canary_rollout::{
     ByRole, ChangeKind, CommandRefused, ComparisonTest, Count, Decision, Evidence, Finding, Fleet, Judge, Metric,

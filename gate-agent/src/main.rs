@@ -171,6 +171,10 @@ struct ControllerArgs {
     /// TrafficExtension), `wasmplugin` or `trafficextension`.
     #[arg(long, env = "GATE_AGENT_PLUGIN_KIND", value_enum, default_value_t = PluginKindArg::Auto)]
     plugin_kind: PluginKindArg,
+    /// The port where each waypoint replica serves its Envoy stats (`/stats/prometheus`), read
+    /// for gates with `attachment.mode: waypoint`: Istio's 15090.
+    #[arg(long, env = "GATE_AGENT_WAYPOINT_STATS_PORT", default_value_t = gate_agent::mesh::envoy_stats::DEFAULT_STATS_PORT)]
+    waypoint_stats_port: u16,
     /// The filter module the generated WasmPlugins pull (`oci://registry/canary-gate/filter:0.1.0`).
     #[arg(long, env = "GATE_AGENT_MODULE_URL")]
     module_url: String,
@@ -560,6 +564,7 @@ fn run_controller(args: ControllerArgs) -> Result<(), Failure> {
                 PluginKindArg::Wasmplugin => Some(PluginKind::WasmPlugin),
                 PluginKindArg::Trafficextension => Some(PluginKind::TrafficExtension),
             },
+            waypoint_stats_port: args.waypoint_stats_port,
         };
         let index = GateIndex::default();
         let api = gate_agent::gate::api::app(gate_agent::gate::api::GatesApi {

@@ -192,11 +192,23 @@ async fn waypoint_gates_that_cannot_run_the_filter_say_why_in_ready_false() {
     let st = wait_for(&ns, "agw", "WaypointCannotRunWasm", |s| ready(s)["reason"] == "WaypointCannotRunWasm").await;
     let msg = ready(&st)["message"].as_str().unwrap().to_owned();
     assert!(msg.contains("agentgateway-waypoint") && msg.contains("istio-waypoint") && msg.contains("Fix:"), "{msg}");
-    // The usable waypoint: its pods are found, and the condition says plainly that reading them
-    // is not built (the rollout does not start, the canary stays at 0%).
-    let st = wait_for(&ns, "wp", "WaypointReadingNotBuilt", |s| ready(s)["reason"] == "WaypointReadingNotBuilt").await;
+    // The usable waypoint: its rollout runs and reads each replica's Envoy stats at its pod IP
+    // and the stats port (15090); these pods have no Envoy, so it says that no replica answered.
+    let st = wait_for(&ns, "wp", "the replicas read", |s| {
+        ready(s)["message"].as_str().is_some_and(|m| m.contains("10.2.0.2:15090"))
+    })
+    .await;
     let msg = ready(&st)["message"].as_str().unwrap().to_owned();
-    assert!(msg.contains("10.2.0.1:15290, 10.2.0.2:15290") && msg.contains("/waypoint"), "{msg}");
+    assert_eq!(
+        (ready(&st)["status"].as_str(), ready(&st)["reason"].as_str()),
+        (Some("False"), Some("NotReady")),
+        "{st:#}"
+    );
+    assert!(msg.contains("no proxy answered") && msg.contains("10.2.0.1:15090"), "{msg}");
+    // Its route plugin names its metrics per rollout: one waypoint runs several gates' filters.
+    let config =
+        get_dynamic(&ns, PluginKind::WasmPlugin, "wp-canary-gate").await.unwrap()["spec"]["pluginConfig"].clone();
+    assert_eq!(config["rollout_in_metric_names"], true, "{config}");
     // In waypoint mode the route plugin attaches by targetRefs to the Service: no selector, no
     // snapshot plugin on pod ports.
     let route = get_dynamic(&ns, PluginKind::WasmPlugin, "wp-canary-gate").await.expect("the route WasmPlugin");
@@ -206,7 +218,10 @@ async fn waypoint_gates_that_cannot_run_the_filter_say_why_in_ready_false() {
     // Naming an Envoy waypoint in the gate overrides the Service's label.
     let fixed = waypoint_gate(&ns.name, "agw", Some("waypoint"));
     apply(cp, &fixed);
-    wait_for(&ns, "agw", "the named waypoint", |s| ready(s)["reason"] == "WaypointReadingNotBuilt").await;
+    wait_for(&ns, "agw", "the named waypoint", |s| {
+        ready(s)["message"].as_str().is_some_and(|m| m.contains("10.2.0.1:15090"))
+    })
+    .await;
     stop_tx.send(true).unwrap();
     controller.await.unwrap();
 }

@@ -101,6 +101,10 @@ pub struct Backend {
 
 type AppState = (String, Arc<Behaviour>);
 
+/// A request with this header gets a `500` from every backend, whatever its version: a client
+/// whose own input makes the service fail (the sticky-key tests' always-failing client).
+pub const FAIL_HEADER: &str = "x-test-always-fail";
+
 /// What every request goes through, whatever its answer: the delay, the label record and the
 /// count. Returns the request's number, from 1.
 async fn admit(b: &Behaviour, headers: &HeaderMap) -> u64 {
@@ -124,7 +128,8 @@ async fn handle(State((name, b)): State<AppState>, socket: Option<Extension<Sock
     {
         return cut_off(&name, &socket);
     }
-    let fail = picked(n, b.fail_per_mille.load(Ordering::Relaxed));
+    // A request that carries FAIL_HEADER fails on every version: its own input is at fault.
+    let fail = picked(n, b.fail_per_mille.load(Ordering::Relaxed)) || headers.contains_key(FAIL_HEADER);
     let status = if fail { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK };
     (status, [("x-served-by", name.clone())], name).into_response()
 }

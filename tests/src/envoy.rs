@@ -55,6 +55,22 @@ pub struct Shape {
     /// (its configuration in `ecds/canary-gate-b.json`, written before start), clusters
     /// `stable-b` and `canary-b` at these backends.
     pub second: Option<(SocketAddr, SocketAddr, RouteConfig)>,
+    /// Envoy configured as an Istio waypoint would be for the filter ([`WaypointShape`]).
+    pub waypoint: Option<WaypointShape>,
+}
+
+/// The shape of one ambient waypoint replica, as far as the filter and gate-agent see it: the
+/// inbound listener (`public`, on the replica's own address) runs only the route filter, from the
+/// watched file (istiod's ECDS push); no snapshot listener and nothing strips the label before
+/// the filter (the filter overwrites it); a `stats` listener at `ip:stats_port` serves the
+/// admin's `/stats/prometheus` and nothing else, as Istio's 15090 does; none of
+/// deploy/local's `stats_config` (Istio's bootstrap has none of it: no subset tag, Envoy's
+/// default buckets).
+#[derive(Debug, Clone, Copy)]
+pub struct WaypointShape {
+    /// The replica's address (its pod IP): `127.0.0.2`, `127.0.0.3`, ...
+    pub ip: std::net::IpAddr,
+    pub stats_port: u16,
 }
 
 /// A running Envoy.
@@ -173,6 +189,9 @@ fn reshape(v: &mut Value, shape: &Shape) -> Result<(), String> {
         }
         v.pointer_mut("/static_resources/listeners").and_then(Value::as_array_mut).ok_or("no listeners")?.push(b);
     }
+    if let Some(w) = &shape.waypoint {
+        waypoint_shape(v, w)?;
+    }
     let publics: &[&str] = if shape.second.is_some() { &["public", "public-b"] } else { &["public"] };
     for name in publics {
         let hcm = named(v, "/static_resources/listeners", name)?.pointer_mut(HCM).ok_or("no HCM")?;
@@ -214,6 +233,51 @@ fn reshape(v: &mut Value, shape: &Shape) -> Result<(), String> {
             );
         }
     }
+    Ok(())
+}
+
+fn waypoint_shape(v: &mut Value, w: &WaypointShape) -> Result<(), String> {
+    let obj = v.as_object_mut().ok_or("bootstrap is not an object")?;
+    obj.remove("stats_config");
+    let public = named(v, "/static_resources/listeners", "public")?;
+    set_at(public, "/address/socket_address", serde_json::json!({ "address": w.ip.to_string(), "port_value": 0 }))?;
+    let hcm = public.pointer_mut(HCM).and_then(Value::as_object_mut).ok_or("public listener: no HCM")?;
+    hcm.remove("early_header_mutation_extensions").ok_or("no early header mutation to remove")?;
+    let listeners = v.pointer_mut("/static_resources/listeners").and_then(Value::as_array_mut).ok_or("no listeners")?;
+    let snapshot = listeners
+        .iter_mut()
+        .find(|l| l.get("name").and_then(Value::as_str) == Some("canary-gate-snapshot"))
+        .ok_or("no snapshot listener")?;
+    // Istio's 15090: only GET /stats/prometheus, proxied to the admin (on loopback).
+    *snapshot = serde_json::json!({
+        "name": "stats",
+        "address": { "socket_address": { "address": w.ip.to_string(), "port_value": w.stats_port } },
+        "filter_chains": [{ "filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "stats",
+                "route_config": { "virtual_hosts": [{ "name": "stats", "domains": ["*"], "routes": [
+                    { "match": { "prefix": "/stats/prometheus" }, "route": { "cluster": "prometheus_stats" } }
+                ] }] },
+                "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }]
+            }
+        }] }]
+    });
+    // The stats cluster needs the admin's port before Envoy starts: a free one, picked now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("a free port for the admin: {e}"))?
+        .port();
+    set_at(v, "/admin/address/socket_address", loopback(port))?;
+    let admin = loopback(port);
+    let clusters = v.pointer_mut("/static_resources/clusters").and_then(Value::as_array_mut).ok_or("no clusters")?;
+    clusters.push(serde_json::json!({
+        "name": "prometheus_stats", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": { "cluster_name": "prometheus_stats",
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": admin } } }] }] }
+    }));
     Ok(())
 }
 
@@ -330,7 +394,9 @@ impl Envoy {
         if self.second {
             self.public_b = Some(bound_listener(&v, "public-b").ok_or("public-b listener not bound yet")?);
         }
-        self.snapshot = bound_listener(&v, "canary-gate-snapshot").ok_or("snapshot listener not bound yet")?;
+        self.snapshot = bound_listener(&v, "canary-gate-snapshot")
+            .or_else(|| bound_listener(&v, "stats"))
+            .ok_or("snapshot listener not bound yet")?;
         Ok(())
     }
 

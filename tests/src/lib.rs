@@ -13,7 +13,7 @@ pub mod traffic;
 
 pub use agent::Agent;
 pub use backend::Backend;
-pub use envoy::{Envoy, LocalSetup, Shape};
+pub use envoy::{Envoy, LocalSetup, Shape, WaypointShape};
 
 /// The rollout spec the agent e2e tests run: rollout `demo`, checks every second, three steps
 /// (10, 30, 60%), 50 canary requests per step, success rate ≥ 99% and p99 ≤ 1 s over 2 s. The

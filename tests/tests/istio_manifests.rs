@@ -478,6 +478,8 @@ fn the_agent_role_grants_exactly_the_calls_gate_agent_makes() {
     let expected: BTreeSet<String> = [
         // Read the pluginConfig and its resourceVersion; merge-patch the agent's three fields.
         format!(r#"["extensions.istio.io"] ["wasmplugins"] ["{wasmplugin}"] ["get","patch"]"#),
+        // The same for a TrafficExtension of that name (`--router trafficextension`).
+        format!(r#"["extensions.istio.io"] ["trafficextensions"] ["{wasmplugin}"] ["get","patch"]"#),
         // Leader election: read, renew and release the one Lease...
         format!(r#"["coordination.k8s.io"] ["leases"] ["{lease}"] ["get","update"]"#),
         // ...and create it the first time (a create names no object, so resourceNames cannot apply).

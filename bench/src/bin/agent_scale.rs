@@ -175,6 +175,7 @@ fn scaled(c: &SubsetCounters, k: u64) -> SubsetCounters {
             sum_us: c.latency.sum_us.saturating_mul(k),
             buckets: c.latency.buckets.iter().map(|&(i, n)| (i, n * k)).collect(),
         },
+        sticky: c.sticky,
     }
 }
 

@@ -13,17 +13,20 @@
 //!
 //! Usage: `decisions [OUT_DIR]` (default `bench/out`). `DECISIONS_TRIALS` scales the number of
 //! detection trials per cell (default 200), `DECISIONS_AA_TRIALS` the A/A rollouts per rate
-//! (default 500), `DECISIONS_SEED` the seed, `DECISIONS_PROPAGATION_MS` the assumed delay from
-//! the agent's decision to the proxies applying 0% (default 100). `DECISIONS_PARTS` picks the
-//! parts to run (comma-separated: `aa`, `bad_client`, `detection`, `drift`, `typo`; default all)
-//! and `DECISIONS_GATES` the gate settings (`on`, `off`; default both) and `DECISIONS_RATES` the
-//! canary rates (default `1,10,100`), so that one part can be rerun with more trials on a busy
-//! machine; the report then has only those parts. Cells keep their seeds whatever is left out.
+//! (default 500), `DECISIONS_BAD_CLIENT_TRIALS` the rollouts per rate of the one-bad-client
+//! and sticky-key rows (default: `DECISIONS_TRIALS`), `DECISIONS_SEED` the seed,
+//! `DECISIONS_PROPAGATION_MS` the assumed delay from the agent's decision to the proxies applying
+//! 0% (default 100). `DECISIONS_PARTS` picks the parts to run (comma-separated: `aa`,
+//! `bad_client`, `sticky`, `detection`, `drift`, `typo`; default all) and `DECISIONS_GATES` the
+//! gate settings (`on`, `off`; default both) and `DECISIONS_RATES` the canary rates (default
+//! `1,10,100`), so that one part can be rerun with more trials on a busy machine; the report then
+//! has only those parts. Cells keep their seeds whatever is left out.
 
 use std::time::{Duration, Instant};
 
 use canary_core::rng::SplitMix64;
 use canary_core::snapshot::SNAPSHOT_FORMAT;
+use canary_core::sticky::{Cluster, STICKY_CLUSTERS};
 use canary_core::{InstanceInfo, Outcome, Role, Snapshot, SubsetCounters, SubsetName, SubsetSnapshot, Weight};
 use canary_rollout::{Decision, Finding, Fleet, Phase, Rollout, Spec};
 use serde_json::{Value, json};
@@ -51,6 +54,8 @@ const BAD_CLIENT_PER_S: f64 = 1.0;
 /// latency references are fixed and before a healthy canary is promoted at any rate.
 const DRIFT_FACTOR: f64 = 2.0;
 const DRIFT_AT_CANARY_REQUESTS: f64 = 300.0;
+/// The sticky-key cluster of the bad client's key (any one will do: all are alike).
+const BAD_CLIENT_CLUSTER: usize = 3;
 /// Goals, each judged by the 95% interval's end, not by the point estimate.
 const AA_GOAL: f64 = 0.01;
 const FALSE_PROMOTION_GOAL: f64 = 0.05;
@@ -77,8 +82,10 @@ fn run() -> Result<(), String> {
     let seed = canary_bench::env_u64("DECISIONS_SEED", 20_260_401)?;
     let trials = usize::try_from(canary_bench::env_u64("DECISIONS_TRIALS", 200)?).map_err(|e| e.to_string())?;
     let aa_trials = usize::try_from(canary_bench::env_u64("DECISIONS_AA_TRIALS", 500)?).map_err(|e| e.to_string())?;
+    let bad_trials = usize::try_from(canary_bench::env_u64("DECISIONS_BAD_CLIENT_TRIALS", trials as u64)?)
+        .map_err(|e| e.to_string())?;
     let propagation_ms = canary_bench::env_u64("DECISIONS_PROPAGATION_MS", 100)?;
-    let parts = std::env::var("DECISIONS_PARTS").unwrap_or_else(|_| "aa,bad_client,detection,drift,typo".into());
+    let parts = std::env::var("DECISIONS_PARTS").unwrap_or_else(|_| "aa,bad_client,sticky,detection,drift,typo".into());
     let wants = |part: &str| parts.split(',').any(|p| p.trim() == part);
     let gate_settings = std::env::var("DECISIONS_GATES").unwrap_or_else(|_| "on,off".into());
     let wants_gate = |gate: bool| gate_settings.split(',').any(|g| g.trim() == if gate { "on" } else { "off" });
@@ -146,24 +153,55 @@ fn run() -> Result<(), String> {
             aa.push(c);
         }
         // A/A with one bad client: identical versions, plus one sticky client whose every
-        // request fails, pinned to the canary.
+        // request fails, pinned to the canary. Counted per request (a filter without sticky
+        // clusters, as before) and per sticky-key cluster (every request carries a key).
         let mut bad_client = Vec::new();
-        for (i, &rate) in
-            CANARY_RATES.iter().enumerate().filter(|(_, r)| rates.contains(r)).filter(|_| wants("bad_client"))
+        let mut bad_client_per_request = Vec::new();
+        for (keyed, cells) in [(false, &mut bad_client_per_request), (true, &mut bad_client)] {
+            for (i, &rate) in
+                CANARY_RATES.iter().enumerate().filter(|(_, r)| rates.contains(r)).filter(|_| wants("bad_client"))
+            {
+                let mut traffic = Traffic::same(rate / first_step, BASELINE_ERROR);
+                traffic.bad_client_per_s = BAD_CLIENT_PER_S;
+                traffic.keyed = keyed;
+                let cell = 1_100 + i as u64;
+                let t0 = Instant::now();
+                let runs = parallel(bad_trials, |t| simulate(spec, &traffic, &latency, trial_seed(seed, cell, t)));
+                let c = AaCell::of(rate, traffic.total_per_s, &runs, t0.elapsed());
+                eprintln!(
+                    "decisions ({label}): A/A with one bad client at {rate}/s, {}: {} rollbacks, {} promoted of {bad_trials} ({:.1?})",
+                    if keyed { "per sticky cluster" } else { "per request" },
+                    c.rollbacks,
+                    c.promoted,
+                    t0.elapsed()
+                );
+                cells.push(c);
+            }
+        }
+        // What the clusters cost: a canary failing 10× as often for every user, without keys and
+        // with sticky keys, on the same seeds, so the two differ by the clusters only.
+        let mut sticky_detection = Vec::new();
+        for (i, &rate) in CANARY_RATES.iter().enumerate().filter(|(_, r)| rates.contains(r)).filter(|_| wants("sticky"))
         {
-            let mut traffic = Traffic::same(rate / first_step, BASELINE_ERROR);
-            traffic.bad_client_per_s = BAD_CLIENT_PER_S;
-            let cell = 1_100 + i as u64;
-            let t0 = Instant::now();
-            let runs = parallel(trials, |t| simulate(spec, &traffic, &latency, trial_seed(seed, cell, t)));
-            let c = AaCell::of(rate, traffic.total_per_s, &runs, t0.elapsed());
-            eprintln!(
-                "decisions ({label}): A/A with one bad client at {rate}/s: {} rollbacks, {} promoted of {trials} ({:.1?})",
-                c.rollbacks,
-                c.promoted,
-                t0.elapsed()
-            );
-            bad_client.push(c);
+            for keyed in [false, true] {
+                let mut traffic = Traffic::same(rate / first_step, BASELINE_ERROR);
+                traffic.canary_error = BASELINE_ERROR * 10.0;
+                traffic.keyed = keyed;
+                let cell = 1_200 + i as u64;
+                let t0 = Instant::now();
+                let runs = parallel(bad_trials, |t| simulate(spec, &traffic, &latency, trial_seed(seed, cell, t)));
+                let name = if keyed { "errors 10×, sticky keys" } else { "errors 10×, no keys" };
+                let c = DetectionCell::of(name, true, rate, traffic.total_per_s, &runs, t0.elapsed());
+                eprintln!(
+                    "decisions ({label}): {name} at {rate}/s: median {:?} s, p90 {:?} s, never {:.1}%, promoted {} ({:.1?})",
+                    c.median_s,
+                    c.p90_s,
+                    100.0 * c.never_fraction,
+                    c.promoted,
+                    t0.elapsed()
+                );
+                sticky_detection.push((keyed, c));
+            }
         }
         // Detection: the canary is worse from its first request on.
         let mut detection = Vec::new();
@@ -218,7 +256,7 @@ fn run() -> Result<(), String> {
                 drift.push((canary_factor, c));
             }
         }
-        gates.push(GateRun { gate, aa, bad_client, detection, drift });
+        gates.push(GateRun { gate, aa, bad_client, bad_client_per_request, sticky_detection, detection, drift });
     }
 
     // The weight typo, at the agent's default tick and at 1 s (the gate does not take part in
@@ -239,6 +277,8 @@ fn run() -> Result<(), String> {
             "seed": seed,
             "aa_trials_per_rate": aa_trials,
             "detection_trials_per_cell": trials,
+            "bad_client_and_sticky_trials_per_cell": bad_trials,
+            "bad_client_per_s": BAD_CLIENT_PER_S,
             "tick_ms": TICK_MS,
             "proxies": PROXIES,
             "max_rollout_s": MAX_ROLLOUT_MS / 1000,
@@ -267,7 +307,8 @@ fn run() -> Result<(), String> {
         "typo": typo.iter().map(TypoCell::json).collect::<Vec<_>>(),
         "wall_s": started.elapsed().as_secs_f64(),
     });
-    let setup = Setup { seed, aa_trials, trials, propagation_ms, error_margin, p99_increase: margin.p99_increase };
+    let setup =
+        Setup { seed, aa_trials, trials, bad_trials, propagation_ms, error_margin, p99_increase: margin.p99_increase };
     let markdown = markdown(&gates, &typo, &setup, &latency);
     canary_bench::write_part(&out, "decisions", &figures, &markdown)
         .map_err(|e| format!("writing {}/decisions.{{json,md}}: {e}", out.display()))?;
@@ -279,8 +320,13 @@ fn run() -> Result<(), String> {
 struct GateRun {
     gate: bool,
     aa: Vec<AaCell>,
-    /// A/A with one sticky client that always fails, pinned to the canary.
+    /// A/A with one sticky client that always fails, pinned to the canary; every request keyed,
+    /// counted per sticky cluster.
     bad_client: Vec<AaCell>,
+    /// The same, counted per request (a filter without sticky clusters).
+    bad_client_per_request: Vec<AaCell>,
+    /// Errors 10× for everyone, without keys (false) and with every request keyed (true).
+    sticky_detection: Vec<(bool, DetectionCell)>,
     detection: Vec<DetectionCell>,
     /// A drift common to both versions: (canary latency factor, outcome).
     drift: Vec<(f64, AaCell)>,
@@ -293,6 +339,8 @@ impl GateRun {
             "aa": self.aa.iter().map(AaCell::json).collect::<Vec<_>>(),
             "aa_overall": aa_overall(&self.aa),
             "aa_one_bad_client": self.bad_client.iter().map(AaCell::json).collect::<Vec<_>>(),
+            "aa_one_bad_client_counted_per_request": self.bad_client_per_request.iter().map(AaCell::json).collect::<Vec<_>>(),
+            "detection_with_and_without_sticky_keys": self.sticky_detection.iter().map(|(_, c)| c.json()).collect::<Vec<_>>(),
             "detection": self.detection.iter().map(DetectionCell::json).collect::<Vec<_>>(),
             "common_drift": self.drift.iter().map(|(f, c)| json!({"canary_latency_factor": f, "cell": c.json()})).collect::<Vec<_>>(),
         })
@@ -304,6 +352,7 @@ struct Setup {
     seed: u64,
     aa_trials: usize,
     trials: usize,
+    bad_trials: usize,
     propagation_ms: u64,
     error_margin: f64,
     p99_increase: f64,
@@ -404,6 +453,9 @@ struct Traffic {
     drift_from_ms: Option<u64>,
     /// The factor in force now (1 before the drift); set by `simulate` each tick.
     drift_now: f64,
+    /// Every request carries a sticky key (of one of many users; the bad client's is in
+    /// [`BAD_CLIENT_CLUSTER`]), and the proxies count it in the key's cluster as the filter does.
+    keyed: bool,
 }
 
 impl Traffic {
@@ -416,6 +468,7 @@ impl Traffic {
             bad_client_per_s: 0.0,
             drift_from_ms: None,
             drift_now: 1.0,
+            keyed: false,
         }
     }
 }
@@ -462,15 +515,22 @@ impl Proxies {
                 let outcome = if i < failures { Outcome::Failure } else { Outcome::Success };
                 let us = latency.draw_us(rng, factor);
                 let proxy = rng.below(PROXIES);
+                // Many users: each request's key is in a uniformly random cluster (drawn only
+                // for keyed traffic, so unkeyed runs keep their random streams).
+                let cluster = traffic.keyed.then(|| Cluster::new(rng.below(STICKY_CLUSTERS))).flatten();
                 if let Some(c) = self.counters.get_mut(proxy).and_then(|p| p.get_mut(side)) {
                     c.record(outcome, us);
+                    if let Some(cluster) = cluster {
+                        c.record_sticky(cluster, outcome);
+                    }
                 }
             }
         }
     }
 
     /// Serves `n` requests of the one bad client, all failing, on the canary when it has weight.
-    fn serve_bad_client(&mut self, rng: &mut Rng, n: u64, weight: f64, latency: &Latency) {
+    fn serve_bad_client(&mut self, rng: &mut Rng, n: u64, weight: f64, traffic: &Traffic, latency: &Latency) {
+        let cluster = traffic.keyed.then(|| Cluster::new(BAD_CLIENT_CLUSTER)).flatten();
         let side = usize::from(weight > 0.0);
         if side == 1 {
             self.canary_failures += n;
@@ -481,6 +541,9 @@ impl Proxies {
             let proxy = rng.below(PROXIES);
             if let Some(c) = self.counters.get_mut(proxy).and_then(|p| p.get_mut(side)) {
                 c.record(Outcome::Failure, us);
+                if let Some(cluster) = cluster {
+                    c.record_sticky(cluster, Outcome::Failure);
+                }
             }
         }
     }
@@ -607,7 +670,7 @@ fn simulate(spec: &Spec, traffic: &Traffic, latency: &Latency, seed: u64) -> Run
         let now_traffic = Traffic { drift_now: if drifted { DRIFT_FACTOR } else { 1.0 }, ..traffic.clone() };
         proxies.serve(&mut rng, n, weight, &now_traffic, latency);
         let bad = bad_arrivals.take(TICK_MS as f64);
-        proxies.serve_bad_client(&mut rng, bad, weight, latency);
+        proxies.serve_bad_client(&mut rng, bad, weight, traffic, latency);
         now += TICK_MS;
     }
 }
@@ -632,6 +695,7 @@ fn typo_trial(spec: &Spec, latency: &Latency, tick_ms: u64, propagation_ms: u64,
         bad_client_per_s: 0.0,
         drift_from_ms: None,
         drift_now: 1.0,
+        keyed: false,
     };
     let mut arrivals = Arrivals { per_s: TYPO_TOTAL_RPS, carry: 0.0 };
     proxies.read_into(&mut fleet, 0);
@@ -1045,7 +1109,7 @@ fn verdict(met: bool) -> &'static str {
 }
 
 fn markdown(gates: &[GateRun], typo: &[TypoCell], setup: &Setup, latency: &Latency) -> String {
-    let Setup { seed, aa_trials, trials, propagation_ms, error_margin, p99_increase } = *setup;
+    let Setup { seed, aa_trials, trials, propagation_ms, error_margin, p99_increase, .. } = *setup;
     let mut md = String::new();
     let mut line = |s: String| {
         md.push_str(&s);
@@ -1128,26 +1192,62 @@ fn markdown(gates: &[GateRun], typo: &[TypoCell], setup: &Setup, latency: &Laten
     line(format!(
         "Identical versions, plus one sticky client sending {BAD_CLIENT_PER_S} req/s that all fail (a deterministic \
          500 caused by its own input), hashed into the canary's share: its requests are on the canary whenever the \
-         canary has weight. The tests count requests, not clients, so this client alone looks like a canary failing \
-         far more often than the stable. {trials} rollouts per rate."
+         canary has weight. *Per request*: the proxies count requests only (a filter without sticky clusters), so \
+         this client alone looks like a canary failing far more often than the stable. *Per sticky cluster*: every \
+         request carries a key (many users, spread over the {STICKY_CLUSTERS} clusters of the key's hash; the bad \
+         client's key in one of them), the proxies also count each cluster as the filter does, and the agent caps \
+         each cluster's evidence and leaves the worst cluster out of the success-rate check (`stats.rs`, \
+         \"Sticky routing\"). {} rollouts per rate and row.",
+        setup.bad_trials
     ));
     line(String::new());
-    line("| gate | canary rate | rollouts | rolled back | rate | 95% CI | ≤ 1% | promoted | median rollout end | what rolled back |".into());
-    line("|---|---:|---:|---:|---:|---|---|---:|---:|---|".into());
+    line("| gate | counted | canary rate | rollouts | rolled back | rate | 95% CI | ≤ 1% | promoted | median rollout end | what rolled back |".into());
+    line("|---|---|---:|---:|---:|---:|---|---|---:|---:|---|".into());
     for g in gates {
-        for c in &g.bad_client {
+        for (counted, cells) in [("per request", &g.bad_client_per_request), ("per sticky cluster", &g.bad_client)] {
+            for c in cells.iter() {
+                line(format!(
+                    "| {} | {counted} | {}/s | {} | {} | {} | {} | {} | {} | {} s | {} |",
+                    if g.gate { "on" } else { "off" },
+                    c.canary_rate,
+                    c.rollouts,
+                    c.rollbacks,
+                    pct(c.rate()),
+                    interval(c.ci),
+                    verdict(c.rollback_goal_met()),
+                    c.promoted,
+                    secs(c.median_s),
+                    top_causes(&c.causes, c.rollbacks)
+                ));
+            }
+        }
+    }
+    line(String::new());
+    line(format!(
+        "What the clusters cost: a canary failing 10× as often (1% against 0.1%) for every user, every request \
+         keyed, against the same regression without keys, on the same seeds. {} trials per row.",
+        setup.bad_trials
+    ));
+    line(String::new());
+    line(
+        "| gate | keys | canary rate | trials | promoted | detect median | p90 | not rolled back | what rolled back |"
+            .into(),
+    );
+    line("|---|---|---:|---:|---:|---:|---:|---:|---|".into());
+    for g in gates {
+        for (keyed, c) in &g.sticky_detection {
+            let keys = if *keyed { "sticky" } else { "none" };
+            let detected = c.trials - (c.never_fraction * c.trials as f64).round() as usize;
             line(format!(
-                "| {} | {}/s | {} | {} | {} | {} | {} | {} | {} s | {} |",
+                "| {} | {keys} | {}/s | {} | {} | {} | {} | {} | {} |",
                 if g.gate { "on" } else { "off" },
                 c.canary_rate,
-                c.rollouts,
-                c.rollbacks,
-                pct(c.rate()),
-                interval(c.ci),
-                verdict(c.rollback_goal_met()),
+                c.trials,
                 c.promoted,
                 secs(c.median_s),
-                top_causes(&c.causes, c.rollbacks)
+                secs(c.p90_s),
+                pct(c.never_fraction),
+                top_causes(&c.causes, detected)
             ));
         }
     }

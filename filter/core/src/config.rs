@@ -118,6 +118,11 @@ pub struct RouteConfig {
     /// and routes the same with or without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_state: Option<RolloutRecord>,
+    /// Name the per-subset metrics `<base>.rollout.<rollout>.subset.<subset>` (see
+    /// [`crate::gauges`]): set for waypoints, where one Envoy runs several gates' filters and the
+    /// agent reads the counters from Envoy's stats. Off by default (the names dashboards know).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollout_in_metric_names: bool,
 }
 
 /// The dark-launch match: an exact header value that forces the canary.

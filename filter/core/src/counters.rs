@@ -8,9 +8,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::histogram::{HistogramError, LatencyHistogram};
 use crate::outcome::Outcome;
+use crate::sticky::{Cluster, STICKY_CLUSTERS, StickyCounts};
 
 /// First byte of an encoded record.
 const FORMAT: u8 = 1;
+/// Tag of the optional section after the histogram that holds [`StickyCounts`]. A record without
+/// keyed requests has no section and encodes as before; a build that predates the section reads
+/// one as trailing bytes and starts the record again from zero (as for any unreadable record).
+const STICKY_SECTION: u8 = 1;
 
 /// Monotonic counters for one subset since the proxy started.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +27,11 @@ pub struct SubsetCounters {
     pub failures: u64,
     /// Latency from request headers to the end of the response, in µs.
     pub latency: LatencyHistogram,
+    /// Requests with a sticky key, per cluster of the key's hash (see [`crate::sticky`]); absent
+    /// from the snapshot when there were none. An agent that predates it refuses a snapshot
+    /// that has it (unknown field `sticky`).
+    #[serde(default, skip_serializing_if = "StickyCounts::is_empty")]
+    pub sticky: StickyCounts,
 }
 
 #[derive(Deserialize)]
@@ -31,13 +41,20 @@ struct RawCounters {
     successes: u64,
     failures: u64,
     latency: LatencyHistogram,
+    #[serde(default)]
+    sticky: StickyCounts,
 }
 
 impl TryFrom<RawCounters> for SubsetCounters {
     type Error = DecodeError;
     fn try_from(r: RawCounters) -> Result<Self, DecodeError> {
-        let c =
-            SubsetCounters { requests: r.requests, successes: r.successes, failures: r.failures, latency: r.latency };
+        let c = SubsetCounters {
+            requests: r.requests,
+            successes: r.successes,
+            failures: r.failures,
+            latency: r.latency,
+            sticky: r.sticky,
+        };
         c.check()?;
         Ok(c)
     }
@@ -90,12 +107,19 @@ impl SubsetCounters {
         self.latency.record(latency_us);
     }
 
+    /// Also counts a request (already counted with [`record`](Self::record) or
+    /// [`record_unmeasured`](Self::record_unmeasured)) under its sticky key's cluster.
+    pub fn record_sticky(&mut self, cluster: Cluster, outcome: Outcome) {
+        self.sticky.record(cluster, outcome);
+    }
+
     /// Adds another record (from another proxy) to this one.
     pub fn merge(&mut self, other: &SubsetCounters) {
         self.requests = self.requests.saturating_add(other.requests);
         self.successes = self.successes.saturating_add(other.successes);
         self.failures = self.failures.saturating_add(other.failures);
         self.latency.merge(&other.latency);
+        self.sticky.merge(&other.sticky);
     }
 
     /// What happened between `earlier` and `self`; `None` if any counter went backwards (a reset).
@@ -105,6 +129,7 @@ impl SubsetCounters {
             successes: self.successes.checked_sub(earlier.successes)?,
             failures: self.failures.checked_sub(earlier.failures)?,
             latency: self.latency.since(&earlier.latency)?,
+            sticky: self.sticky.since(&earlier.sticky)?,
         })
     }
 
@@ -122,6 +147,7 @@ impl SubsetCounters {
             put_varint(&mut out, c);
             prev = i;
         }
+        put_sticky(&mut out, &self.sticky);
         out
     }
 
@@ -154,11 +180,12 @@ impl SubsetCounters {
                 u16::try_from(index).map_err(|_| DecodeError::Histogram(HistogramError::IndexOutOfRange(u16::MAX)))?;
             buckets.push((idx, take_varint(&mut rest)?));
         }
+        let sticky = take_sticky(&mut rest)?;
         if !rest.is_empty() {
             return Err(DecodeError::TrailingBytes);
         }
         let latency = LatencyHistogram::from_parts(sum_us, buckets).map_err(DecodeError::Histogram)?;
-        let c = SubsetCounters { requests, successes, failures, latency };
+        let c = SubsetCounters { requests, successes, failures, latency, sticky };
         c.check()?;
         Ok(c)
     }
@@ -172,8 +199,41 @@ impl SubsetCounters {
         if self.latency.count() > self.requests {
             return Err(DecodeError::Inconsistent("latency count > requests"));
         }
-        Ok(())
+        self.sticky.check(self.requests, self.failures).map_err(DecodeError::Inconsistent)
     }
+}
+
+/// The sticky section: its tag, then each cluster's requests, then each cluster's failures.
+/// Nothing when no request had a key, so unkeyed rollouts pay nothing for it.
+fn put_sticky(out: &mut Vec<u8>, sticky: &StickyCounts) {
+    if sticky.is_empty() {
+        return;
+    }
+    out.push(STICKY_SECTION);
+    for &n in sticky.requests.iter().chain(&sticky.failures) {
+        put_varint(out, n);
+    }
+}
+
+/// Reads the sticky section if the record has one; anything else after the histogram is left
+/// for the caller to refuse as trailing bytes.
+fn take_sticky(input: &mut &[u8]) -> Result<StickyCounts, DecodeError> {
+    let mut sticky = StickyCounts::default();
+    let Some((&tag, rest)) = input.split_first() else {
+        return Ok(sticky);
+    };
+    if tag != STICKY_SECTION {
+        return Ok(sticky);
+    }
+    *input = rest;
+    // Each count takes at least one byte.
+    if input.len() < 2 * STICKY_CLUSTERS {
+        return Err(DecodeError::Truncated);
+    }
+    for n in sticky.requests.iter_mut().chain(sticky.failures.iter_mut()) {
+        *n = take_varint(input)?;
+    }
+    Ok(sticky)
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -238,5 +298,81 @@ mod tests {
         );
         // requests=1, successes=0, failures=0: does not add up.
         assert!(matches!(SubsetCounters::decode(&[1, 1, 0, 0, 0, 0]), Err(DecodeError::Inconsistent(_))));
+    }
+
+    fn keyed() -> SubsetCounters {
+        let mut c = SubsetCounters::default();
+        for i in 0..40u64 {
+            let o = if i % 5 == 0 { Outcome::Failure } else { Outcome::Success };
+            c.record(o, 1_000 + i);
+            // Every other request has a key; some clusters get none.
+            if i % 2 == 0 {
+                c.record_sticky(Cluster::of_hash(i * 3), o);
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn sticky_clusters_round_trip_in_bytes_and_json() {
+        let c = keyed();
+        assert_eq!(c.sticky.total_requests(), 20);
+        assert_eq!(c.sticky.total_failures(), 4);
+        assert_eq!(SubsetCounters::decode(&c.encode()).unwrap(), c);
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains("\"sticky\":{\"requests\":["), "{json}");
+        assert_eq!(serde_json::from_str::<SubsetCounters>(&json).unwrap(), c);
+    }
+
+    #[test]
+    fn a_record_without_keyed_requests_is_encoded_as_before() {
+        let mut c = SubsetCounters::default();
+        c.record(Outcome::Success, 10);
+        let bytes = c.encode();
+        // format, requests, successes, failures, sum, one bucket (delta, count): nothing more.
+        assert_eq!(bytes.len(), 8, "{bytes:?}");
+        assert!(!serde_json::to_string(&c).unwrap().contains("sticky"));
+        // A snapshot from a filter that predates the clusters still reads, with none.
+        let old = r#"{"requests":1,"successes":1,"failures":0,"latency":{"sum_us":10,"buckets":[[10,1]]}}"#;
+        let parsed: SubsetCounters = serde_json::from_str(old).unwrap();
+        assert!(parsed.sticky.is_empty() && parsed.requests == 1, "{parsed:?}");
+    }
+
+    #[test]
+    fn malformed_sticky_sections_are_rejected() {
+        let good = keyed().encode();
+        let plain = {
+            let mut c = keyed();
+            c.sticky = StickyCounts::default();
+            c.encode()
+        };
+        assert_eq!(SubsetCounters::decode(&good[..plain.len() + 5]), Err(DecodeError::Truncated));
+        let mut unknown = plain.clone();
+        unknown.push(9);
+        assert_eq!(SubsetCounters::decode(&unknown), Err(DecodeError::TrailingBytes));
+        let mut twice = good.clone();
+        twice.extend_from_slice(&good[plain.len()..]);
+        assert_eq!(SubsetCounters::decode(&twice), Err(DecodeError::TrailingBytes));
+        // Clusters holding more requests than the record.
+        let mut more = keyed();
+        more.sticky.requests[0] += 1_000;
+        assert!(matches!(SubsetCounters::decode(&more.encode()), Err(DecodeError::Inconsistent(_))));
+        let json = serde_json::to_string(&more).unwrap();
+        assert!(serde_json::from_str::<SubsetCounters>(&json).unwrap_err().to_string().contains("sticky"));
+        // The wrong number of clusters is refused by name.
+        let short = r#"{"requests":1,"successes":1,"failures":0,"latency":{"sum_us":0,"buckets":[]},"sticky":{"requests":[1],"failures":[0]}}"#;
+        let e = serde_json::from_str::<SubsetCounters>(short).unwrap_err().to_string();
+        assert!(e.contains("array"), "{e}");
+    }
+
+    #[test]
+    fn sticky_deltas_follow_the_totals() {
+        let early = keyed();
+        let mut late = early.clone();
+        late.record(Outcome::Failure, 5);
+        late.record_sticky(Cluster::of_hash(4), Outcome::Failure);
+        let d = late.since(&early).unwrap();
+        assert_eq!((d.requests, d.failures, d.sticky.requests[4], d.sticky.failures[4]), (1, 1, 1, 1));
+        assert_eq!(d.sticky.total_requests(), 1);
     }
 }

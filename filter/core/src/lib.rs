@@ -8,6 +8,7 @@
 pub mod config;
 pub mod counters;
 pub mod ecds;
+pub mod gauges;
 pub mod guard;
 pub mod hash;
 pub mod histogram;
@@ -19,6 +20,7 @@ pub mod rng;
 pub mod served;
 pub mod snapshot;
 pub mod split;
+pub mod sticky;
 pub mod store;
 pub mod weight;
 

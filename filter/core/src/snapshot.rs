@@ -108,6 +108,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_snapshot_with_sticky_clusters_reads_and_round_trips() {
+        // The fuzz seed with keyed counters (36 of 40 stable requests keyed, 1 of 5 canary).
+        let bytes = include_bytes!("../../../fuzz/corpus/snapshot/sticky-clusters.json");
+        let s = Snapshot::from_json(bytes).unwrap();
+        let stable = &s.subset(Role::Stable).unwrap().counters;
+        assert_eq!((stable.requests, stable.sticky.total_requests()), (40, 36));
+        let again = Snapshot::from_json(&serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(again, s);
+    }
+
+    #[test]
     fn the_snapshot_query_names_one_rollout() {
         assert_eq!(snapshot_query(""), Ok(None));
         assert_eq!(snapshot_query("rollout=payment").unwrap().unwrap().as_str(), "payment");

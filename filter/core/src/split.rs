@@ -4,8 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{RouteConfig, StickyKey, SubsetName};
-use crate::hash::{Bucket, sticky_bucket};
+use crate::hash::{Bucket, sticky_hash};
 use crate::record::RolloutPhase;
+use crate::sticky::Cluster;
 
 /// Which side of the split a subset is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -36,11 +37,14 @@ pub struct Choice {
     /// The request had no sticky key and the affinity cookie is configured: the choice was made
     /// with the key `affinity_value(random)`, which the response must set as the cookie.
     pub new_affinity: bool,
+    /// The sticky key's cluster when a key placed the request (kept under a kill), so the
+    /// request is also counted there ([`crate::sticky`]).
+    pub cluster: Option<Cluster>,
 }
 
 impl Choice {
     pub const fn new(role: Role, reason: Reason) -> Choice {
-        Choice { role, reason, new_affinity: false }
+        Choice { role, reason, new_affinity: false, cluster: None }
     }
 }
 
@@ -127,17 +131,19 @@ pub fn choose_subset(cfg: &RouteConfig, headers: &impl RequestHeaders, random: u
         let rolled_back = cfg.rollout_state.as_ref().is_some_and(|s| s.phase == RolloutPhase::RolledBack);
         return if rolled_back && !dl.during_kill { choice.under_kill(cfg) } else { choice };
     }
-    let (bucket, reason, new_affinity) = match sticky_key(cfg, headers) {
-        Some((key, _)) => (sticky_bucket(&cfg.salt(), key.as_bytes()), Reason::Sticky, false),
+    // One hash gives both the subset (its high bits) and the key's cluster (its low bits).
+    let (hash, reason, new_affinity) = match sticky_key(cfg, headers) {
+        Some((key, _)) => (Some(sticky_hash(&cfg.salt(), key.as_bytes())), Reason::Sticky, false),
         // The first request of a session is placed by the key its cookie will carry, so it lands
         // where the session's later requests will.
         None if cfg.affinity_cookie.is_some() => {
-            (sticky_bucket(&cfg.salt(), affinity_value(random).as_bytes()), Reason::Sticky, true)
+            (Some(sticky_hash(&cfg.salt(), affinity_value(random).as_bytes())), Reason::Sticky, true)
         }
-        None => (Bucket::from_random(random), Reason::Weighted, false),
+        None => (None, Reason::Weighted, false),
     };
+    let bucket = Bucket::from_random(hash.unwrap_or(random));
     let role = if bucket.is_canary_at(cfg.canary_weight) { Role::Canary } else { Role::Stable };
-    Choice { role, reason, new_affinity }
+    Choice { role, reason, new_affinity, cluster: hash.map(Cluster::of_hash) }
 }
 
 /// The value of cookie `name` in a `Cookie` header (`a=1; b="2"`), quotes removed; `None` when
@@ -255,6 +261,24 @@ mod tests {
         for r in [1, u64::MAX, 0x1234_5678_9abc_def0] {
             assert_eq!(choose_subset(&c, &headers(&[("x-user", "alice")]), r), first);
         }
+    }
+
+    #[test]
+    fn a_sticky_key_carries_its_cluster_and_keeps_it_under_a_kill() {
+        let c = cfg(r#","sticky":{"header":"x-user"}"#);
+        let alice = choose_subset(&c, &headers(&[("x-user", "alice")]), 0);
+        let want = Cluster::of_hash(sticky_hash(&c.salt(), b"alice"));
+        assert_eq!(alice.cluster, Some(want));
+        assert_eq!(alice.under_kill(&c).cluster, Some(want));
+        assert_eq!(choose_subset(&c, &headers(&[]), 0).cluster, None, "unkeyed requests have no cluster");
+        // The cluster does not follow the subset: keys of both subsets share every cluster.
+        let mut seen = [[false; 2]; crate::sticky::STICKY_CLUSTERS];
+        for i in 0..2_000 {
+            let user = format!("user-{i}");
+            let ch = choose_subset(&c, &headers(&[("x-user", user.as_str())]), 0);
+            seen[ch.cluster.unwrap().index()][usize::from(ch.role == Role::Canary)] = true;
+        }
+        assert!(seen.iter().all(|s| s[0] && s[1]), "{seen:?}");
     }
 
     #[test]

@@ -38,6 +38,26 @@ fn sticky_hash_is_pinned_across_builds_and_targets() {
 }
 
 #[test]
+fn a_keys_cluster_is_pinned_and_its_counts_survive_the_stored_record_on_every_target() {
+    // The cluster is the hash's low 4 bits: alice (…cf71) is in cluster 1, bob (…5c2a) in 10.
+    let cfg = route(50.0, r#","sticky":{"header":"x-user"},"sticky_salt":"payment-svc""#);
+    let pick = |user: &'static str| {
+        choose_subset(&cfg, &move |n: &str| (n == "x-user").then(|| user.as_bytes().to_vec()), 0).cluster
+    };
+    assert_eq!(pick("alice").map(|c| c.index()), Some(1));
+    assert_eq!(pick("bob").map(|c| c.index()), Some(10));
+    let mut c = SubsetCounters::default();
+    for (i, user) in ["alice", "bob", "alice"].into_iter().enumerate() {
+        let o = if i == 2 { Outcome::Failure } else { Outcome::Success };
+        c.record(o, 1_000);
+        c.record_sticky(pick(user).unwrap(), o);
+    }
+    let back = SubsetCounters::decode(&c.encode()).unwrap();
+    assert_eq!(back, c);
+    assert_eq!((back.sticky.requests[1], back.sticky.failures[1], back.sticky.requests[10]), (2, 1, 1));
+}
+
+#[test]
 fn ten_percent_over_100k_sticky_keys_lands_within_half_a_percent() {
     let cfg = route(10.0, r#","sticky":{"header":"x-user-id"}"#);
     let mut canary = 0u32;

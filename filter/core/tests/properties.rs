@@ -7,6 +7,7 @@ use canary_core::counters::SubsetCounters;
 use canary_core::hash::sticky_bucket;
 use canary_core::histogram::{LatencyHistogram, bucket_bounds, bucket_of};
 use canary_core::split::{Role, choose_subset};
+use canary_core::sticky::Cluster;
 use canary_core::{Outcome, Weight};
 use proptest::prelude::*;
 
@@ -76,6 +77,33 @@ proptest! {
         let mut h = LatencyHistogram::new();
         h.merge(&ca.latency);
         prop_assert_eq!(h.count(), ca.requests);
+    }
+
+    #[test]
+    fn keyed_counters_round_trip_in_bytes_and_json_and_subtract(
+        a in proptest::collection::vec((any::<bool>(), 0u64..10_000_000, proptest::option::of(any::<u64>())), 0..60),
+        b in proptest::collection::vec((any::<bool>(), 0u64..10_000_000, proptest::option::of(any::<u64>())), 0..60),
+    ) {
+        let fill = |v: &[(bool, u64, Option<u64>)], mut c: SubsetCounters| {
+            for &(ok, us, key_hash) in v {
+                let o = if ok { Outcome::Success } else { Outcome::Failure };
+                c.record(o, us);
+                if let Some(h) = key_hash {
+                    c.record_sticky(Cluster::of_hash(h), o);
+                }
+            }
+            c
+        };
+        let ca = fill(&a, SubsetCounters::default());
+        let both = fill(&b, ca.clone());
+        for c in [&ca, &both] {
+            prop_assert_eq!(&SubsetCounters::decode(&c.encode()).unwrap(), c);
+            let json = serde_json::to_string(c).unwrap();
+            prop_assert_eq!(&serde_json::from_str::<SubsetCounters>(&json).unwrap(), c);
+            prop_assert!(c.sticky.total_requests() <= c.requests && c.sticky.total_failures() <= c.failures);
+        }
+        let d = both.since(&ca).unwrap();
+        prop_assert_eq!(d.sticky.total_requests(), b.iter().filter(|x| x.2.is_some()).count() as u64);
     }
 }
 

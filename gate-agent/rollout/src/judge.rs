@@ -83,6 +83,7 @@ use crate::noninferiority::{ErrorNonInferiority, GateEvidence, LatencyNonInferio
 use crate::spec::{DURATION_QUANTILE, Metric, MetricKind, Spec};
 use crate::stats::{ComparisonTest, Count, Evidence, SloTest, bonferroni};
 use crate::time::millis;
+use canary_core::sticky::{Cluster, STICKY_CLUSTERS};
 
 /// Stable requests whose p99 becomes the reference for the latency comparison.
 pub const LATENCY_REFERENCE_SAMPLES: u64 = 500;
@@ -439,9 +440,14 @@ impl Judge {
         // `ComparisonTest`); a hand-built window without per-proxy counts is one stratum.
         let strata: &[ByRole] =
             if window.by_proxy.is_empty() { std::slice::from_ref(&window.counts) } else { &window.by_proxy };
-        self.errors_vs_stable.observe_strata(strata.iter().map(|p| {
-            (Count::new(p.canary.requests, p.canary.failures), Count::new(p.stable.requests, p.stable.failures))
-        }));
+        // Requests without a sticky key as before; keyed ones per cluster of the key's hash, each
+        // cluster capped (`stats`, "Sticky routing"). Without keys every request is unkeyed.
+        self.errors_vs_stable.observe_strata(strata.iter().map(|p| (unkeyed(&p.canary), unkeyed(&p.stable))));
+        for p in strata {
+            for ((cluster, c), (_, s)) in by_cluster(&p.canary).zip(by_cluster(&p.stable)) {
+                self.errors_vs_stable.observe_cluster(cluster, c, s);
+            }
+        }
         if let Some(t) = &mut self.gate_errors {
             t.observe(ce, se);
         }
@@ -467,7 +473,10 @@ impl Judge {
             None => {}
         }
         if let Some(t) = &mut self.errors_vs_slo {
-            t.observe(ce);
+            t.observe(unkeyed(c));
+            for (cluster, count) in by_cluster(c) {
+                t.observe_cluster(cluster, count);
+            }
         }
         if let Some((t, bound)) = &mut self.latency_vs_slo {
             t.observe(Count::new(c.latency.count(), c.latency.count_above(*bound)));
@@ -508,13 +517,22 @@ impl Judge {
                 e.test, e.log_evidence, e.log_threshold
             ),
         };
+        // How many sticky clusters carry capped evidence: the rejection rests on that many
+        // clusters of keys, not on one key.
+        let capped = |n: usize| {
+            if n == 0 { String::new() } else { format!("; {n} of {STICKY_CLUSTERS} sticky-key clusters at their cap") }
+        };
         let e = self.errors_vs_stable.evidence();
         if e.rejected() {
             out.push(decisive(
                 &e,
                 format!(
-                    "canary {} failed of {} requests, stable {} of {}",
-                    c.failures, c.requests, s.failures, s.requests
+                    "canary {} failed of {} requests, stable {} of {}{}",
+                    c.failures,
+                    c.requests,
+                    s.failures,
+                    s.requests,
+                    capped(self.errors_vs_stable.clusters_at_cap())
                 ),
             ));
         }
@@ -524,11 +542,12 @@ impl Judge {
                 out.push(decisive(
                     &e,
                     format!(
-                        "canary {} failed of {} requests, {:.3}% against an error budget of {:.3}%",
+                        "canary {} failed of {} requests, {:.3}% against an error budget of {:.3}%{}",
                         c.failures,
                         c.requests,
                         100.0 * ratio(c.failures, c.requests),
-                        100.0 * t.p0()
+                        100.0 * t.p0(),
+                        capped(t.clusters_at_cap())
                     ),
                 ));
             }
@@ -610,6 +629,40 @@ fn too_few(chance: f64, alpha: f64) -> String {
     )
 }
 
+/// The canary's requests and failures for the success-rate check, leaving out the sticky
+/// cluster with the most failures when keyed requests failed: `(requests, failures, left out as
+/// (cluster, failures, requests))`. One key whose requests always fail sits in one cluster, and
+/// would otherwise fail the check by itself (at 1 canary req/s, a bad key at 1 req/s reads as
+/// 50% success); a canary that is bad for everyone fails about as often in the other 15/16 of
+/// the keys. The check is never decisive (module docs); the sequential tests cap each cluster.
+fn without_worst_cluster(canary: &canary_core::SubsetCounters) -> (u64, u64, Option<(usize, u64, u64)>) {
+    let worst = canary
+        .sticky
+        .clusters()
+        .enumerate()
+        .filter(|(_, (_, k))| *k > 0)
+        .max_by_key(|(j, (_, k))| (*k, usize::MAX - j));
+    match worst {
+        Some((j, (m, k))) if canary.requests > m => {
+            (canary.requests - m, canary.failures.saturating_sub(k), Some((j, k, m)))
+        }
+        _ => (canary.requests, canary.failures, None),
+    }
+}
+
+/// A subset's requests that had no sticky key (placed by a random draw), as a count of failures.
+fn unkeyed(c: &canary_core::SubsetCounters) -> Count {
+    Count::new(
+        c.requests.saturating_sub(c.sticky.total_requests()),
+        c.failures.saturating_sub(c.sticky.total_failures()),
+    )
+}
+
+/// Each sticky cluster's keyed requests as a count of failures, with its cluster.
+fn by_cluster(c: &canary_core::SubsetCounters) -> impl Iterator<Item = (Cluster, Count)> + '_ {
+    c.sticky.clusters().enumerate().filter_map(|(j, (n, k))| Cluster::new(j).map(|cl| (cl, Count::new(n, k))))
+}
+
 /// A Flagger-style check of one metric over its window of canary counts.
 fn window_check(m: &Metric, canary: &canary_core::SubsetCounters, alpha: f64) -> Reason {
     let n = canary.requests;
@@ -627,9 +680,12 @@ fn window_check(m: &Metric, canary: &canary_core::SubsetCounters, alpha: f64) ->
     }
     match m.kind {
         MetricKind::SuccessRate { min_percent } => {
-            let rate = 100.0 * ratio(canary.successes, n);
+            // With sticky keys, one key's failures are left out with its cluster (see
+            // `without_worst_cluster`); without them this is the plain window rate.
+            let (n_judged, failures, left_out) = without_worst_cluster(canary);
+            let rate = 100.0 * ratio(n_judged.saturating_sub(failures), n_judged);
             let budget = 1.0 - min_percent / 100.0;
-            let thin = (rate < min_percent).then(|| significant_miss(n, canary.failures, budget, alpha)).flatten();
+            let thin = (rate < min_percent).then(|| significant_miss(n_judged, failures, budget, alpha)).flatten();
             let (finding, cmp) = if thin.is_some() {
                 (Finding::NoData, "<")
             } else if rate < min_percent {
@@ -638,9 +694,14 @@ fn window_check(m: &Metric, canary: &canary_core::SubsetCounters, alpha: f64) ->
                 (Finding::Pass, "≥")
             };
             let mut text = format!(
-                "{check} {rate:.2}% {cmp} {min_percent}% over {over} ({} failed of {n} canary requests)",
-                canary.failures
+                "{check} {rate:.2}% {cmp} {min_percent}% over {over} ({failures} failed of {n_judged} canary requests"
             );
+            if let Some((j, k, m)) = left_out {
+                text.push_str(&format!(
+                    ", leaving out sticky cluster {j} of {STICKY_CLUSTERS} with {k} failed of {m}, so one key cannot fail the check"
+                ));
+            }
+            text.push(')');
             if let Some(chance) = thin {
                 text.push_str(&too_few(chance, alpha));
             }
@@ -985,6 +1046,66 @@ metrics:
         assert_eq!(j.assess(&window(1000, (10, 0, 1), (0, 0, 1))).kind, VerdictKind::NotEnoughData);
         assert_eq!(j.assess(&window(2000, (10, 0, 1), (10, 0, 1))).kind, VerdictKind::Pass);
         assert_eq!(j.evidence().len(), 2);
+    }
+
+    /// Keyed counters: `per_cluster` requests in every sticky cluster, `failed(j)` of cluster j
+    /// failing, all taking 20 ms.
+    fn keyed(per_cluster: u64, failed: impl Fn(usize) -> u64) -> SubsetCounters {
+        let mut c = SubsetCounters::default();
+        for j in 0..STICKY_CLUSTERS {
+            for i in 0..per_cluster {
+                let o = if i < failed(j) { Outcome::Failure } else { Outcome::Success };
+                c.record(o, 20_000);
+                c.record_sticky(Cluster::new(j).unwrap(), o);
+            }
+        }
+        c
+    }
+
+    fn keyed_window(to_ms: u64, stable: SubsetCounters, canary: SubsetCounters) -> Window {
+        Window { counts: ByRole { stable, canary }, ..window(to_ms, (0, 0, 0), (0, 0, 0)) }
+    }
+
+    #[test]
+    fn one_sticky_key_that_always_fails_neither_rolls_back_nor_fails_the_success_rate_check() {
+        // 1,000 req/s with a sticky key, 10% on the canary, the stable failing once a second in
+        // a rotating cluster; one key in cluster 3 on the canary sends 10 req/s that all fail.
+        let mut j = judge();
+        for t in 1..=600u64 {
+            let stable = keyed(56, |c| u64::from(c as u64 == t % 16));
+            let canary = keyed(6, |c| if c == 3 { 6 } else { 0 });
+            let v = j.assess(&keyed_window(t * 1000, stable, canary));
+            assert_eq!(v.kind, VerdictKind::Pass, "at {t} s: {}", v.summary());
+        }
+        let rate = j.assess(&keyed_window(601_000, keyed(56, |_| 0), keyed(6, |c| if c == 3 { 6 } else { 0 })));
+        let rate = rate.reasons.iter().find(|r| r.check == "request-success-rate").unwrap();
+        assert!(rate.text.contains("leaving out sticky cluster 3 of 16 with 60 failed of 60"), "{}", rate.text);
+        // The same traffic without the clusters (a filter that predates them) is rolled back at once.
+        let mut pooled = judge();
+        let strip = |c: SubsetCounters| SubsetCounters { sticky: Default::default(), ..c };
+        let v = pooled.assess(&keyed_window(
+            1000,
+            strip(keyed(56, |_| 0)),
+            strip(keyed(6, |c| if c == 3 { 6 } else { 0 })),
+        ));
+        assert!(v.is_decisive(), "{}", v.summary());
+    }
+
+    #[test]
+    fn a_keyed_canary_bad_for_everyone_is_rolled_back_on_many_clusters() {
+        let mut j = judge();
+        let mut decisive_at = None;
+        for t in 1..=60u64 {
+            // Every cluster's canary keys fail 1 of 6 in every other second: 8% against 0.1%.
+            let canary = keyed(6, |c| u64::from((c as u64 + t).is_multiple_of(2)));
+            let v = j.assess(&keyed_window(t * 1000, keyed(56, |c| u64::from(c as u64 == t % 16)), canary));
+            if v.is_decisive() {
+                decisive_at = Some(t);
+                assert!(v.summary().contains("sticky-key clusters at their cap"), "{}", v.summary());
+                break;
+            }
+        }
+        assert!(decisive_at.is_some_and(|t| t <= 10), "{decisive_at:?}");
     }
 
     #[test]

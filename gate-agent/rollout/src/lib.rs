@@ -13,6 +13,7 @@
 //! here is tested by stepping fabricated windows tick by tick.
 
 pub mod collect;
+pub mod envoy_stats;
 pub mod foreign;
 pub mod judge;
 pub mod latency;

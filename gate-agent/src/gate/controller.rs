@@ -40,13 +40,14 @@ use crate::api::{Command, CommandRequest, StatusView};
 use crate::control::{Controller, Settings, stopped};
 use crate::mesh::bounded;
 use crate::mesh::discovery::PodTargets;
+use crate::mesh::envoy_stats::EnvoyStatsSource;
 use crate::mesh::events::{Both, KubeEvents};
 use crate::mesh::extension::PluginKind;
 use crate::mesh::lease::{LeaderGated, Leadership};
 use crate::mesh::wasmplugin::PluginRouter;
 use crate::mesh::waypoint;
 use crate::notify::WebhookNotifier;
-use crate::source::HttpSource;
+use crate::source::{CounterSource, HttpSource, KillSwitch};
 
 /// The field manager of every server-side apply the controller makes.
 pub const FIELD_MANAGER: &str = "canary-gate-controller";
@@ -74,6 +75,9 @@ pub struct ControllerSettings {
     /// The kind of the generated plugins; `None`: whichever the cluster serves, asked once at
     /// start ([`PluginKind::preferred`]).
     pub plugin_kind: Option<PluginKind>,
+    /// Where a waypoint replica serves its Envoy stats (`/stats/prometheus`): Istio's 15090
+    /// ([`crate::mesh::envoy_stats::DEFAULT_STATS_PORT`]), `--waypoint-stats-port` to override.
+    pub waypoint_stats_port: u16,
 }
 
 /// A running gate as the API reaches it.
@@ -423,33 +427,41 @@ async fn reconcile_gate(
     if state.run.is_some() {
         return;
     }
-    if waypoint_mode(gate) {
-        let why = match waypoint_targets(client, s, gate).await {
-            Err(problem) => Blocked::Waypoint { reason: problem.reason, message: problem.message },
-            // Discovery is built; reading a waypoint's replicas is designed (docs/mesh.md) but
-            // not built, so the rollout does not start and the canary stays at 0%: said in the
-            // condition rather than running a loop that reads nothing.
-            Ok((waypoint, pods)) => Blocked::Waypoint {
-                reason: "WaypointReadingNotBuilt",
-                message: format!(
-                    "the route filter is attached by targetRefs to Service {} and runs in waypoint {}/{} (pods: {});                      this version cannot read a waypoint's replicas yet (docs/mesh.md, \"Ambient waypoints\"), so \
-                     the rollout does not start and the canary stays at 0%. Use spec.attachment.mode: sidecar to \
-                     gate now",
-                    gate.spec.service.name,
-                    waypoint.namespace,
-                    waypoint.name,
-                    if pods.is_empty() { "none ready".to_owned() } else { pods.join(", ") }
-                ),
+    // In waypoint mode the proxies are the waypoint's replicas, read at their Envoy stats port;
+    // a Service without a usable waypoint gets its reason instead of a loop that reads nothing.
+    let proxies = if waypoint_mode(gate) {
+        match waypoint_targets(client, s, gate).await {
+            Err(problem) => {
+                return block(
+                    client,
+                    s,
+                    gate,
+                    state,
+                    Blocked::Waypoint { reason: problem.reason, message: problem.message },
+                )
+                .await;
+            }
+            Ok((waypoint, _)) => Proxies {
+                namespace: waypoint.namespace,
+                selector: waypoint.pod_selector,
+                port: s.waypoint_stats_port,
+                waypoint: true,
             },
-        };
-        return block(client, s, gate, state, why).await;
-    }
+        }
+    } else {
+        Proxies {
+            namespace: p.namespace.clone(),
+            selector: p.pod_selector.clone(),
+            port: p.snapshot_port,
+            waypoint: false,
+        }
+    };
     match check_route(client, s, gate, &p).await {
         Ok(()) => {}
         Err(b) => return block(client, s, gate, state, b).await,
     }
     state.blocked = None;
-    let run = start_run(client, s, leadership, gate, p);
+    let run = start_run(client, s, leadership, gate, p, proxies);
     if let Ok(mut i) = index.write() {
         i.insert((ns, name), run.handle.clone());
     }
@@ -534,7 +546,7 @@ fn waypoint_mode(gate: &CanaryGate) -> bool {
     gate.spec.attachment.as_ref().is_some_and(|a| a.mode == AttachmentMode::Waypoint)
 }
 
-/// The gated Service's waypoint and its ready pods (`ip:port` at the snapshot port).
+/// The gated Service's waypoint and its ready pods (`ip:port` at the stats port).
 async fn waypoint_targets(
     client: &Client,
     s: &ControllerSettings,
@@ -543,7 +555,7 @@ async fn waypoint_targets(
     let ns = gate.namespace().unwrap_or_default();
     let explicit = gate.spec.attachment.as_ref().and_then(|a| a.waypoint.as_deref());
     let found = waypoint::discover(client, &ns, &gate.spec.service.name, explicit, s.kube_timeout).await?;
-    let port = gate.spec.workload.snapshot_port.unwrap_or(super::crd::DEFAULT_SNAPSHOT_PORT);
+    let port = s.waypoint_stats_port;
     let pods =
         PodTargets::new(Api::namespaced(client.clone(), &found.namespace), &found.pod_selector, port, s.kube_timeout);
     let listed = pods.list().await.map_err(|e| waypoint::WaypointProblem {
@@ -578,8 +590,25 @@ async fn check_route(client: &Client, s: &ControllerSettings, gate: &CanaryGate,
     checked.map_err(|m| Blocked::RouteLabelMatchMissing(format!("{kind} {name}: {m}")))
 }
 
+/// The proxies a gate's loop reads: the calling pods' snapshot listeners (sidecar), or the
+/// waypoint's replicas' Envoy stats.
+#[derive(Debug, Clone)]
+struct Proxies {
+    namespace: String,
+    selector: String,
+    port: u16,
+    waypoint: bool,
+}
+
 /// Starts the gate's rollout loop and its status writer.
-fn start_run(client: &Client, s: &ControllerSettings, leadership: &Leadership, gate: &CanaryGate, p: GatePlan) -> Run {
+fn start_run(
+    client: &Client,
+    s: &ControllerSettings,
+    leadership: &Leadership,
+    gate: &CanaryGate,
+    p: GatePlan,
+    proxies: Proxies,
+) -> Run {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (status_tx, status_rx) =
         watch::channel(StatusView { rollout: p.name.clone(), phase: "starting".into(), ..StatusView::default() });
@@ -596,7 +625,7 @@ fn start_run(client: &Client, s: &ControllerSettings, leadership: &Leadership, g
         client.clone(),
         s.clone(),
         leadership.clone(),
-        p.clone(),
+        (p.clone(), proxies),
         regarding,
         (status_tx, command_rx),
         stop_rx.clone(),
@@ -616,20 +645,47 @@ async fn rollout_loop(
     client: Client,
     s: ControllerSettings,
     leadership: Leadership,
-    p: GatePlan,
+    (p, proxies): (GatePlan, Proxies),
+    regarding: ObjectReference,
+    channels: (watch::Sender<StatusView>, mpsc::Receiver<CommandRequest>),
+    stop: watch::Receiver<bool>,
+) {
+    if proxies.waypoint {
+        let route = serde_json::to_vec(&p.plugin_config)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| canary_core::config::parse_route(&bytes).map_err(|e| e.to_string()));
+        let source = route.and_then(|r| EnvoyStatsSource::new(r, s.fetch_timeout).map_err(|e| e.to_string()));
+        match source {
+            Ok(source) => {
+                run_loop(client, s, leadership, (p, proxies, Arc::new(source)), regarding, channels, stop).await
+            }
+            Err(e) => tracing::error!(canarygate = %p.name, "waypoint stats reader: {e}"),
+        }
+    } else {
+        let snapshot_path = format!("{}?rollout={}", s.snapshot_path, p.name);
+        match HttpSource::new(&snapshot_path, &s.kill_path, s.fetch_timeout) {
+            Ok(source) => {
+                run_loop(client, s, leadership, (p, proxies, Arc::new(source)), regarding, channels, stop).await
+            }
+            Err(e) => tracing::error!(canarygate = %p.name, "HTTP client: {e}"),
+        }
+    }
+}
+
+/// The rollout loop over `source`, reading the pods `proxies` selects.
+async fn run_loop<S: CounterSource + KillSwitch + 'static>(
+    client: Client,
+    s: ControllerSettings,
+    leadership: Leadership,
+    (p, proxies, source): (GatePlan, Proxies, Arc<S>),
     regarding: ObjectReference,
     (status, mut commands): (watch::Sender<StatusView>, mpsc::Receiver<CommandRequest>),
     stop: watch::Receiver<bool>,
 ) {
-    let snapshot_path = format!("{}?rollout={}", s.snapshot_path, p.name);
-    let source = match HttpSource::new(&snapshot_path, &s.kill_path, s.fetch_timeout) {
-        Ok(source) => Arc::new(source),
-        Err(e) => return tracing::error!(canarygate = %p.name, "HTTP client: {e}"),
-    };
     let pods = PodTargets::new(
-        Api::<Pod>::namespaced(client.clone(), &p.namespace),
-        &p.pod_selector,
-        p.snapshot_port,
+        Api::<Pod>::namespaced(client.clone(), &proxies.namespace),
+        &proxies.selector,
+        proxies.port,
         s.kube_timeout,
     );
     let first = pods.list().await.unwrap_or_default();
@@ -702,7 +758,10 @@ async fn status_writer(
     loop {
         let status = {
             let view = views.borrow_and_update();
-            let running = reconcile::status(gate.metadata.generation, Ok(&view), &conditions, &now());
+            let mut running = reconcile::status(gate.metadata.generation, Ok(&view), &conditions, &now());
+            if waypoint_mode(&gate) {
+                running = reconcile::with_unconfirmed_kill(running, &view, &conditions, &now());
+            }
             match refused.borrow().as_ref() {
                 Some(r) => reconcile::with_refused_edit(running, r, &conditions, &now()),
                 None => running,

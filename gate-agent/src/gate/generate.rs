@@ -125,7 +125,16 @@ pub fn objects_for(
     let route_meta = meta(route_plugin_name(&plan.name), "route-filter");
     if placement.waypoint {
         // The waypoint runs the filter for this Service's requests; there is no client/server
-        // side to match and no pod port (docs/mesh.md, "Ambient waypoints").
+        // side to match and no pod port (docs/mesh.md, "Ambient waypoints"). One waypoint runs
+        // several gates' filters, and the controller reads them from its Envoy stats: the
+        // metric names carry the rollout.
+        // TODO(issue20): also `"envoy_stats": true` once the filter has that key (the waypoint
+        // path reads the per-request Envoy stats, so they must stay on).
+        let mut config = plan.plugin_config.clone();
+        if let Some(c) = config.as_object_mut() {
+            c.insert("rollout_in_metric_names".into(), Value::Bool(true));
+        }
+        let route_wasm = wasm("FAIL_OPEN", &config);
         let attach = json!({
             "targetRefs": [{ "group": "", "kind": "Service", "name": service }],
             "phase": "STATS", "priority": -100,
@@ -297,6 +306,11 @@ mod tests {
             assert_eq!(spec["targetRefs"], json!([{ "group": "", "kind": "Service", "name": "payment-svc" }]));
             assert!(spec.get("selector").is_none() && spec.get("match").is_none(), "{spec}");
             assert_eq!(objs[0]["metadata"]["ownerReferences"][0]["uid"], "u-1");
+            // Several gates share a waypoint's Envoy: its metric names carry the rollout.
+            let config = objs[0].pointer(kind.config_pointer()).unwrap();
+            assert_eq!(config["rollout_in_metric_names"], true, "{config}");
+            let parsed = canary_core::config::parse_route(config.to_string().as_bytes()).unwrap();
+            assert!(parsed.rollout_in_metric_names);
         }
     }
 

@@ -179,6 +179,64 @@ pub fn status(
     }
 }
 
+/// A running gate's status ([`status`]) in waypoint mode, where the rollback's durable write is
+/// the only kill: while some replica has not confirmed it within the loop's apply deadline,
+/// `Ready=False` with reason `KillNotConfirmed` naming it, also in the `RolledBack` message.
+/// (A sidecar behind on the revision is held at 0% by the kill order the loop sends it directly,
+/// so sidecar mode does not use this.)
+pub fn with_unconfirmed_kill(
+    mut status: CanaryGateStatus,
+    view: &StatusView,
+    previous: &[GateCondition],
+    now: &str,
+) -> CanaryGateStatus {
+    let Some(message) = unconfirmed_kill(view) else { return status };
+    if view.not_ready.is_some() {
+        return status; // the loop's own reason (no replica answers, a write fails) comes first
+    }
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "KillNotConfirmed")
+        .map_or_else(|| now.to_owned(), |c| c.last_transition_time.clone());
+    for c in &mut status.conditions {
+        if c.type_ == "Ready" {
+            c.status = "False".into();
+            c.reason = "KillNotConfirmed".into();
+            c.message.clone_from(&message);
+            c.last_transition_time.clone_from(&last_transition_time);
+        } else if c.type_ == "RolledBack" {
+            c.message = format!("{} ({message})", view.reason);
+        }
+    }
+    status
+}
+
+/// A rolled-back rollout whose kill some replica has not confirmed within the loop's apply
+/// deadline (it still reports an older revision than the durable rollback): which replicas, and
+/// the fix. Replicas are confirmed from their own state (a waypoint replica's gauges), never
+/// assumed from the write.
+pub fn unconfirmed_kill(view: &StatusView) -> Option<String> {
+    if view.phase != "rolled_back" {
+        return None;
+    }
+    let late: Vec<String> = view
+        .proxies_behind
+        .iter()
+        .filter(|b| b.rejected)
+        .map(|b| format!("{} (applies revision {}, {} s)", b.target, b.revision, b.for_ms / 1000))
+        .collect();
+    if late.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the rollback (revision {}) is not confirmed on {}: they may still send canary traffic. Fix: delete \
+         those pods (their Deployment replaces them, and a new replica starts from the rolled-back \
+         configuration), or check why they reject it",
+        view.revision,
+        late.join(", ")
+    ))
+}
+
 /// What a gate claims: the proxies of the workloads its selector picks, for one service and port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim<'a> {
@@ -502,6 +560,43 @@ mod tests {
         let reworded = CanaryGateStatus { reasons: vec!["evidence ln 0.4".into()], ..base.clone() };
         assert!(!worth_writing(Some(&base), &reworded, quick));
         assert!(worth_writing(Some(&base), &reworded, WORDS_ONLY_EVERY));
+    }
+
+    #[test]
+    fn a_rollback_not_confirmed_on_a_replica_in_time_names_it_and_a_confirmed_one_does_not() {
+        let behind = |rejected| crate::rollout::Behind {
+            target: "10.1.2.3:15090".into(),
+            revision: 4,
+            for_ms: 12_000,
+            rejected,
+        };
+        let view = StatusView {
+            phase: "rolled_back".into(),
+            reason: "rollback: errors".into(),
+            revision: 5,
+            proxies_behind: vec![behind(true)],
+            ..StatusView::default()
+        };
+        let waypoint = |v: &StatusView| with_unconfirmed_kill(status(Some(1), Ok(v), &[], "t"), v, &[], "t");
+        let s = waypoint(&view);
+        let by = |s: &CanaryGateStatus, t: &str| s.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
+        let ready = by(&s, "Ready");
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "KillNotConfirmed"));
+        assert!(ready.message.contains("10.1.2.3:15090 (applies revision 4, 12 s)"), "{}", ready.message);
+        assert!(ready.message.contains("revision 5") && ready.message.contains("Fix:"), "{}", ready.message);
+        assert!(by(&s, "RolledBack").message.contains("10.1.2.3:15090"));
+        // Still within the deadline, or confirmed: nothing named.
+        for v in [
+            StatusView { proxies_behind: vec![behind(false)], ..view.clone() },
+            StatusView { proxies_behind: vec![], ..view.clone() },
+        ] {
+            assert_eq!(by(&waypoint(&v), "Ready").reason, "RolloutRunning");
+        }
+        // Sidecar mode does not use it: the same view reads as running there.
+        assert_eq!(by(&status(Some(1), Ok(&view), &[], "t"), "Ready").reason, "RolloutRunning");
+        // A step held by a proxy that rejected its revision is not a kill.
+        let stepping = StatusView { phase: "progressing".into(), ..view };
+        assert_eq!(unconfirmed_kill(&stepping), None);
     }
 
     #[test]

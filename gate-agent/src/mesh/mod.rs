@@ -7,6 +7,7 @@
 //! [`crate::router::WeightRouter`], a target list and a [`crate::notify::Notifier`].
 
 pub mod discovery;
+pub mod envoy_stats;
 pub mod events;
 pub mod extension;
 pub mod lease;

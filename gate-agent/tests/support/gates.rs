@@ -44,6 +44,7 @@ pub fn controller_settings(namespaces: Vec<String>, plugin_kind: Option<PluginKi
         kill_path: canary_core::kill::DEFAULT_KILL_PATH.into(),
         rollout: Settings::default(),
         plugin_kind,
+        waypoint_stats_port: gate_agent::mesh::envoy_stats::DEFAULT_STATS_PORT,
     }
 }
 
