@@ -130,11 +130,11 @@
 //! fixed. A drift common to both versions moves both averages alike while the weight is constant;
 //! when the weight changes during a drift, the canary's requests lean towards the later ticks more
 //! than the stable's do, and its average can exceed the stable's with no difference between the
-//! versions (a drift that starts on the 25% step, half-way through the rollout's requests, makes
-//! the canary's average about 1.6 times the stable's). The ratio 2 absorbs that in the common
-//! cases; a drift that starts just after a weight increase and is followed only briefly can still
-//! hold the step until more data comes in. `make bench` (decision quality) has a cell with a drift
-//! common to both versions.
+//! versions (a drift that starts as the rollout moves from 10% to 25% and lasts as long as the 10%
+//! step did makes the canary's average about 1.6 times the stable's). The ratio 2 absorbs that in
+//! the common cases; a drift that starts just after a weight increase and is followed only
+//! briefly can still hold the step until more data comes in. `make bench` (decision quality) has
+//! a cell with a drift common to both versions.
 //!
 //! # How much more is needed
 //!
