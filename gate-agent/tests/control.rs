@@ -66,7 +66,17 @@ fn route() -> RouteConfig {
 /// stepping, writes and kills, so the promotion gate is off (`requireEvidence: false`); its own
 /// tests are tick by tick in canary-rollout and in the integrations' unit tests.
 fn spec(interval_s: u64, threshold: u32) -> Spec {
-    Spec::from_yaml_or_json(&format!(
+    Spec::from_yaml_or_json(&spec_text(interval_s, threshold)).unwrap()
+}
+
+/// [`spec`] held on its first step: `minRequests` is out of reach, so passing checks never advance.
+fn held_spec(interval_s: u64, threshold: u32) -> Spec {
+    Spec::from_yaml_or_json(&spec_text(interval_s, threshold).replace("minRequests: 60", "minRequests: 1000000"))
+        .unwrap()
+}
+
+fn spec_text(interval_s: u64, threshold: u32) -> String {
+    format!(
         "
 name: demo
 stable: v1
@@ -83,8 +93,7 @@ metrics:
   - name: request-duration
     thresholdRange: {{ max: 500 }}
 "
-    ))
-    .unwrap()
+    )
 }
 
 fn w(percent: f64) -> Weight {
@@ -824,16 +833,27 @@ async fn a_slow_canary_is_rolled_back() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
-async fn mild_failures_count_failed_checks_durably_until_the_threshold() {
+async fn failure_bursts_count_failed_checks_durably_until_the_threshold() {
     let rig = Rig::new(route());
-    // 2% failures on both sides against a 99% SLO: each check fails, none decisively. At 500
-    // requests a second each proxy sends 50 to the canary at 10%, one of which fails.
-    rig.fleet.set_traffic(|t| {
-        t.per_second = 500;
-        t.stable_fail_per_mille = 20;
-        t.canary_fail_per_mille = 20;
-    });
-    let (mut agent, rx) = rig.start(spec(2, 3)).await;
+    // A clean minute held on the first step, then a burst of 10% failures that the stable
+    // shares, against a 99% SLO: the comparison sees nothing, the SLO test's evidence is far
+    // below zero after 6,000 clean canary requests, and each check's window (20 failures in
+    // 200, which a rate at the bound gives about 10⁻¹¹ of the time) is a significant miss: a
+    // failed check, none decisive. (A mild 2% would not count at all: a rate at the bound gives
+    // it too often for the checks' share of α.) At 500 requests a second each proxy sends 50 to
+    // the canary at 10%.
+    rig.fleet.set_traffic(|t| t.per_second = 500);
+    let burst = |t: &mut Traffic| {
+        t.stable_fail_per_mille = 100;
+        t.canary_fail_per_mille = 100;
+    };
+    let clean = |t: &mut Traffic| {
+        t.stable_fail_per_mille = 0;
+        t.canary_fail_per_mille = 0;
+    };
+    let (mut agent, rx) = rig.start(held_spec(2, 3)).await;
+    rig.seconds(&mut agent, 60).await;
+    rig.fleet.set_traffic(burst);
     let two_failed = rig.until(&mut agent, 20, |a| a.rollout().status().failed_checks == 2).await;
     assert!(two_failed.is_some(), "no two failed checks: {:?}", summary(&rig.router.writes()));
     // Each failed check was written beside the unchanged weight.
@@ -848,11 +868,15 @@ async fn mild_failures_count_failed_checks_durably_until_the_threshold() {
         "{failed:?}"
     );
 
-    // The count is durable: a restarted agent picks it up from the record.
+    // The count is durable: a restarted agent picks it up from the record. Its sequential
+    // evidence starts afresh, so it gets its own clean minute before the next burst.
     drop(agent);
-    let (mut agent, rx) = rig.start(spec(2, 3)).await;
+    rig.fleet.set_traffic(clean);
+    let (mut agent, rx) = rig.start(held_spec(2, 3)).await;
     assert_eq!((status(&rx).failed_checks, status(&rx).threshold), (2, 3));
     assert_eq!(rig.router.landed().len(), 3, "a restart writes nothing");
+    rig.seconds(&mut agent, 60).await;
+    rig.fleet.set_traffic(burst);
 
     let took = rig.until(&mut agent, 10, phase_is(Phase::RolledBack)).await;
     assert!(took.is_some(), "the third failed check did not roll back");
@@ -860,7 +884,7 @@ async fn mild_failures_count_failed_checks_durably_until_the_threshold() {
     assert_eq!(summary(&landed[3..]), vec![(0.0, Phase::RolledBack, 3)]);
     let reason = &landed[3].record.reason;
     assert!(reason.contains("3 failed checks reached the threshold of 3"), "{reason}");
-    assert!(!reason.contains("decisive"), "mild failures are never decisive: {reason}");
+    assert!(!reason.contains("decisive"), "a shared burst is never decisive: {reason}");
     assert!(landed.iter().all(|write| write.weight <= w(10.0)), "a failing canary never advances");
     assert_eq!(rig.fleet.kills().len(), TARGETS.len(), "a threshold rollback also kills");
     assert_eq!(rig.fleet.weights(), vec![Weight::ZERO; 2]);

@@ -14,8 +14,13 @@
 //! Usage: `decisions [OUT_DIR]` (default `bench/out`). `DECISIONS_TRIALS` scales the number of
 //! detection trials per cell (default 200), `DECISIONS_AA_TRIALS` the A/A rollouts per rate
 //! (default 500), `DECISIONS_BAD_CLIENT_TRIALS` the rollouts per rate of the one-bad-client
-//! and sticky-key rows (default: `DECISIONS_TRIALS`), `DECISIONS_SEED` the seed, `DECISIONS_PROPAGATION_MS` the assumed delay from
-//! the agent's decision to the proxies applying 0% (default 100).
+//! and sticky-key rows (default: `DECISIONS_TRIALS`), `DECISIONS_SEED` the seed,
+//! `DECISIONS_PROPAGATION_MS` the assumed delay from the agent's decision to the proxies applying
+//! 0% (default 100). `DECISIONS_PARTS` picks the parts to run (comma-separated: `aa`,
+//! `bad_client`, `sticky`, `detection`, `drift`, `typo`; default all) and `DECISIONS_GATES` the
+//! gate settings (`on`, `off`; default both) and `DECISIONS_RATES` the canary rates (default
+//! `1,10,100`), so that one part can be rerun with more trials on a busy machine; the report then
+//! has only those parts. Cells keep their seeds whatever is left out.
 
 use std::time::{Duration, Instant};
 
@@ -44,6 +49,11 @@ const Z99: f64 = 2.326_347_874_040_841;
 const CANARY_RATES: [f64; 3] = [1.0, 10.0, 100.0];
 /// The one bad client of the "A/A with one bad client" rows: requests per second, all failing.
 const BAD_CLIENT_PER_S: f64 = 1.0;
+/// The drift common to both versions: every latency of both is multiplied by this from
+/// [`DRIFT_AT_CANARY_REQUESTS`] / canary rate seconds on (300 s at 1 canary req/s), after the
+/// latency references are fixed and before a healthy canary is promoted at any rate.
+const DRIFT_FACTOR: f64 = 2.0;
+const DRIFT_AT_CANARY_REQUESTS: f64 = 300.0;
 /// The sticky-key cluster of the bad client's key (any one will do: all are alike).
 const BAD_CLIENT_CLUSTER: usize = 3;
 /// Goals, each judged by the 95% interval's end, not by the point estimate.
@@ -75,6 +85,15 @@ fn run() -> Result<(), String> {
     let bad_trials = usize::try_from(canary_bench::env_u64("DECISIONS_BAD_CLIENT_TRIALS", trials as u64)?)
         .map_err(|e| e.to_string())?;
     let propagation_ms = canary_bench::env_u64("DECISIONS_PROPAGATION_MS", 100)?;
+    let parts = std::env::var("DECISIONS_PARTS").unwrap_or_else(|_| "aa,bad_client,sticky,detection,drift,typo".into());
+    let wants = |part: &str| parts.split(',').any(|p| p.trim() == part);
+    let gate_settings = std::env::var("DECISIONS_GATES").unwrap_or_else(|_| "on,off".into());
+    let wants_gate = |gate: bool| gate_settings.split(',').any(|g| g.trim() == if gate { "on" } else { "off" });
+    let rate_list = std::env::var("DECISIONS_RATES").unwrap_or_else(|_| "1,10,100".into());
+    let rates: Vec<f64> = CANARY_RATES
+        .into_iter()
+        .filter(|r| rate_list.split(',').any(|x| x.trim().parse::<f64>().is_ok_and(|x| x == *r)))
+        .collect();
     // The shipped spec (a check every 10 s, three failed checks allowed, steps 10/25/50%, 200
     // canary requests per step, success rate ≥ 99% and p99 ≤ 500 ms over 30 s, α = 0.01, the
     // promotion gate on with its default margins), the same spec with the gate off
@@ -110,11 +129,14 @@ fn run() -> Result<(), String> {
     ];
     let mut gates = Vec::new();
     for (gate, spec) in [(true, &spec_on), (false, &spec_off)] {
+        if !wants_gate(gate) {
+            continue;
+        }
         let label = if gate { "gate on" } else { "gate off" };
         // A/A: both versions identical. The same seeds with the gate on and off, so the two
         // columns differ only by the gate.
         let mut aa = Vec::new();
-        for (i, &rate) in CANARY_RATES.iter().enumerate() {
+        for (i, &rate) in CANARY_RATES.iter().enumerate().filter(|(_, r)| rates.contains(r)).filter(|_| wants("aa")) {
             let traffic = Traffic::same(rate / first_step, BASELINE_ERROR);
             let cell = 1_000 + i as u64;
             let t0 = Instant::now();
@@ -136,7 +158,9 @@ fn run() -> Result<(), String> {
         let mut bad_client = Vec::new();
         let mut bad_client_per_request = Vec::new();
         for (keyed, cells) in [(false, &mut bad_client_per_request), (true, &mut bad_client)] {
-            for (i, &rate) in CANARY_RATES.iter().enumerate() {
+            for (i, &rate) in
+                CANARY_RATES.iter().enumerate().filter(|(_, r)| rates.contains(r)).filter(|_| wants("bad_client"))
+            {
                 let mut traffic = Traffic::same(rate / first_step, BASELINE_ERROR);
                 traffic.bad_client_per_s = BAD_CLIENT_PER_S;
                 traffic.keyed = keyed;
@@ -157,7 +181,8 @@ fn run() -> Result<(), String> {
         // What the clusters cost: a canary failing 10× as often for every user, without keys and
         // with sticky keys, on the same seeds, so the two differ by the clusters only.
         let mut sticky_detection = Vec::new();
-        for (i, &rate) in CANARY_RATES.iter().enumerate() {
+        for (i, &rate) in CANARY_RATES.iter().enumerate().filter(|(_, r)| rates.contains(r)).filter(|_| wants("sticky"))
+        {
             for keyed in [false, true] {
                 let mut traffic = Traffic::same(rate / first_step, BASELINE_ERROR);
                 traffic.canary_error = BASELINE_ERROR * 10.0;
@@ -180,8 +205,8 @@ fn run() -> Result<(), String> {
         }
         // Detection: the canary is worse from its first request on.
         let mut detection = Vec::new();
-        for (r, regression) in regressions.iter().enumerate() {
-            for (i, &rate) in CANARY_RATES.iter().enumerate() {
+        for (r, regression) in regressions.iter().enumerate().filter(|_| wants("detection")) {
+            for (i, &rate) in CANARY_RATES.iter().enumerate().filter(|(_, r)| rates.contains(r)) {
                 let mut traffic = Traffic::same(rate / first_step, BASELINE_ERROR);
                 traffic.canary_error = BASELINE_ERROR * regression.error_factor;
                 traffic.canary_latency_factor = regression.latency_factor;
@@ -207,13 +232,37 @@ fn run() -> Result<(), String> {
                 detection.push(c);
             }
         }
-        gates.push(GateRun { gate, aa, bad_client, bad_client_per_request, sticky_detection, detection });
+        // A drift common to both versions: from mid-rollout on, every latency of both versions
+        // doubles (load on a shared node, a slow dependency). A healthy canary should still be
+        // promoted, and one whose latencies are 1.5 times the stable's still not.
+        let mut drift = Vec::new();
+        for (r, canary_factor) in [1.0, 1.5].into_iter().enumerate().filter(|_| wants("drift")) {
+            for (i, &rate) in CANARY_RATES.iter().enumerate().filter(|(_, r)| rates.contains(r)) {
+                let mut traffic = Traffic::same(rate / first_step, BASELINE_ERROR);
+                traffic.canary_latency_factor = canary_factor;
+                traffic.drift_from_ms = Some((DRIFT_AT_CANARY_REQUESTS / rate * 1000.0) as u64);
+                let cell = 4_000 + (r * 10 + i) as u64;
+                let t0 = Instant::now();
+                let runs = parallel(trials, |t| simulate(spec, &traffic, &latency, trial_seed(seed, cell, t)));
+                let c = AaCell::of(rate, traffic.total_per_s, &runs, t0.elapsed());
+                eprintln!(
+                    "decisions ({label}): common drift × {DRIFT_FACTOR}, canary latency × {canary_factor} at {rate}/s: {} rollbacks, {} promoted of {trials}; time to promotion median {:?} s, p90 {:?} s ({:.1?})",
+                    c.rollbacks,
+                    c.promoted,
+                    c.promote_s[0],
+                    c.promote_s[1],
+                    t0.elapsed()
+                );
+                drift.push((canary_factor, c));
+            }
+        }
+        gates.push(GateRun { gate, aa, bad_client, bad_client_per_request, sticky_detection, detection, drift });
     }
 
     // The weight typo, at the agent's default tick and at 1 s (the gate does not take part in
     // rolling back, so this runs with the shipped spec only).
     let mut typo = Vec::new();
-    for (k, tick_ms) in [250u64, 1_000].into_iter().enumerate() {
+    for (k, tick_ms) in [250u64, 1_000].into_iter().enumerate().filter(|_| wants("typo")) {
         let t0 = Instant::now();
         let cell = 3_000 + k as u64;
         let runs = parallel(aa_trials, |t| {
@@ -244,6 +293,9 @@ fn run() -> Result<(), String> {
             "baseline_error_rate": BASELINE_ERROR,
             "latency": { "distribution": "lognormal", "median_ms": LATENCY_MEDIAN_US / 1000.0, "p99_ms": LATENCY_P99_US / 1000.0, "sigma": latency.sigma },
             "latency_regression": "every canary latency multiplied by the factor (p99 +50% = ×1.5, +200% = ×3)",
+            "common_drift": { "factor": DRIFT_FACTOR, "from_s": "DRIFT_AT_CANARY_REQUESTS / canary rate on the first step", "canary_requests_at_first_step_rate": DRIFT_AT_CANARY_REQUESTS },
+            "parts": parts,
+            "gates_run": gate_settings,
             "typo": {
                 "total_rps": TYPO_TOTAL_RPS, "canary_weight_percent": TYPO_WEIGHT_PERCENT,
                 "canary_error_rate": TYPO_CANARY_ERROR, "stable_error_rate": TYPO_STABLE_ERROR, "slo": TYPO_SLO,
@@ -276,6 +328,8 @@ struct GateRun {
     /// Errors 10× for everyone, without keys (false) and with every request keyed (true).
     sticky_detection: Vec<(bool, DetectionCell)>,
     detection: Vec<DetectionCell>,
+    /// A drift common to both versions: (canary latency factor, outcome).
+    drift: Vec<(f64, AaCell)>,
 }
 
 impl GateRun {
@@ -288,6 +342,7 @@ impl GateRun {
             "aa_one_bad_client_counted_per_request": self.bad_client_per_request.iter().map(AaCell::json).collect::<Vec<_>>(),
             "detection_with_and_without_sticky_keys": self.sticky_detection.iter().map(|(_, c)| c.json()).collect::<Vec<_>>(),
             "detection": self.detection.iter().map(DetectionCell::json).collect::<Vec<_>>(),
+            "common_drift": self.drift.iter().map(|(f, c)| json!({"canary_latency_factor": f, "cell": c.json()})).collect::<Vec<_>>(),
         })
     }
 }
@@ -394,6 +449,10 @@ struct Traffic {
     /// which fails (a deterministic 500: its input, not the version, is at fault). Its key hashes
     /// into the canary's share, so it is on the canary whenever the canary has any weight.
     bad_client_per_s: f64,
+    /// From this many ms on, every latency of both versions is multiplied by [`DRIFT_FACTOR`].
+    drift_from_ms: Option<u64>,
+    /// The factor in force now (1 before the drift); set by `simulate` each tick.
+    drift_now: f64,
     /// Every request carries a sticky key (of one of many users; the bad client's is in
     /// [`BAD_CLIENT_CLUSTER`]), and the proxies count it in the key's cluster as the filter does.
     keyed: bool,
@@ -407,6 +466,8 @@ impl Traffic {
             canary_error: error,
             canary_latency_factor: 1.0,
             bad_client_per_s: 0.0,
+            drift_from_ms: None,
+            drift_now: 1.0,
             keyed: false,
         }
     }
@@ -442,8 +503,8 @@ impl Proxies {
     fn serve(&mut self, rng: &mut Rng, n: u64, weight: f64, traffic: &Traffic, latency: &Latency) {
         let canary = rng.binomial(n, weight);
         for (side, requests, error, factor) in [
-            (0usize, n - canary, traffic.stable_error, 1.0),
-            (1usize, canary, traffic.canary_error, traffic.canary_latency_factor),
+            (0usize, n - canary, traffic.stable_error, traffic.drift_now),
+            (1usize, canary, traffic.canary_error, traffic.canary_latency_factor * traffic.drift_now),
         ] {
             let failures = rng.binomial(requests, error);
             if side == 1 {
@@ -605,7 +666,9 @@ fn simulate(spec: &Spec, traffic: &Traffic, latency: &Latency, seed: u64) -> Run
             _ => {}
         }
         let n = arrivals.take(TICK_MS as f64);
-        proxies.serve(&mut rng, n, weight, traffic, latency);
+        let drifted = traffic.drift_from_ms.is_some_and(|from| now >= from);
+        let now_traffic = Traffic { drift_now: if drifted { DRIFT_FACTOR } else { 1.0 }, ..traffic.clone() };
+        proxies.serve(&mut rng, n, weight, &now_traffic, latency);
         let bad = bad_arrivals.take(TICK_MS as f64);
         proxies.serve_bad_client(&mut rng, bad, weight, traffic, latency);
         now += TICK_MS;
@@ -630,6 +693,8 @@ fn typo_trial(spec: &Spec, latency: &Latency, tick_ms: u64, propagation_ms: u64,
         canary_error: TYPO_CANARY_ERROR,
         canary_latency_factor: 1.0,
         bad_client_per_s: 0.0,
+        drift_from_ms: None,
+        drift_now: 1.0,
         keyed: false,
     };
     let mut arrivals = Arrivals { per_s: TYPO_TOTAL_RPS, carry: 0.0 };
@@ -1187,6 +1252,38 @@ fn markdown(gates: &[GateRun], typo: &[TypoCell], setup: &Setup, latency: &Laten
         }
     }
     line(String::new());
+    if gates.iter().any(|g| !g.drift.is_empty()) {
+        line("### A drift common to both versions".into());
+        line(String::new());
+        line(format!(
+            "Both versions' latencies are multiplied by {DRIFT_FACTOR} from {DRIFT_AT_CANARY_REQUESTS:.0} s / canary \
+             rate on (300 s at 1 req/s, 30 s at 10, 3 s at 100: after the latency references are fixed, before a \
+             healthy canary is promoted): the stable's p99 goes from 200 to 400 ms, still under the SLO's 500 ms. A \
+             healthy canary should be promoted; one whose latencies are 1.5 times the stable's (p99 +50%, outside the \
+             margin) should not. {trials} rollouts per cell."
+        ));
+        line(String::new());
+        line("| canary | gate | canary rate | rollouts | rolled back | promoted | 95% CI | time to promote median / p90 | what rolled back |".into());
+        line("|---|---|---:|---:|---:|---:|---|---|---|".into());
+        for g in gates {
+            for (factor, c) in &g.drift {
+                line(format!(
+                    "| {} | {} | {}/s | {} | {} | {} | {} | {} / {} | {} |",
+                    if *factor > 1.0 { "p99 +50%" } else { "healthy" },
+                    if g.gate { "on" } else { "off" },
+                    c.canary_rate,
+                    c.rollouts,
+                    c.rollbacks,
+                    c.promoted,
+                    interval(c.promoted_ci),
+                    with_unit(c.promote_s[0]),
+                    with_unit(c.promote_s[1]),
+                    top_causes(&c.causes, c.rollbacks)
+                ));
+            }
+        }
+        line(String::new());
+    }
     line("### False promotions and time to detect a regression".into());
     line(String::new());
     line(

@@ -67,17 +67,74 @@
 //! hour to learn from, where counting requests learns from every request. A drift makes the
 //! stable look better or worse than it is on average; the gate then compares against that average.
 //!
-//! # Latency
+//! # Latency: the canary against the stable's concurrent slow share
 //!
 //! A canary whose p99 is at most `(1 + i)` times the stable's has at most 1% of its requests above
 //! `R = (1 + i) · p99_stable`; `R` is at least `p99_stable` plus
 //! [`crate::judge::LATENCY_TOLERANCE_US`], the comparison test's tolerance, so that a few ms of
-//! noise both versions share does not hold a fast service's healthy canary. `R` is fixed from the first
-//! [`crate::judge::GATE_LATENCY_REFERENCE_SAMPLES`] stable requests before any canary request is
-//! counted against it; from then on a request above `R` is *slow*, and the test rejects
-//! "more than 1% of canary requests are slow" when `0.01 ≥ p̂` and `ln E(0.01) ≥ ln(1/α)`:
-//! the same argument with a known `M`, so the whole share of α goes to the canary's interval.
-//! `R` is an estimate: a stable p99 measured a little high lets a canary a little slower through.
+//! noise both versions share does not hold a fast service's healthy canary. `R` is fixed from the
+//! first [`crate::judge::GATE_LATENCY_REFERENCE_SAMPLES`] stable requests before any request is
+//! counted against it; from then on a request of either version above `R` is *slow*.
+//!
+//! Comparing the canary's slow share with a fixed 1% fails as soon as load slows *both* versions
+//! after `R` was fixed: the stable is then slow more than 1% of the time too, and a healthy canary
+//! is held for ever. So the canary is compared with the **stable's slow share over the same
+//! ticks**, above the same `R`, with the margin
+//!
+//! ```text
+//!     m_lat(p) = max(1%, ρ · p),     ρ = SLOW_SHARE_RATIO = 2
+//! ```
+//!
+//! With no drift the stable is slow less than 0.5% of the time above `R` (`R` is above its p99),
+//! so the margin is the fixed 1% of before; under a drift that makes 7% of the stable's requests
+//! slow, a canary may be slow up to 14% of the time, and a canary whose tail grows by half on top
+//! of the drift (about 20%) still is not.
+//!
+//! *Rates that drift.* Under drift, requests are no longer slow at a constant rate, so the
+//! Bernoulli confidence sequence above (a mixture of likelihood ratios against a *fixed* rate) is
+//! not the right tool. Let `X_i ∈ {0, 1}` say whether request `i` of one version is slow and
+//! `μ_i = P(X_i = 1 | past)` its rate given everything before it (the tick, the load, the weight:
+//! anything). The quantity of interest is the running average `μ̄_n = (1/n) Σ_{i≤n} μ_i`. For
+//! any real `λ`, `E[e^{λX_i} | past] = 1 + μ_i (e^λ − 1) ≤ exp(μ_i (e^λ − 1))`, so
+//!
+//! ```text
+//!     M_n(λ) = exp( λ K_n − (e^λ − 1) · n μ̄_n ),    K_n = Σ_{i≤n} X_i
+//! ```
+//!
+//! is a non-negative supermartingale with `M_0 = 1` (a product of factors with conditional mean at
+//! most 1); so is the mixture `M_n = (1/J) Σ_j M_n(λ_j)` over a fixed grid of `λ_j`
+//! ([`SLOW_LAMBDA_RATIOS`], both signs). Define, for a candidate average `q`,
+//!
+//! ```text
+//!     T_n(q) = (1/J) Σ_j exp( λ_j K_n − (e^{λ_j} − 1) · n q )
+//! ```
+//!
+//! Then `T_n(μ̄_n) = M_n` at every `n`, and Ville's inequality gives `P(∃n: T_n(μ̄_n) ≥ 1/β) ≤ β`:
+//! `D_n = { q : T_n(q) < 1/β }` contains the running average at every `n` at once with
+//! probability at least `1 − β`, whatever the rates did (the Poisson form of Howard et al.'s
+//! exponential supermartingales; the `λ_j` must be fixed in advance, which is why the grid is of
+//! `λ` and not of rates). `ln T_n` is a log-sum-exp of functions linear in `q`, hence convex: `D_n`
+//! is an interval. At a constant rate it is about as narrow as the Bernoulli sequence (the exponent
+//! at the best `λ` is `n(p ln(p/q) − p + q)`, within a few percent of `n · KL(p ‖ q)` for rates
+//! of a few percent).
+//!
+//! *The test.* Give each side `β = α/2`. Let `L` be the lower end of the stable's interval and
+//! `M = m_lat(L)`. Reject "the canary's average slow share exceeds `m_lat` of the stable's" when
+//! `ln T_c(M) ≥ ln(2/α)` and `T_c` rises at `M` (the canary's whole interval lies below `M`: `T_c`
+//! is convex, so it stays above the threshold to the right of `M`). Outside an event of
+//! probability at most α, `L ≤ μ̄_s` and `μ̄_c ∈ D_c`; then `M ≤ m_lat(μ̄_s)`, and under the null
+//! `μ̄_c > m_lat(μ̄_s) ≥ M`, so `T_c(μ̄_c) ≥ T_c(M) ≥ 2/α`, which the event excludes. The argument
+//! holds at any tick, however often it is read, and whatever the weights and the load did.
+//!
+//! *What "the same ticks" means.* Each side's average is over its own requests since `R` was
+//! fixed. A drift common to both versions moves both averages alike while the weight is constant;
+//! when the weight changes during a drift, the canary's requests lean towards the later ticks more
+//! than the stable's do, and its average can exceed the stable's with no difference between the
+//! versions (a drift that starts as the rollout moves from 10% to 25% and lasts as long as the 10%
+//! step did makes the canary's average about 1.6 times the stable's). The ratio 2 absorbs that in
+//! the common cases; a drift that starts just after a weight increase and is followed only
+//! briefly can still hold the step until more data comes in. `make bench` (decision quality) has
+//! a cell with a drift common to both versions.
 //!
 //! # How much more is needed
 //!
@@ -340,13 +397,160 @@ impl ErrorNonInferiority {
 /// The share of requests a p99 allows above it.
 pub const SLOW_SHARE: f64 = 0.01;
 
-/// Latency: are at most 1% of canary requests slower than `(1 + i)` × the stable's p99?
+/// How many times as often as the stable, over the same ticks, the canary may be slow.
+pub const SLOW_SHARE_RATIO: f64 = 2.0;
+
+/// `e^λ` for the positive half of the latency sequence's grid; the mixture takes `±ln` of each.
+/// Fine near 1, where the stable's many requests put its lower end; coarse far out, where only
+/// a canary with few requests and a rate far from the margin needs them.
+pub const SLOW_LAMBDA_RATIOS: [f64; 12] = [1.1, 1.2, 1.35, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0, 20.0];
+
+/// The latency margin for a stable slow share `stable`: `max(1%, 2 × stable)`, at most 1.
+pub fn latency_margin(stable: f64) -> f64 {
+    SLOW_SHARE.max(SLOW_SHARE_RATIO * stable).min(1.0)
+}
+
+/// The grid's `λ_j`: `± ln` of each ratio.
+fn slow_lambdas() -> impl Iterator<Item = f64> {
+    SLOW_LAMBDA_RATIOS.iter().flat_map(|r| [r.ln(), -r.ln()])
+}
+
+/// `ln T(q)` for `k` events in `n` trials (real-valued, for projections).
+fn log_t(n: f64, k: f64, q: f64) -> f64 {
+    let terms: Vec<f64> = slow_lambdas().map(|l| l * k - l.exp_m1() * n * q).collect();
+    let max = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = terms.iter().map(|t| (t - max).exp()).sum();
+    max + sum.ln() - f(2 * SLOW_LAMBDA_RATIOS.len() as u64).ln()
+}
+
+/// Whether `T(q)` does not fall at `q` (`q` is at or right of the minimum of the convex `T`):
+/// `dT/dq = −n Σ_j T_j(q) (e^{λ_j} − 1)`.
+fn t_rises_at(n: f64, k: f64, q: f64) -> bool {
+    let terms: Vec<(f64, f64)> = slow_lambdas().map(|l| (l * k - l.exp_m1() * n * q, l.exp_m1())).collect();
+    let max = terms.iter().map(|t| t.0).fold(f64::NEG_INFINITY, f64::max);
+    terms.iter().map(|(t, d)| -(t - max).exp() * d).sum::<f64>() >= 0.0
+}
+
+/// The anytime-valid confidence sequence for the *running average* of per-request rates that
+/// may drift (see the module doc, latency): one version's slow requests since `R` was fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct MeanSequence {
+    pub trials: u64,
+    pub events: u64,
+}
+
+impl MeanSequence {
+    pub fn observe(&mut self, c: Count) {
+        let c = Count::new(c.trials, c.events);
+        self.trials = self.trials.saturating_add(c.trials);
+        self.events = self.events.saturating_add(c.events).min(self.trials);
+    }
+
+    /// The observed share, 0 with no trials.
+    pub fn rate(&self) -> f64 {
+        if self.trials == 0 { 0.0 } else { f(self.events) / f(self.trials) }
+    }
+
+    /// ln T_n(q).
+    pub fn log_t(&self, q: f64) -> f64 {
+        if self.trials == 0 { 0.0 } else { log_t(f(self.trials), f(self.events), q) }
+    }
+
+    /// Where the convex `T` is least, in [0, 1].
+    fn minimum(&self) -> f64 {
+        let (n, k) = (f(self.trials), f(self.events));
+        let (mut lo, mut hi) = (0.0, 1.0);
+        for _ in 0..BISECTIONS {
+            let mid = 0.5 * (lo + hi);
+            if t_rises_at(n, k, mid) {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        hi
+    }
+
+    /// The lower end of the interval at `log_threshold` = ln(1/β): 0 when nothing rules out 0.
+    pub fn lower(&self, log_threshold: f64) -> f64 {
+        if self.trials == 0 || self.log_t(0.0) < log_threshold {
+            return 0.0;
+        }
+        // T falls on [0, minimum]: find where it crosses the threshold.
+        let (mut lo, mut hi) = (0.0, self.minimum());
+        for _ in 0..BISECTIONS {
+            let mid = 0.5 * (lo + hi);
+            if self.log_t(mid) >= log_threshold {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        hi
+    }
+
+    /// The upper end of the interval at `log_threshold`: 1 when nothing rules out 1.
+    pub fn upper(&self, log_threshold: f64) -> f64 {
+        if self.trials == 0 || self.log_t(1.0) < log_threshold {
+            return 1.0;
+        }
+        let (mut lo, mut hi) = (self.minimum(), 1.0);
+        for _ in 0..BISECTIONS {
+            let mid = 0.5 * (lo + hi);
+            if self.log_t(mid) >= log_threshold {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        lo
+    }
+
+    /// Whether the whole interval lies at or below `margin`: the average is shown at most `margin`.
+    pub fn shown_at_most(&self, margin: f64, log_threshold: f64) -> bool {
+        self.trials > 0 && margin < 1.0 && shown_at(f(self.trials), f(self.events), margin, log_threshold)
+    }
+
+    /// As [`RateSequence::more_needed`], for this sequence.
+    pub fn more_needed(&self, margin: f64, log_threshold: f64, rate: f64) -> Option<u64> {
+        if self.shown_at_most(margin, log_threshold) {
+            return Some(0);
+        }
+        if !(rate < margin && margin < 1.0) {
+            return None;
+        }
+        let (n0, k0) = (f(self.trials), f(self.events));
+        let shown = |extra: u64| shown_at(n0 + f(extra), k0 + rate * f(extra), margin, log_threshold);
+        let mut hi: u64 = 1;
+        while !shown(hi) {
+            hi = hi.checked_mul(2).filter(|h| *h <= 1_000_000_000_000)?;
+        }
+        let mut lo = hi / 2;
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if shown(mid) {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        Some(hi)
+    }
+}
+
+/// `ln T(margin) ≥ threshold` and `T` rises at `margin`: the interval lies below `margin`.
+fn shown_at(n: f64, k: f64, margin: f64, log_threshold: f64) -> bool {
+    n > 0.0 && t_rises_at(n, k, margin) && log_t(n, k, margin) >= log_threshold
+}
+
+/// Latency: is the canary slow (above `R`) at most `max(1%, 2 ×)` as often as the stable over
+/// the same ticks? (See the module doc.)
 #[derive(Debug, Clone)]
 pub struct LatencyNonInferiority {
     name: String,
-    canary: RateSequence,
-    /// The stable's requests above `R`: only for the estimate of how much more is needed.
-    stable: RateSequence,
+    canary: MeanSequence,
+    stable: MeanSequence,
+    /// ln(2/α): each side's interval gets half of the test's α.
     log_threshold: f64,
 }
 
@@ -354,39 +558,46 @@ impl LatencyNonInferiority {
     pub fn new(name: impl Into<String>, alpha: f64) -> LatencyNonInferiority {
         LatencyNonInferiority {
             name: name.into(),
-            canary: RateSequence::default(),
-            stable: RateSequence::default(),
-            log_threshold: log_threshold(alpha),
+            canary: MeanSequence::default(),
+            stable: MeanSequence::default(),
+            log_threshold: log_threshold(alpha / 2.0),
         }
     }
 
-    /// Requests, and how many were above the reference `R`, per side. Feed only once `R` is
-    /// fixed. The stable's counts do not enter the test, only the estimate of what is needed.
+    /// Requests, and how many were above the reference `R`, per side, in the same tick. Feed
+    /// only once `R` is fixed.
     pub fn observe(&mut self, canary: Count, stable: Count) {
         self.canary.observe(canary);
         self.stable.observe(stable);
     }
 
+    /// `M = m_lat(L)`: the margin at the lowest stable slow share the data allows.
+    pub fn margin_rate(&self) -> f64 {
+        latency_margin(self.stable.lower(self.log_threshold))
+    }
+
     pub fn shown(&self) -> bool {
-        self.canary.shown_at_most(SLOW_SHARE, self.log_threshold)
+        self.canary.shown_at_most(self.margin_rate(), self.log_threshold)
     }
 
     /// `reference_known`: whether `R` is fixed yet (before that nothing counts).
     pub fn evidence(&self, reference_known: bool) -> GateEvidence {
+        let margin = self.margin_rate();
         GateEvidence {
             test: self.name.clone(),
-            shown: self.shown(),
+            shown: self.canary.shown_at_most(margin, self.log_threshold),
             canary_rate: self.canary.rate(),
             canary_upper: self.canary.upper(self.log_threshold),
-            margin: reference_known.then_some(SLOW_SHARE),
+            margin: reference_known.then_some(margin),
             canary_trials: self.canary.trials,
             more_needed: if reference_known { self.more_needed() } else { None },
         }
     }
 
-    /// As for errors: at the canary's slow share or the stable's, whichever is higher.
+    /// As for errors: at the canary's slow share or the stable's, whichever is higher, with the
+    /// margin where it is.
     pub fn more_needed(&self) -> Option<u64> {
-        self.canary.more_needed(SLOW_SHARE, self.log_threshold, self.canary.rate().max(self.stable.rate()))
+        self.canary.more_needed(self.margin_rate(), self.log_threshold, self.canary.rate().max(self.stable.rate()))
     }
 }
 
@@ -491,6 +702,7 @@ mod tests {
         let mut t = LatencyNonInferiority::new("l", 0.005);
         t.observe(Count::new(1000, 4), Count::new(9000, 40));
         assert!(!t.shown());
+        assert_eq!(t.margin_rate(), SLOW_SHARE, "no drift: the stable is slow under 0.5% of the time");
         let need = t.more_needed().unwrap();
         assert!(need > 1000 && need < 20_000, "{need}");
         t.observe(Count::new(9000, 36), Count::new(0, 0));
@@ -499,6 +711,123 @@ mod tests {
         slow.observe(Count::new(10_000, 250), Count::new(10_000, 40));
         assert!(!slow.shown() && slow.more_needed().is_none());
         assert_eq!(slow.evidence(false).margin, None);
+    }
+
+    /// Slow shares of a lognormal latency with p99 200 ms (σ = 0.596) above `R` = 240 ms (1.2 ×
+    /// p99): the stable's, a canary's whose latencies are `canary` times as long, both under a
+    /// load that multiplies every latency by `drift`.
+    fn slow_share(factor: f64) -> f64 {
+        // P(Z > (ln(240/50) − ln factor) / σ), by the complementary error function's series-free
+        // approximation (Abramowitz-Stegun 7.1.26, error below 1.5e-7).
+        let z = ((240.0f64 / 50.0).ln() - factor.ln()) / 0.596;
+        let x = z / std::f64::consts::SQRT_2;
+        let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+        let poly =
+            t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+        let erfc = poly * (-x * x).exp();
+        let erfc = if x >= 0.0 { erfc } else { 2.0 - erfc };
+        0.5 * erfc
+    }
+
+    /// A monitored latency gate: `ticks` ticks of `per_tick` requests at a weight that climbs
+    /// through 10%, 25%, 50%; from tick `drift_at` on every latency of both versions is
+    /// multiplied by `drift`; the canary's by `canary` throughout. The tick it first showed.
+    fn latency_shown(
+        sim: &mut Sim,
+        alpha: f64,
+        ticks: u32,
+        per_tick: u64,
+        canary: f64,
+        drift: f64,
+        drift_at: u32,
+    ) -> Option<u32> {
+        let mut t = LatencyNonInferiority::new("l", alpha);
+        for i in 0..ticks {
+            let weight = [0.1, 0.25, 0.5][(i as usize * 3 / ticks as usize).min(2)];
+            let d = if i >= drift_at { drift } else { 1.0 };
+            let n_c = sim.binomial(per_tick, weight);
+            let n_s = per_tick - n_c;
+            t.observe(
+                Count::new(n_c, sim.binomial(n_c, slow_share(canary * d))),
+                Count::new(n_s, sim.binomial(n_s, slow_share(d))),
+            );
+            if t.shown() {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_drift_common_to_both_versions_does_not_hold_a_healthy_canary() {
+        // Both versions twice as slow from the 20th tick on (7% of requests above R, against
+        // 0.4% before): a fixed 1% margin holds this canary for ever, the stable's concurrent
+        // share does not.
+        assert!(slow_share(2.0) > 0.06 && slow_share(1.0) < 0.005, "{} {}", slow_share(2.0), slow_share(1.0));
+        let mut sim = Sim::new(23);
+        let mut fixed_margin_held = 0;
+        for _ in 0..40 {
+            let at = latency_shown(&mut sim, 0.005, 600, 100, 1.0, 2.0, 20);
+            // The canary's whole interval must lie below 2 × 7%: a few thousand canary requests.
+            assert!(at.is_some_and(|t| t < 400), "{at:?}");
+            // The same data against a fixed 1%: the canary's share (7%) is far above it.
+            let mut one = MeanSequence::default();
+            one.observe(Count::new(5_000, sim.binomial(5_000, slow_share(2.0))));
+            fixed_margin_held += usize::from(!one.shown_at_most(SLOW_SHARE, log_threshold(0.0025)));
+        }
+        assert_eq!(fixed_margin_held, 40);
+    }
+
+    #[test]
+    fn a_canary_whose_p99_grows_by_half_is_held_with_and_without_drift() {
+        // × 1.5 on every latency: 2.5% of requests above R with no drift (margin 1%), 21% under
+        // the drift × 2 (margin about 14%).
+        let mut sim = Sim::new(29);
+        for run in 0..60 {
+            let drift = if run % 2 == 0 { 1.0 } else { 2.0 };
+            assert_eq!(latency_shown(&mut sim, 0.005, 600, 100, 1.5, drift, 20), None, "run {run}, drift × {drift}");
+        }
+    }
+
+    #[test]
+    fn the_latency_gate_holds_its_level_at_the_margins_edge_under_drift() {
+        // Null at its edge: the canary slow exactly at the margin of the stable's concurrent
+        // share, tick by tick, while a load drift moves both (the stable between 0.2% and 9%),
+        // at a constant weight so that the two averages cover the same ticks. Checked every
+        // tick; the share ever shown must stay within α (0.05 here, so that 400 runs can tell).
+        let alpha = 0.05;
+        let mut sim = Sim::new(31);
+        let (runs, mut shown) = (400, 0);
+        for r in 0..runs {
+            let mut t = LatencyNonInferiority::new("l", alpha);
+            let weight = [0.1, 0.5][r % 2];
+            for i in 0..400u32 {
+                // A slow wave of load: the stable's share rises and falls twice.
+                let stable = 0.002 + 0.088 * (0.5 - 0.5 * (f64::from(i) * std::f64::consts::PI / 100.0).cos());
+                let canary = latency_margin(stable) * 1.0001;
+                let n_c = sim.binomial(200, weight);
+                let n_s = 200 - n_c;
+                t.observe(Count::new(n_c, sim.binomial(n_c, canary)), Count::new(n_s, sim.binomial(n_s, stable)));
+                if t.shown() {
+                    shown += 1;
+                    break;
+                }
+            }
+        }
+        assert!(f64::from(shown) <= alpha * runs as f64, "{shown} of {runs} shown at the margin's edge");
+    }
+
+    #[test]
+    fn the_mean_sequence_covers_its_rate_and_narrows() {
+        let thr = log_threshold(0.0025);
+        let s = MeanSequence { trials: 100_000, events: 500 };
+        let (lo, hi) = (s.lower(thr), s.upper(thr));
+        assert!(lo < 0.005 && 0.005 < hi, "{lo} {hi}");
+        assert!(lo > 0.004 && hi < 0.0062, "informative at 100,000 requests: {lo} {hi}");
+        assert!(s.shown_at_most(0.01, thr) && !s.shown_at_most(0.005, thr));
+        assert_eq!(MeanSequence { trials: 100, events: 0 }.lower(thr), 0.0);
+        assert_eq!(MeanSequence::default().upper(thr), 1.0);
+        assert!((latency_margin(0.001) - 0.01).abs() < 1e-12 && (latency_margin(0.07) - 0.14).abs() < 1e-12);
     }
 
     #[test]
@@ -520,6 +849,17 @@ mod tests {
             if shown { proptest::prop_assert!(upper <= m * (1.0 + 1e-9)); }
             else { proptest::prop_assert!(upper >= m * (1.0 - 1e-9) || (k as f64 / n as f64) > m); }
             proptest::prop_assert!(!s.log_e(m).is_nan());
+        }
+
+        #[test]
+        fn the_mean_sequence_shows_exactly_below_its_upper_end(n in 1u64..1_000_000, k_frac in 0.0f64..0.2, m in 0.001f64..0.5) {
+            let k = (n as f64 * k_frac) as u64;
+            let s = MeanSequence { trials: n, events: k };
+            let thr = log_threshold(0.0025);
+            let (lower, upper) = (s.lower(thr), s.upper(thr));
+            proptest::prop_assert!(lower <= upper && (0.0..=1.0).contains(&lower) && upper <= 1.0);
+            if s.shown_at_most(m, thr) { proptest::prop_assert!(upper <= m * (1.0 + 1e-6)); }
+            else { proptest::prop_assert!(upper >= m * (1.0 - 1e-6)); }
         }
 
         #[test]

@@ -17,7 +17,9 @@
 //! * [`Phase::Initializing`]: canary at 0% (dark launch only). The first tick on which a proxy
 //!   reports moves the canary to the first step.
 //! * [`Phase::Progressing`]: on a step. A check runs every `interval`: a failed check counts
-//!   toward `threshold` (cumulative over the rollout, as in Flagger); a passing check advances
+//!   toward `threshold` (cumulative over the rollout, as in Flagger, but a window's miss is a
+//!   failed check only when significant at the checks' share of α, spent over the rollout: see
+//!   [`crate::judge`]); a passing check advances
 //!   one step once the step has lasted `interval` and seen `minRequests` canary requests, and,
 //!   with the promotion gate on (`promotion.requireEvidence`, the default), once the
 //!   non-inferiority tests show the canary within the margins ([`crate::noninferiority`]).
@@ -959,28 +961,33 @@ metrics:
 
     #[test]
     fn failed_checks_count_toward_the_threshold() {
-        // 2% canary failures (SLO 99%) with the stable failing as often: each check fails, but
-        // not decisively; the third failed check rolls back.
-        let mut r = Rollout::new(spec_with(""), 0);
+        // A canary healthy for a minute (held at 10% by a large minRequests), then a burst of 4%
+        // failures (SLO 99%) that the stable shares: the comparison sees nothing, the SLO test's
+        // evidence is far below zero after 6,000 clean requests, and each 5-s window (20 failures
+        // in 500, which a 1% rate gives 3·10⁻⁷ of the time) is a significant miss: a failed
+        // check, not decisive; the third rolls back.
+        let spec = Spec::from_yaml_or_json(&SPEC.replace("minRequests: 200", "minRequests: 1000000")).unwrap();
+        let mut r = Rollout::new(spec, 0);
         let window = |t: u64, wt: Weight| {
             let c = u64::from(wt.basis_points()) / 10;
-            fabricated(t * S, (1000 - c, (1000 - c) / 50, 20), (c, c / 50, 25))
+            let per_mille = if t > 60 { 40 } else { 0 };
+            fabricated(t * S, (1000 - c, (1000 - c) * per_mille / 1000, 20), (c, c * per_mille / 1000, 25))
         };
         let mut failed = Vec::new();
-        for t in 1..=30 {
+        for t in 1..=120 {
             let d = r.tick(&window(t, r.weight()), t * S);
             if d.reason.starts_with("failed check") {
                 failed.push(t);
-                assert!(d.reason.contains("request-success-rate 98.00% < 99%"), "{}", d.reason);
+                assert!(d.reason.contains("request-success-rate 96.00% < 99%"), "{}", d.reason);
             }
             if r.phase() == Phase::RolledBack {
-                assert_eq!(failed, vec![6, 11], "two failed checks held the weight");
-                assert_eq!(t, 16, "the third check rolled back");
+                assert_eq!(failed, vec![66, 71], "two failed checks held the weight");
+                assert_eq!(t, 76, "the third check rolled back");
                 assert_eq!(d.set_weight.map(|c| (c.to, c.kind)), Some((Weight::ZERO, ChangeKind::Rollback)));
                 assert!(d.reason.contains("3 failed checks reached the threshold of 3"), "{}", d.reason);
                 return;
             }
-            assert_eq!(r.weight(), w(10.0), "a failing canary never advances");
+            assert_eq!(r.weight(), w(10.0), "the canary never advances");
         }
         panic!("never rolled back; failed checks at {failed:?}");
     }
@@ -1470,12 +1477,17 @@ metrics:
         r.settle();
         assert_eq!((r.weight(), r.pending()), (Weight::ZERO, None));
         // Failed checks carry over: two recorded, threshold three, so the next failed check rolls back.
-        let mut r = Rollout::restore(spec.clone(), w(10.0), Some(&rec(Phase::Progressing, 2)), 0);
+        let held = Spec::from_yaml_or_json(&SPEC.replace("minRequests: 200", "minRequests: 1000000")).unwrap();
+        let mut r = Rollout::restore(held, w(10.0), Some(&rec(Phase::Progressing, 2)), 0);
         assert_eq!(r.status().failed_checks, 2);
-        // 2% failures on both sides: a failed check, never a decisive one.
-        let shaky = |t: u64, _| fabricated(t * S, (900, 18, 20), (100, 2, 25));
-        let changes = run(&mut r, 1, 5, shaky);
-        assert_eq!(weights(&changes), vec![(5, 0.0, ChangeKind::Rollback)]);
+        // A healthy minute, then 4% failures on both sides: a failed check, never a decisive one
+        // (as in `failed_checks_count_toward_the_threshold`).
+        let shaky = |t: u64, _| {
+            let k = if t > 60 { 4 } else { 0 };
+            fabricated(t * S, (900, 9 * k, 20), (100, k, 25))
+        };
+        let changes = run(&mut r, 1, 70, shaky);
+        assert_eq!(weights(&changes), vec![(65, 0.0, ChangeKind::Rollback)]);
         assert!(changes.iter().any(|(_, d)| d.reason.contains("3 failed checks")), "{changes:?}");
         // Paused stays paused, and resumes to progressing.
         let mut r = Rollout::restore(spec.clone(), w(10.0), Some(&rec(Phase::Paused, 0)), 0);
