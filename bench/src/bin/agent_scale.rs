@@ -415,7 +415,7 @@ async fn sample(
 ) -> Result<Samples, String> {
     let start_s = canary_bench::env_u64("AGENT_SCALE_START_S", 20)?;
     if let Some(path) = std::env::var_os("AGENT_SCALE_READS_FILE").map(PathBuf::from) {
-        let reads = Arc::clone(&fleet);
+        let reads = Arc::clone(fleet);
         tokio::spawn(async move {
             loop {
                 // A profiling aid only: a failed write shows as a stale count.
