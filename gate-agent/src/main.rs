@@ -146,6 +146,11 @@ struct RunArgs {
     /// Bound on each snapshot read and kill order.
     #[arg(long, env = "GATE_AGENT_FETCH_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
     fetch_timeout: Duration,
+    /// Threads that run the agent. 1 (the default) runs everything on one thread: the agent waits on
+    /// the proxies most of the time, and one thread spends least CPU per tick (no wake-ups across
+    /// threads; bench/PROFILE.md). More spread each tick's snapshot parsing over that many threads.
+    #[arg(long, env = "GATE_AGENT_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    worker_threads: u16,
     /// A proxy silent this long has its last data aged out.
     #[arg(long, env = "GATE_AGENT_STALENESS", default_value = "10s", value_parser = parse_duration)]
     staleness: Duration,
@@ -208,6 +213,11 @@ struct ControllerArgs {
     kube_timeout: Duration,
     #[arg(long, env = "GATE_AGENT_FETCH_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
     fetch_timeout: Duration,
+    /// Threads that run the controller. 1 (the default) runs everything on one thread: the agent waits on
+    /// the proxies most of the time, and one thread spends least CPU per tick (no wake-ups across
+    /// threads; bench/PROFILE.md). More spread each tick's snapshot parsing over that many threads.
+    #[arg(long, env = "GATE_AGENT_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    worker_threads: u16,
     #[arg(long, env = "GATE_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -368,8 +378,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
             "--lease and --pod-selector need --router wasmplugin or trafficextension (Kubernetes)".into(),
         ));
     }
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure::Runtime(format!("tokio runtime: {e}")))?;
-    runtime.block_on(serve(args, spec))
+    runtime(args.worker_threads)?.block_on(serve(args, spec))
 }
 
 async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
@@ -512,6 +521,18 @@ async fn serve_rollout<R: WeightRouter + Clone + 'static, N: Notifier + 'static>
     }
 }
 
+/// The tokio runtime: one thread for `threads == 1`, else that many workers.
+fn runtime(threads: u16) -> Result<tokio::runtime::Runtime, Failure> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(usize::from(threads));
+        b
+    };
+    builder.enable_all().build().map_err(|e| Failure::Runtime(format!("tokio runtime: {e}")))
+}
+
 fn run_controller(args: ControllerArgs) -> Result<(), Failure> {
     use gate_agent::gate::controller::{ControllerSettings, GateIndex};
     init_logs(args.log_format);
@@ -523,8 +544,7 @@ fn run_controller(args: ControllerArgs) -> Result<(), Failure> {
         let (k, v) = label.split_once('=').ok_or_else(|| Failure::Usage(format!("--pod-label {label:?}: not k=v")))?;
         pod_labels.insert(k.to_owned(), v.to_owned());
     }
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure::Runtime(format!("tokio runtime: {e}")))?;
-    runtime.block_on(async move {
+    runtime(args.worker_threads)?.block_on(async move {
         let client = gate_agent::mesh::client()
             .await
             .map_err(|e| Failure::Runtime(format!("Kubernetes client (in-cluster or KUBECONFIG): {e}")))?;
