@@ -146,11 +146,11 @@ struct RunArgs {
     /// Bound on each snapshot read and kill order.
     #[arg(long, env = "GATE_AGENT_FETCH_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
     fetch_timeout: Duration,
-    /// Threads that run the agent. 1 (the default) runs everything on one thread: the agent waits on
-    /// the proxies most of the time, and one thread spends least CPU per tick (no wake-ups across
-    /// threads; bench/PROFILE.md). More spread each tick's snapshot parsing over that many threads.
-    #[arg(long, env = "GATE_AGENT_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
-    worker_threads: u16,
+    /// Threads that run the agent; by default one per core. 1 runs everything on one thread, which
+    /// spent about a fifth less CPU per tick at 1,000 proxies but let a breach's kill order wait
+    /// behind other work (bench/PROFILE.md).
+    #[arg(long, env = "GATE_AGENT_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    worker_threads: Option<u16>,
     /// A proxy silent this long has its last data aged out.
     #[arg(long, env = "GATE_AGENT_STALENESS", default_value = "10s", value_parser = parse_duration)]
     staleness: Duration,
@@ -213,11 +213,11 @@ struct ControllerArgs {
     kube_timeout: Duration,
     #[arg(long, env = "GATE_AGENT_FETCH_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
     fetch_timeout: Duration,
-    /// Threads that run the controller. 1 (the default) runs everything on one thread: the agent waits on
-    /// the proxies most of the time, and one thread spends least CPU per tick (no wake-ups across
-    /// threads; bench/PROFILE.md). More spread each tick's snapshot parsing over that many threads.
-    #[arg(long, env = "GATE_AGENT_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
-    worker_threads: u16,
+    /// Threads that run the controller; by default one per core. 1 runs everything on one thread, which
+    /// spent about a fifth less CPU per tick at 1,000 proxies but let a breach's kill order wait
+    /// behind other work (bench/PROFILE.md).
+    #[arg(long, env = "GATE_AGENT_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    worker_threads: Option<u16>,
     #[arg(long, env = "GATE_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -521,14 +521,17 @@ async fn serve_rollout<R: WeightRouter + Clone + 'static, N: Notifier + 'static>
     }
 }
 
-/// The tokio runtime: one thread for `threads == 1`, else that many workers.
-fn runtime(threads: u16) -> Result<tokio::runtime::Runtime, Failure> {
-    let mut builder = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(usize::from(threads));
-        b
+/// The tokio runtime: one worker per core by default, one thread for `Some(1)`, else that many
+/// workers.
+fn runtime(threads: Option<u16>) -> Result<tokio::runtime::Runtime, Failure> {
+    let mut builder = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(n));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
     };
     builder.enable_all().build().map_err(|e| Failure::Runtime(format!("tokio runtime: {e}")))
 }
