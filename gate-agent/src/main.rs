@@ -146,6 +146,11 @@ struct RunArgs {
     /// Bound on each snapshot read and kill order.
     #[arg(long, env = "GATE_AGENT_FETCH_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
     fetch_timeout: Duration,
+    /// Threads that run the agent; by default one per core. 1 runs everything on one thread, which
+    /// spent about a fifth less CPU per tick at 1,000 proxies but let a breach's kill order wait
+    /// behind other work (bench/PROFILE.md).
+    #[arg(long, env = "GATE_AGENT_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    worker_threads: Option<u16>,
     /// A proxy silent this long has its last data aged out.
     #[arg(long, env = "GATE_AGENT_STALENESS", default_value = "10s", value_parser = parse_duration)]
     staleness: Duration,
@@ -212,6 +217,11 @@ struct ControllerArgs {
     kube_timeout: Duration,
     #[arg(long, env = "GATE_AGENT_FETCH_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
     fetch_timeout: Duration,
+    /// Threads that run the controller; by default one per core. 1 runs everything on one thread, which
+    /// spent about a fifth less CPU per tick at 1,000 proxies but let a breach's kill order wait
+    /// behind other work (bench/PROFILE.md).
+    #[arg(long, env = "GATE_AGENT_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    worker_threads: Option<u16>,
     #[arg(long, env = "GATE_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -372,8 +382,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
             "--lease and --pod-selector need --router wasmplugin or trafficextension (Kubernetes)".into(),
         ));
     }
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure::Runtime(format!("tokio runtime: {e}")))?;
-    runtime.block_on(serve(args, spec))
+    runtime(args.worker_threads)?.block_on(serve(args, spec))
 }
 
 async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
@@ -516,6 +525,21 @@ async fn serve_rollout<R: WeightRouter + Clone + 'static, N: Notifier + 'static>
     }
 }
 
+/// The tokio runtime: one worker per core by default, one thread for `Some(1)`, else that many
+/// workers.
+fn runtime(threads: Option<u16>) -> Result<tokio::runtime::Runtime, Failure> {
+    let mut builder = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(n));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().build().map_err(|e| Failure::Runtime(format!("tokio runtime: {e}")))
+}
+
 fn run_controller(args: ControllerArgs) -> Result<(), Failure> {
     use gate_agent::gate::controller::{ControllerSettings, GateIndex};
     init_logs(args.log_format);
@@ -527,8 +551,7 @@ fn run_controller(args: ControllerArgs) -> Result<(), Failure> {
         let (k, v) = label.split_once('=').ok_or_else(|| Failure::Usage(format!("--pod-label {label:?}: not k=v")))?;
         pod_labels.insert(k.to_owned(), v.to_owned());
     }
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure::Runtime(format!("tokio runtime: {e}")))?;
-    runtime.block_on(async move {
+    runtime(args.worker_threads)?.block_on(async move {
         let client = gate_agent::mesh::client()
             .await
             .map_err(|e| Failure::Runtime(format!("Kubernetes client (in-cluster or KUBECONFIG): {e}")))?;

@@ -13,7 +13,12 @@
 //! Usage: `agent_scale [OUT_DIR]`. The agent binary is `$GATE_AGENT_BIN`, else
 //! `target/release/gate-agent` if built, else the debug build. `AGENT_SCALE_SECONDS` (default 25)
 //! is how long the agent runs; `AGENT_SCALE_MEASUREMENT_S` (default 5) criterion's measurement
-//! time per benchmark; `AGENT_SCALE_SKIP_CRITERION=1` skips step 1.
+//! time per benchmark; `AGENT_SCALE_SKIP_CRITERION=1` skips step 1. For profiling the agent under
+//! callgrind (bench/PROFILE.md): `AGENT_SCALE_START_S` (default 20) bounds its start and first
+//! full read, `AGENT_SCALE_TICK_MS` (default 250) sets the agent's tick (a long tick leaves it
+//! idle between ticks, so counting can start and stop between them), and `AGENT_SCALE_READS_FILE`
+//! names a file that gets the count of snapshot reads every 20 ms, so that instructions can be
+//! divided by reads.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -372,7 +377,8 @@ async fn agent_memory(run_for: Duration) -> Result<Memory, String> {
     let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     eprintln!("agent_scale: {} against {PROXIES} snapshot listeners for {run_for:?}", binary.display());
     let mut child = Command::new(&binary)
-        .args(["run", "--listen", "127.0.0.1:0", "--tick", "250ms"])
+        .args(["run", "--listen", "127.0.0.1:0", "--tick"])
+        .arg(format!("{}ms", canary_bench::env_u64("AGENT_SCALE_TICK_MS", TICK_MS)?))
         .arg("--spec")
         .arg(&spec)
         .arg("--config-file")
@@ -402,13 +408,24 @@ async fn agent_memory(run_for: Duration) -> Result<Memory, String> {
 type Samples = (Vec<(f64, u64)>, f64, u64, f64, Value);
 
 async fn sample(
-    fleet: &Fleet,
+    fleet: &Arc<Fleet>,
     pid: u32,
     address_file: &Path,
     run_for: Duration,
     child: &mut std::process::Child,
 ) -> Result<Samples, String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let start_s = canary_bench::env_u64("AGENT_SCALE_START_S", 20)?;
+    if let Some(path) = std::env::var_os("AGENT_SCALE_READS_FILE").map(PathBuf::from) {
+        let reads = Arc::clone(fleet);
+        tokio::spawn(async move {
+            loop {
+                // A profiling aid only: a failed write shows as a stale count.
+                let _ = std::fs::write(&path, reads.reads.load(Ordering::Relaxed).to_string());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(start_s);
     let api: SocketAddr = loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("gate-agent exited with {status}"));
@@ -417,15 +434,15 @@ async fn sample(
             break a;
         }
         if Instant::now() >= deadline {
-            return Err("gate-agent did not start listening within 20 s".into());
+            return Err(format!("gate-agent did not start listening within {start_s} s"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     // Start counting once the agent has read every proxy at least once.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(start_s);
     while fleet.reads.load(Ordering::Relaxed) < PROXIES as u64 {
         if Instant::now() >= deadline {
-            return Err(format!("gate-agent read {} snapshots in 20 s", fleet.reads.load(Ordering::Relaxed)));
+            return Err(format!("gate-agent read {} snapshots in {start_s} s", fleet.reads.load(Ordering::Relaxed)));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
