@@ -15,6 +15,7 @@
 //! detection trials per cell (default 200), `DECISIONS_AA_TRIALS` the A/A rollouts per rate
 //! (default 500), `DECISIONS_BAD_CLIENT_TRIALS` the rollouts per rate of the one-bad-client
 //! and sticky-key rows (default: `DECISIONS_TRIALS`), `DECISIONS_SEED` the seed,
+//! `DECISIONS_HORIZON_S` the simulated time after which an undecided rollout stops (default 7200),
 //! `DECISIONS_PROPAGATION_MS` the assumed delay from the agent's decision to the proxies applying
 //! 0% (default 100). `DECISIONS_PARTS` picks the parts to run (comma-separated: `aa`,
 //! `bad_client`, `sticky`, `detection`, `drift`, `typo`; default all) and `DECISIONS_GATES` the
@@ -36,8 +37,15 @@ const PROXIES: usize = 3;
 /// Tick of the A/A and detection runs.
 const TICK_MS: u64 = 1_000;
 /// A rollout still undecided after this long counts as "never detected" (and as no rollback).
-/// Two hours: with the promotion gate at 1 canary req/s a healthy canary needs about an hour.
-const MAX_ROLLOUT_MS: u64 = 7_200_000;
+/// Two hours by default (`DECISIONS_HORIZON_S`): with the promotion gate at 1 canary req/s a
+/// healthy canary needs about an hour.
+const DEFAULT_MAX_ROLLOUT_MS: u64 = 7_200_000;
+static MAX_ROLLOUT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// The simulated horizon in ms: `DECISIONS_HORIZON_S`, set once in `main`.
+fn max_rollout_ms() -> u64 {
+    MAX_ROLLOUT.get().copied().unwrap_or(DEFAULT_MAX_ROLLOUT_MS)
+}
 /// Baseline failure rate of both versions in the A/A and detection runs.
 const BASELINE_ERROR: f64 = 0.001;
 /// Latency of both versions: lognormal with this median (µs) and log-σ, so p99 = 200 ms.
@@ -85,6 +93,11 @@ fn run() -> Result<(), String> {
     let bad_trials = usize::try_from(canary_bench::env_u64("DECISIONS_BAD_CLIENT_TRIALS", trials as u64)?)
         .map_err(|e| e.to_string())?;
     let propagation_ms = canary_bench::env_u64("DECISIONS_PROPAGATION_MS", 100)?;
+    let horizon_s = canary_bench::env_u64("DECISIONS_HORIZON_S", DEFAULT_MAX_ROLLOUT_MS / 1000)?;
+    if horizon_s == 0 {
+        return Err("DECISIONS_HORIZON_S must be at least 1 (seconds of simulated rollout)".into());
+    }
+    let _ = MAX_ROLLOUT.set(horizon_s.saturating_mul(1000));
     let parts = std::env::var("DECISIONS_PARTS").unwrap_or_else(|_| "aa,bad_client,sticky,detection,drift,typo".into());
     let wants = |part: &str| parts.split(',').any(|p| p.trim() == part);
     let gate_settings = std::env::var("DECISIONS_GATES").unwrap_or_else(|_| "on,off".into());
@@ -281,7 +294,7 @@ fn run() -> Result<(), String> {
             "bad_client_per_s": BAD_CLIENT_PER_S,
             "tick_ms": TICK_MS,
             "proxies": PROXIES,
-            "max_rollout_s": MAX_ROLLOUT_MS / 1000,
+            "max_rollout_s": max_rollout_ms() / 1000,
             "spec": spec_text.trim(),
             "spec_gate_off": off_text.trim(),
             "typo_spec": typo_text.trim(),
@@ -654,7 +667,7 @@ fn simulate(spec: &Spec, traffic: &Traffic, latency: &Latency, seed: u64) -> Run
                     canary_requests: proxies.canary_requests,
                 };
             }
-            _ if now >= MAX_ROLLOUT_MS => {
+            _ if now >= max_rollout_ms() => {
                 return RunResult {
                     rolled_back_after_ms: None,
                     promoted: false,
@@ -892,7 +905,7 @@ impl AaCell {
     }
 
     /// Goal: healthy canaries are promoted; met when the interval's lower end is at least 95%
-    /// (the rest is the allowed false rollbacks and rollouts still held after the simulated two hours).
+    /// (the rest is the allowed false rollbacks and rollouts still held after the simulated horizon).
     fn promotion_goal_met(&self) -> bool {
         self.promoted_ci.0 >= HEALTHY_PROMOTED_GOAL
     }
@@ -1095,9 +1108,15 @@ fn top_causes(causes: &[(String, usize)], total: usize) -> String {
         .join("; ")
 }
 
+/// The simulated horizon in words: "2 h", or "90 min".
+fn horizon_text() -> String {
+    let ms = max_rollout_ms();
+    if ms.is_multiple_of(3_600_000) { format!("{} h", ms / 3_600_000) } else { format!("{} min", ms / 60_000) }
+}
+
 /// Seconds with their unit, or "not within 2 h" past the simulated horizon.
 fn with_unit(v: Option<f64>) -> String {
-    v.map_or_else(|| format!("not within {} h", MAX_ROLLOUT_MS / 3_600_000), |s| format!("{s:.0} s"))
+    v.map_or_else(|| format!("not within {}", horizon_text()), |s| format!("{s:.0} s"))
 }
 
 fn interval(ci: (f64, f64)) -> String {
@@ -1137,7 +1156,7 @@ fn markdown(gates: &[GateRun], typo: &[TypoCell], setup: &Setup, latency: &Laten
         LATENCY_MEDIAN_US / 1000.0,
         LATENCY_P99_US / 1000.0,
         latency.sigma,
-        MAX_ROLLOUT_MS / 60_000,
+        max_rollout_ms() / 60_000,
     ));
     line(String::new());
     line(
@@ -1286,15 +1305,15 @@ fn markdown(gates: &[GateRun], typo: &[TypoCell], setup: &Setup, latency: &Laten
     }
     line("### False promotions and time to detect a regression".into());
     line(String::new());
-    line(
+    line(format!(
         "*Promoted* is the false promotion rate: the share of trials in which the worse canary reached 100%. The \
          goal (≤ 5% by the upper bound) applies to regressions outside the default margin; 2× and 5× errors on a \
          0.1% baseline lie inside it (0.2% and 0.5% against a margin of 0.6%), so promoting them is the gate \
          working as specified, and they have no goal. *Detect* is seconds from the canary's first request to the \
          decision to go to 0%; \"never\" means that percentile of trials was not rolled back (promoted, or still \
-         held after the simulated two hours)."
-            .into(),
-    );
+         held after the simulated {}).",
+        horizon_text()
+    ));
     line(String::new());
     line("| regression | canary rate | gate | promoted | 95% CI | ≤ 5% | detect median | p90 | p99 | not rolled back | what rolled back |".into());
     line("|---|---:|---|---:|---|---|---:|---:|---:|---:|---|".into());
