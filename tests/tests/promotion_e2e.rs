@@ -2,7 +2,8 @@
 //! promotion settings (gate on, error margin max(2 × stable, stable + 0.5 pp), p99 margin +20%,
 //! α 0.01), judging real Envoy running the filter, at about 10 canary requests a second.
 //!
-//! Both scenarios run the same rollout for the same time budget ([`BUDGET`]):
+//! Both scenarios run the same rollout; the bad canary is watched for [`BUDGET`], the healthy one
+//! gets [`HEALTHY_BUDGET`]:
 //! * a canary failing 1% of its requests against a stable failing 0.1% (10×, outside the
 //!   margin) passes every check of the spec (success rate ≥ 98%) and, before the gate, was
 //!   promoted on that alone. It must never be promoted: it is held with *insufficient evidence*,
@@ -26,10 +27,12 @@
 //! the healthy canary here fails never, which is within the margin by the widest gap: it was
 //! promoted after 138–179 s (about 1,650 canary requests on the first step), and the bad canary
 //! rolled back by the comparison test after 50–80 s, in runs on a loaded 2-core machine. Under
-//! load the latency gate held the healthy canary past [`BUDGET`] in three of six runs
-//! (docs/agent.md): this test fails then, and says so. Until the latency gate survives a drift
-//! common to both versions, that test is `#[ignore]`d, so `make test` runs only the first.
-//! [`BUDGET`] leaves room for a slower machine; the bad canary is watched as long.
+//! load the latency gate needs more: at a load average of 8–10 (other builds) the healthy canary's
+//! share of requests slower than 1.2 × the stable's p99 was 0.32%, and ruling out the 1% margin
+//! took about 2,600 canary requests, past 240 s (one run of 2026-12-03). The latency gate compares
+//! with the stable's concurrent slow share since issue 19's drift fix, so a slowdown common to both
+//! versions no longer holds it for good (it held it past the budget in three of six runs before);
+//! [`HEALTHY_BUDGET`] leaves room for that load.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test code
 
 use std::time::{Duration, Instant};
@@ -44,6 +47,10 @@ const RPS: u32 = 100;
 /// The time each scenario gets: the healthy canary must be promoted within it, the bad one must
 /// not be.
 const BUDGET: Duration = Duration::from_secs(240);
+
+/// The time the healthy canary gets to be promoted: about 4,000 canary requests at 10 a second
+/// after the first step starts, against the ~2,600 the latency gate needed on a loaded machine.
+const HEALTHY_BUDGET: Duration = Duration::from_secs(420);
 
 /// Default α and promotion settings; checks a 1% canary passes (98% over 10 s at 10/s). The
 /// duration SLO is 5 s, not the usual 1 s: this test is about the promotion gate, and with the
@@ -257,11 +264,6 @@ async fn a_canary_failing_ten_times_as_often_as_the_stable_is_never_promoted_at_
     drop(fx);
 }
 
-// Not in `make test` yet: the latency gate's p99 reference is fixed once, so load that slows
-// both versions by more than its 10 ms floor holds this healthy canary past the budget; before
-// the floor, that was half the runs on a loaded 2-core machine (docs/agent.md, issue 19). Run it
-// with `cargo test -p canary-e2e --test promotion_e2e -- --ignored`.
-#[ignore = "the latency gate's fixed reference can hold it under heavy machine load (issue 19)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_healthy_canary_is_promoted_at_10_canary_requests_a_second_and_says_how_much_more_it_needs_meanwhile() {
     let (fx, agent, traffic) = start(0).await;
@@ -270,7 +272,7 @@ async fn a_healthy_canary_is_promoted_at_10_canary_requests_a_second_and_says_ho
     let (mut first_held, mut checked, mut estimate, mut advanced) = (None, None, None, None);
     let mut not_expected = 0u32;
     let mut last = Value::Null;
-    while started.elapsed() < BUDGET {
+    while started.elapsed() < HEALTHY_BUDGET {
         let s = agent.status().await.unwrap();
         assert_ne!(phase(&s), "rolled_back", "a healthy canary was rolled back: {s}\n{}", agent.log_tail(30));
         if weight(&s) > 10.0 {
@@ -320,7 +322,7 @@ async fn a_healthy_canary_is_promoted_at_10_canary_requests_a_second_and_says_ho
     assert_eq!(
         phase(&last),
         "succeeded",
-        "a healthy canary was not promoted within {BUDGET:?}: {last}\n{}",
+        "a healthy canary was not promoted within {HEALTHY_BUDGET:?}: {last}\n{}",
         agent.log_tail(30)
     );
     let promoted = started.elapsed();
