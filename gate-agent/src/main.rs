@@ -19,6 +19,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use gate_agent::api::{self, ApiState};
 use gate_agent::control::{Parts, Settings, StartError, lead, preflight, stopped};
+use gate_agent::evidence::{EvidenceStore, FileEvidence};
 use gate_agent::mesh::discovery::PodTargets;
 use gate_agent::mesh::events::{Both, KubeEvents};
 use gate_agent::mesh::extension::PluginKind;
@@ -165,6 +166,16 @@ struct RunArgs {
     webhook: Option<String>,
     #[arg(long, env = "GATE_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Where the statistics' checkpoint is kept between agent lives, so a restarted agent resumes
+    /// them (a JSON file, replaced atomically). Default with `--router file`:
+    /// `.gate-agent-staging/<name>.evidence.json` in --config-file's directory; otherwise none, and
+    /// the statistics start from zero on every start. Not with --lease: a local file is not fenced
+    /// by the lease.
+    #[arg(long, env = "GATE_AGENT_EVIDENCE_FILE")]
+    evidence_file: Option<PathBuf>,
+    /// How often the checkpoint is saved (also right after every durable write, and on the way out).
+    #[arg(long, env = "GATE_AGENT_EVIDENCE_EVERY", default_value = "5s", value_parser = parse_duration)]
+    evidence_every: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -382,6 +393,12 @@ fn run(args: RunArgs) -> Result<(), Failure> {
             "--lease and --pod-selector need --router wasmplugin or trafficextension (Kubernetes)".into(),
         ));
     }
+    if args.evidence_file.is_some() && args.lease.is_some() {
+        return Err(Failure::Usage(
+            "--evidence-file cannot be used with --lease: replicas would not share it, and only the lease holder may write"
+                .into(),
+        ));
+    }
     runtime(args.worker_threads)?.block_on(serve(args, spec))
 }
 
@@ -397,10 +414,21 @@ async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
         ),
         None => None,
     };
+    let evidence: Option<Arc<dyn EvidenceStore>> = match (&args.evidence_file, args.router, &args.config_file) {
+        (Some(path), _, _) => Some(Arc::new(FileEvidence::new(path))),
+        (None, RouterKind::File, Some(config)) => Some(Arc::new(FileEvidence::beside(config))),
+        _ => None,
+    };
+    match &evidence {
+        Some(store) => tracing::info!(file = %store.location(), every = ?args.evidence_every, "evidence checkpoint"),
+        None => tracing::info!("no evidence checkpoint: the statistics start from zero on every start"),
+    }
     let settings = Settings {
         targets: args.targets.clone(),
         staleness: args.staleness,
         kill_timeout: args.fetch_timeout,
+        evidence,
+        evidence_every: args.evidence_every,
         ..Settings::default()
     };
     let stop = watch::channel(false);
