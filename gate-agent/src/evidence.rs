@@ -8,8 +8,8 @@
 //!
 //! [`FileEvidence`] is the store of `gate-agent run --router file`: a JSON file beside the
 //! watched configuration, in the agent's staging directory (never watched by Envoy), replaced
-//! atomically. There is no store yet for the Kubernetes modes
-//! (`--router wasmplugin`/`trafficextension` with a Lease, and `controller`): there every new
+//! atomically. With `--lease`, [`crate::mesh::lease::LeaseEvidence`] keeps it on the Lease,
+//! written by the leader's renewals. `gate-agent controller` has no store yet: there every new
 //! leader starts the evidence from zero, as before.
 
 use std::fmt::Debug;
@@ -27,6 +27,8 @@ pub enum EvidenceError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("evidence file {path} is {size} bytes, more than the {MAX_CHECKPOINT_BYTES} a checkpoint can be")]
     TooLarge { path: PathBuf, size: u64 },
+    #[error("the evidence checkpoint cannot be kept: {0}")]
+    Rejected(String),
 }
 
 /// Keeps one checkpoint (opaque bytes: the rollout crate reads and checks them). Calls block

@@ -23,7 +23,9 @@ use gate_agent::evidence::{EvidenceStore, FileEvidence};
 use gate_agent::mesh::discovery::PodTargets;
 use gate_agent::mesh::events::{Both, KubeEvents};
 use gate_agent::mesh::extension::PluginKind;
-use gate_agent::mesh::lease::{LeaderGated, Leadership, LeaseSettings, spawn_election};
+use gate_agent::mesh::lease::{
+    LeaderGated, Leadership, LeaseEvidence, LeaseSettings, spawn_election, spawn_election_with,
+};
 use gate_agent::mesh::wasmplugin::PluginRouter;
 use gate_agent::notify::{Notifier, WebhookNotifier};
 use gate_agent::router::{FileRouter, WeightRouter};
@@ -168,9 +170,10 @@ struct RunArgs {
     log_format: LogFormat,
     /// Where the statistics' checkpoint is kept between agent lives, so a restarted agent resumes
     /// them (a JSON file, replaced atomically). Default with `--router file`:
-    /// `.gate-agent-staging/<name>.evidence.json` in --config-file's directory; otherwise none, and
-    /// the statistics start from zero on every start. Not with --lease: a local file is not fenced
-    /// by the lease.
+    /// `.gate-agent-staging/<name>.evidence.json` in --config-file's directory; with --lease the
+    /// checkpoint is kept on the Lease instead (annotation `canary-gate.io/evidence`, written by the
+    /// leader's renewals), and this flag is refused; otherwise none, and the statistics start from
+    /// zero on every start.
     #[arg(long, env = "GATE_AGENT_EVIDENCE_FILE")]
     evidence_file: Option<PathBuf>,
     /// How often the checkpoint is saved (also right after every durable write, and on the way out).
@@ -420,7 +423,8 @@ async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
         _ => None,
     };
     match &evidence {
-        Some(store) => tracing::info!(file = %store.location(), every = ?args.evidence_every, "evidence checkpoint"),
+        Some(store) => tracing::info!(store = %store.location(), every = ?args.evidence_every, "evidence checkpoint"),
+        None if args.lease.is_some() => {} // on the Lease, below
         None => tracing::info!("no evidence checkpoint: the statistics start from zero on every start"),
     }
     let settings = Settings {
@@ -465,18 +469,26 @@ async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
             let router = PluginRouter::of_kind(client.clone(), Some(&ns), kind, &args.wasmplugin, args.kube_timeout)
                 .with_guard(spec.guard());
             preflight(&spec, &router).await.map_err(start_failure)?;
+            let mut settings = settings;
             let (leadership, lease) = match &args.lease {
                 Some(lease) => {
                     let lease_settings =
                         LeaseSettings { call_timeout: args.kube_timeout, ..LeaseSettings::new(lease, &identity) };
                     lease_settings.check().map_err(|e| Failure::Usage(format!("--lease {lease}: {e}")))?;
-                    let (l, task) =
-                        spawn_election(Api::namespaced(client.clone(), &ns), lease_settings, stopped(stop.1.clone()));
+                    // The evidence rides on the leader's renewals of the same Lease.
+                    let evidence = LeaseEvidence::new(lease);
+                    tracing::info!(store = %evidence.location(), every = ?args.evidence_every, "evidence checkpoint");
+                    settings.evidence = Some(Arc::new(evidence.clone()));
+                    let (l, task) = spawn_election_with(
+                        Api::namespaced(client.clone(), &ns),
+                        lease_settings,
+                        Some(evidence),
+                        stopped(stop.1.clone()),
+                    );
                     (l, Some((lease.clone(), task)))
                 }
                 None => (Leadership::always(), None),
             };
-            let mut settings = settings;
             if let Some(selector) = &args.pod_selector {
                 let pods =
                     PodTargets::new(Api::namespaced(client.clone(), &ns), selector, args.pod_port, args.kube_timeout);
