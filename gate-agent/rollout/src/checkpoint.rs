@@ -55,16 +55,18 @@
 //! the restart; if it does, the gap is taken as 0 and at most one slot per interval of the clock's
 //! step could be used again.
 //!
-//! So a resumed rollout makes the same decisions as one that never stopped and was fed the same
-//! ticks minus the removed ones (tested below, through the JSON form), apart from the window
-//! checks' shorter first windows and later slots, both of which only hold a step longer.
+//! So a resumed judge makes the same rollback and promotion-gate decisions as one that never
+//! stopped and was fed the same ticks minus the removed ones (tested below, through the JSON form).
+//! The window checks differ in two ways: their first windows after the restart hold only the
+//! ticks since it (as they did before checkpoints existed), and their slots are later, so a miss
+//! must be clearer to count as a failed check (it holds the step instead).
 //!
 //! # What it costs, and when it is refused
 //!
 //! A crash loses the ticks since the last checkpoint (a few seconds) and the first tick after the
 //! restart. Restarting the agent on purpose, after seeing the evidence move, would choose which
-//! ticks are dropped by looking at them: it can drop at most the seconds since the last checkpoint,
-//! and the agent saves right after every step change, so no step's early data can be dropped so.
+//! ticks are dropped by looking at them: that can drop at most the seconds since the last
+//! checkpoint, a bounded selection the argument above does not cover.
 //!
 //! [`Checkpoint::resume_into`] refuses (and the rollout starts its evidence from zero, as it did
 //! before checkpoints existed) a checkpoint of another format version, rollout, rollout id, weight,
