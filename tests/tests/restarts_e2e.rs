@@ -241,7 +241,9 @@ async fn an_agent_killed_while_the_gate_holds_resumes_the_evidence_instead_of_st
     let revision = durable(&fx.envoy).revision;
     agent.kill();
     let evidence = fx.envoy.ecds_dir().join(STAGING_DIR).join(EVIDENCE);
-    let saved: Value = serde_json::from_slice(&std::fs::read(&evidence).unwrap()).unwrap();
+    let bytes = std::fs::read(&evidence).unwrap();
+    eprintln!("evidence checkpoint: {} bytes", bytes.len());
+    let saved: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(saved["revision"], revision, "the checkpoint names the durable revision");
     let saved_trials = saved["judge"]["gate_errors"][0]["trials"].as_u64().unwrap();
     assert!(saved_trials >= 60 && saved_trials <= at_kill, "saved {saved_trials}, {at_kill} at the kill");
