@@ -20,7 +20,12 @@
 //!    yet in force: the step's clock and evidence start on the tick every reporting proxy's
 //!    snapshot shows its revision, and the step holds while any reporting proxy applies an older
 //!    one (past `apply_timeout`, it is reported as having rejected it; see [`Reach`]);
-//! 5. publishes a [`StatusView`] for the API and posts phase changes to the notifier.
+//! 5. publishes a [`StatusView`] for the API and posts phase changes to the notifier;
+//! 6. with an [`EvidenceStore`], saves the statistics' checkpoint every `evidence_every` and right
+//!    after every durable write that landed, in a task of its own (never while a write of a new
+//!    weight is in flight: the checkpoint is tagged with the durable weight and revision), and on
+//!    the way out. [`Controller::start`] resumes the evidence from it when it fits the durable
+//!    state ([`canary_rollout::checkpoint`]).
 //!
 //! Time comes from `tokio::time`, so tests run the loop with the clock paused.
 
@@ -36,6 +41,7 @@ use tokio::task::JoinSet;
 
 use crate::api::{Command, CommandRequest};
 use crate::collect::{AppliedRevision, Fleet, Observation, Window};
+use crate::evidence::EvidenceStore;
 use crate::foreign::{self, Foreign, Written};
 use crate::judge::{Verdict, VerdictKind};
 use crate::latency::SlidingLatency;
@@ -76,6 +82,11 @@ pub struct Settings {
     /// A proxy that answers but still applies an older revision this long after a write landed
     /// (or after it first answered, for a new proxy) is reported as having rejected it.
     pub apply_timeout: Duration,
+    /// Where the statistics' checkpoint is kept between agent lives; `None` starts them from zero
+    /// on every start.
+    pub evidence: Option<Arc<dyn EvidenceStore>>,
+    /// How often the checkpoint is saved (besides right after each durable write).
+    pub evidence_every: Duration,
 }
 
 impl Default for Settings {
@@ -92,9 +103,15 @@ impl Default for Settings {
             retry_max: Duration::from_secs(8),
             target_updates: None,
             apply_timeout: Duration::from_secs(10),
+            evidence: None,
+            evidence_every: DEFAULT_EVIDENCE_EVERY,
         }
     }
 }
+
+/// How often the evidence checkpoint is saved by default: a crash loses at most this much of the
+/// statistics (plus the first tick after the restart, a baseline).
+pub const DEFAULT_EVIDENCE_EVERY: Duration = Duration::from_secs(5);
 
 /// Why the agent cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +229,11 @@ pub struct Controller<S, R, N> {
     /// The read of the durable configuration running in its own task, taken in by a later tick.
     reading: Option<tokio::task::JoinHandle<Result<RouteConfig, String>>>,
     phase_changes_total: u64,
+    /// When the evidence checkpoint was last saved (ms, the loop's clock); `None` before the first
+    /// save, or after a durable write landed (the next tick saves at once).
+    evidence_saved_at_ms: Option<u64>,
+    /// The save running in its own task, if any.
+    saving: Option<tokio::task::JoinHandle<Result<(), String>>>,
 }
 
 /// How many answered foreign configurations are remembered.
@@ -275,7 +297,10 @@ where
         // configuration was written by someone else while no agent watched, and is answered by the
         // foreign-write policy below (never resumed as if it were a step).
         let written = written_weight(&spec, route.canary_weight, route.rollout_state.as_ref());
-        let rollout = Rollout::restore(spec, written, route.rollout_state.as_ref(), 0);
+        let mut rollout = Rollout::restore(spec, written, route.rollout_state.as_ref(), 0);
+        if let Some(store) = &settings.evidence {
+            resume_evidence(store.as_ref(), &mut rollout, &route);
+        }
         let reason = route.rollout_state.as_ref().map_or_else(
             || format!("started with the canary at {}", route.canary_weight),
             |s| format!("resumed {} at {}: {}", s.phase, route.canary_weight, s.reason),
@@ -329,6 +354,8 @@ where
             last_foreign_write: None,
             reading: None,
             phase_changes_total: 0,
+            evidence_saved_at_ms: None,
+            saving: None,
         };
         tracing::info!(
             rollout = %c.rollout.spec().name(),
@@ -489,6 +516,54 @@ where
         }
         self.act(decision).await;
         self.publish();
+        self.save_evidence(false).await;
+    }
+
+    /// Saves the evidence checkpoint when it is due: every `evidence_every`, and on the first tick
+    /// after a durable write landed. Only while the rollout's weight is the durable one and no
+    /// write is in flight, so the checkpoint's weight and revision are the durable state's: a
+    /// checkpoint taken for a weight that never landed would be refused anyway. `last` waits for
+    /// the save (on the way out); otherwise the save runs in its own task.
+    async fn save_evidence(&mut self, last: bool) {
+        let Some(store) = self.settings.evidence.clone() else { return };
+        if let Some(task) = self.saving.take_if(|t| t.is_finished() || last) {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(rollout = %self.rollout.spec().name(), "cannot save the evidence: {e}"),
+                Err(e) => tracing::warn!(rollout = %self.rollout.spec().name(), "the evidence save task failed: {e}"),
+            }
+        }
+        let now = self.now_ms();
+        let due =
+            self.evidence_saved_at_ms.is_none_or(|at| now.saturating_sub(at) >= millis(self.settings.evidence_every));
+        let settled = self.writing.is_none()
+            && self.router_error.is_none()
+            && self.rollout.weight() == self.durable.weight
+            && !matches!(self.rollout.phase(), Phase::Succeeded | Phase::RolledBack);
+        if self.saving.is_some() || !(due || last) || !settled {
+            return;
+        }
+        let checkpoint = self.rollout.checkpoint(self.rollout_id.as_str(), self.durable.revision, unix_ms());
+        let bytes = match checkpoint.to_json() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(rollout = %self.rollout.spec().name(), "cannot save the evidence: {e}");
+                return;
+            }
+        };
+        self.evidence_saved_at_ms = Some(now);
+        let task = tokio::task::spawn_blocking(move || store.save(&bytes).map_err(|e| e.to_string()));
+        if last {
+            match task.await {
+                Ok(Ok(())) => {
+                    tracing::info!(rollout = %self.rollout.spec().name(), "evidence saved for the next start")
+                }
+                Ok(Err(e)) => tracing::warn!(rollout = %self.rollout.spec().name(), "cannot save the evidence: {e}"),
+                Err(e) => tracing::warn!(rollout = %self.rollout.spec().name(), "the evidence save task failed: {e}"),
+            }
+        } else {
+            self.saving = Some(task);
+        }
     }
 
     /// Takes in the last read of the durable configuration (the watched file, or the WasmPlugin
@@ -756,6 +831,8 @@ where
                 self.router_error = None;
                 self.write_failures = 0;
                 self.landed_at_ms = self.now_ms();
+                // The checkpoint on disk names the old revision: save one for this one at once.
+                self.evidence_saved_at_ms = None;
             }
             Ok(Ok(Err(e))) => self.router_failed(e.to_string()),
             Ok(Err(_)) => self.router_failed(format!("timed out after {:?}", self.settings.write_timeout)),
@@ -933,12 +1010,46 @@ where
                 }
             }
         }
+        self.save_evidence(true).await;
         tracing::info!(
             rollout = %self.rollout.spec().name(),
             phase = %self.rollout.phase(),
             weight = %self.rollout.weight(),
             "stopping; the rollout resumes from the durable configuration on the next start"
         );
+    }
+}
+
+/// Loads the evidence checkpoint and resumes the rollout's statistics from it when it fits the
+/// durable state `route` (see [`canary_rollout::checkpoint`]); otherwise they start from zero, and
+/// the log says why.
+fn resume_evidence(store: &dyn EvidenceStore, rollout: &mut Rollout, route: &RouteConfig) {
+    let name = rollout.spec().name().clone();
+    let bytes = match store.load() {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
+            tracing::info!(rollout = %name, store = %store.location(), "no evidence checkpoint: the statistics start from zero");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(rollout = %name, "{e}: the statistics start from zero");
+            return;
+        }
+    };
+    let now = unix_ms();
+    let resumed = canary_rollout::Checkpoint::from_json(&bytes).and_then(|cp| {
+        rollout.resume_evidence(&cp, route.effective_rollout_id().as_str(), route.revision, now)?;
+        Ok(cp)
+    });
+    match resumed {
+        Ok(cp) => tracing::info!(
+            rollout = %name,
+            store = %store.location(),
+            age_ms = now.saturating_sub(cp.taken_at_unix_ms),
+            canary_trials = cp.judge.errors_vs_stable.canary_trials,
+            "resumed the statistics from the evidence checkpoint"
+        ),
+        Err(e) => tracing::warn!(rollout = %name, store = %store.location(), "{e}: the statistics start from zero"),
     }
 }
 

@@ -9,12 +9,14 @@
 //! ([`source::CounterSource`], [`source::KillSwitch`]), [`router`] applies weights
 //! ([`router::WeightRouter`]; the WasmPlugin one is in [`mesh`]), [`notify`] posts phase changes
 //! and foreign writes ([`notify::Notifier`]). [`control`] runs the loop (read, judge, decide, act)
-//! and publishes a [`status::StatusView`]; [`api`] serves HTTP and composes the Flagger,
+//! and publishes a [`status::StatusView`], saving the statistics' checkpoint in an
+//! [`evidence::EvidenceStore`] so that a restarted agent resumes them; [`api`] serves HTTP and composes the Flagger,
 //! Prometheus and Argo endpoints of [`integrations`]. Both read the status only through
 //! [`status`], so the modules point one way: api → integrations → status ← control.
 
 pub mod api;
 pub mod control;
+pub mod evidence;
 pub mod gate;
 pub mod integrations;
 pub mod mesh;

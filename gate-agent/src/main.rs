@@ -19,10 +19,13 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use gate_agent::api::{self, ApiState};
 use gate_agent::control::{Parts, Settings, StartError, lead, preflight, stopped};
+use gate_agent::evidence::{EvidenceStore, FileEvidence};
 use gate_agent::mesh::discovery::PodTargets;
 use gate_agent::mesh::events::{Both, KubeEvents};
 use gate_agent::mesh::extension::PluginKind;
-use gate_agent::mesh::lease::{LeaderGated, Leadership, LeaseSettings, spawn_election};
+use gate_agent::mesh::lease::{
+    LeaderGated, Leadership, LeaseEvidence, LeaseSettings, spawn_election, spawn_election_with,
+};
 use gate_agent::mesh::wasmplugin::PluginRouter;
 use gate_agent::notify::{Notifier, WebhookNotifier};
 use gate_agent::router::{FileRouter, WeightRouter};
@@ -165,6 +168,17 @@ struct RunArgs {
     webhook: Option<String>,
     #[arg(long, env = "GATE_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Where the statistics' checkpoint is kept between agent lives, so a restarted agent resumes
+    /// them (a JSON file, replaced atomically). Default with `--router file`:
+    /// `.gate-agent-staging/<name>.evidence.json` in --config-file's directory; with --lease the
+    /// checkpoint is kept on the Lease instead (annotation `canary-gate.io/evidence`, written by the
+    /// leader's renewals), and this flag is refused; otherwise none, and the statistics start from
+    /// zero on every start.
+    #[arg(long, env = "GATE_AGENT_EVIDENCE_FILE")]
+    evidence_file: Option<PathBuf>,
+    /// How often the checkpoint is saved (also right after every durable write, and on the way out).
+    #[arg(long, env = "GATE_AGENT_EVIDENCE_EVERY", default_value = "5s", value_parser = parse_duration)]
+    evidence_every: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -382,6 +396,12 @@ fn run(args: RunArgs) -> Result<(), Failure> {
             "--lease and --pod-selector need --router wasmplugin or trafficextension (Kubernetes)".into(),
         ));
     }
+    if args.evidence_file.is_some() && args.lease.is_some() {
+        return Err(Failure::Usage(
+            "--evidence-file cannot be used with --lease: replicas would not share it, and only the lease holder may write"
+                .into(),
+        ));
+    }
     runtime(args.worker_threads)?.block_on(serve(args, spec))
 }
 
@@ -397,10 +417,22 @@ async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
         ),
         None => None,
     };
+    let evidence: Option<Arc<dyn EvidenceStore>> = match (&args.evidence_file, args.router, &args.config_file) {
+        (Some(path), _, _) => Some(Arc::new(FileEvidence::new(path))),
+        (None, RouterKind::File, Some(config)) => Some(Arc::new(FileEvidence::beside(config))),
+        _ => None,
+    };
+    match &evidence {
+        Some(store) => tracing::info!(store = %store.location(), every = ?args.evidence_every, "evidence checkpoint"),
+        None if args.lease.is_some() => {} // on the Lease, below
+        None => tracing::info!("no evidence checkpoint: the statistics start from zero on every start"),
+    }
     let settings = Settings {
         targets: args.targets.clone(),
         staleness: args.staleness,
         kill_timeout: args.fetch_timeout,
+        evidence,
+        evidence_every: args.evidence_every,
         ..Settings::default()
     };
     let stop = watch::channel(false);
@@ -437,18 +469,26 @@ async fn serve(args: RunArgs, spec: Spec) -> Result<(), Failure> {
             let router = PluginRouter::of_kind(client.clone(), Some(&ns), kind, &args.wasmplugin, args.kube_timeout)
                 .with_guard(spec.guard());
             preflight(&spec, &router).await.map_err(start_failure)?;
+            let mut settings = settings;
             let (leadership, lease) = match &args.lease {
                 Some(lease) => {
                     let lease_settings =
                         LeaseSettings { call_timeout: args.kube_timeout, ..LeaseSettings::new(lease, &identity) };
                     lease_settings.check().map_err(|e| Failure::Usage(format!("--lease {lease}: {e}")))?;
-                    let (l, task) =
-                        spawn_election(Api::namespaced(client.clone(), &ns), lease_settings, stopped(stop.1.clone()));
+                    // The evidence rides on the leader's renewals of the same Lease.
+                    let evidence = LeaseEvidence::new(lease);
+                    tracing::info!(store = %evidence.location(), every = ?args.evidence_every, "evidence checkpoint");
+                    settings.evidence = Some(Arc::new(evidence.clone()));
+                    let (l, task) = spawn_election_with(
+                        Api::namespaced(client.clone(), &ns),
+                        lease_settings,
+                        Some(evidence),
+                        stopped(stop.1.clone()),
+                    );
                     (l, Some((lease.clone(), task)))
                 }
                 None => (Leadership::always(), None),
             };
-            let mut settings = settings;
             if let Some(selector) = &args.pod_selector {
                 let pods =
                     PodTargets::new(Api::namespaced(client.clone(), &ns), selector, args.pod_port, args.kube_timeout);

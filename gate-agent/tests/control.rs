@@ -33,6 +33,7 @@ use canary_core::{
 };
 use gate_agent::api::Command;
 use gate_agent::control::{Controller, Settings, StartError};
+use gate_agent::evidence::{EvidenceStore, FileEvidence};
 use gate_agent::notify::{Notice, NoticeKind, Notifier};
 use gate_agent::router::{RouterError, WeightRouter};
 use gate_agent::source::{CounterSource, FetchError, KillSwitch};
@@ -553,8 +554,16 @@ impl Rig {
         spec: Spec,
         targets: &[&str],
     ) -> Result<(Agent, watch::Receiver<StatusView>), StartError> {
-        let (tx, rx) = watch::channel(StatusView::default());
         let settings = Settings { targets: targets.iter().map(|t| (*t).to_owned()).collect(), ..Settings::default() };
+        self.start_with(spec, settings).await
+    }
+
+    async fn start_with(
+        &self,
+        spec: Spec,
+        settings: Settings,
+    ) -> Result<(Agent, watch::Receiver<StatusView>), StartError> {
+        let (tx, rx) = watch::channel(StatusView::default());
         let agent = Controller::start(
             spec,
             Arc::clone(&self.fleet),
@@ -1019,6 +1028,94 @@ async fn a_restarted_agent_resumes_its_step_after_a_full_interval() {
     assert_eq!(summary(moved), vec![(50.0, Phase::Progressing, 0)], "the next step after 25%, never from 0%");
     let after = moved[0].at - restarted_at;
     assert!(after >= secs(4), "moved on {after:?} after the restart, before a full interval");
+}
+
+/// Canary trials the errors comparison has seen.
+fn trials(agent: &Agent) -> u64 {
+    agent.rollout().judge().evidence()[0].canary_trials
+}
+
+/// Settings over both proxies with the evidence kept in `store`, saved every `every`.
+fn with_evidence(store: &FileEvidence, every: Duration) -> Settings {
+    Settings {
+        targets: TARGETS.iter().map(|t| (*t).to_owned()).collect(),
+        evidence: Some(Arc::new(store.clone())),
+        evidence_every: every,
+        ..Settings::default()
+    }
+}
+
+/// Waits (real time) for the save the agent started in a blocking task to reach the disk.
+fn saved(store: &FileEvidence) -> canary_rollout::Checkpoint {
+    for _ in 0..200 {
+        if let Ok(Some(bytes)) = store.load() {
+            return canary_rollout::Checkpoint::from_json(&bytes).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("no checkpoint in {}", store.location());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_agent_resumes_its_evidence_from_the_checkpoint_instead_of_from_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileEvidence::beside(&dir.path().join("filter.yaml"));
+    let rig = Rig::new(route());
+    // Held on the first step (minRequests out of reach), saving every 5 s.
+    let (mut agent, _rx) = rig.start_with(held_spec(2, 3), with_evidence(&store, secs(5))).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..30 {
+        rig.second(&mut agent).await;
+        seen.push(trials(&agent));
+    }
+    let at_crash = trials(&agent);
+    assert!(at_crash > 500, "{at_crash}");
+
+    // The agent is killed (no save on the way out), the proxies serve on for 3 s, and it starts
+    // again: the statistics continue from the last checkpoint, at most one save period old.
+    drop(agent);
+    // A dropped controller's save may still be running in its blocking task (a killed process's
+    // would not): let it land, so what the file holds is what the next agent reads.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let on_disk = saved(&store).judge.errors_vs_stable.canary_trials;
+    // On tokio's paused clock the 30 ticks take a few real ms, so saves still in flight skip
+    // some periods here: which checkpoint was last is not pinned, only that it is one of them.
+    assert!(on_disk > 0 && seen.contains(&on_disk), "saved {on_disk}, seen {seen:?}");
+    rig.idle(3).await;
+    let (mut agent, _rx) = rig.start_with(held_spec(2, 3), with_evidence(&store, secs(5))).await.unwrap();
+    let resumed = trials(&agent);
+    assert_eq!(resumed, on_disk, "resumed from the file");
+    rig.second(&mut agent).await;
+    assert_eq!(trials(&agent), resumed, "the first snapshot after the restart is a baseline");
+    rig.second(&mut agent).await;
+    assert!(trials(&agent) > resumed, "and it carries on");
+    assert_eq!(saved(&store).revision, rig.router.landed().last().unwrap().revision.unwrap());
+
+    // Without the store (as before) the statistics start from zero.
+    drop(agent);
+    let (agent, _rx) = rig.start(held_spec(2, 3)).await;
+    assert_eq!(trials(&agent), 0);
+    drop(agent);
+
+    // Stopped cleanly, the agent saves on the way out: nothing is lost but the baseline tick.
+    let (mut agent, _rx) = rig.start_with(held_spec(2, 3), with_evidence(&store, secs(3600))).await.unwrap();
+    rig.seconds(&mut agent, 10).await;
+    let at_stop = trials(&agent);
+    let (_commands_tx, mut commands) = tokio::sync::mpsc::channel(1);
+    agent.run(secs(1), &mut commands, std::future::ready(())).await;
+    assert_eq!(saved(&store).judge.errors_vs_stable.canary_trials, at_stop);
+    let (agent, _rx) = rig.start_with(held_spec(2, 3), with_evidence(&store, secs(5))).await.unwrap();
+    assert_eq!(trials(&agent), at_stop);
+
+    // A checkpoint for another rollout is refused: a new canary starts from zero.
+    drop(agent);
+    let other = Rig::new(
+        parse_route(br#"{"version":1,"rollout":"demo","stable":"v1","canary":"v3","canary_weight":0,"revision":1}"#)
+            .unwrap(),
+    );
+    let spec_v3 = Spec::from_yaml_or_json(&spec_text(2, 3).replace("canary: v2", "canary: v3")).unwrap();
+    let (agent, _rx) = other.start_with(spec_v3, with_evidence(&store, secs(5))).await.unwrap();
+    assert_eq!(trials(&agent), 0);
 }
 
 #[tokio::test(start_paused = true)]

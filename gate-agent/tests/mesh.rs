@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use canary_core::{RolloutPhase, Weight};
 use fixtures::{hand_lease_to, handover_lease_settings, lease_settings, record, w};
+use gate_agent::evidence::EvidenceStore;
 use gate_agent::mesh::discovery::PodTargets;
 use gate_agent::mesh::events::KubeEvents;
-use gate_agent::mesh::lease::{LeaderGated, spawn_election};
+use gate_agent::mesh::lease::{EVIDENCE_ANNOTATION, LeaderGated, LeaseEvidence, spawn_election, spawn_election_with};
 use gate_agent::mesh::wasmplugin::{WasmPlugin, WasmPluginRouter};
 use gate_agent::notify::{Notice, NoticeKind, Notifier};
 use gate_agent::router::{RouterError, WeightRouter};
@@ -180,6 +181,55 @@ async fn a_leader_that_shuts_down_releases_the_lease_at_once() {
     let lease = leases().get("canary-gate-agent").await.unwrap().spec.unwrap();
     assert_eq!(lease.holder_identity.as_deref(), Some("agent-b"));
     assert_eq!(lease.lease_transitions, Some(1));
+}
+
+/// The evidence annotation on the Lease, as the API server has it.
+async fn evidence_on(leases: &Api<Lease>) -> Option<String> {
+    leases.get("canary-gate-agent").await.unwrap().metadata.annotations?.get(EVIDENCE_ANNOTATION).cloned()
+}
+
+#[tokio::test]
+async fn the_evidence_checkpoint_rides_on_the_leaders_renewals_and_reaches_the_next_leader() {
+    let ns = ControlPlane::shared().namespace("evidence").await;
+    let leases = || Api::<Lease>::namespaced(ns.agent.clone(), &ns.name);
+    let admin = Api::<Lease>::namespaced(ns.admin.clone(), &ns.name);
+    let stop_a = Arc::new(tokio::sync::Notify::new());
+    let s = Arc::clone(&stop_a);
+    let (ea, eb) = (LeaseEvidence::new("canary-gate-agent"), LeaseEvidence::new("canary-gate-agent"));
+    let (a, ta) =
+        spawn_election_with(leases(), lease_settings("agent-a"), Some(ea.clone()), async move { s.notified().await });
+    let mut a_wait = a.clone();
+    tokio::time::timeout(Duration::from_secs(3), a_wait.acquired()).await.unwrap();
+    assert!(ea.load().unwrap().is_none(), "a new Lease holds no checkpoint");
+    let (b, _tb) = spawn_election_with(leases(), lease_settings("agent-b"), Some(eb.clone()), std::future::pending());
+
+    // The leader's next renewal writes what it saved.
+    ea.save(br#"{"checkpoint":1}"#).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while evidence_on(&admin).await.as_deref() != Some(r#"{"checkpoint":1}"#) {
+        assert!(Instant::now() < deadline, "never written: {:?}", evidence_on(&admin).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A standby's save is never written: only the holder's renewals write the Lease.
+    eb.save(b"from the standby").unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(!b.is_leader());
+    assert_eq!(evidence_on(&admin).await.as_deref(), Some(r#"{"checkpoint":1}"#));
+
+    // The leader saves once more and shuts down: the release carries it, and the next leader
+    // reads it in the read that makes it the holder (its own stale save is dropped).
+    ea.save(br#"{"checkpoint":2}"#).unwrap();
+    stop_a.notify_waiters();
+    ta.await.unwrap();
+    let mut b_wait = b.clone();
+    tokio::time::timeout(Duration::from_secs(3), b_wait.acquired()).await.unwrap();
+    assert_eq!(eb.load().unwrap().as_deref(), Some(br#"{"checkpoint":2}"#.as_slice()));
+    tokio::time::sleep(Duration::from_millis(600)).await; // a few renewals by b
+    assert!(b.is_leader());
+    assert_eq!(evidence_on(&admin).await.as_deref(), Some(r#"{"checkpoint":2}"#), "b's stale save was dropped");
+    // Too large for an annotation: refused with the reason, nothing written.
+    let e = eb.save(&vec![b'x'; 200 * 1024]).unwrap_err();
+    assert!(e.to_string().contains("more than the"), "{e}");
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 //!
 //! * exactly one of two agents leads and writes, the other stands by (not ready, refuses
 //!   actions); when the leader shuts down it releases the Lease and the other takes over from the
-//!   durable WasmPlugin, on the same step; their Events are listed by `kubectl describe`, their
+//!   durable WasmPlugin, on the same step, with the statistics' checkpoint from the Lease; their Events are listed by `kubectl describe`, their
 //!   writes show as `gate-agent` with the agent's User-Agent;
 //! * proxies behind `--pod-selector` that exist before the agent starts are read from the first
 //!   tick, and with none the agent is not ready;
@@ -249,6 +249,15 @@ async fn one_of_two_agents_leads_and_the_other_takes_over_where_it_stopped() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(lease_holder(&ns).await.as_deref(), Some("agent-b"));
+    // The statistics travelled on the Lease: b resumed them, or refused them and said why (a's
+    // last checkpoint on the Lease may name the revision before its last write).
+    let log = b.log();
+    assert!(
+        log.contains("resumed the statistics from the evidence checkpoint")
+            || log.contains("the evidence checkpoint was taken for"),
+        "b found no checkpoint on the Lease\n{log}"
+    );
+    eprintln!("{}", log.lines().filter(|l| l.contains("evidence checkpoint")).collect::<Vec<_>>().join("\n"));
     let deadline = Instant::now() + Duration::from_secs(20);
     while b.status().await["phase"] != "succeeded" {
         assert!(Instant::now() < deadline, "b did not finish the rollout\n{}", b.log());

@@ -1,6 +1,7 @@
 //! Crashes and restarts with real processes: Envoy SIGKILLed mid-rollout and started again, the
-//! agent SIGKILLed at random points while it writes the filter configuration, and a configuration
-//! directory that becomes unwritable and then writable again.
+//! agent SIGKILLed at random points while it writes the filter configuration, the agent SIGKILLed
+//! while the promotion gate holds a step (its evidence resumes from the checkpoint), and a
+//! configuration directory that becomes unwritable and then writable again.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test code
 
 use std::collections::BTreeMap;
@@ -65,14 +66,20 @@ fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The files in the staging directory, sorted; none before the agent's first write created it.
+/// The agent's evidence checkpoint, which it keeps in the staging directory.
+const EVIDENCE: &str = "canary-gate.json.evidence.json";
+
+/// The files in the staging directory but the evidence checkpoint, sorted; none before the
+/// agent's first write created it.
 fn staged(staging: &Path) -> Vec<String> {
-    if staging.exists() { entries(staging) } else { Vec::new() }
+    if staging.exists() { entries(staging).into_iter().filter(|n| n != EVIDENCE).collect() } else { Vec::new() }
 }
 
-/// The process id in a staged temporary file's name (`canary-gate.json.<pid>.<n>.tmp`).
+/// The process id in a staged temporary file's name (`canary-gate.json.<pid>.<n>.tmp`, or
+/// `canary-gate.json.evidence.<pid>.tmp` for the evidence checkpoint).
 fn temp_owner(name: &str) -> Option<u32> {
-    name.strip_prefix(&format!("{WATCHED}."))?.strip_suffix(".tmp")?.split('.').next()?.parse().ok()
+    let rest = name.strip_prefix(&format!("{WATCHED}."))?.strip_suffix(".tmp")?;
+    rest.strip_prefix("evidence.").unwrap_or(rest).split('.').next()?.parse().ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -187,6 +194,80 @@ async fn envoy_killed_mid_rollout_and_restarted_holds_the_step_sees_the_reset_an
     let samples = traffic.stop(Duration::from_millis(300)).await;
     let last: Vec<_> = samples.iter().rev().take(50).collect();
     assert!(last.iter().all(|s| s.served_by == "v2" && s.status == 200), "{last:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent killed while the promotion gate holds a step
+// ---------------------------------------------------------------------------------------------
+
+/// The gate on, a check every 2 s: at a few canary requests a second a healthy canary is held on
+/// its first step for minutes, gathering evidence.
+const GATED: &str = "
+name: demo
+stable: v1
+canary: v2
+interval: 2s
+threshold: 3
+stepWeights: [10, 50]
+maxWeight: 50
+minRequests: 10
+metrics:
+  - name: request-success-rate
+    thresholdRange: { min: 90 }
+    interval: 10s
+";
+
+/// The gate's error test's canary requests, while the gate holds.
+fn gate_trials(s: &Value) -> Option<u64> {
+    s["insufficient_evidence"]["tests"].as_array()?.first()?["canary_trials"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_killed_while_the_gate_holds_resumes_the_evidence_instead_of_starting_from_zero() {
+    let fx = Fixture::start(route(0.0, 1, "").unwrap(), 2).await.unwrap();
+    let mut agent = Agent::start(&fx.envoy, GATED, "250ms").await.unwrap();
+    let traffic = Steady::start(fx.envoy.http().clone(), fx.envoy.url("/"), 40);
+    let s = agent
+        .wait_for(Duration::from_secs(40), "the gate holding with 60 canary requests", |s| {
+            gate_trials(s).is_some_and(|n| n >= 60)
+        })
+        .await
+        .unwrap();
+    assert_eq!(weight(&s), 10.0, "{s}");
+    // Past one save period (5 s), so a checkpoint holds most of it.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let before = agent.status().await.unwrap();
+    let at_kill = gate_trials(&before).unwrap();
+    let revision = durable(&fx.envoy).revision;
+    agent.kill();
+    let evidence = fx.envoy.ecds_dir().join(STAGING_DIR).join(EVIDENCE);
+    let bytes = std::fs::read(&evidence).unwrap();
+    eprintln!("evidence checkpoint: {} bytes", bytes.len());
+    let saved: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(saved["revision"], revision, "the checkpoint names the durable revision");
+    let saved_trials = saved["judge"]["gate_errors"][0]["trials"].as_u64().unwrap();
+    assert!(saved_trials >= 60 && saved_trials <= at_kill, "saved {saved_trials}, {at_kill} at the kill");
+    tokio::time::sleep(Duration::from_secs(2)).await; // requests while no agent runs are left out
+
+    let agent = Agent::start(&fx.envoy, GATED, "250ms").await.unwrap();
+    let s =
+        agent.wait_for(Duration::from_secs(20), "the gate holding again", |s| gate_trials(s).is_some()).await.unwrap();
+    let (resumed, counted) = (gate_trials(&s).unwrap(), canary_requests(&s));
+    eprintln!(
+        "evidence: {at_kill} canary requests at the kill, {saved_trials} saved, {resumed} after the restart of which {counted} new"
+    );
+    assert_eq!(weight(&s), 10.0, "the same step: {s}");
+    assert_eq!(durable(&fx.envoy).revision, revision, "a restart writes nothing");
+    assert!(
+        resumed >= saved_trials + counted.saturating_sub(5) && resumed > counted,
+        "the gate's evidence continues from the checkpoint ({saved_trials}) rather than from zero: {resumed}, {counted} counted since the restart\n{}",
+        agent.log_tail(20)
+    );
+    let logged = std::fs::read_to_string(agent.log_path()).unwrap();
+    assert!(logged.contains("resumed the statistics from the evidence checkpoint"), "{}", agent.log_tail(20));
+    let listed: Vec<String> = entries(&fx.envoy.ecds_dir()).into_iter().filter(|n| n != STAGING_DIR).collect();
+    assert_eq!(listed, [WATCHED], "the checkpoint is not in the watched directory");
+    traffic.stop(Duration::from_millis(300)).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -468,7 +549,7 @@ async fn an_unwritable_config_directory_is_reported_keeps_the_last_weights_and_r
     assert_eq!(s["revision"].as_u64(), Some(before.revision), "{s}");
     assert_eq!(durable(&fx.envoy), before, "the watched file is untouched");
     assert_eq!(entries(&ecds), [STAGING_DIR, WATCHED]);
-    assert!(entries(&ecds.join(STAGING_DIR)).is_empty(), "no temporary file left from the failed writes");
+    assert!(staged(&ecds.join(STAGING_DIR)).is_empty(), "no temporary file left from the failed writes");
     let snap = fx.envoy.snapshot().await.unwrap();
     let route = snap.route.unwrap();
     assert_eq!((route.revision, route.canary_weight.basis_points()), (before.revision, 1000), "Envoy keeps 10%");

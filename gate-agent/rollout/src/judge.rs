@@ -76,12 +76,12 @@ use std::fmt;
 use std::time::Duration;
 
 use canary_core::LatencyHistogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::collect::{ByRole, Window};
-use crate::noninferiority::{ErrorNonInferiority, GateEvidence, LatencyNonInferiority};
+use crate::noninferiority::{ErrorNonInferiority, GateEvidence, LatencyNonInferiority, MeanSequence, RateSequence};
 use crate::spec::{DURATION_QUANTILE, Metric, MetricKind, Spec};
-use crate::stats::{ComparisonTest, Count, Evidence, SloTest, bonferroni};
+use crate::stats::{ComparisonState, ComparisonTest, Count, Evidence, SloState, SloTest, bonferroni};
 use crate::time::millis;
 use canary_core::sticky::{Cluster, STICKY_CLUSTERS};
 
@@ -215,8 +215,13 @@ pub struct Judge {
     stable: Totals,
     /// The window checks' share of α, spent over the rollout's check slots.
     check_alpha: f64,
-    /// End of the first window judged: slot 1 of the spending starts here.
+    /// End of the first window judged: slot 1 of the spending starts here (after a resume, slot
+    /// `slot_base + 1`).
     first_window_ms: Option<u64>,
+    /// Slots a resumed judge's predecessors may have spent ([`Judge::resume`]); 0 for a new one.
+    slot_base: u64,
+    /// The slot of the last window judged; 0 before the first.
+    last_slot: u64,
     /// The promotion gate's tests, when the spec requires evidence.
     gate_errors: Option<ErrorNonInferiority>,
     /// With the slow bound `(1 + p99Increase)` × the stable's p99 in µs, once fixed.
@@ -301,6 +306,8 @@ impl Judge {
             stable: Totals::default(),
             check_alpha: alpha,
             first_window_ms: None,
+            slot_base: 0,
+            last_slot: 0,
             gate_errors: None,
             gate_latency: None,
             p99_increase: spec.promotion().p99_increase,
@@ -421,7 +428,8 @@ impl Judge {
     /// `interval` (see the module doc).
     fn look_alpha(&mut self, now: u64) -> f64 {
         let first = *self.first_window_ms.get_or_insert(now);
-        let slot = now.saturating_sub(first) / self.interval_ms.max(1) + 1;
+        let slot = self.slot_base.saturating_add(now.saturating_sub(first) / self.interval_ms.max(1)).saturating_add(1);
+        self.last_slot = slot;
         // Slots up to 2^53 convert exactly; an `interval` of 1 ms would need 285,000 years.
         #[allow(clippy::cast_precision_loss)]
         let j = slot as f64;
@@ -580,6 +588,128 @@ impl Judge {
             out.merge(counts);
         }
         out
+    }
+}
+
+/// Everything a [`Judge`] accumulates over a rollout, for a checkpoint ([`crate::checkpoint`]):
+/// each sequential test's state, the promotion gate's sufficient statistics, the latency
+/// references (fixed, or the stable sample still being gathered for them), the totals for reason
+/// texts, and the last check slot spent. The trailing windows of the window checks are not in it:
+/// a resumed judge starts them empty, as it does every proxy's counter baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JudgeState {
+    pub errors_vs_stable: ComparisonState,
+    pub errors_vs_slo: Option<SloState>,
+    pub latency_vs_slo: Option<SloState>,
+    pub latency_vs_stable: ComparisonState,
+    pub latency_reference_us: Option<u64>,
+    pub reference_sample: LatencyHistogram,
+    /// (requests, failures) since the judge started.
+    pub canary_totals: (u64, u64),
+    pub stable_totals: (u64, u64),
+    /// (canary, stable).
+    pub gate_errors: Option<(RateSequence, RateSequence)>,
+    /// (canary, stable, the slow bound in µs once fixed).
+    pub gate_latency: Option<(MeanSequence, MeanSequence, Option<u64>)>,
+    pub gate_reference_sample: LatencyHistogram,
+    /// The check slot of the last window judged (0 before the first).
+    pub last_slot: u64,
+}
+
+impl Judge {
+    /// What this judge has accumulated.
+    pub fn state(&self) -> JudgeState {
+        JudgeState {
+            errors_vs_stable: self.errors_vs_stable.state(),
+            errors_vs_slo: self.errors_vs_slo.as_ref().map(SloTest::state),
+            latency_vs_slo: self.latency_vs_slo.as_ref().map(|(t, _)| t.state()),
+            latency_vs_stable: self.latency_vs_stable.state(),
+            latency_reference_us: self.latency_reference_us,
+            reference_sample: self.reference_sample.clone(),
+            canary_totals: (self.canary.requests, self.canary.failures),
+            stable_totals: (self.stable.requests, self.stable.failures),
+            gate_errors: self.gate_errors.as_ref().map(ErrorNonInferiority::sides),
+            gate_latency: self.gate_latency.as_ref().map(|(t, r)| {
+                let (c, s) = t.sides();
+                (c, s, *r)
+            }),
+            gate_reference_sample: self.gate_reference_sample.clone(),
+            last_slot: self.last_slot,
+        }
+    }
+
+    /// Continues from `state`, taken `gap_ms` ago by a judge of the same spec (the caller checks
+    /// that: [`crate::checkpoint`]). The window checks' spending skips every slot the predecessor
+    /// may have used after the state was taken: the first slot from here is `last_slot + ⌊gap /
+    /// interval⌋ + 2`, above any slot a check could have had by now. On a refusal (a state with
+    /// other tests than this spec's, or one no judge could reach) this judge is left as it was.
+    pub fn resume(&mut self, state: &JudgeState, gap_ms: u64) -> Result<(), String> {
+        let mut next = self.fresh_copy();
+        next.errors_vs_stable.resume(&state.errors_vs_stable)?;
+        next.latency_vs_stable.resume(&state.latency_vs_stable)?;
+        match (&mut next.errors_vs_slo, &state.errors_vs_slo) {
+            (Some(t), Some(s)) => t.resume(s)?,
+            (None, None) => {}
+            _ => return Err("the error SLO test is in one of the spec and the checkpoint only".into()),
+        }
+        match (&mut next.latency_vs_slo, &state.latency_vs_slo) {
+            (Some((t, _)), Some(s)) => t.resume(s)?,
+            (None, None) => {}
+            _ => return Err("the latency SLO test is in one of the spec and the checkpoint only".into()),
+        }
+        match (&mut next.gate_errors, &state.gate_errors) {
+            (Some(t), Some((c, s))) => t.resume(*c, *s)?,
+            (None, None) => {}
+            _ => return Err("the promotion gate is on in one of the spec and the checkpoint only".into()),
+        }
+        match (&mut next.gate_latency, &state.gate_latency) {
+            (Some((t, bound)), Some((c, s, b))) => {
+                t.resume(*c, *s)?;
+                *bound = *b;
+            }
+            (None, None) => {}
+            _ => return Err("the promotion gate is on in one of the spec and the checkpoint only".into()),
+        }
+        for (what, (requests, failures)) in [("canary", state.canary_totals), ("stable", state.stable_totals)] {
+            if failures > requests {
+                return Err(format!("{what} totals: {failures} failures among {requests} requests"));
+            }
+        }
+        next.latency_reference_us = state.latency_reference_us;
+        next.reference_sample = state.reference_sample.clone();
+        next.gate_reference_sample = state.gate_reference_sample.clone();
+        next.canary = Totals { requests: state.canary_totals.0, failures: state.canary_totals.1 };
+        next.stable = Totals { requests: state.stable_totals.0, failures: state.stable_totals.1 };
+        next.slot_base = state.last_slot.saturating_add(gap_ms / self.interval_ms.max(1)).saturating_add(1);
+        next.last_slot = state.last_slot;
+        *self = next;
+        Ok(())
+    }
+
+    /// A judge of the same spec with nothing judged yet.
+    fn fresh_copy(&self) -> Judge {
+        Judge {
+            metrics: self.metrics.clone(),
+            interval_ms: self.interval_ms,
+            history: VecDeque::new(),
+            keep_ms: self.keep_ms,
+            errors_vs_stable: self.errors_vs_stable.fresh(),
+            errors_vs_slo: self.errors_vs_slo.as_ref().map(SloTest::fresh),
+            latency_vs_slo: self.latency_vs_slo.as_ref().map(|(t, b)| (t.fresh(), *b)),
+            latency_vs_stable: self.latency_vs_stable.fresh(),
+            latency_reference_us: None,
+            reference_sample: LatencyHistogram::new(),
+            canary: Totals::default(),
+            stable: Totals::default(),
+            check_alpha: self.check_alpha,
+            first_window_ms: None,
+            slot_base: 0,
+            last_slot: 0,
+            gate_errors: self.gate_errors.as_ref().map(ErrorNonInferiority::fresh),
+            gate_latency: self.gate_latency.as_ref().map(|(t, _)| (t.fresh(), None)),
+            p99_increase: self.p99_increase,
+            gate_reference_sample: LatencyHistogram::new(),
+        }
     }
 }
 

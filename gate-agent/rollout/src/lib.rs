@@ -6,12 +6,13 @@
 //! ([`spec`]); and steps a [`Rollout`] through its [`Phase`]s ([`rollout`]), returning
 //! [`Decision`]s for the I/O layer (the gate-agent crate) to carry out. [`foreign`] tells the
 //! agent's own writes from everyone else's; [`latency`] keeps the sliding latency window of the
-//! status view.
+//! status view; [`checkpoint`] carries the evidence across agent restarts.
 //!
 //! This crate uses no sockets, files, clocks or async runtime, and builds for wasm32 to prove it
 //! (`make lint`). Time is always passed in as milliseconds since an arbitrary epoch, so every rule
 //! here is tested by stepping fabricated windows tick by tick.
 
+pub mod checkpoint;
 pub mod collect;
 pub mod envoy_stats;
 pub mod foreign;
@@ -25,6 +26,7 @@ pub mod spec;
 pub mod stats;
 pub mod time;
 
+pub use checkpoint::{Checkpoint, ResumeRefused};
 pub use collect::{ByRole, Fleet, Observation, ProxyProblem, Window};
 pub use judge::{Finding, Judge, Reason, Verdict, VerdictKind};
 pub use noninferiority::{ErrorMargin, GateEvidence};

@@ -143,7 +143,7 @@
 //! own rate or the stable's, whichever is higher, and the margin stays where it is, and finding the least `n` at which the test
 //! would reject. `None` means not at that rate: the canary is not shown better than the margin.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::stats::{Count, log_threshold};
 
@@ -192,7 +192,7 @@ fn log_e(n: f64, k: f64, q: f64) -> f64 {
 const BISECTIONS: u32 = 60;
 
 /// The anytime-valid confidence sequence for one Bernoulli rate (see the module doc).
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct RateSequence {
     pub trials: u64,
     pub events: u64,
@@ -296,6 +296,16 @@ impl RateSequence {
     }
 }
 
+/// A saved pair of sides is one the tests could have reached: events never exceed trials.
+fn check_sides(name: &str, canary: (u64, u64), stable: (u64, u64)) -> Result<(), String> {
+    for (side, (trials, events)) in [("canary", canary), ("stable", stable)] {
+        if events > trials {
+            return Err(format!("{name}: {side} has {events} events among {trials} trials"));
+        }
+    }
+    Ok(())
+}
+
 /// The error margin: the canary may fail up to `max(ratio × stable, stable + absolute)`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct ErrorMargin {
@@ -357,6 +367,23 @@ impl ErrorNonInferiority {
     pub fn observe(&mut self, canary: Count, stable: Count) {
         self.canary.observe(canary);
         self.stable.observe(stable);
+    }
+
+    /// The same test with nothing observed.
+    pub fn fresh(&self) -> Self {
+        Self { canary: RateSequence::default(), stable: RateSequence::default(), ..self.clone() }
+    }
+
+    /// Both sides' sufficient statistics (canary, stable), for a checkpoint.
+    pub fn sides(&self) -> (RateSequence, RateSequence) {
+        (self.canary, self.stable)
+    }
+
+    /// Continues from saved sides (see [`crate::checkpoint`]); refuses more events than trials.
+    pub fn resume(&mut self, canary: RateSequence, stable: RateSequence) -> Result<(), String> {
+        check_sides(&self.name, (canary.trials, canary.events), (stable.trials, stable.events))?;
+        (self.canary, self.stable) = (canary, stable);
+        Ok(())
     }
 
     /// `M = m(L)`: the margin at the lowest stable rate the data allows.
@@ -433,7 +460,7 @@ fn t_rises_at(n: f64, k: f64, q: f64) -> bool {
 
 /// The anytime-valid confidence sequence for the *running average* of per-request rates that
 /// may drift (see the module doc, latency): one version's slow requests since `R` was fixed.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct MeanSequence {
     pub trials: u64,
     pub events: u64,
@@ -569,6 +596,23 @@ impl LatencyNonInferiority {
     pub fn observe(&mut self, canary: Count, stable: Count) {
         self.canary.observe(canary);
         self.stable.observe(stable);
+    }
+
+    /// The same test with nothing observed.
+    pub fn fresh(&self) -> Self {
+        Self { canary: MeanSequence::default(), stable: MeanSequence::default(), ..self.clone() }
+    }
+
+    /// Both sides' sufficient statistics (canary, stable), for a checkpoint.
+    pub fn sides(&self) -> (MeanSequence, MeanSequence) {
+        (self.canary, self.stable)
+    }
+
+    /// Continues from saved sides (see [`crate::checkpoint`]); refuses more events than trials.
+    pub fn resume(&mut self, canary: MeanSequence, stable: MeanSequence) -> Result<(), String> {
+        check_sides(&self.name, (canary.trials, canary.events), (stable.trials, stable.events))?;
+        (self.canary, self.stable) = (canary, stable);
+        Ok(())
     }
 
     /// `M = m_lat(L)`: the margin at the lowest stable slow share the data allows.

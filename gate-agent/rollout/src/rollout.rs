@@ -47,6 +47,7 @@ use std::fmt;
 use canary_core::{RolloutRecord, Weight};
 use serde::Serialize;
 
+use crate::checkpoint::{Checkpoint, Position, ResumeRefused};
 use crate::collect::Window;
 use crate::judge::{Judge, Verdict, VerdictKind, human_duration};
 use crate::noninferiority::GateEvidence;
@@ -454,6 +455,30 @@ impl Rollout {
     /// The judge, for its evidence and latency reference.
     pub fn judge(&self) -> &Judge {
         &self.judge
+    }
+
+    /// A checkpoint of the evidence gathered so far, tagged with this rollout's weight and step
+    /// and the durable `revision` and `rollout_id` (see [`crate::checkpoint`]).
+    pub fn checkpoint(&self, rollout_id: &str, revision: u64, now_unix_ms: u64) -> Checkpoint {
+        Checkpoint::of(&self.spec, &self.judge, self.position(rollout_id, revision), now_unix_ms)
+    }
+
+    /// Continues the evidence from `checkpoint` after a restart, if it was taken for this rollout
+    /// on this weight, step and revision under the same statistical settings; otherwise the
+    /// evidence stays at zero and the reason is returned for the log.
+    pub fn resume_evidence(
+        &mut self,
+        checkpoint: &Checkpoint,
+        rollout_id: &str,
+        revision: u64,
+        now_unix_ms: u64,
+    ) -> Result<(), ResumeRefused> {
+        let at = self.position(rollout_id, revision);
+        checkpoint.resume_into(&self.spec, &mut self.judge, at, now_unix_ms)
+    }
+
+    fn position<'a>(&self, rollout_id: &'a str, revision: u64) -> Position<'a> {
+        Position { rollout_id, weight: self.weight, step: self.step, revision }
     }
 
     pub fn status(&self) -> RolloutStatus {
@@ -1501,6 +1526,35 @@ metrics:
         assert_eq!(r.phase(), Phase::Succeeded);
         let record = r.record("done", 42);
         assert_eq!((record.phase, record.failed_checks, record.at_unix_ms), (Phase::Succeeded, 1, 42));
+    }
+
+    #[test]
+    fn a_restarted_agent_with_the_evidence_checkpoint_carries_the_gates_evidence_on() {
+        // The gate holds a healthy 10% step for evidence; the agent checkpoints at 10 s and dies.
+        let spec = gated("");
+        let mut r = Rollout::new(spec.clone(), 0);
+        run(&mut r, 1, 10, |t, w| steady(t, w, 0));
+        assert!(r.status().insufficient_evidence.is_some());
+        let saved = r.judge().promotion_evidence()[0].canary_trials;
+        assert_eq!(saved, 900, "nine seconds at 100 canary requests a second");
+        let cp = Checkpoint::from_json(&r.checkpoint("v2", 3, 10_000).to_json().unwrap()).unwrap();
+        let record = r.record("held", 10_000);
+        // Restarted 5 s later (new clock), once with the checkpoint and once without.
+        let mut resumed = Rollout::restore(spec.clone(), r.weight(), Some(&record), 0);
+        resumed.resume_evidence(&cp, "v2", 3, 15_000).unwrap();
+        let mut from_zero = Rollout::restore(spec, r.weight(), Some(&record), 0);
+        resumed.tick(&steady(1, w(10.0), 0), S);
+        from_zero.tick(&steady(1, w(10.0), 0), S);
+        assert_eq!(resumed.judge().promotion_evidence()[0].canary_trials, saved + 100, "continues");
+        assert_eq!(from_zero.judge().promotion_evidence()[0].canary_trials, 100, "starts again");
+        // So the resumed one has the evidence to advance sooner.
+        let first_move = |r: &mut Rollout| run(r, 2, 120, |t, w| steady(t, w, 0)).first().map(|(t, _)| *t);
+        let (a, b) = (first_move(&mut resumed), first_move(&mut from_zero));
+        assert!(a.is_some() && b.is_some() && a < b, "resumed advances at {a:?} s, from zero at {b:?} s");
+        // A checkpoint of another revision (the durable state moved while no agent ran) is refused.
+        let mut other = Rollout::restore(gated(""), w(10.0), Some(&record), 0);
+        let e = other.resume_evidence(&cp, "v2", 4, 15_000).unwrap_err();
+        assert!(e.to_string().contains("revision 3, but the rollout now has 4"), "{e}");
     }
 
     #[test]

@@ -90,7 +90,7 @@
 //! [`crate::noninferiority`].
 
 use canary_core::sticky::{Cluster, STICKY_CLUSTERS};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Alternatives for the comparison: the canary's event rate is θ times the stable's.
 pub const EFFECT_GRID: [f64; 6] = [1.5, 2.0, 3.0, 5.0, 10.0, 30.0];
@@ -99,7 +99,7 @@ pub const EFFECT_GRID: [f64; 6] = [1.5, 2.0, 3.0, 5.0, 10.0, 30.0];
 pub const BURN_RATE_GRID: [f64; 4] = [2.0, 6.0, 14.4, 50.0];
 
 /// Events among trials in one tick (failures among requests, slow requests among requests).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Count {
     pub trials: u64,
     pub events: u64,
@@ -351,6 +351,89 @@ impl ComparisonTest {
     }
 }
 
+/// What a [`ComparisonTest`] has accumulated, for a checkpoint ([`crate::checkpoint`]): the
+/// per-grid-point products, the capped clusters, the pooled strata and the trials. The name, α,
+/// threshold and cap are not in it: they come from the spec the test is resumed under.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComparisonState {
+    pub log_l: [f64; EFFECT_GRID.len()],
+    pub clusters: [[f64; STICKY_CLUSTERS]; EFFECT_GRID.len()],
+    pub pending: [(Count, Count); STICKY_CLUSTERS],
+    pub canary_trials: u64,
+}
+
+/// Why a saved test state cannot be resumed: it is not one this test could have reached.
+fn check_logs<'a>(what: &str, values: impl IntoIterator<Item = &'a f64>, cap: Option<f64>) -> Result<(), String> {
+    for v in values {
+        if !v.is_finite() {
+            return Err(format!("{what}: {v} is not a finite number"));
+        }
+        // A frozen cluster sits at exactly the cap; nothing this test computes goes above it.
+        if let Some(cap) = cap
+            && *v > cap + 1e-9
+        {
+            return Err(format!("{what}: {v} is above the cluster cap {cap}"));
+        }
+    }
+    Ok(())
+}
+
+fn check_count(what: &str, c: &Count) -> Result<(), String> {
+    if c.events > c.trials {
+        return Err(format!("{what}: {} events among {} trials", c.events, c.trials));
+    }
+    Ok(())
+}
+
+impl ComparisonTest {
+    /// The same test with nothing observed.
+    pub fn fresh(&self) -> ComparisonTest {
+        ComparisonTest {
+            log_l: [0.0; EFFECT_GRID.len()],
+            clusters: [[0.0; STICKY_CLUSTERS]; EFFECT_GRID.len()],
+            pending: [(Count::default(), Count::default()); STICKY_CLUSTERS],
+            canary_trials: 0,
+            ..self.clone()
+        }
+    }
+
+    /// Its accumulated state.
+    pub fn state(&self) -> ComparisonState {
+        ComparisonState {
+            log_l: self.log_l,
+            clusters: self.clusters,
+            pending: self.pending,
+            canary_trials: self.canary_trials,
+        }
+    }
+
+    /// Continues from `state` (see [`crate::checkpoint`] for why that is sound). Refuses a state
+    /// this test could not have reached: a value that is not a number, a cluster above this
+    /// test's cap (another α), more events than trials.
+    pub fn resume(&mut self, state: &ComparisonState) -> Result<(), String> {
+        check_logs(&format!("{}: log_l", self.name), &state.log_l, None)?;
+        check_logs(&format!("{}: clusters", self.name), state.clusters.iter().flatten(), Some(self.cap))?;
+        for (c, s) in &state.pending {
+            check_count(&format!("{}: pending", self.name), c)?;
+            check_count(&format!("{}: pending", self.name), s)?;
+        }
+        self.log_l = state.log_l;
+        self.clusters = state.clusters;
+        self.pending = state.pending;
+        self.canary_trials = state.canary_trials;
+        Ok(())
+    }
+}
+
+/// What an [`SloTest`] has accumulated, for a checkpoint: per kept burn rate, ln Π Λ of the
+/// unkeyed requests and the capped clusters, and the trials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SloState {
+    pub log_l: Vec<f64>,
+    pub clusters: Vec<[f64; STICKY_CLUSTERS]>,
+    pub canary_trials: u64,
+}
+
 /// The canary alone against an SLO: is its event rate above the budget rate `p0`?
 ///
 /// Each canary request is a Bernoulli trial; for burn rate b (alternative `p1 = b·p0`) a tick with
@@ -449,6 +532,49 @@ impl SloTest {
 
     pub fn evidence(&self) -> Evidence {
         Evidence::of(&self.name, self.log_evidence(), self.log_threshold, self.canary_trials)
+    }
+}
+
+impl SloTest {
+    /// The same test with nothing observed.
+    pub fn fresh(&self) -> SloTest {
+        SloTest {
+            grid: self.grid.iter().map(|(b, pass, _)| (*b, *pass, 0.0)).collect(),
+            clusters: vec![[0.0; STICKY_CLUSTERS]; self.grid.len()],
+            canary_trials: 0,
+            ..self.clone()
+        }
+    }
+
+    /// Its accumulated state.
+    pub fn state(&self) -> SloState {
+        SloState {
+            log_l: self.grid.iter().map(|g| g.2).collect(),
+            clusters: self.clusters.clone(),
+            canary_trials: self.canary_trials,
+        }
+    }
+
+    /// Continues from `state`, as [`ComparisonTest::resume`]; also refuses a state for another
+    /// number of burn rates (another budget).
+    pub fn resume(&mut self, state: &SloState) -> Result<(), String> {
+        if state.log_l.len() != self.grid.len() || state.clusters.len() != self.grid.len() {
+            return Err(format!(
+                "{}: {} burn rates and {} cluster rows saved, the test has {}",
+                self.name,
+                state.log_l.len(),
+                state.clusters.len(),
+                self.grid.len()
+            ));
+        }
+        check_logs(&format!("{}: log_l", self.name), &state.log_l, None)?;
+        check_logs(&format!("{}: clusters", self.name), state.clusters.iter().flatten(), Some(self.cap))?;
+        for (g, v) in self.grid.iter_mut().zip(&state.log_l) {
+            g.2 = *v;
+        }
+        self.clusters.clone_from(&state.clusters);
+        self.canary_trials = state.canary_trials;
+        Ok(())
     }
 }
 

@@ -17,8 +17,14 @@
 //! whatever the control loop is doing. The [`Term`] (the Lease's `leaseTransitions` and holder) is
 //! the fencing token a router writes with its data, so that a write from an older term is refused
 //! even from a replica that still believes it leads (see `super::wasmplugin`).
+//!
+//! [`LeaseEvidence`] keeps the rollout's evidence checkpoint in the annotation
+//! [`EVIDENCE_ANNOTATION`] of the same Lease: the leader's renewals carry the latest checkpoint, so
+//! it is written only by the holder, in the same optimistic-concurrency update that proves it
+//! holds the lease (no write of its own that could race a renewal), and a new leader reads what
+//! its predecessor last wrote in the read that makes it the holder.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use canary_core::{RolloutRecord, Weight};
@@ -30,7 +36,88 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{FIELD_MANAGER, bounded, bounded_unless_conflict};
+use crate::evidence::{EvidenceError, EvidenceStore};
 use crate::router::{RouterError, WeightRouter};
+
+/// The Lease annotation that holds the leader's latest evidence checkpoint (JSON).
+pub const EVIDENCE_ANNOTATION: &str = "canary-gate.io/evidence";
+
+/// A checkpoint larger than this is not put on the Lease (annotations may hold 256 KiB in all);
+/// a real one is a few tens of KiB.
+pub const MAX_EVIDENCE_ANNOTATION_BYTES: usize = 128 * 1024;
+
+/// The evidence checkpoint on the Lease: [`EvidenceStore::save`] hands the bytes to the election
+/// loop, whose next renewal writes them; [`EvidenceStore::load`] returns the annotation as the
+/// loop last read it (when this replica became the leader: its predecessor's last checkpoint).
+/// A checkpoint saved after the last renewal of a term is lost with it (at most `retry_period`).
+#[derive(Debug, Clone, Default)]
+pub struct LeaseEvidence {
+    state: Arc<Mutex<EvidenceOnLease>>,
+    lease: String,
+}
+
+#[derive(Debug, Default)]
+struct EvidenceOnLease {
+    /// The annotation as last read.
+    read: Option<String>,
+    /// The latest checkpoint saved this term, to be written by the next renewal.
+    pending: Option<String>,
+}
+
+impl LeaseEvidence {
+    /// The store for the Lease `lease` (pass the same to [`spawn_election_with`]).
+    pub fn new(lease: &str) -> LeaseEvidence {
+        LeaseEvidence { state: Arc::default(), lease: lease.to_owned() }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut EvidenceOnLease) -> T) -> T {
+        // A panic while holding the lock cannot leave these two options inconsistent.
+        let mut guard = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut guard)
+    }
+
+    /// Takes in the Lease as read; `holder_changed`: a new term starts, and a checkpoint saved in
+    /// an earlier term of ours is not written over its successor's.
+    fn read(&self, lease: &Lease, holder_changed: bool) {
+        let annotation = lease.metadata.annotations.as_ref().and_then(|a| a.get(EVIDENCE_ANNOTATION)).cloned();
+        self.with(|s| {
+            s.read = annotation;
+            if holder_changed {
+                s.pending = None;
+            }
+        });
+    }
+
+    /// Puts the pending checkpoint on `lease`, about to be written by its holder.
+    fn write_into(&self, lease: &mut Lease) {
+        if let Some(pending) = self.with(|s| s.pending.clone()) {
+            lease.metadata.annotations.get_or_insert_with(Default::default).insert(EVIDENCE_ANNOTATION.into(), pending);
+        }
+    }
+}
+
+impl EvidenceStore for LeaseEvidence {
+    fn load(&self) -> Result<Option<Vec<u8>>, EvidenceError> {
+        Ok(self.with(|s| s.read.clone()).map(String::into_bytes))
+    }
+
+    fn save(&self, checkpoint: &[u8]) -> Result<(), EvidenceError> {
+        if checkpoint.len() > MAX_EVIDENCE_ANNOTATION_BYTES {
+            return Err(EvidenceError::Rejected(format!(
+                "{} bytes, more than the {MAX_EVIDENCE_ANNOTATION_BYTES} the Lease annotation may hold",
+                checkpoint.len()
+            )));
+        }
+        let text = String::from_utf8(checkpoint.to_vec())
+            .map_err(|e| EvidenceError::Rejected(format!("not UTF-8 text: {e}")))?;
+        self.with(|s| s.pending = Some(text));
+        Ok(())
+    }
+
+    fn location(&self) -> String {
+        format!("annotation {EVIDENCE_ANNOTATION} on Lease {}", self.lease)
+    }
+}
 
 /// Timings, with client-go's defaults.
 #[derive(Debug, Clone)]
@@ -190,13 +277,23 @@ pub fn spawn_election(
     settings: LeaseSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> (Leadership, tokio::task::JoinHandle<()>) {
+    spawn_election_with(api, settings, None, shutdown)
+}
+
+/// [`spawn_election`], keeping `evidence` on the Lease (see [`LeaseEvidence`]).
+pub fn spawn_election_with(
+    api: Api<Lease>,
+    settings: LeaseSettings,
+    evidence: Option<LeaseEvidence>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (Leadership, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel::<Option<Lead>>(None);
     let task = tokio::spawn(async move {
         let mut observed = Observed::default();
         tokio::pin!(shutdown);
         loop {
             let started = Instant::now();
-            match try_acquire_or_renew(&api, &settings, &mut observed).await {
+            match try_acquire_or_renew(&api, &settings, &mut observed, evidence.as_ref()).await {
                 Ok(Some(transitions)) => {
                     let term = Term { transitions, holder: settings.identity.clone() };
                     let was = tx.borrow().as_ref().is_some_and(|lead| started < lead.until);
@@ -218,7 +315,7 @@ pub fn spawn_election(
         }
         let leading = tx.borrow().as_ref().is_some_and(|lead| Instant::now() < lead.until);
         tx.send_replace(None);
-        if leading && let Err(e) = release(&api, &settings).await {
+        if leading && let Err(e) = release(&api, &settings, evidence.as_ref()).await {
             tracing::warn!(lease = %settings.name, "releasing the lease: {e}");
         }
     });
@@ -254,6 +351,7 @@ async fn try_acquire_or_renew(
     api: &Api<Lease>,
     s: &LeaseSettings,
     observed: &mut Observed,
+    evidence: Option<&LeaseEvidence>,
 ) -> Result<Option<i32>, String> {
     let current = bounded(s.call_timeout, api.get_opt(&s.name)).await?;
     let Some(mut lease) = current else {
@@ -280,6 +378,9 @@ async fn try_acquire_or_renew(
         observed.at = Some(Instant::now());
     }
     let ours = holder.as_deref() == Some(s.identity.as_str());
+    if let Some(e) = evidence {
+        e.read(&lease, !ours);
+    }
     if let Some(other) = &holder
         && !ours
     {
@@ -301,13 +402,16 @@ async fn try_acquire_or_renew(
         lease_transitions: Some(term),
         ..spec
     });
+    if let Some(e) = evidence {
+        e.write_into(&mut lease);
+    }
     // `replace` sends the resourceVersion read above: a stale write is a 409, not a takeover.
     let replaced = bounded_unless_conflict(s.call_timeout, api.replace(&s.name, &post_params(), &lease)).await?;
     Ok(replaced.map(|_| term))
 }
 
 /// Gives the lease up: empty holder, so the next candidate takes over without waiting.
-async fn release(api: &Api<Lease>, s: &LeaseSettings) -> Result<(), String> {
+async fn release(api: &Api<Lease>, s: &LeaseSettings, evidence: Option<&LeaseEvidence>) -> Result<(), String> {
     let Some(mut lease) = bounded(s.call_timeout, api.get_opt(&s.name)).await? else { return Ok(()) };
     let Some(spec) = lease.spec.as_mut() else { return Ok(()) };
     if spec.holder_identity.as_deref() != Some(s.identity.as_str()) {
@@ -316,6 +420,10 @@ async fn release(api: &Api<Lease>, s: &LeaseSettings) -> Result<(), String> {
     spec.holder_identity = None;
     spec.lease_duration_seconds = Some(1);
     spec.renew_time = Some(now());
+    // The checkpoint saved on the way out, if it came before the release: the successor reads it.
+    if let Some(e) = evidence {
+        e.write_into(&mut lease);
+    }
     bounded(s.call_timeout, api.replace(&s.name, &post_params(), &lease)).await.map(|_| ())
 }
 
