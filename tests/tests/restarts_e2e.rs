@@ -246,7 +246,9 @@ async fn an_agent_killed_while_the_gate_holds_resumes_the_evidence_instead_of_st
     let saved: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(saved["revision"], revision, "the checkpoint names the durable revision");
     let saved_trials = saved["judge"]["gate_errors"][0]["trials"].as_u64().unwrap();
-    assert!(saved_trials >= 60 && saved_trials <= at_kill, "saved {saved_trials}, {at_kill} at the kill");
+    // The status is read a moment before the kill, and the agent may save once in between (one
+    // run saved 91 against 88 read): allow 5 s of canary requests (about 4 a second) above it.
+    assert!(saved_trials >= 60 && saved_trials <= at_kill + 20, "saved {saved_trials}, {at_kill} at the kill");
     tokio::time::sleep(Duration::from_secs(2)).await; // requests while no agent runs are left out
 
     let agent = Agent::start(&fx.envoy, GATED, "250ms").await.unwrap();
