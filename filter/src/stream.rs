@@ -4,6 +4,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use canary_core::config::{SnapshotEndpointConfig, SubsetName};
+use canary_core::counter_record::CompletedRequest;
 use canary_core::kill::KillOrder;
 use canary_core::outcome::ResponseSummary;
 use canary_core::served;
@@ -143,21 +144,15 @@ impl HttpContext for RouteStream {
         } else {
             self.state.key(attribution.counted_as)
         };
-        let cluster = chosen.choice.cluster;
-        let update = |c: &mut canary_core::SubsetCounters| {
-            if timed {
-                c.record(outcome, latency_us);
-            } else {
-                c.record_unmeasured(outcome);
-            }
-            // A keyed request is also counted under its key's cluster, in the same record and
-            // the same write: no extra host call (canary_core::sticky).
-            if let Some(cluster) = cluster {
-                c.record_sticky(cluster, outcome);
-            }
-        };
-        match store::update_counters(&SharedData, key, MAX_CAS_ATTEMPTS, update) {
+        // A keyed request is also counted under its key's cluster, in the same record and the
+        // same write: no extra host call (canary_core::sticky).
+        let request =
+            CompletedRequest { outcome, latency_us: timed.then_some(latency_us), cluster: chosen.choice.cluster };
+        match store::update_counters(&SharedData, key, MAX_CAS_ATTEMPTS, &request) {
             Ok(report) => {
+                if report.converted {
+                    host::info(&format!("canary-gate: counters at {key} converted from an earlier filter's format"));
+                }
                 if let Some(e) = report.replaced_corrupt {
                     host::error(&format!(
                         "canary-gate: counters at {key} were unreadable ({e}); started again from zero"

@@ -7,6 +7,7 @@
 //! before any worker serves a request with that configuration.
 
 use crate::config::{RouteConfig, SubsetName};
+use crate::counter_record::{self, CompletedRequest, Found};
 use crate::counters::{DecodeError, SubsetCounters};
 use crate::kill::{KillOrder, KillRecord};
 use crate::served::Misrouted;
@@ -218,30 +219,36 @@ pub struct UpdateReport {
     pub attempts: u32,
     /// The stored record was unreadable and was replaced by a fresh one.
     pub replaced_corrupt: Option<DecodeError>,
+    /// The stored record was in format 1 (an earlier filter's) and was converted, counts kept.
+    pub converted: bool,
 }
 
-/// Applies `change` to the counters under `key`, exactly once, retrying on conflict.
+/// Counts one completed request into the counters under `key`, exactly once, retrying on
+/// conflict. The record is counted in its stored bytes ([`counter_record::count`]), without
+/// decoding every latency bucket; a format-1 record is converted on the way.
 pub fn update_counters(
     store: &dyn SharedStore,
     key: &str,
     max_attempts: u32,
-    change: impl Fn(&mut SubsetCounters),
+    request: &CompletedRequest,
 ) -> Result<UpdateReport, UpdateError> {
     let mut report = UpdateReport::default();
     for attempt in 1..=max_attempts.max(1) {
         report.attempts = attempt;
         let (bytes, cas) = store.get(key).map_err(UpdateError::Host)?;
-        let mut counters = match SubsetCounters::decode(bytes.as_deref().unwrap_or_default()) {
-            Ok(c) => c,
+        let mut bytes = bytes.unwrap_or_default();
+        (report.replaced_corrupt, report.converted) = match counter_record::count(&mut bytes, request) {
+            Ok(found) => (None, found == Found::Converted),
             Err(e) => {
-                report.replaced_corrupt = Some(e);
-                SubsetCounters::default()
+                // Unreadable: start again from zero, as with any record no build can read.
+                bytes.clear();
+                counter_record::count(&mut bytes, request).map_err(|_| UpdateError::Host(0))?;
+                (Some(e), false)
             }
         };
-        change(&mut counters);
         // A present key always has a token; a missing one is written unconditionally (see the
         // module docs for why that cannot lose an update in practice).
-        match store.set(key, &counters.encode(), cas) {
+        match store.set(key, &bytes, cas) {
             Ok(()) => return Ok(report),
             Err(SetError::CasMismatch) => continue,
             Err(SetError::Host(s)) => return Err(UpdateError::Host(s)),
@@ -463,5 +470,70 @@ mod tests {
         let m = misrouted(&store, &name("payment")).unwrap();
         assert_eq!((m.canary_label, m.stable_label), (2, 0));
         assert_eq!(misrouted(&store, &name("search")).unwrap(), Misrouted::default());
+    }
+
+    fn ok(latency_us: Option<u64>) -> CompletedRequest {
+        CompletedRequest { outcome: crate::Outcome::Success, latency_us, cluster: None }
+    }
+
+    #[test]
+    fn an_earlier_filters_record_is_carried_on_and_rewritten_in_the_current_format() {
+        let store = Map::default();
+        let mut before = SubsetCounters::default();
+        for us in [100, 2_000, 2_000, 70_000] {
+            before.record(crate::Outcome::Success, us);
+        }
+        store.set("k", &before.encode_v1(), None).unwrap();
+        let report = update_counters(&store, "k", 4, &ok(Some(2_000))).unwrap();
+        assert!(report.converted && report.replaced_corrupt.is_none(), "{report:?}");
+        before.record(crate::Outcome::Success, 2_000);
+        assert_eq!(read_counters(&store, "k").unwrap(), before);
+        assert_eq!(store.get("k").unwrap().0.unwrap().first(), Some(&counter_record::FORMAT));
+        let report = update_counters(&store, "k", 4, &ok(None)).unwrap();
+        assert!(!report.converted, "converted once only");
+        assert_eq!(read_counters(&store, "k").unwrap().requests, 6);
+    }
+
+    #[test]
+    fn an_unreadable_record_starts_again_from_zero_and_says_why() {
+        let store = Map::default();
+        store.set("k", &[counter_record::FORMAT, 0, 0], None).unwrap();
+        let report = update_counters(&store, "k", 4, &ok(Some(5))).unwrap();
+        assert_eq!(report.replaced_corrupt, Some(DecodeError::Truncated));
+        assert_eq!(read_counters(&store, "k").unwrap().requests, 1);
+        // A later format (a newer filter's, after a downgrade) cannot be read either.
+        store.set("k", &[3, 0], None).unwrap();
+        let report = update_counters(&store, "k", 4, &ok(Some(5))).unwrap();
+        assert_eq!(report.replaced_corrupt, Some(DecodeError::UnknownFormat(3)));
+        assert_eq!(read_counters(&store, "k").unwrap().requests, 1);
+    }
+
+    /// A store whose every first write to a key loses a race against another worker, which
+    /// counts its own request in between.
+    struct Racing {
+        map: Map,
+        raced: RefCell<bool>,
+    }
+
+    impl SharedStore for Racing {
+        fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), u32> {
+            self.map.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+            if !self.raced.replace(true) {
+                update_counters(&self.map, key, 1, &ok(Some(7))).map_err(|_| SetError::Host(1))?;
+            }
+            self.map.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_lost_race_is_retried_and_both_requests_are_counted() {
+        let store = Racing { map: Map::default(), raced: RefCell::new(false) };
+        ensure_key(&store.map, "k", &[]).unwrap();
+        let report = update_counters(&store, "k", 4, &ok(Some(9_000))).unwrap();
+        assert_eq!(report.attempts, 2);
+        let c = read_counters(&store, "k").unwrap();
+        assert_eq!((c.requests, c.latency.count(), c.latency.buckets.len()), (2, 2, 2));
     }
 }
