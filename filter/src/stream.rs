@@ -148,7 +148,10 @@ impl HttpContext for RouteStream {
         // same write: no extra host call (canary_core::sticky).
         let request =
             CompletedRequest { outcome, latency_us: timed.then_some(latency_us), cluster: chosen.choice.cluster };
-        match store::update_counters(&SharedData, key, MAX_CAS_ATTEMPTS, &request) {
+        // Just after a module swap an older filter may still finish requests, and it cannot
+        // read format 2: keep format-1 records as they are until it is surely done.
+        let format = store::RecordFormat::at(self.state.process_started, self.state.module_started, chosen.started);
+        match store::update_counters(&SharedData, key, MAX_CAS_ATTEMPTS, &request, format) {
             Ok(report) => {
                 if report.converted {
                     host::info(&format!("canary-gate: counters at {key} converted from an earlier filter's format"));

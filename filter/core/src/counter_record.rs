@@ -76,6 +76,8 @@ pub enum Found {
     Current,
     /// A format-1 record written by an earlier filter: its counts were carried into format 2.
     Converted,
+    /// Empty or format 1, counted and left in format 1 ([`count_keeping_format_1`]).
+    KeptFormat1,
 }
 
 /// Counts `request` into the stored bytes of one subset's record, leaving format-2 bytes in
@@ -96,6 +98,23 @@ pub fn count(bytes: &mut Vec<u8>, request: &CompletedRequest) -> Result<Found, D
     };
     count_in_place(bytes, request)?;
     Ok(found)
+}
+
+/// Counts like [`count`], but a record that is empty or in format 1 stays in format 1 (decoded,
+/// counted and encoded whole, as filters before format 2 did); a format-2 record is counted in
+/// place. For the first moments after a module swap: a filter older than format 2 may still be
+/// finishing requests it started, and it would start a format-2 record again from zero
+/// (docs/filter.md).
+pub fn count_keeping_format_1(bytes: &mut Vec<u8>, request: &CompletedRequest) -> Result<Found, DecodeError> {
+    match bytes.first() {
+        None | Some(&FORMAT_V1) => {
+            let mut c = SubsetCounters::decode(bytes)?;
+            c.count(request);
+            *bytes = c.encode_v1();
+            Ok(Found::KeptFormat1)
+        }
+        Some(_) => count(bytes, request),
+    }
 }
 
 /// The byte offsets of a record's parts, from its header; checks the format, the flags and that
@@ -340,6 +359,22 @@ mod tests {
         assert_eq!(count(&mut bytes, &next), Ok(Found::Current));
         let mut empty = Vec::new();
         assert_eq!(count(&mut empty, &next), Ok(Found::Empty));
+    }
+
+    #[test]
+    fn keeping_format_1_counts_the_same_and_never_writes_format_1_over_format_2() {
+        let requests = [req(true, Some(900), Some(3)), req(false, None, None), req(true, Some(7), None)];
+        let mut kept = Vec::new();
+        for r in &requests {
+            assert_eq!(count_keeping_format_1(&mut kept, r), Ok(Found::KeptFormat1));
+        }
+        let (current, c) = both(&requests);
+        assert_eq!(kept, c.encode_v1());
+        assert_eq!(SubsetCounters::decode(&kept).unwrap(), c);
+        let mut current = current;
+        assert_eq!(count_keeping_format_1(&mut current, &requests[0]), Ok(Found::Current));
+        assert_eq!(current.first(), Some(&FORMAT));
+        assert_eq!(count_keeping_format_1(&mut vec![FORMAT_V1, 1], &requests[0]), Err(DecodeError::Truncated));
     }
 
     #[test]

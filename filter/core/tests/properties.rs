@@ -74,6 +74,28 @@ proptest! {
         }
     }
 
+    /// The grace after a module swap (records kept in format 1) counts the same: any split of
+    /// the requests between keeping format 1 and counting in place ends in the same record.
+    #[test]
+    fn keeping_format_1_then_counting_in_place_loses_nothing(
+        requests in proptest::collection::vec(request(), 0..200),
+        split in any::<prop::sample::Index>(),
+    ) {
+        let split = split.index(requests.len() + 1);
+        let mut old = SubsetCounters::default();
+        let mut bytes = Vec::new();
+        for (k, r) in requests.iter().enumerate() {
+            let found = if k < split {
+                counter_record::count_keeping_format_1(&mut bytes, r).unwrap()
+            } else {
+                counter_record::count(&mut bytes, r).unwrap()
+            };
+            prop_assert_eq!(found == Found::KeptFormat1, k < split);
+            old.count(r);
+        }
+        prop_assert_eq!(SubsetCounters::decode(&bytes).unwrap(), old);
+    }
+
     /// The record counted in its stored bytes, request by request, is what the decoded record
     /// counted the old way (decode, record, encode) holds, byte for byte in format 2; and a
     /// format-1 record found part way (an upgrade) is carried on with nothing lost.
