@@ -578,7 +578,7 @@ mod tests {
         assert_eq!(read_counters(&store, "k").unwrap().requests, 1);
     }
 
-    /// A store whose every first write to a key loses a race against another worker, which
+    /// A store whose first write loses a race against another worker, which
     /// counts its own request in between.
     struct Racing {
         map: Map,
