@@ -123,7 +123,8 @@ impl HttpContext for RouteStream {
         let summary = ResponseSummary {
             status,
             grpc_status: chosen.grpc_status,
-            flags: host::property_u64(&["response", "flags"]).unwrap_or(0),
+            // Read only where the policy looks at it (`failure.resets`): one host call fewer.
+            flags: if cfg.failure.reads_flags() { host::property_u64(&["response", "flags"]).unwrap_or(0) } else { 0 },
         };
         let outcome = cfg.failure.classify(summary);
         let end = chosen.responded.unwrap_or_else(host::now);
