@@ -252,7 +252,7 @@ tools-bench:
 # committed seeds in fuzz/corpus/<target> are only read, so a run leaves the work tree clean.
 # A crashing input is written to fuzz/artifacts/<target>/.
 CARGO_FUZZ_VERSION := 0.13.2
-FUZZ_TARGETS   := plugin_config sticky_key snapshot rollout_spec validate_manifests kill_order
+FUZZ_TARGETS   := plugin_config sticky_key snapshot counter_record rollout_spec validate_manifests kill_order
 FUZZ_SECONDS   ?= 30
 FUZZ_TOOLCHAIN ?= $(if $(shell rustup toolchain list 2>/dev/null | grep '^nightly'),nightly,stable)
 FUZZ_SANITIZER ?= address

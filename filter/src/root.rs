@@ -3,6 +3,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Duration;
 
 use canary_core::config::{self, PluginConfig, RouteConfig, SnapshotEndpointConfig};
 use canary_core::gauges;
@@ -84,6 +85,10 @@ pub struct RouteState {
     pub canary_metrics: SubsetMetrics,
     pub updates_dropped: Option<u32>,
     pub misrouted: Option<u32>,
+    /// When this proxy started (its instance record) and when this module started in this VM:
+    /// after a module swap, counter records stay in format 1 for a grace (`store::RecordFormat::at`).
+    pub process_started: Duration,
+    pub module_started: Duration,
 }
 
 impl RouteState {
@@ -186,12 +191,31 @@ impl Root {
             stable_key,
             canary_key,
             dark_launch_key,
+            process_started: self
+                .instance
+                .as_ref()
+                .map_or(Duration::ZERO, |i| Duration::from_millis(i.started_at_unix_ms)),
+            module_started: module_started(),
             config,
         };
         set_applied_gauges(&state.config, self.instance.as_ref());
         self.active = Some(Active::Route(Rc::new(state)));
         true
     }
+}
+
+thread_local! {
+    /// When this VM (one per thread) first configured a root context: when this module started
+    /// serving here, after Envoy started or after a module swap.
+    static MODULE_STARTED: Cell<Option<Duration>> = const { Cell::new(None) };
+}
+
+fn module_started() -> Duration {
+    MODULE_STARTED.with(|started| {
+        let at = started.get().unwrap_or_else(host::now);
+        started.set(Some(at));
+        at
+    })
 }
 
 impl Context for Root {}

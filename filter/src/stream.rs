@@ -4,6 +4,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use canary_core::config::{SnapshotEndpointConfig, SubsetName};
+use canary_core::counter_record::CompletedRequest;
 use canary_core::kill::KillOrder;
 use canary_core::outcome::ResponseSummary;
 use canary_core::served;
@@ -122,7 +123,8 @@ impl HttpContext for RouteStream {
         let summary = ResponseSummary {
             status,
             grpc_status: chosen.grpc_status,
-            flags: host::property_u64(&["response", "flags"]).unwrap_or(0),
+            // Read only where the policy looks at it (`failure.resets`): one host call fewer.
+            flags: if cfg.failure.reads_flags() { host::property_u64(&["response", "flags"]).unwrap_or(0) } else { 0 },
         };
         let outcome = cfg.failure.classify(summary);
         let end = chosen.responded.unwrap_or_else(host::now);
@@ -143,21 +145,18 @@ impl HttpContext for RouteStream {
         } else {
             self.state.key(attribution.counted_as)
         };
-        let cluster = chosen.choice.cluster;
-        let update = |c: &mut canary_core::SubsetCounters| {
-            if timed {
-                c.record(outcome, latency_us);
-            } else {
-                c.record_unmeasured(outcome);
-            }
-            // A keyed request is also counted under its key's cluster, in the same record and
-            // the same write: no extra host call (canary_core::sticky).
-            if let Some(cluster) = cluster {
-                c.record_sticky(cluster, outcome);
-            }
-        };
-        match store::update_counters(&SharedData, key, MAX_CAS_ATTEMPTS, update) {
+        // A keyed request is also counted under its key's cluster, in the same record and the
+        // same write: no extra host call (canary_core::sticky).
+        let request =
+            CompletedRequest { outcome, latency_us: timed.then_some(latency_us), cluster: chosen.choice.cluster };
+        // Just after a module swap an older filter may still finish requests, and it cannot
+        // read format 2: keep format-1 records as they are until it is surely done.
+        let format = store::RecordFormat::at(self.state.process_started, self.state.module_started, chosen.started);
+        match store::update_counters(&SharedData, key, MAX_CAS_ATTEMPTS, &request, format) {
             Ok(report) => {
+                if report.converted {
+                    host::info(&format!("canary-gate: counters at {key} converted from an earlier filter's format"));
+                }
                 if let Some(e) = report.replaced_corrupt {
                     host::error(&format!(
                         "canary-gate: counters at {key} were unreadable ({e}); started again from zero"

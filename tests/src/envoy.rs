@@ -415,6 +415,13 @@ impl Envoy {
         write_atomically(&self.ecds_dir(), "canary-gate.json", file.to_string().as_bytes())
     }
 
+    /// The same with another build of the filter as the route filter's module (an upgrade or a
+    /// downgrade through ECDS); the snapshot listener keeps the module Envoy started with.
+    pub fn write_route_with_module(&self, wasm: &Path, route: &RouteConfig) -> std::io::Result<()> {
+        let file = ecds::discovery_file(&wasm.to_string_lossy(), route).map_err(std::io::Error::other)?;
+        write_atomically(&self.ecds_dir(), "canary-gate.json", file.to_string().as_bytes())
+    }
+
     /// Writes the configuration of the second gated service's filter ([`Shape::second`]).
     pub fn write_route_b(&self, route: &RouteConfig) -> std::io::Result<()> {
         let mut file = ecds::discovery_file(&self.wasm.to_string_lossy(), route).map_err(std::io::Error::other)?;

@@ -1,17 +1,18 @@
 //! Per-subset counters as stored in the proxy's VM-wide shared data.
 //!
-//! Every worker thread updates the same record with compare-and-swap, so the binary form is
-//! decoded and re-encoded on each request: it is compact (LEB128 varints, bucket indexes
-//! delta-coded) and versioned, and decoding rejects anything malformed instead of guessing.
+//! Every worker thread updates the same record with compare-and-swap. The stored form is
+//! versioned by its first byte: format 2 ([`crate::counter_record`]) is fixed-width and counted in
+//! place; format 1 (LEB128 varints, bucket indexes delta-coded), which filters before it wrote and
+//! had to decode and re-encode whole on each request, is still read, so counters found in shared
+//! data after an upgrade are carried on. Decoding rejects anything malformed instead of guessing.
 
 use serde::{Deserialize, Serialize};
 
+use crate::counter_record::{self, CompletedRequest, FORMAT_V1};
 use crate::histogram::{HistogramError, LatencyHistogram};
 use crate::outcome::Outcome;
 use crate::sticky::{Cluster, STICKY_CLUSTERS, StickyCounts};
 
-/// First byte of an encoded record.
-const FORMAT: u8 = 1;
 /// Tag of the optional section after the histogram that holds [`StickyCounts`]. A record without
 /// keyed requests has no section and encodes as before; a build that predates the section reads
 /// one as trailing bytes and starts the record again from zero (as for any unreadable record).
@@ -64,6 +65,10 @@ impl TryFrom<RawCounters> for SubsetCounters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
     UnknownFormat(u8),
+    /// Format 2: flag bits this build does not know.
+    UnknownFlags(u8),
+    /// Format 2: more latency buckets than the histogram has.
+    TooManyBuckets(usize),
     Truncated,
     Overlong,
     TrailingBytes,
@@ -75,6 +80,8 @@ impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::UnknownFormat(b) => write!(f, "unknown counter format {b}"),
+            Self::UnknownFlags(b) => write!(f, "counter record has unknown flags {b:#04x}"),
+            Self::TooManyBuckets(n) => write!(f, "counter record has {n} latency buckets, more than the histogram's"),
             Self::Truncated => write!(f, "counter record is truncated"),
             Self::Overlong => write!(f, "counter record has an over-long number"),
             Self::TrailingBytes => write!(f, "counter record has trailing bytes"),
@@ -113,6 +120,18 @@ impl SubsetCounters {
         self.sticky.record(cluster, outcome);
     }
 
+    /// Counts one completed request: what the stored record's [`counter_record::count`] does to
+    /// the bytes, done to the decoded record.
+    pub fn count(&mut self, request: &CompletedRequest) {
+        match request.latency_us {
+            Some(us) => self.record(request.outcome, us),
+            None => self.record_unmeasured(request.outcome),
+        }
+        if let Some(cluster) = request.cluster {
+            self.record_sticky(cluster, request.outcome);
+        }
+    }
+
     /// Adds another record (from another proxy) to this one.
     pub fn merge(&mut self, other: &SubsetCounters) {
         self.requests = self.requests.saturating_add(other.requests);
@@ -133,9 +152,16 @@ impl SubsetCounters {
         })
     }
 
+    /// The stored form this build writes (format 2, [`crate::counter_record`]).
     pub fn encode(&self) -> Vec<u8> {
+        counter_record::encode(self)
+    }
+
+    /// Format 1, what filters before format 2 wrote; kept to test that such records are carried
+    /// on, and to say exactly what an older filter can read.
+    pub fn encode_v1(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + self.latency.buckets.len() * 3);
-        out.push(FORMAT);
+        out.push(FORMAT_V1);
         put_varint(&mut out, self.requests);
         put_varint(&mut out, self.successes);
         put_varint(&mut out, self.failures);
@@ -151,12 +177,22 @@ impl SubsetCounters {
         out
     }
 
-    /// Decodes a stored record; empty input is the zero record (a key created but never counted).
+    /// Decodes a stored record of either format; empty input is the zero record (a key created
+    /// but never counted).
     pub fn decode(bytes: &[u8]) -> Result<SubsetCounters, DecodeError> {
+        match bytes.first() {
+            None => Ok(SubsetCounters::default()),
+            Some(&FORMAT_V1) => Self::decode_v1(bytes),
+            Some(_) => counter_record::decode(bytes),
+        }
+    }
+
+    /// Decodes a format-1 record.
+    pub fn decode_v1(bytes: &[u8]) -> Result<SubsetCounters, DecodeError> {
         let Some((&format, mut rest)) = bytes.split_first() else {
-            return Ok(SubsetCounters::default());
+            return Err(DecodeError::Truncated);
         };
-        if format != FORMAT {
+        if format != FORMAT_V1 {
             return Err(DecodeError::UnknownFormat(format));
         }
         let requests = take_varint(&mut rest)?;
@@ -192,7 +228,7 @@ impl SubsetCounters {
 
     /// The invariants every record keeps: outcomes add up, at most one latency per request
     /// (streams and upgrades are counted without one, see `LatencyPolicy`).
-    fn check(&self) -> Result<(), DecodeError> {
+    pub(crate) fn check(&self) -> Result<(), DecodeError> {
         if self.successes.checked_add(self.failures) != Some(self.requests) {
             return Err(DecodeError::Inconsistent("requests != successes + failures"));
         }
@@ -280,13 +316,14 @@ mod tests {
             c.record(o, *us);
         }
         assert_eq!(SubsetCounters::decode(&c.encode()).unwrap(), c);
+        assert_eq!(SubsetCounters::decode(&c.encode_v1()).unwrap(), c);
     }
 
     #[test]
-    fn malformed_records_are_rejected() {
+    fn malformed_format_1_records_are_rejected() {
         let mut c = SubsetCounters::default();
         c.record(Outcome::Success, 10);
-        let good = c.encode();
+        let good = c.encode_v1();
         assert_eq!(SubsetCounters::decode(&good[..good.len() - 1]), Err(DecodeError::Truncated));
         let mut long = good.clone();
         long.push(0);
@@ -319,6 +356,7 @@ mod tests {
         assert_eq!(c.sticky.total_requests(), 20);
         assert_eq!(c.sticky.total_failures(), 4);
         assert_eq!(SubsetCounters::decode(&c.encode()).unwrap(), c);
+        assert_eq!(SubsetCounters::decode(&c.encode_v1()).unwrap(), c);
         let json = serde_json::to_string(&c).unwrap();
         assert!(json.contains("\"sticky\":{\"requests\":["), "{json}");
         assert_eq!(serde_json::from_str::<SubsetCounters>(&json).unwrap(), c);
@@ -328,9 +366,12 @@ mod tests {
     fn a_record_without_keyed_requests_is_encoded_as_before() {
         let mut c = SubsetCounters::default();
         c.record(Outcome::Success, 10);
-        let bytes = c.encode();
+        let bytes = c.encode_v1();
         // format, requests, successes, failures, sum, one bucket (delta, count): nothing more.
         assert_eq!(bytes.len(), 8, "{bytes:?}");
+        // Format 2: the header and one bucket, no sticky section.
+        assert_eq!(c.encode().len(), 44 + 10);
+        assert_eq!(keyed().encode().len(), 44 + 256 + 10 * keyed().latency.buckets.len());
         assert!(!serde_json::to_string(&c).unwrap().contains("sticky"));
         // A snapshot from a filter that predates the clusters still reads, with none.
         let old = r#"{"requests":1,"successes":1,"failures":0,"latency":{"sum_us":10,"buckets":[[10,1]]}}"#;
@@ -339,12 +380,12 @@ mod tests {
     }
 
     #[test]
-    fn malformed_sticky_sections_are_rejected() {
-        let good = keyed().encode();
+    fn malformed_format_1_sticky_sections_are_rejected() {
+        let good = keyed().encode_v1();
         let plain = {
             let mut c = keyed();
             c.sticky = StickyCounts::default();
-            c.encode()
+            c.encode_v1()
         };
         assert_eq!(SubsetCounters::decode(&good[..plain.len() + 5]), Err(DecodeError::Truncated));
         let mut unknown = plain.clone();
@@ -356,6 +397,7 @@ mod tests {
         // Clusters holding more requests than the record.
         let mut more = keyed();
         more.sticky.requests[0] += 1_000;
+        assert!(matches!(SubsetCounters::decode(&more.encode_v1()), Err(DecodeError::Inconsistent(_))));
         assert!(matches!(SubsetCounters::decode(&more.encode()), Err(DecodeError::Inconsistent(_))));
         let json = serde_json::to_string(&more).unwrap();
         assert!(serde_json::from_str::<SubsetCounters>(&json).unwrap_err().to_string().contains("sticky"));

@@ -4,7 +4,7 @@
 //! buckets, so a bucket is at most 1/64 of its lower bound wide and a quantile read at the
 //! bucket's midpoint is within 0.8% of the recorded value. Buckets are kept sparse (sorted
 //! `(index, count)` pairs) because requests cluster in a few dozen of the ~1,900 buckets, and the
-//! filter decodes and re-encodes the histogram on every request.
+//! stored record copies them on every request (see `crate::counter_record`).
 
 use serde::{Deserialize, Serialize};
 

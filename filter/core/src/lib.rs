@@ -6,6 +6,7 @@
 //! natively, on 32-bit wasm, and by property tests.
 
 pub mod config;
+pub mod counter_record;
 pub mod counters;
 pub mod ecds;
 pub mod gauges;

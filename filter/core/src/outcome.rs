@@ -52,6 +52,12 @@ pub enum Outcome {
 }
 
 impl FailurePolicy {
+    /// Whether [`classify`](Self::classify) reads [`ResponseSummary::flags`]: only with `resets`
+    /// on. The filter skips the `response.flags` property (a host call) otherwise.
+    pub fn reads_flags(&self) -> bool {
+        self.resets
+    }
+
     pub fn classify(&self, response: ResponseSummary) -> Outcome {
         let by_status = match response.status {
             None | Some(0) => self.resets,
@@ -103,6 +109,22 @@ mod tests {
         // Flags that say nothing about the upstream (a fault filter's delay, DI = 0x200) do not.
         let r = ResponseSummary { status: Some(200), flags: 0x200, grpc_status: None };
         assert_eq!(p.classify(r), Outcome::Success);
+    }
+
+    #[test]
+    fn without_resets_the_flags_never_change_an_outcome_so_they_need_not_be_read() {
+        let off = FailurePolicy { resets: false, ..FailurePolicy::default() };
+        assert!(!off.reads_flags() && FailurePolicy::default().reads_flags());
+        let all_flags = (0..64).map(|b| 1u64 << b).chain([0, flags::UPSTREAM_FAILURE, u64::MAX]);
+        for f in all_flags {
+            for status in [None, Some(0), Some(200), Some(404), Some(500), Some(503)] {
+                for grpc_status in [None, Some(0), Some(14)] {
+                    let with = ResponseSummary { status, grpc_status, flags: f };
+                    let without = ResponseSummary { flags: 0, ..with };
+                    assert_eq!(off.classify(with), off.classify(without), "{with:?}");
+                }
+            }
+        }
     }
 
     #[test]

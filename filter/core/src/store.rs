@@ -7,6 +7,7 @@
 //! before any worker serves a request with that configuration.
 
 use crate::config::{RouteConfig, SubsetName};
+use crate::counter_record::{self, CompletedRequest, Found};
 use crate::counters::{DecodeError, SubsetCounters};
 use crate::kill::{KillOrder, KillRecord};
 use crate::served::Misrouted;
@@ -218,30 +219,76 @@ pub struct UpdateReport {
     pub attempts: u32,
     /// The stored record was unreadable and was replaced by a fresh one.
     pub replaced_corrupt: Option<DecodeError>,
+    /// The stored record was in format 1 (an earlier filter's) and was converted, counts kept.
+    pub converted: bool,
 }
 
-/// Applies `change` to the counters under `key`, exactly once, retrying on conflict.
+/// Which stored format an update writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordFormat {
+    /// Format 2, counted in place; a format-1 record is converted.
+    Current,
+    /// An empty or format-1 record stays in format 1 ([`counter_record::count_keeping_format_1`]):
+    /// the grace after a module swap, while an older filter may still finish requests.
+    KeepFormat1,
+}
+
+/// How long after a module swap the new module keeps empty and format-1 records in format 1.
+/// Longer than the shipped routes' 10 s timeout, so a request the older module was serving at
+/// the swap ends inside it (a longer stream may not: docs/filter.md).
+pub const FORMAT_1_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl RecordFormat {
+    /// The format for a request that started at `request_started`, in a VM whose module started
+    /// at `module_started`, in a proxy started at `process_started` (host time since the Unix
+    /// epoch). A module that started with the process is the first this process runs: no older
+    /// one can be finishing requests, so there is no grace.
+    pub fn at(
+        process_started: std::time::Duration,
+        module_started: std::time::Duration,
+        request_started: std::time::Duration,
+    ) -> RecordFormat {
+        let swapped_in = module_started >= process_started.saturating_add(FORMAT_1_GRACE);
+        if swapped_in && request_started < module_started.saturating_add(FORMAT_1_GRACE) {
+            RecordFormat::KeepFormat1
+        } else {
+            RecordFormat::Current
+        }
+    }
+}
+
+/// Counts one completed request into the counters under `key`, exactly once, retrying on
+/// conflict. The record is counted in its stored bytes ([`counter_record::count`]), without
+/// decoding every latency bucket; a format-1 record is converted on the way unless `format` says
+/// to keep it.
 pub fn update_counters(
     store: &dyn SharedStore,
     key: &str,
     max_attempts: u32,
-    change: impl Fn(&mut SubsetCounters),
+    request: &CompletedRequest,
+    format: RecordFormat,
 ) -> Result<UpdateReport, UpdateError> {
+    let count = |bytes: &mut Vec<u8>| match format {
+        RecordFormat::Current => counter_record::count(bytes, request),
+        RecordFormat::KeepFormat1 => counter_record::count_keeping_format_1(bytes, request),
+    };
     let mut report = UpdateReport::default();
     for attempt in 1..=max_attempts.max(1) {
         report.attempts = attempt;
         let (bytes, cas) = store.get(key).map_err(UpdateError::Host)?;
-        let mut counters = match SubsetCounters::decode(bytes.as_deref().unwrap_or_default()) {
-            Ok(c) => c,
+        let mut bytes = bytes.unwrap_or_default();
+        (report.replaced_corrupt, report.converted) = match count(&mut bytes) {
+            Ok(found) => (None, found == Found::Converted),
             Err(e) => {
-                report.replaced_corrupt = Some(e);
-                SubsetCounters::default()
+                // Unreadable: start again from zero, as with any record no build can read.
+                bytes.clear();
+                count(&mut bytes).map_err(|_| UpdateError::Host(0))?;
+                (Some(e), false)
             }
         };
-        change(&mut counters);
         // A present key always has a token; a missing one is written unconditionally (see the
         // module docs for why that cannot lose an update in practice).
-        match store.set(key, &counters.encode(), cas) {
+        match store.set(key, &bytes, cas) {
             Ok(()) => return Ok(report),
             Err(SetError::CasMismatch) => continue,
             Err(SetError::Host(s)) => return Err(UpdateError::Host(s)),
@@ -463,5 +510,101 @@ mod tests {
         let m = misrouted(&store, &name("payment")).unwrap();
         assert_eq!((m.canary_label, m.stable_label), (2, 0));
         assert_eq!(misrouted(&store, &name("search")).unwrap(), Misrouted::default());
+    }
+
+    fn ok(latency_us: Option<u64>) -> CompletedRequest {
+        CompletedRequest { outcome: crate::Outcome::Success, latency_us, cluster: None }
+    }
+
+    #[test]
+    fn an_earlier_filters_record_is_carried_on_and_rewritten_in_the_current_format() {
+        let store = Map::default();
+        let mut before = SubsetCounters::default();
+        for us in [100, 2_000, 2_000, 70_000] {
+            before.record(crate::Outcome::Success, us);
+        }
+        store.set("k", &before.encode_v1(), None).unwrap();
+        let report = update_counters(&store, "k", 4, &ok(Some(2_000)), RecordFormat::Current).unwrap();
+        assert!(report.converted && report.replaced_corrupt.is_none(), "{report:?}");
+        before.record(crate::Outcome::Success, 2_000);
+        assert_eq!(read_counters(&store, "k").unwrap(), before);
+        assert_eq!(store.get("k").unwrap().0.unwrap().first(), Some(&counter_record::FORMAT));
+        let report = update_counters(&store, "k", 4, &ok(None), RecordFormat::Current).unwrap();
+        assert!(!report.converted, "converted once only");
+        assert_eq!(read_counters(&store, "k").unwrap().requests, 6);
+    }
+
+    #[test]
+    fn format_2_is_written_from_the_start_of_a_process_and_from_the_end_of_a_swaps_grace_on() {
+        use std::time::Duration;
+        let process = Duration::from_secs(1_000);
+        let first = process + Duration::from_secs(2);
+        assert_eq!(RecordFormat::at(process, first, first), RecordFormat::Current, "the process's first module");
+        let swap = process + Duration::from_secs(3_600);
+        let at = |request| RecordFormat::at(process, swap, request);
+        assert_eq!(at(swap), RecordFormat::KeepFormat1);
+        assert_eq!(at(swap + FORMAT_1_GRACE - Duration::from_millis(1)), RecordFormat::KeepFormat1);
+        assert_eq!(at(swap + FORMAT_1_GRACE), RecordFormat::Current);
+        assert_eq!(RecordFormat::at(Duration::MAX, Duration::MAX, Duration::MAX), RecordFormat::Current, "no overflow");
+    }
+
+    #[test]
+    fn in_the_grace_after_a_swap_a_format_1_record_stays_format_1_and_a_format_2_one_stays_format_2() {
+        let store = Map::default();
+        let first = |s: &Map| s.get("k").unwrap().0.unwrap().first().copied();
+        update_counters(&store, "k", 4, &ok(Some(10)), RecordFormat::KeepFormat1).unwrap();
+        assert_eq!(first(&store), Some(counter_record::FORMAT_V1));
+        update_counters(&store, "k", 4, &ok(None), RecordFormat::KeepFormat1).unwrap();
+        assert_eq!(first(&store), Some(counter_record::FORMAT_V1));
+        let report = update_counters(&store, "k", 4, &ok(Some(10)), RecordFormat::Current).unwrap();
+        assert!(report.converted);
+        update_counters(&store, "k", 4, &ok(Some(10)), RecordFormat::KeepFormat1).unwrap();
+        assert_eq!(first(&store), Some(counter_record::FORMAT));
+        let c = read_counters(&store, "k").unwrap();
+        assert_eq!((c.requests, c.latency.count()), (4, 3));
+    }
+
+    #[test]
+    fn an_unreadable_record_starts_again_from_zero_and_says_why() {
+        let store = Map::default();
+        store.set("k", &[counter_record::FORMAT, 0, 0], None).unwrap();
+        let report = update_counters(&store, "k", 4, &ok(Some(5)), RecordFormat::Current).unwrap();
+        assert_eq!(report.replaced_corrupt, Some(DecodeError::Truncated));
+        assert_eq!(read_counters(&store, "k").unwrap().requests, 1);
+        // A later format (a newer filter's, after a downgrade) cannot be read either.
+        store.set("k", &[3, 0], None).unwrap();
+        let report = update_counters(&store, "k", 4, &ok(Some(5)), RecordFormat::Current).unwrap();
+        assert_eq!(report.replaced_corrupt, Some(DecodeError::UnknownFormat(3)));
+        assert_eq!(read_counters(&store, "k").unwrap().requests, 1);
+    }
+
+    /// A store whose first write loses a race against another worker, which
+    /// counts its own request in between.
+    struct Racing {
+        map: Map,
+        raced: RefCell<bool>,
+    }
+
+    impl SharedStore for Racing {
+        fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), u32> {
+            self.map.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+            if !self.raced.replace(true) {
+                update_counters(&self.map, key, 1, &ok(Some(7)), RecordFormat::Current)
+                    .map_err(|_| SetError::Host(1))?;
+            }
+            self.map.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_lost_race_is_retried_and_both_requests_are_counted() {
+        let store = Racing { map: Map::default(), raced: RefCell::new(false) };
+        ensure_key(&store.map, "k", &[]).unwrap();
+        let report = update_counters(&store, "k", 4, &ok(Some(9_000)), RecordFormat::Current).unwrap();
+        assert_eq!(report.attempts, 2);
+        let c = read_counters(&store, "k").unwrap();
+        assert_eq!((c.requests, c.latency.count(), c.latency.buckets.len()), (2, 2, 2));
     }
 }

@@ -153,6 +153,31 @@ fn counters_saturate_and_large_values_round_trip() {
 }
 
 #[test]
+fn counting_in_the_stored_bytes_agrees_with_the_decoded_record_on_every_target() {
+    use canary_core::counter_record::{self, CompletedRequest, Found};
+    let mut bytes = Vec::new();
+    let mut c = SubsetCounters::default();
+    for i in 0..500u64 {
+        let r = CompletedRequest {
+            outcome: if i % 9 == 0 { Outcome::Failure } else { Outcome::Success },
+            latency_us: (i % 11 != 0).then(|| (i * 7_919) % 3_000_000 + if i % 50 == 0 { u64::MAX / 2 } else { 0 }),
+            cluster: (i % 4 == 0).then(|| canary_core::sticky::Cluster::of_hash(i)),
+        };
+        let found = counter_record::count(&mut bytes, &r).unwrap();
+        assert_eq!(found == Found::Empty, i == 0);
+        c.count(&r);
+    }
+    assert_eq!(SubsetCounters::decode(&bytes).unwrap(), c);
+    assert_eq!(bytes, c.encode());
+    // A record the previous format wrote (with the saturated sum above) converts on any target.
+    let mut old = c.encode_v1();
+    let r = CompletedRequest { outcome: Outcome::Success, latency_us: Some(1), cluster: None };
+    assert_eq!(counter_record::count(&mut old, &r), Ok(Found::Converted));
+    c.count(&r);
+    assert_eq!(SubsetCounters::decode(&old).unwrap(), c);
+}
+
+#[test]
 fn bad_configs_name_the_field() {
     let cases: [(&str, &str, &str); 6] = [
         (

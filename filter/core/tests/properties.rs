@@ -3,6 +3,7 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 use canary_core::config::{self, parse_route};
+use canary_core::counter_record::{self, CompletedRequest, Found};
 use canary_core::counters::SubsetCounters;
 use canary_core::hash::sticky_bucket;
 use canary_core::histogram::{LatencyHistogram, bucket_bounds, bucket_of};
@@ -11,11 +12,123 @@ use canary_core::sticky::Cluster;
 use canary_core::{Outcome, Weight};
 use proptest::prelude::*;
 
+/// One completed request: latencies spread over the histogram's whole range (and beyond it),
+/// some untimed, some with a sticky key.
+fn request() -> impl Strategy<Value = CompletedRequest> {
+    let latency = prop_oneof![
+        3 => (0u32..36).prop_flat_map(|e| 0u64..(2u64 << e)),
+        1 => any::<u64>(),
+    ];
+    (any::<bool>(), proptest::option::weighted(0.8, latency), proptest::option::of(any::<u64>())).prop_map(
+        |(ok, latency_us, key)| CompletedRequest {
+            outcome: if ok { Outcome::Success } else { Outcome::Failure },
+            latency_us,
+            cluster: key.map(Cluster::of_hash),
+        },
+    )
+}
+
 proptest! {
     #[test]
     fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = config::parse(&bytes);
         let _ = SubsetCounters::decode(&bytes);
+        let _ = counter_record::count(&mut bytes.clone(), &CompletedRequest { outcome: Outcome::Success, latency_us: Some(1), cluster: None });
+    }
+
+    /// Whatever a stored record was damaged into, counting into it either refuses it or leaves
+    /// exactly what counting into its decoded record would, and never refuses what `decode`
+    /// accepts.
+    #[test]
+    fn counting_into_a_damaged_record_refuses_it_or_agrees_with_decode(
+        requests in proptest::collection::vec(request(), 0..40),
+        v1 in any::<bool>(),
+        flip in proptest::option::of((any::<prop::sample::Index>(), 1u8..=255)),
+        cut in proptest::option::of(any::<prop::sample::Index>()),
+        r in request(),
+    ) {
+        let mut c = SubsetCounters::default();
+        for x in &requests {
+            c.count(x);
+        }
+        let mut bytes = if v1 { c.encode_v1() } else { c.encode() };
+        if let Some((at, x)) = flip {
+            let i = at.index(bytes.len());
+            bytes[i] ^= x;
+        }
+        if let Some(at) = cut {
+            bytes.truncate(at.index(bytes.len()));
+        }
+        let decoded = SubsetCounters::decode(&bytes);
+        let mut counted = bytes.clone();
+        match (counter_record::count(&mut counted, &r), decoded) {
+            (Ok(_), Ok(mut c)) => {
+                c.count(&r);
+                prop_assert_eq!(SubsetCounters::decode(&counted).unwrap(), c);
+            }
+            (Err(_), Err(_)) => {}
+            // count checks less than decode between full checks: it may count a record decode
+            // refuses, never the other way round.
+            (Ok(_), Err(_)) => {}
+            (Err(e), Ok(c)) => prop_assert!(false, "count refused {c:?}: {e}"),
+        }
+    }
+
+    /// The grace after a module swap (records kept in format 1) counts the same: any split of
+    /// the requests between keeping format 1 and counting in place ends in the same record.
+    #[test]
+    fn keeping_format_1_then_counting_in_place_loses_nothing(
+        requests in proptest::collection::vec(request(), 0..200),
+        split in any::<prop::sample::Index>(),
+    ) {
+        let split = split.index(requests.len() + 1);
+        let mut old = SubsetCounters::default();
+        let mut bytes = Vec::new();
+        for (k, r) in requests.iter().enumerate() {
+            let found = if k < split {
+                counter_record::count_keeping_format_1(&mut bytes, r).unwrap()
+            } else {
+                counter_record::count(&mut bytes, r).unwrap()
+            };
+            prop_assert_eq!(found == Found::KeptFormat1, k < split);
+            old.count(r);
+        }
+        prop_assert_eq!(SubsetCounters::decode(&bytes).unwrap(), old);
+    }
+
+    /// The record counted in its stored bytes, request by request, is what the decoded record
+    /// counted the old way (decode, record, encode) holds, byte for byte in format 2; and a
+    /// format-1 record found part way (an upgrade) is carried on with nothing lost.
+    #[test]
+    fn counting_in_place_equals_the_old_path_for_any_requests(
+        requests in proptest::collection::vec(request(), 0..300),
+        upgrade_at in any::<prop::sample::Index>(),
+    ) {
+        let upgrade_at = upgrade_at.index(requests.len() + 1);
+        let mut old = SubsetCounters::default();
+        let mut bytes = Vec::new();
+        for (k, r) in requests.iter().enumerate() {
+            if k < upgrade_at {
+                // An earlier filter: decode, record, encode in format 1.
+                let mut c = SubsetCounters::decode(&bytes).unwrap();
+                c.count(r);
+                bytes = c.encode_v1();
+            } else {
+                let found = counter_record::count(&mut bytes, r).unwrap();
+                prop_assert_eq!(found == Found::Converted, k == upgrade_at && k > 0);
+            }
+            old.count(r);
+        }
+        let now = SubsetCounters::decode(&bytes).unwrap();
+        prop_assert_eq!(&now, &old);
+        if upgrade_at < requests.len() {
+            prop_assert_eq!(&bytes, &old.encode());
+        }
+        prop_assert_eq!(SubsetCounters::decode(&old.encode_v1()).unwrap(), old.clone());
+        prop_assert_eq!(SubsetCounters::decode(&old.encode()).unwrap(), old.clone());
+        prop_assert!(bytes.len() <= counter_record::MAX_RECORD_BYTES);
+        // The snapshot the agent reads is the same JSON either way.
+        prop_assert_eq!(serde_json::to_string(&now).unwrap(), serde_json::to_string(&old).unwrap());
     }
 
     #[test]
