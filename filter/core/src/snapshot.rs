@@ -140,9 +140,9 @@ pub fn accepts_compact(accept: &[u8]) -> bool {
         media.eq_ignore_ascii_case(COMPACT_CONTENT_TYPE.as_bytes())
             && !parts.any(|p| {
                 let p = p.trim_ascii();
-                p.len() > 2
-                    && p[..2].eq_ignore_ascii_case(b"q=")
-                    && std::str::from_utf8(&p[2..]).ok().and_then(|q| q.parse::<f64>().ok()) == Some(0.0)
+                let q = p.split_first().filter(|(k, _)| k.eq_ignore_ascii_case(&b'q')).map(|(_, rest)| rest);
+                let value = q.and_then(|rest| rest.strip_prefix(b"="));
+                value.and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse::<f64>().ok()) == Some(0.0)
             })
     })
 }
