@@ -8,7 +8,9 @@ use canary_core::counter_record::CompletedRequest;
 use canary_core::kill::KillOrder;
 use canary_core::outcome::ResponseSummary;
 use canary_core::served;
-use canary_core::snapshot::{InstanceInfo, SNAPSHOT_FORMAT, Snapshot, SubsetSnapshot, snapshot_query};
+use canary_core::snapshot::{
+    COMPACT_CONTENT_TYPE, InstanceInfo, SNAPSHOT_FORMAT, Snapshot, SubsetSnapshot, accepts_compact, snapshot_query,
+};
 use canary_core::split::{Choice, Reason, Role, affinity_value, choose_subset, header_text};
 use canary_core::store::{self, UpdateError, UpdateOrRefuse};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -285,8 +287,12 @@ impl SnapshotStream {
     }
 
     fn reply(status: u32, body: &[u8]) -> Action {
+        Self::reply_as(status, "application/json", body)
+    }
+
+    fn reply_as(status: u32, content_type: &str, body: &[u8]) -> Action {
         if let Err(s) =
-            host::send_response(status, &[("content-type", "application/json"), ("cache-control", "no-store")], body)
+            host::send_response(status, &[("content-type", content_type), ("cache-control", "no-store")], body)
         {
             host::error(&format!("canary-gate: cannot send the snapshot response: {s:?}"));
             return Action::Continue;
@@ -318,7 +324,15 @@ impl HttpContext for SnapshotStream {
             Ok(w) => w,
             Err(e) => return Self::reply(400, serde_json::json!({ "error": e }).to_string().as_bytes()),
         };
-        match self.snapshot(wanted).and_then(|s| serde_json::to_vec(&s).map_err(|e| (500, e.to_string()))) {
+        // The compact form only for a client that asks for it (gate-agent); anything else, and
+        // every agent built before it, gets the JSON form as before.
+        let compact = host::request_header("accept").is_some_and(|a| accepts_compact(&a));
+        let encoded = self.snapshot(wanted).and_then(|s| {
+            let body = if compact { s.to_compact_json() } else { serde_json::to_vec(&s) };
+            body.map_err(|e| (500, e.to_string()))
+        });
+        match encoded {
+            Ok(body) if compact => Self::reply_as(200, COMPACT_CONTENT_TYPE, &body),
             Ok(body) => Self::reply(200, &body),
             Err((status, e)) => {
                 if status == 500 {

@@ -1,8 +1,9 @@
-//! The agent's snapshot decoder (`Snapshot::from_json`, what `HttpSource` applies to a proxy's
-//! answer) and the fleet that takes the decoded snapshots in (`Fleet::observe`). The input is one
-//! or more snapshots separated by NUL bytes, read in turn from one proxy. A decoded snapshot
-//! re-encodes to JSON that decodes to the same value, byte-stable on a second round, and its
-//! counters survive the filter's binary record format.
+//! The agent's snapshot decoders (`Snapshot::from_json` and `Snapshot::from_compact_json`, the
+//! two forms `HttpSource` reads from a proxy's answer) and the fleet that takes the decoded
+//! snapshots in (`Fleet::observe`). The input is one or more snapshots separated by NUL bytes,
+//! read in turn from one proxy, each tried in both forms. A decoded snapshot re-encodes, in
+//! either form, to bytes that decode to the same value, byte-stable on a second round (so the
+//! two forms carry the same snapshot), and its counters survive the filter's binary record format.
 #![no_main]
 
 use std::time::Duration;
@@ -16,13 +17,23 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let mut fleet: Option<Fleet> = None;
     for (tick, part) in (0u64..).zip(data.split(|b| *b == 0).take(8)) {
-        let snapshot = match Snapshot::from_json(part) {
+        let snapshot = match Snapshot::from_json(part).or_else(|_| Snapshot::from_compact_json(part)) {
             Ok(s) => s,
             Err(e) => {
                 assert!(!e.to_string().is_empty());
                 continue;
             }
         };
+        let compact = match snapshot.to_compact_json() {
+            Ok(bytes) => bytes,
+            Err(e) => panic!("a decoded snapshot does not encode compactly: {e}"),
+        };
+        let again = match Snapshot::from_compact_json(&compact) {
+            Ok(s) => s,
+            Err(e) => panic!("a compact snapshot is rejected: {e}\n{}", String::from_utf8_lossy(&compact)),
+        };
+        assert_eq!(again, snapshot, "snapshot changed on a compact round trip");
+        assert_eq!(again.to_compact_json().ok().as_ref(), Some(&compact), "compact encoding is not stable");
         let json = match serde_json::to_vec(&snapshot) {
             Ok(json) => json,
             Err(e) => panic!("a decoded snapshot does not encode: {e}"),

@@ -70,6 +70,11 @@ struct KillAnswer {
 /// Snapshots are small (a few KB); anything far larger is not one.
 const MAX_SNAPSHOT_BYTES: usize = 1 << 20;
 
+/// What the agent asks each proxy for: the compact snapshot, which a filter that predates it
+/// ignores, answering the JSON form (`canary_core::snapshot` says why both exist). The answer's
+/// `Content-Type` says which one came. Kept in step with `COMPACT_CONTENT_TYPE` by a unit test.
+const SNAPSHOT_ACCEPT: &str = "application/vnd.canary-gate.snapshot.compact+json, application/json;q=0.5";
+
 impl HttpSource {
     pub fn new(path: &str, kill_path: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).build()?;
@@ -119,18 +124,31 @@ impl CounterSource for HttpSource {
     async fn fetch(&self, target: &str) -> Result<Snapshot, FetchError> {
         let url = self.snapshot_url(target)?;
         let fail = |e: reqwest::Error| self.failure(target, &e);
-        let resp = self.client.get(url).send().await.map_err(fail)?;
+        let resp = self.client.get(url).header(reqwest::header::ACCEPT, SNAPSHOT_ACCEPT).send().await.map_err(fail)?;
         if !resp.status().is_success() {
             return Err(FetchError::Status { target: target.to_owned(), status: resp.status().as_u16() });
         }
         if resp.content_length().is_some_and(|n| n > MAX_SNAPSHOT_BYTES as u64) {
             return Err(FetchError::Invalid { target: target.to_owned(), message: "snapshot too large".into() });
         }
+        let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).cloned();
         let body = resp.bytes().await.map_err(fail)?;
         if body.len() > MAX_SNAPSHOT_BYTES {
             return Err(FetchError::Invalid { target: target.to_owned(), message: "snapshot too large".into() });
         }
-        Snapshot::from_json(&body)
+        Snapshot::from_body(content_type.as_ref().map(reqwest::header::HeaderValue::as_bytes), &body)
             .map_err(|e| FetchError::Invalid { target: target.to_owned(), message: e.to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canary_core::snapshot::{COMPACT_CONTENT_TYPE, accepts_compact};
+
+    #[test]
+    fn the_agent_asks_for_the_compact_form_first() {
+        assert!(accepts_compact(SNAPSHOT_ACCEPT.as_bytes()));
+        assert!(SNAPSHOT_ACCEPT.starts_with(COMPACT_CONTENT_TYPE));
     }
 }

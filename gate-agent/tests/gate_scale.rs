@@ -7,6 +7,10 @@
 //! gates one at a time, the time from each breach to that gate's first kill order. A goal is
 //! reported met only when every repeat is within it. Writes `target/bench/controller_scale.{json,md}`.
 //!
+//! The simulated proxies answer as the current filter does: the compact snapshot to a controller
+//! that asks for it, JSON otherwise. `CG_SCALE_AGENT_BIN` runs another `gate-agent` binary as the
+//! controller (an older build, to compare on the same driver and load); default: this build's.
+//!
 //! `CG_SCALE_GATES` (default 100) and `CG_SCALE_PROXIES` (default 10) size it;
 //! `CG_SCALE_WINDOWS` (5) × `CG_SCALE_WINDOW_S` (10) is the measuring, `CG_SCALE_BREACHES` (5) the
 //! breaches. The simulated proxies run in this test process, not in the controller's, so the
@@ -159,29 +163,30 @@ async fn one_controller_judges_many_gates_at_the_default_tick() {
             let counters = Arc::new(Mutex::new((SubsetCounters::default(), SubsetCounters::default())));
             let (state, weights, plugin) = (Arc::clone(&state), Arc::clone(&weights), format!("{name}-canary-gate"));
             let id = format!("{name}-proxy-{p}");
-            let app = axum::Router::new().fallback(move |method: axum::http::Method| {
-                let (state, weights, plugin, counters, id) =
-                    (Arc::clone(&state), Arc::clone(&weights), plugin.clone(), Arc::clone(&counters), id.clone());
-                async move {
-                    if method == axum::http::Method::POST {
-                        state.first_kill.lock().unwrap().get_or_insert_with(Instant::now);
-                        return String::from("{}");
+            let app =
+                axum::Router::new().fallback(move |method: axum::http::Method, headers: axum::http::HeaderMap| {
+                    let (state, weights, plugin, counters, id) =
+                        (Arc::clone(&state), Arc::clone(&weights), plugin.clone(), Arc::clone(&counters), id.clone());
+                    async move {
+                        if method == axum::http::Method::POST {
+                            state.first_kill.lock().unwrap().get_or_insert_with(Instant::now);
+                            return gates::kill_taken();
+                        }
+                        state.reads.fetch_add(1, Ordering::Relaxed);
+                        let weight = weights.read().unwrap().get(&plugin).copied().unwrap_or(0.0);
+                        let canary = weight.round() as u64;
+                        let mut c = counters.lock().unwrap();
+                        for _ in 0..100 - canary {
+                            c.0.record(Outcome::Success, 2_000);
+                        }
+                        let outcome =
+                            if state.failing.load(Ordering::Relaxed) { Outcome::Failure } else { Outcome::Success };
+                        for _ in 0..canary {
+                            c.1.record(outcome, 2_000);
+                        }
+                        gates::snapshot_reply(&headers, id, &c.0, &c.1)
                     }
-                    state.reads.fetch_add(1, Ordering::Relaxed);
-                    let weight = weights.read().unwrap().get(&plugin).copied().unwrap_or(0.0);
-                    let canary = weight.round() as u64;
-                    let mut c = counters.lock().unwrap();
-                    for _ in 0..100 - canary {
-                        c.0.record(Outcome::Success, 2_000);
-                    }
-                    let outcome =
-                        if state.failing.load(Ordering::Relaxed) { Outcome::Failure } else { Outcome::Success };
-                    for _ in 0..canary {
-                        c.1.record(outcome, 2_000);
-                    }
-                    gates::snapshot_json(id, &c.0, &c.1)
-                }
-            });
+                });
             let listener = tokio::net::TcpListener::bind(SocketAddr::from((ip, port))).await.unwrap();
             port = listener.local_addr().unwrap().port();
             tokio::spawn(async move {
@@ -201,7 +206,9 @@ async fn one_controller_judges_many_gates_at_the_default_tick() {
 
     let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let log = cp.dir.join("scale-controller.log");
-    let mut controller = Command::new(env!("CARGO_BIN_EXE_gate-agent"))
+    let binary = std::env::var_os("CG_SCALE_AGENT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_gate-agent").into());
+    eprintln!("controller: {}", std::path::Path::new(&binary).display());
+    let mut controller = Command::new(&binary)
         .args(["controller", "--module-url", "oci://registry.invalid/f:1", "--module-sha256", &"ab".repeat(32)])
         .args(["--watch-namespace", &ns.name, "--namespace", &ns.name, "--identity", "scale-0"])
         .args(["--listen", &listen.to_string()])
@@ -304,6 +311,7 @@ async fn one_controller_judges_many_gates_at_the_default_tick() {
     let calls_md: String = api_calls.iter().map(|(k, v)| format!("{k} {v:.1}/s")).collect::<Vec<_>>().join(", ");
     let result = json!({
         "gates": n_gates, "proxies_per_gate": n_proxies, "build": build,
+        "controller": std::path::Path::new(&binary).display().to_string(),
         "load_average_at_end": std::fs::read_to_string("/proc/loadavg").map(|s| s.trim().to_owned()).unwrap_or_default(),
         "setup_and_first_status_s": ready_after.as_secs_f64(),
         "windows": n_windows, "window_s": window.as_secs_f64(),

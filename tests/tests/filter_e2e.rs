@@ -282,6 +282,43 @@ async fn the_snapshot_is_not_served_on_the_public_listener() {
     assert!(f.envoy.snapshot.ip().is_loopback());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshot_comes_compact_to_a_client_that_asks_and_says_the_same() {
+    use canary_core::snapshot::{COMPACT_CONTENT_TYPE, Snapshot};
+    let f = Fixture::start(route(30.0, 1, DARK).unwrap(), 2).await.unwrap();
+    f.canary.fail_per_mille(100);
+    let t = f.send(400, &[("x-canary", DARK_VALUE.to_owned())]).await;
+    assert_eq!(t.errors, 0);
+    f.send(600, &none()).await;
+    let url = format!("http://{}{}", f.envoy.snapshot, canary_core::config::DEFAULT_SNAPSHOT_PATH);
+    // Nothing counts between the two reads, so they describe the same counters.
+    let get = |accept: Option<&'static str>| {
+        let mut r = f.envoy.http().get(&url);
+        if let Some(a) = accept {
+            r = r.header("accept", a);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            assert!(r.status().is_success());
+            let ct = r.headers().get("content-type").unwrap().to_str().unwrap().to_owned();
+            (ct, r.bytes().await.unwrap())
+        }
+    };
+    let (json_type, json) = get(None).await;
+    assert_eq!(json_type, "application/json");
+    let (compact_type, compact) =
+        get(Some("application/vnd.canary-gate.snapshot.compact+json, application/json;q=0.5")).await;
+    assert_eq!(compact_type, COMPACT_CONTENT_TYPE);
+    assert!(compact.len() < json.len(), "{} against {} bytes", compact.len(), json.len());
+    let (a, mut b) = (Snapshot::from_json(&json).unwrap(), Snapshot::from_compact_json(&compact).unwrap());
+    assert!(a.dark_launch.as_ref().is_some_and(|d| d.requests == 400), "{:?}", a.dark_launch);
+    assert!(a.subsets.iter().map(|s| s.counters.requests).sum::<u64>() == 600);
+    b.taken_at_unix_ms = a.taken_at_unix_ms;
+    assert_eq!(a, b);
+    // Wildcards and plain JSON get JSON.
+    assert_eq!(get(Some("*/*")).await.0, "application/json");
+}
+
 /// Posts a kill order with `query` to the Envoy's kill endpoint: (status, body).
 async fn kill(f: &Fixture, query: &str) -> (u16, String) {
     let url = format!("http://{}{}?{query}", f.envoy.snapshot, canary_core::kill::DEFAULT_KILL_PATH);

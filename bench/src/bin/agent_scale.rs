@@ -18,7 +18,10 @@
 //! full read, `AGENT_SCALE_TICK_MS` (default 250) sets the agent's tick (a long tick leaves it
 //! idle between ticks, so counting can start and stop between them), and `AGENT_SCALE_READS_FILE`
 //! names a file that gets the count of snapshot reads every 20 ms, so that instructions can be
-//! divided by reads.
+//! divided by reads. The listeners answer as the current filter does: the compact snapshot to a
+//! client that asks for it in `Accept` (the current agent), JSON otherwise;
+//! `AGENT_SCALE_SNAPSHOT_FORM=json` makes them answer JSON whatever is asked, as a filter built
+//! before the compact form does.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,12 +32,12 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use canary_core::histogram::LatencyHistogram;
 use canary_core::rng::SplitMix64;
-use canary_core::snapshot::SNAPSHOT_FORMAT;
+use canary_core::snapshot::{COMPACT_CONTENT_TYPE, SNAPSHOT_FORMAT, accepts_compact};
 use canary_core::{InstanceInfo, Outcome, Role, RouteConfig, Snapshot, SubsetCounters, SubsetName, SubsetSnapshot};
 use canary_e2e::{paths, procfs};
 use serde_json::{Value, json};
@@ -43,7 +46,7 @@ const PROXIES: usize = 1_000;
 const TICK_MS: u64 = 250;
 const GOAL_MS: f64 = 50.0;
 const GROUP: &str = "tick_1000_proxies";
-const BENCHES: [&str; 2] = ["merge_and_judge", "parse_merge_and_judge"];
+const BENCHES: [&str; 3] = ["merge_and_judge", "parse_merge_and_judge", "parse_compact_merge_and_judge"];
 
 fn main() -> std::process::ExitCode {
     canary_bench::exit("agent_scale", run())
@@ -156,6 +159,10 @@ struct Fleet {
     epoch: Instant,
     started_unix_ms: u64,
     reads: AtomicU64,
+    /// Reads answered with the compact form.
+    compact_reads: AtomicU64,
+    /// Answer JSON whatever is asked (a filter built before the compact form).
+    json_only: bool,
 }
 
 /// Lognormal draws (median 50 ms, p99 200 ms) into counters with 0.1% failures.
@@ -214,10 +221,17 @@ impl Fleet {
             epoch: Instant::now(),
             started_unix_ms: u64::try_from(unix.as_millis()).unwrap_or(0),
             reads: AtomicU64::new(0),
+            compact_reads: AtomicU64::new(0),
+            json_only: match std::env::var("AGENT_SCALE_SNAPSHOT_FORM").as_deref() {
+                Err(_) | Ok("") => false,
+                Ok("json") => true,
+                Ok(other) => return Err(format!("AGENT_SCALE_SNAPSHOT_FORM={other:?}: only \"json\" is known")),
+            },
         })
     }
 
-    fn snapshot(&self, i: usize) -> Option<Vec<u8>> {
+    /// Proxy `i`'s snapshot, compact if `compact` was asked for and this fleet answers it.
+    fn snapshot(&self, i: usize, compact: bool) -> Option<(&'static str, Vec<u8>)> {
         let p = self.proxies.get(i)?;
         let elapsed = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(0);
         let ticks = elapsed / TICK_MS;
@@ -244,13 +258,18 @@ impl Fleet {
             ],
         };
         self.reads.fetch_add(1, Ordering::Relaxed);
-        serde_json::to_vec(&snapshot).ok()
+        if compact && !self.json_only {
+            self.compact_reads.fetch_add(1, Ordering::Relaxed);
+            return snapshot.to_compact_json().ok().map(|b| (COMPACT_CONTENT_TYPE, b));
+        }
+        serde_json::to_vec(&snapshot).ok().map(|b| ("application/json", b))
     }
 }
 
-async fn snapshot(State((fleet, i)): State<(Arc<Fleet>, usize)>) -> impl IntoResponse {
-    match fleet.snapshot(i) {
-        Some(body) => (axum::http::StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body),
+async fn snapshot(State((fleet, i)): State<(Arc<Fleet>, usize)>, headers: HeaderMap) -> impl IntoResponse {
+    let compact = headers.get(header::ACCEPT).is_some_and(|a| accepts_compact(a.as_bytes()));
+    match fleet.snapshot(i, compact) {
+        Some((content_type, body)) => (axum::http::StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body),
         None => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], Vec::new()),
     }
 }
@@ -268,6 +287,8 @@ struct Memory {
     rss: Vec<(f64, u64)>,
     cpu_seconds: f64,
     reads: u64,
+    /// Of `reads`, those answered with the compact snapshot.
+    compact_reads: u64,
     status: Value,
 }
 
@@ -305,6 +326,7 @@ impl Memory {
             "cpu_seconds": self.cpu_seconds,
             "cpu_cores_used": self.cpu_seconds / self.seconds,
             "snapshot_reads": self.reads,
+            "compact_snapshot_reads": self.compact_reads,
             "ticks_achieved": ticks,
             "ticks_per_second": ticks / self.seconds,
             "mean_tick_period_ms": if ticks > 0.0 { 1000.0 * self.seconds / ticks } else { 0.0 },
@@ -398,14 +420,15 @@ async fn agent_memory(run_for: Duration) -> Result<Memory, String> {
     let _ = child.wait();
     let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
-    let (rss, cpu_seconds, reads, seconds, status) = result.map_err(|e| {
+    let (rss, cpu_seconds, (reads, compact_reads), seconds, status) = result.map_err(|e| {
         let lines: Vec<&str> = tail.lines().rev().take(20).collect();
         format!("{e}\nagent log (last lines, newest first):\n{}", lines.join("\n"))
     })?;
-    Ok(Memory { binary, release, seconds, rss, cpu_seconds, reads, status })
+    Ok(Memory { binary, release, seconds, rss, cpu_seconds, reads, compact_reads, status })
 }
 
-type Samples = (Vec<(f64, u64)>, f64, u64, f64, Value);
+/// RSS samples, CPU seconds, (reads, compact reads), seconds, the agent's status.
+type Samples = (Vec<(f64, u64)>, f64, (u64, u64), f64, Value);
 
 async fn sample(
     fleet: &Arc<Fleet>,
@@ -449,6 +472,7 @@ async fn sample(
     let t0 = Instant::now();
     let cpu0 = procfs::cpu_seconds(pid).map_err(|e| e.to_string())?;
     let reads0 = fleet.reads.load(Ordering::Relaxed);
+    let compact0 = fleet.compact_reads.load(Ordering::Relaxed);
     let mut rss = Vec::new();
     while t0.elapsed() < run_for {
         if let Ok(Some(status)) = child.try_wait() {
@@ -460,8 +484,9 @@ async fn sample(
     let seconds = t0.elapsed().as_secs_f64();
     let cpu = procfs::cpu_seconds(pid).map_err(|e| e.to_string())? - cpu0;
     let reads = fleet.reads.load(Ordering::Relaxed) - reads0;
+    let compact = fleet.compact_reads.load(Ordering::Relaxed) - compact0;
     let status = tokio::task::spawn_blocking(move || api_get(api, "/status")).await.map_err(|e| e.to_string())??;
-    Ok((rss, cpu, reads, seconds, status))
+    Ok((rss, cpu, (reads, compact), seconds, status))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -475,8 +500,9 @@ fn markdown(criterion: Option<&Criterion>, m: &Memory) -> String {
          snapshot holds cumulative counters with latency histograms in the filter's buckets (a few hundred \
          buckets per subset), the fleet merges all of them into one window of deltas, and the rollout (the shipped \
          `deploy/local/rollout.yaml`, with a full 30-s window history at 250-ms ticks) judges it and decides. \
-         The second figure includes parsing the {PROXIES} snapshots' JSON, which the agent also does every tick \
-         (spread over its runtime's worker threads).\n\n"
+         The second figure includes parsing the {PROXIES} snapshots' JSON, which an agent reading filters built \
+         before the compact snapshot does every tick; the third parsing the compact snapshots, which the current \
+         agent reads from current filters (spread over its runtime's worker threads).\n\n"
     ));
     match criterion {
         Some(c) => {
@@ -486,6 +512,7 @@ fn markdown(criterion: Option<&Criterion>, m: &Memory) -> String {
             for (name, mean, lo, hi) in &c.mean_ms {
                 let what = match name.as_str() {
                     "merge_and_judge" => "merge + judge + decide",
+                    "parse_compact_merge_and_judge" => "parse compact snapshot + merge + judge + decide",
                     _ => "parse JSON + merge + judge + decide",
                 };
                 let verdict = if *hi <= GOAL_MS {
@@ -525,9 +552,11 @@ fn markdown(criterion: Option<&Criterion>, m: &Memory) -> String {
         "\nAt the end the agent reported {} proxies reporting and phase `{}`. The agent does not report its own \
          tick duration; ticks are counted from the snapshot reads it made ({} in all), and a mean tick period \
          above 250 ms means ticks ran late (missed ticks are delayed, not bunched). CPU per tick includes \
-         1,000 HTTP reads.\n",
+         1,000 HTTP reads. {} of the {} reads were answered with the compact snapshot, the others with JSON.\n",
         m.status.get("proxies_reporting").map_or_else(|| "?".into(), Value::to_string),
         m.status.get("phase").and_then(Value::as_str).unwrap_or("?"),
+        m.reads,
+        m.compact_reads,
         m.reads
     ));
     if let Some(c) = criterion {

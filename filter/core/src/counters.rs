@@ -19,7 +19,7 @@ use crate::sticky::{Cluster, STICKY_CLUSTERS, StickyCounts};
 const STICKY_SECTION: u8 = 1;
 
 /// Monotonic counters for one subset since the proxy started.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawCounters")]
 pub struct SubsetCounters {
     /// Completed requests (`successes + failures`).
@@ -33,6 +33,27 @@ pub struct SubsetCounters {
     /// that has it (unknown field `sticky`).
     #[serde(default, skip_serializing_if = "StickyCounts::is_empty")]
     pub sticky: StickyCounts,
+}
+
+// By hand for `clone_from`, which reuses the histogram's allocation (see `LatencyHistogram`).
+impl Clone for SubsetCounters {
+    fn clone(&self) -> Self {
+        SubsetCounters {
+            requests: self.requests,
+            successes: self.successes,
+            failures: self.failures,
+            latency: self.latency.clone(),
+            sticky: self.sticky,
+        }
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        self.requests = source.requests;
+        self.successes = source.successes;
+        self.failures = source.failures;
+        self.latency.clone_from(&source.latency);
+        self.sticky = source.sticky;
+    }
 }
 
 #[derive(Deserialize)]

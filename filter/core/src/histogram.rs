@@ -57,13 +57,26 @@ pub fn bucket_value(index: u16) -> Option<u64> {
 }
 
 /// Sparse counts per bucket, plus the exact sum (for means and Prometheus `_sum`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawHistogram")]
 pub struct LatencyHistogram {
     /// Sum of recorded values in µs (saturating).
     pub sum_us: u64,
     /// `(bucket index, count)`, sorted by index, no zero counts.
     pub buckets: Vec<(u16, u64)>,
+}
+
+// By hand for `clone_from`, which reuses the buckets' allocation: the agent keeps each proxy's
+// last counters as the baseline of the next read, a few hundred buckets per subset per read.
+impl Clone for LatencyHistogram {
+    fn clone(&self) -> Self {
+        LatencyHistogram { sum_us: self.sum_us, buckets: self.buckets.clone() }
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        self.sum_us = source.sum_us;
+        self.buckets.clone_from(&source.buckets);
+    }
 }
 
 /// The serialised form, checked by [`LatencyHistogram::from_parts`] on the way in.
@@ -147,6 +160,25 @@ impl LatencyHistogram {
     /// Adds another histogram's counts to this one.
     pub fn merge(&mut self, other: &LatencyHistogram) {
         self.sum_us = self.sum_us.saturating_add(other.sum_us);
+        if self.buckets.is_empty() {
+            self.buckets.clone_from(&other.buckets);
+            return;
+        }
+        // A few buckets into many (a proxy's delta into the fleet's window, every read of every
+        // tick): in place, each found by binary search, instead of a new vector of all of them.
+        if other.buckets.len().saturating_mul(8) <= self.buckets.len() {
+            for &(i, c) in &other.buckets {
+                match self.buckets.binary_search_by_key(&i, |&(j, _)| j) {
+                    Ok(pos) => {
+                        if let Some(b) = self.buckets.get_mut(pos) {
+                            b.1 = b.1.saturating_add(c);
+                        }
+                    }
+                    Err(pos) => self.buckets.insert(pos, (i, c)),
+                }
+            }
+            return;
+        }
         let mut out = Vec::with_capacity(self.buckets.len().max(other.buckets.len()));
         let (mut a, mut b) = (self.buckets.iter().peekable(), other.buckets.iter().peekable());
         loop {
@@ -181,7 +213,8 @@ impl LatencyHistogram {
     /// Counts in `self` that are not in `earlier` (for per-window deltas). `None` when `earlier`
     /// has a count that `self` lacks: the two are not from the same monotonic series.
     pub fn since(&self, earlier: &LatencyHistogram) -> Option<LatencyHistogram> {
-        let mut out = Vec::with_capacity(self.buckets.len());
+        // Grown as needed: between two reads of a running proxy only a few buckets change.
+        let mut out = Vec::new();
         let mut e = earlier.buckets.iter().peekable();
         for &(i, c) in &self.buckets {
             let mut before = 0;

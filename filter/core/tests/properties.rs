@@ -7,6 +7,7 @@ use canary_core::counter_record::{self, CompletedRequest, Found};
 use canary_core::counters::SubsetCounters;
 use canary_core::hash::sticky_bucket;
 use canary_core::histogram::{LatencyHistogram, bucket_bounds, bucket_of};
+use canary_core::snapshot::{InstanceInfo, SNAPSHOT_FORMAT, Snapshot, SubsetSnapshot};
 use canary_core::split::{Role, choose_subset};
 use canary_core::sticky::Cluster;
 use canary_core::{Outcome, Weight};
@@ -217,6 +218,75 @@ proptest! {
         }
         let d = both.since(&ca).unwrap();
         prop_assert_eq!(d.sticky.total_requests(), b.iter().filter(|x| x.2.is_some()).count() as u64);
+    }
+
+    /// Merging adds counts bucket by bucket, whichever way it is done (in place for a small
+    /// histogram into a large one, a new vector otherwise).
+    #[test]
+    fn merge_adds_every_bucket(
+        a in proptest::collection::vec((0u64..10_000_000, 1u64..1_000), 0..300),
+        b in proptest::collection::vec((0u64..10_000_000, 1u64..1_000), 0..40),
+    ) {
+        let fill = |v: &[(u64, u64)]| {
+            let mut h = LatencyHistogram::new();
+            for &(us, n) in v {
+                h.record_n(us, n);
+            }
+            h
+        };
+        let (ha, hb) = (fill(&a), fill(&b));
+        let mut expect = std::collections::BTreeMap::new();
+        for &(i, c) in ha.buckets.iter().chain(&hb.buckets) {
+            *expect.entry(i).or_insert(0u64) += c;
+        }
+        for (mut into, from) in [(ha.clone(), &hb), (hb.clone(), &ha)] {
+            into.merge(from);
+            prop_assert_eq!(into.buckets.iter().copied().collect::<std::collections::BTreeMap<_, _>>(), expect.clone());
+            prop_assert!(into.buckets.windows(2).all(|w| w[0].0 < w[1].0));
+            prop_assert_eq!(into.sum_us, ha.sum_us + hb.sum_us);
+        }
+    }
+
+    /// The compact snapshot and the JSON one decode to the same snapshot, whatever the counters.
+    #[test]
+    fn compact_and_json_snapshots_decode_alike(
+        sides in proptest::collection::vec(
+            proptest::collection::vec((any::<bool>(), any::<u64>(), proptest::option::of(any::<u64>()), any::<bool>()), 0..80),
+            3,
+        ),
+        dark in any::<bool>(),
+        taken in any::<u64>(),
+    ) {
+        let fill = |v: &[(bool, u64, Option<u64>, bool)]| {
+            let mut c = SubsetCounters::default();
+            for &(ok, us, key_hash, timed) in v {
+                let o = if ok { Outcome::Success } else { Outcome::Failure };
+                if timed { c.record(o, us) } else { c.record_unmeasured(o) }
+                if let Some(h) = key_hash {
+                    c.record_sticky(Cluster::of_hash(h), o);
+                }
+            }
+            c
+        };
+        let name = |s: &str| canary_core::SubsetName::try_from(s).unwrap();
+        let snapshot = Snapshot {
+            format: SNAPSHOT_FORMAT.to_owned(),
+            instance: InstanceInfo { id: "c084c1cf294415ef".into(), started_at_unix_ms: 1 },
+            taken_at_unix_ms: taken,
+            route: None,
+            subsets: vec![
+                SubsetSnapshot { subset: name("v1"), role: Role::Stable, counters: fill(&sides[0]) },
+                SubsetSnapshot { subset: name("v2"), role: Role::Canary, counters: fill(&sides[1]) },
+            ],
+            kill: None,
+            misrouted: None,
+            dark_launch: dark.then(|| fill(&sides[2])),
+            rollouts: Vec::new(),
+        };
+        let json = Snapshot::from_json(&serde_json::to_vec(&snapshot).unwrap()).unwrap();
+        let compact = Snapshot::from_compact_json(&snapshot.to_compact_json().unwrap()).unwrap();
+        prop_assert_eq!(&json, &snapshot);
+        prop_assert_eq!(&compact, &snapshot);
     }
 }
 

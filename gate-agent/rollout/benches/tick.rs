@@ -1,7 +1,8 @@
 //! One agent tick over 1,000 proxies: every snapshot merged into the fleet's window, then judged
 //! and decided (`Fleet::observe` ×1,000, `Fleet::take_window`, `Rollout::tick`), as
 //! `control::Controller::tick` does between reading the proxies and acting. A second benchmark
-//! starts from the snapshots' JSON bytes, since the agent parses each one every tick too.
+//! starts from the snapshots' JSON bytes, since the agent parses each one every tick too, and a
+//! third from the compact snapshots (`canary_core::snapshot`), which the current agent reads.
 //!
 //! The snapshots are what canary-filter serves: cumulative counters since the proxy started, with
 //! latency histograms in the filter's own buckets. Each proxy has served 2,000 stable and 500
@@ -167,6 +168,24 @@ fn tick(c: &mut Criterion) {
                     proxies.snapshots(agent.now_ms).iter().map(|s| serde_json::to_vec(s).unwrap()).collect();
                 let t = Instant::now();
                 let snapshots: Vec<Snapshot> = bodies.iter().map(|b| Snapshot::from_json(b).unwrap()).collect();
+                agent.tick(&proxies.targets, &snapshots);
+                spent += t.elapsed();
+                proxies.advance();
+            }
+            spent
+        });
+    });
+
+    let mut proxies = Proxies::new();
+    let mut agent = Agent::new(&mut proxies);
+    group.bench_function("parse_compact_merge_and_judge", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                let bodies: Vec<Vec<u8>> =
+                    proxies.snapshots(agent.now_ms).iter().map(|s| s.to_compact_json().unwrap()).collect();
+                let t = Instant::now();
+                let snapshots: Vec<Snapshot> = bodies.iter().map(|b| Snapshot::from_compact_json(b).unwrap()).collect();
                 agent.tick(&proxies.targets, &snapshots);
                 spent += t.elapsed();
                 proxies.advance();

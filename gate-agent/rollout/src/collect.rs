@@ -215,7 +215,6 @@ impl Fleet {
         if restarted_while_watched {
             observation = Observation::Reset;
         }
-        let mut baseline = BTreeMap::new();
         for s in &snapshot.subsets {
             let delta = match instance.baseline.get(&s.subset) {
                 Some(before) => match s.counters.since(before) {
@@ -232,8 +231,15 @@ impl Fleet {
                 self.pending.get_mut(s.role).merge(&d);
                 self.pending_by_proxy.entry(target.to_owned()).or_default().get_mut(s.role).merge(&d);
             }
-            baseline.insert(s.subset.clone(), s.counters.clone());
+            // The next read's baseline, in the previous one's allocation where there is one.
+            match instance.baseline.get_mut(&s.subset) {
+                Some(b) => b.clone_from(&s.counters),
+                None => {
+                    instance.baseline.insert(s.subset.clone(), s.counters.clone());
+                }
+            }
         }
+        instance.baseline.retain(|name, _| snapshot.subsets.iter().any(|s| &s.subset == name));
         let misrouted = snapshot.misrouted.as_ref().map_or(0, canary_core::served::Misrouted::total);
         let misrouted_delta = match observation {
             Observation::Baseline => 0,
@@ -248,7 +254,6 @@ impl Fleet {
         if observation == Observation::Reset {
             self.resets = self.resets.saturating_add(1);
         }
-        instance.baseline = baseline;
         instance.last_seen_ms = now_ms;
         proxy.last_taken_at_unix_ms =
             Some(proxy.last_taken_at_unix_ms.map_or(snapshot.taken_at_unix_ms, |t| t.max(snapshot.taken_at_unix_ms)));

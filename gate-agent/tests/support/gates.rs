@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use canary_core::snapshot::SNAPSHOT_FORMAT;
+use axum::http::{HeaderMap, header};
+use canary_core::snapshot::{COMPACT_CONTENT_TYPE, SNAPSHOT_FORMAT, accepts_compact};
 use canary_core::{InstanceInfo, Outcome, Role, Snapshot, SubsetCounters, SubsetName, SubsetSnapshot};
 use gate_agent::control::Settings;
 use gate_agent::gate::controller::ControllerSettings;
@@ -104,12 +105,12 @@ async fn fake_proxy(ns: &TestNamespace, plugin: String, addr: SocketAddr, failin
     let counters = Arc::new(Mutex::new((SubsetCounters::default(), SubsetCounters::default())));
     let plugins = Api::<WasmPlugin>::namespaced(ns.admin.clone(), &ns.name);
     let id = format!("proxy-{addr}");
-    let app = axum::Router::new().fallback(move |method: axum::http::Method| {
+    let app = axum::Router::new().fallback(move |method: axum::http::Method, headers: HeaderMap| {
         let (plugins, counters, id, plugin, failing) =
             (plugins.clone(), Arc::clone(&counters), id.clone(), plugin.clone(), Arc::clone(&failing));
         async move {
             if method == axum::http::Method::POST {
-                return String::from("{}"); // a kill order: taken
+                return kill_taken(); // a kill order: taken
             }
             let weight = plugins
                 .get(&plugin)
@@ -127,7 +128,7 @@ async fn fake_proxy(ns: &TestNamespace, plugin: String, addr: SocketAddr, failin
             for _ in 0..canary {
                 c.1.record(outcome, 2_000);
             }
-            snapshot_json(id, &c.0, &c.1)
+            snapshot_reply(&headers, id, &c.0, &c.1)
         }
     });
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
@@ -138,9 +139,26 @@ async fn fake_proxy(ns: &TestNamespace, plugin: String, addr: SocketAddr, failin
     addr
 }
 
-pub fn snapshot_json(id: String, stable: &SubsetCounters, canary: &SubsetCounters) -> String {
+/// A simulated proxy's answer: what the filter answers a client (the compact snapshot if its
+/// `Accept` asks for it, JSON otherwise).
+pub type Reply = ([(header::HeaderName, &'static str); 1], Vec<u8>);
+
+pub fn snapshot_reply(headers: &HeaderMap, id: String, stable: &SubsetCounters, canary: &SubsetCounters) -> Reply {
+    let snap = snapshot(id, stable, canary);
+    if headers.get(header::ACCEPT).is_some_and(|a| accepts_compact(a.as_bytes())) {
+        return ([(header::CONTENT_TYPE, COMPACT_CONTENT_TYPE)], snap.to_compact_json().unwrap());
+    }
+    ([(header::CONTENT_TYPE, "application/json")], serde_json::to_vec(&snap).unwrap())
+}
+
+/// The answer to a kill order: taken.
+pub fn kill_taken() -> Reply {
+    ([(header::CONTENT_TYPE, "application/json")], b"{}".to_vec())
+}
+
+fn snapshot(id: String, stable: &SubsetCounters, canary: &SubsetCounters) -> Snapshot {
     let name = |s: &str| SubsetName::try_from(s).unwrap();
-    let snap = Snapshot {
+    Snapshot {
         format: SNAPSHOT_FORMAT.into(),
         instance: InstanceInfo { id, started_at_unix_ms: 1 },
         taken_at_unix_ms: 2,
@@ -153,8 +171,7 @@ pub fn snapshot_json(id: String, stable: &SubsetCounters, canary: &SubsetCounter
         misrouted: None,
         dark_launch: None,
         rollouts: Vec::new(),
-    };
-    serde_json::to_string(&snap).unwrap()
+    }
 }
 
 /// Gate `name`'s proxies: one pod per loopback address, all on one port.
