@@ -178,8 +178,8 @@ impl SubsetCounters {
         counter_record::encode(self)
     }
 
-    /// Format 1, what filters before format 2 wrote; kept to test that such records are carried
-    /// on, and to say exactly what an older filter can read.
+    /// Format 1, what filters before format 2 wrote: what an older filter can read, what the
+    /// module-swap grace keeps writing, and the compact snapshot's encoding (smaller than format 2).
     pub fn encode_v1(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + self.latency.buckets.len() * 3);
         out.push(FORMAT_V1);

@@ -8,10 +8,10 @@
 //! `application/json`) spells every counter out; it is what any client gets by default. The
 //! **compact form** ([`SNAPSHOT_FORMAT_COMPACT`], [`COMPACT_CONTENT_TYPE`]) is the same JSON
 //! object with each subset's `counters` (and `dark_launch`) replaced by a string: base64 of the
-//! filter's own counter record ([`SubsetCounters::encode`]: LEB128 varints, bucket indexes
-//! delta-coded). It exists for the agent, which reads every proxy every tick: parsing the JSON
-//! form's ~950 histogram integers per snapshot was two thirds of its instructions
-//! (bench/PROFILE.md). A client asks for it in `Accept`; a filter that predates it ignores the
+//! filter's counter record in its format 1 ([`SubsetCounters::encode_v1`]: LEB128 varints, bucket
+//! indexes delta-coded; a reader also accepts format 2, [`crate::counter_record`]). It exists for
+//! the agent, which reads every proxy every tick: parsing the JSON form's ~950 histogram integers
+//! per snapshot was two thirds of its instructions (bench/PROFILE.md). A client asks for it in `Accept`; a filter that predates it ignores the
 //! header and answers the JSON form, so the reader picks the decoder by the answer's
 //! `Content-Type` ([`Snapshot::from_body`]), never by what it asked for.
 
@@ -223,8 +223,11 @@ struct CompactSubsetIn<'a> {
     counters: Cow<'a, str>,
 }
 
+/// Format 1 of the counter record (varints), not the stored format 2: it is the smaller of the
+/// two (format 2's fixed-width pairs are for counting in place), and every reader of the compact
+/// form reads both ([`SubsetCounters::decode`]).
 fn encode_counters(c: &SubsetCounters) -> String {
-    BASE64.encode(c.encode())
+    BASE64.encode(c.encode_v1())
 }
 
 /// One counter record of a compact snapshot, checked as the JSON form's counters are.
