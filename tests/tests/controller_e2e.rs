@@ -21,6 +21,8 @@
 
 #[path = "../../gate-agent/tests/support/gates.rs"]
 mod gates;
+#[path = "support/istiod.rs"]
+mod istiod;
 #[path = "../../gate-agent/tests/support/kube.rs"]
 mod kube_support;
 
@@ -31,11 +33,9 @@ use std::time::{Duration, Instant};
 
 use canary_e2e::traffic::{Sample, Steady, time_to_zero};
 use canary_e2e::{Backend, Envoy, LocalSetup, Shape, paths};
-use futures_util::StreamExt;
 use gate_agent::gate::crd::CanaryGate;
 use gate_agent::mesh::wasmplugin::WasmPlugin;
 use kube::Api;
-use kube::api::{WatchEvent, WatchParams};
 use kube_support::{ControlPlane, TestNamespace};
 use serde_json::{Value, json};
 
@@ -95,7 +95,7 @@ impl Proxy {
 /// `pluginConfig` verbatim as JSON text, in the order the API server's watch reports them.
 async fn deliver(plugins: Api<WasmPlugin>, plugin: String, envoy: Arc<Envoy>, log: Arc<Mutex<Vec<(Instant, Value)>>>) {
     let mut last: Option<Value> = None;
-    let mut push = |p: WasmPlugin| {
+    let push = |p: WasmPlugin| {
         let Some(config) = p.spec.plugin_config else { return };
         if last.as_ref() == Some(&config) {
             return;
@@ -105,34 +105,7 @@ async fn deliver(plugins: Api<WasmPlugin>, plugin: String, envoy: Arc<Envoy>, lo
             last = Some(config);
         }
     };
-    loop {
-        // A read, then a watch from its version; both again whenever the watch ends or fails.
-        let version = match plugins.get_opt(&plugin).await {
-            Ok(Some(p)) => {
-                let version = p.metadata.resource_version.clone().unwrap_or_default();
-                push(p);
-                version
-            }
-            Ok(None) => "0".to_owned(),
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let wp = WatchParams::default().fields(&format!("metadata.name={plugin}")).timeout(60);
-        let Ok(events) = plugins.watch(&wp, &version).await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let mut events = std::pin::pin!(events);
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(WatchEvent::Added(p) | WatchEvent::Modified(p)) => push(p),
-                Ok(WatchEvent::Error(_)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    }
+    istiod::follow_wasmplugin(&plugins, &plugin, push).await;
 }
 
 /// The `gate-agent controller` process, stopped by its PID on drop.

@@ -25,6 +25,8 @@
 
 #[path = "../../gate-agent/tests/support/gates.rs"]
 mod gates;
+#[path = "support/istiod.rs"]
+mod istiod;
 #[path = "../../gate-agent/tests/support/kube.rs"]
 mod kube_support;
 
@@ -37,12 +39,10 @@ use std::time::{Duration, Instant};
 
 use canary_e2e::traffic::Steady;
 use canary_e2e::{Backend, Envoy, LocalSetup, Shape, WaypointShape, paths};
-use futures_util::StreamExt;
 use gate_agent::envoy_stats::parse;
 use gate_agent::gate::crd::CanaryGate;
 use gate_agent::mesh::wasmplugin::WasmPlugin;
 use kube::Api;
-use kube::api::{WatchEvent, WatchParams};
 use kube_support::{ControlPlane, TestNamespace};
 use serde_json::{Value, json};
 
@@ -123,7 +123,7 @@ impl Replica {
 /// `pluginConfig` verbatim as JSON text, in the order the API server's watch reports them.
 async fn deliver(plugins: Api<WasmPlugin>, plugin: String, replicas: Vec<(Arc<Envoy>, Arc<AtomicBool>)>) {
     let mut last: Option<Value> = None;
-    let mut push = |p: WasmPlugin| {
+    let push = |p: WasmPlugin| {
         let Some(config) = p.spec.plugin_config else { return };
         if last.as_ref() == Some(&config) {
             return;
@@ -135,33 +135,7 @@ async fn deliver(plugins: Api<WasmPlugin>, plugin: String, replicas: Vec<(Arc<En
         }
         last = Some(config);
     };
-    loop {
-        let version = match plugins.get_opt(&plugin).await {
-            Ok(Some(p)) => {
-                let version = p.metadata.resource_version.clone().unwrap_or_default();
-                push(p);
-                version
-            }
-            Ok(None) => "0".to_owned(),
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let wp = WatchParams::default().fields(&format!("metadata.name={plugin}")).timeout(60);
-        let Ok(events) = plugins.watch(&wp, &version).await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let mut events = std::pin::pin!(events);
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(WatchEvent::Added(p) | WatchEvent::Modified(p)) => push(p),
-                Ok(WatchEvent::Error(_)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    }
+    istiod::follow_wasmplugin(&plugins, &plugin, push).await;
 }
 
 /// The `gate-agent controller` process, stopped by its PID on drop.
